@@ -1,0 +1,1 @@
+"""The bench harness: suite config, run matrix, executors, store, statistics, gate."""

@@ -1,0 +1,250 @@
+"""The `bench` command line: run, list, show, report, gate.
+
+Every user mistake ends as one line on stderr and exit code 2; runs that did not finish ok make
+`bench run` exit 4.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from worldmodel.errors import WorldbenchError
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INCONCLUSIVE, EXIT_CRASHED = 0, 1, 2, 3, 4
+console = Console(stderr=True)
+out = Console()
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit 2)."""
+
+    def error(self, message: str):
+        raise WorldbenchError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="bench.toml", help="suite file (default: ./bench.toml)")
+
+
+def add_results(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results", type=Path, default=Path("results"),
+                        help="results dir, the only place written (default: results/)")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="bench", description="Train Genie-style world-model variants across seeds, record KPIs, "
+                                              "compare them with statistics and gate merges.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    run = commands.add_parser("run", help="train the variant x seed matrix and record KPIs")
+    add_config(run)
+    run.add_argument("--profile", help="profile from the suite (default: the comparison's)")
+    run.add_argument("--dataset", help="dataset from the suite (default: the comparison's)")
+    run.add_argument("--variants", help="comma-separated variants (default: baseline and candidates)")
+    run.add_argument("--seeds", help="seeds, e.g. 0-4 or 0,3 (default: the profile's)")
+    run.add_argument("--jobs", type=positive_int, default=1, help="runs in parallel (default 1)")
+    run.add_argument("--executor", choices=["local", "ray"], default="local", help="where runs execute")
+    run.add_argument("--ray-address", help="address of a running Ray cluster (default: start a local one)")
+    add_results(run)
+    run.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
+                     help="training device (default auto = cpu unless another is available and supported)")
+    run.add_argument("--force", action="store_true", help="retrain and re-record runs already recorded")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    listing = commands.add_parser("list", help="show variants, components, datasets, KPIs or profiles")
+    add_config(listing)
+    listing.add_argument("what", nargs="?", default="variants",
+                         choices=["variants", "components", "datasets", "kpis", "profiles"])
+
+    show = commands.add_parser("show", help="print one run's record and KPIs")
+    add_config(show)
+    show.add_argument("run_id", help="run id (a unique prefix is enough)")
+    add_results(show)
+
+    from harness import gate  # the report/gate commands live with the verdict logic
+    gate.add_commands(commands, add_config, add_results)
+    return parser
+
+
+# ----------------------------------------------------------------------------- run
+
+def resolve_device(requested: str) -> str:
+    import torch
+
+    if requested in ("auto", "cpu"):
+        return "cpu"
+    available = torch.cuda.is_available() if requested == "cuda" else torch.backends.mps.is_available()
+    if not available:
+        raise WorldbenchError(f"--device {requested}: no {requested} device on this machine; use --device cpu")
+    raise WorldbenchError(f"--device {requested}: training runs on the CPU in this version; use --device cpu")
+
+
+def request_from_args(args, suite):
+    from harness.bench import RunRequest
+    from harness.suite import parse_seeds
+
+    profile = args.profile or suite.comparison.profile
+    seeds = parse_seeds(args.seeds) if args.seeds else (suite.comparison.seeds or suite.profile(profile).seeds)
+    names = [v.strip() for v in args.variants.split(",")] if getattr(args, "variants", None) else \
+        [suite.comparison.baseline, *suite.comparison.candidates]
+    suite.profile(profile)
+    dataset = args.dataset or suite.comparison.dataset
+    suite.dataset(dataset)
+    for name in names:
+        suite.variant(name)
+    return RunRequest(profile, dataset, list(dict.fromkeys(names)), seeds, args.results, args.jobs, args.executor,
+                      args.ray_address, args.force)
+
+
+def run_with_progress(suite, request, quiet: bool):
+    """Execute a RunRequest with a rich progress bar per run and stage."""
+    from harness.bench import execute
+
+    if quiet or request.executor == "ray":
+        return execute(suite, request, on_recorded=lambda r: None if quiet else console.print(
+            f"[bold]{r.run['variant']}[/] seed {r.run['seed']}: {r.run['status']}"))
+    bars = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
+    tasks: dict[tuple[str, str], int] = {}
+    labels: dict[str, str] = {}
+
+    def on_progress(run_id: str, stage: str, step: int, total: int, loss: float) -> None:
+        key = (run_id, stage)
+        if key not in tasks:
+            tasks[key] = bars.add_task(f"{labels.get(run_id, run_id)} {stage:<9}", total=total, info="")
+        info = f"loss {loss:.4f}" if loss == loss else "done"
+        bars.update(tasks[key], completed=step, info=info)
+
+    from harness.matrix import plan_runs
+
+    for spec in plan_runs(suite, request.profile, request.dataset, request.variants, request.seeds):
+        labels[spec.run_id] = f"{spec.variant} s{spec.seed}"
+    with bars:
+        return execute(suite, request, progress=on_progress)
+
+
+def command_run(args) -> int:
+    from harness.suite import load_suite
+
+    suite = load_suite(args.config)
+    resolve_device(args.device)
+    request = request_from_args(args, suite)
+    _, runs = run_with_progress(suite, request, args.quiet)
+    print_runs(runs)
+    not_ok = runs[runs["status"] != "ok"]
+    return EXIT_CRASHED if len(not_ok) else EXIT_OK
+
+
+def print_runs(runs) -> None:
+    table = Table(title="runs")
+    for column in ("run", "variant", "seed", "status", "error"):
+        table.add_column(column)
+    for row in runs.sort_values(["variant", "seed"]).itertuples():
+        style = "green" if row.status == "ok" else "red"
+        table.add_row(row.run_id, row.variant, str(row.seed), f"[{style}]{row.status}[/]", row.error[:100])
+    out.print(table)
+
+
+# ----------------------------------------------------------------------------- list / show
+
+def command_list(args) -> int:
+    from harness.kpis import KPIS
+    from harness.suite import load_suite
+    from variants.registry import components, describe
+
+    suite = load_suite(args.config)
+    table = Table(title=args.what)
+    if args.what == "variants":
+        for column in ("variant", "components", "overrides", "description"):
+            table.add_column(column)
+        for v in suite.variants.values():
+            table.add_row(v.name, json.dumps(v.components), json.dumps(v.overrides), v.description)
+    elif args.what == "components":
+        for column in ("slot", "component", "description"):
+            table.add_column(column)
+        for slot, names in components().items():
+            for name in names:
+                table.add_row(slot, name, describe(slot, name))
+    elif args.what == "datasets":
+        for column in ("dataset", "kind", "source", "description"):
+            table.add_column(column)
+        for d in suite.datasets.values():
+            table.add_row(d.name, d.kind, d.game if d.kind == "procedural" else d.path, d.description)
+    elif args.what == "kpis":
+        for column in ("kpi", "better", "scale", "margin", "blocking", "description"):
+            table.add_column(column)
+        for name, rule in suite.kpis.items():
+            table.add_row(name, rule.direction, rule.scale, f"{rule.margin:g}", "yes" if rule.blocking else "",
+                          KPIS[name].description)
+    else:
+        for column in ("profile", "seeds", "model overrides", "description"):
+            table.add_column(column)
+        for p in suite.profiles.values():
+            table.add_row(p.name, ",".join(map(str, p.seeds)), json.dumps(p.model)[:80], p.description)
+    out.print(table)
+    return EXIT_OK
+
+
+def command_show(args) -> int:
+    from harness.store import Store
+
+    store = Store(args.results, create=False)
+    runs = store.runs()
+    matches = runs[runs["run_id"].str.startswith(args.run_id)]
+    if len(matches) != 1:
+        known = ", ".join(runs["run_id"].head(8)) or "(none recorded)"
+        raise WorldbenchError(f"run '{args.run_id}' matches {len(matches)} runs in '{args.results}'; "
+                              f"use a unique id prefix (some ids: {known})")
+    run = matches.iloc[0]
+    header = Table(title=f"run {run.run_id}", show_header=False)
+    for key in ("profile", "dataset", "variant", "seed", "status", "error", "git_commit", "code_hash",
+                "torch_version", "device", "cpu_model", "host", "executor", "started_at", "finished_at"):
+        header.add_row(key, str(run[key]))
+    out.print(header)
+    kpis = store.for_runs("kpis", [run.run_id]).sort_values("kpi")
+    table = Table(title="KPIs")
+    table.add_column("kpi")
+    table.add_column("value", justify="right")
+    for row in kpis.itertuples():
+        table.add_row(row.kpi, f"{row.value:.6g}")
+    out.print(table)
+    return EXIT_OK
+
+
+COMMANDS = {"run": command_run, "list": command_list, "show": command_show}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        from harness import gate
+
+        handler = COMMANDS.get(args.command) or gate.COMMANDS[args.command]
+        return handler(args)
+    except WorldbenchError as err:
+        console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        console.print("interrupted; rerun the same command to resume")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Executors run RunSpecs somewhere and hand each finished RunRecord back to the driver.
+
+local: one fresh process per run (spawned, so torch state never crosses a fork), `jobs` at a
+       time, each with cores // jobs torch threads.
+ray:   each run is a Ray task asking for that many CPUs; `address` joins an existing cluster.
+The driver alone writes the store, so both executors record identical rows for the same spec.
+"""
+from __future__ import annotations
+
+import importlib
+import multiprocessing
+import os
+import queue as queue_module
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from typing import Callable
+
+from harness.matrix import RunSpec
+from harness.runner import Progress, RunRecord, execute_run, now
+from worldmodel.errors import WorldbenchError
+
+OnRecord = Callable[[RunRecord], None]
+
+
+def threads_per_job(jobs: int) -> int:
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
+def _import_plugins(plugins: list[str]) -> None:
+    for module in plugins:
+        importlib.import_module(module)
+
+
+def crashed_record(spec: RunSpec, executor: str, error: str) -> RunRecord:
+    """A run whose worker died without reporting (killed for memory, segfault)."""
+    return RunRecord(run={
+        "run_id": spec.run_id, "profile": spec.profile, "dataset": spec.dataset, "variant": spec.variant,
+        "seed": spec.seed, "status": "failed", "error": error, "failed_stage": "", "diverged_step": -1,
+        "config_json": spec.resolved_json(), "stage_ids_json": "{}", "torch_version": "", "device": "",
+        "cpu_model": "", "host": "", "executor": executor, "started_at": now(), "finished_at": now(),
+    })
+
+
+# ----------------------------------------------------------------------------- local
+
+def _local_worker(spec: RunSpec, results_root: str, threads: int, plugins: list[str], events) -> RunRecord:
+    _import_plugins(plugins)
+    progress = (lambda *event: events.put(event)) if events is not None else None
+    return execute_run(spec, results_root, threads, "local", progress)
+
+
+def run_local(specs: list[RunSpec], results_root: str, jobs: int, plugins: list[str], on_record: OnRecord,
+              progress: Progress | None = None) -> None:
+    context = multiprocessing.get_context("spawn")
+    threads = threads_per_job(jobs)
+    with context.Manager() as manager:
+        events = manager.Queue() if progress else None
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context, max_tasks_per_child=1) as pool:
+            futures = {pool.submit(_local_worker, spec, results_root, threads, plugins, events): spec
+                       for spec in specs}
+            while futures:
+                done, _ = wait(futures, timeout=0.2, return_when=FIRST_COMPLETED)
+                _drain(events, progress)
+                for future in done:
+                    spec = futures.pop(future)
+                    try:
+                        record = future.result()
+                    except Exception as err:  # the worker process itself died
+                        record = crashed_record(spec, "local", f"worker process died: {type(err).__name__}: {err}")
+                    on_record(record)
+            _drain(events, progress)
+
+
+def _drain(events, progress: Progress | None) -> None:
+    while events is not None:
+        try:
+            progress(*events.get_nowait())
+        except queue_module.Empty:
+            return
+
+
+# ----------------------------------------------------------------------------- ray
+
+def _ray_worker(spec: RunSpec, results_root: str, threads: int, plugins: list[str]) -> RunRecord:
+    _import_plugins(plugins)
+    return execute_run(spec, results_root, threads, "ray")
+
+
+def run_ray(specs: list[RunSpec], results_root: str, jobs: int, plugins: list[str], on_record: OnRecord,
+            address: str | None = None) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise WorldbenchError("the ray executor needs Ray; install it with `pip install 'worldbench[ray]'`") from None
+    threads = threads_per_job(jobs)
+    if not ray.is_initialized():
+        try:
+            if address:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            else:
+                ray.init(num_cpus=jobs * threads, include_dashboard=False, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            raise WorldbenchError(f"cannot start or reach Ray at '{address or 'local'}' ({err}); "
+                                  f"check --ray-address") from None
+    task = ray.remote(num_cpus=threads, max_retries=0)(_ray_worker)
+    pending = {task.remote(spec, results_root, threads, plugins): spec for spec in specs}
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        spec = pending.pop(done[0])
+        try:
+            record = ray.get(done[0])
+        except Exception as err:  # the task's worker died
+            record = crashed_record(spec, "ray", f"ray task died: {type(err).__name__}: {str(err)[:200]}")
+        on_record(record)

@@ -1,0 +1,107 @@
+"""Run specs: (profile, dataset, variant, seed) resolved to configs and content-addressed stage ids.
+
+A stage id hashes what the stage's result depends on: its resolved config, its upstream stage
+ids, the dataset, the seed and the source of the code it runs. Variants that differ only in the
+LAM therefore share the tokenizer stage of a seed: it is trained once and the seeds pair up.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import variants
+import worldmodel
+from harness.suite import Suite
+from worldmodel.config import WorldModelConfig
+from worldmodel.stages import stage_config_json
+
+UPSTREAM = {"tokenizer": (), "actions": (), "dynamics": ("tokenizer", "actions")}
+WORLDMODEL_DIR = Path(worldmodel.__file__).parent
+VARIANTS_DIR = Path(variants.__file__).parent
+# Source each stage runs; a change to any of these files retrains that stage.
+SHARED_SOURCES = ["config.py", "layers.py", "fsq.py", "train.py", "stages.py", "metrics.py", "errors.py", "data/*.py"]
+STAGE_SOURCES = {
+    "tokenizer": ["tokenizer.py"],
+    "actions": ["lam.py", "VARIANTS"],
+    "dynamics": ["dynamics.py"],
+}
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
+
+
+def source_hash(patterns: list[str]) -> str:
+    digest = hashlib.sha256()
+    for pattern in patterns:
+        files = sorted(VARIANTS_DIR.glob("*.py")) if pattern == "VARIANTS" else sorted(WORLDMODEL_DIR.glob(pattern))
+        for path in files:
+            digest.update(path.name.encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def code_hash() -> str:
+    """One hash of all the world-model and variant source (recorded in provenance)."""
+    return source_hash([*SHARED_SOURCES, "*.py", "VARIANTS"])
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    run_id: str
+    profile: str
+    dataset: str
+    variant: str
+    seed: int
+    model: dict  # resolved WorldModelConfig as a dict
+    data: dict  # resolved dataset spec
+    data_id: str
+    stage_ids: dict  # stage -> id
+    description: str
+
+    @property
+    def config(self) -> WorldModelConfig:
+        return WorldModelConfig.from_dict(self.model)
+
+    def resolved_json(self) -> str:
+        return json.dumps({"profile": self.profile, "dataset": self.data, "variant": self.variant,
+                           "seed": self.seed, "model": self.model}, sort_keys=True)
+
+
+def dataset_spec(suite: Suite, profile: str, dataset: str, frame_size: int) -> dict:
+    spec = asdict(suite.dataset(dataset))
+    spec.pop("description")
+    if spec["kind"] == "procedural":
+        spec.update(suite.profile(profile).data)
+        spec["frame_size"] = frame_size  # rendered at the model's size
+        spec["path"] = ""
+    else:
+        path = Path(spec["path"])
+        # Identity of a user's file: its path, size and modification time (cheap, catches edits).
+        stat = path.stat() if path.exists() else None
+        spec["file_signature"] = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}" if stat else str(path)
+    return spec
+
+
+def plan_runs(suite: Suite, profile: str, dataset: str, variant_names: list[str], seeds: list[int]) -> list[RunSpec]:
+    """Variant-major order: parallel workers then train different seeds instead of waiting on a shared stage."""
+    sources = {stage: source_hash(SHARED_SOURCES + files) for stage, files in STAGE_SOURCES.items()}
+    specs = []
+    for variant_name in variant_names:
+        variant = suite.variant(variant_name)
+        config = suite.model_config(profile, variant_name)
+        data = dataset_spec(suite, profile, dataset, config.frame_size)
+        data_id = _digest(json.dumps(data, sort_keys=True))
+        for seed in seeds:
+            stage_ids: dict[str, str] = {}
+            for stage in ("tokenizer", "actions", "dynamics"):
+                upstream = [stage_ids[u] for u in UPSTREAM[stage]]
+                stage_ids[stage] = _digest(stage, stage_config_json(config, stage), *upstream, data_id, str(seed),
+                                           sources[stage])
+            rollout = json.dumps(asdict(config.rollout), sort_keys=True) + source_hash(["rollout.py"])
+            run_id = _digest(profile, dataset, variant_name, str(seed), *stage_ids.values(), rollout)
+            specs.append(RunSpec(run_id, profile, dataset, variant_name, seed, config.to_dict(), data, data_id,
+                                 stage_ids, variant.description))
+    return specs

@@ -1,0 +1,174 @@
+"""One run, start to finish: data -> three stages (shared through the stage cache) -> rollouts -> KPIs.
+
+Runs execute in worker processes (local or Ray). A worker never writes the store: it returns a
+RunRecord and the driver appends it. Stages and datasets are cached under results/cache, each
+guarded by a file lock so parallel runs that share a stage train it once.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import platform
+import socket
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from harness.kpis import stage_kpis
+from harness.matrix import RunSpec
+from worldmodel import stages
+from worldmodel.config import WorldModelConfig
+from worldmodel.data import VideoData, VideoWindows, generate, load_hdf5, save_hdf5
+from worldmodel.errors import WorldbenchError
+from worldmodel.rollout import evaluate_rollouts, rollout_clips
+from worldmodel.train import StageDiverged, TrainResult
+
+Progress = Callable[[str, str, int, int, float], None]  # (run_id, stage, step, total, loss)
+
+
+@dataclass
+class RunRecord:
+    run: dict
+    kpis: list[dict] = field(default_factory=list)
+    curves: list[dict] = field(default_factory=list)
+    rollouts: list[dict] = field(default_factory=list)
+    frames: dict | None = None  # ground_truth, predictions, context
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@contextmanager
+def file_lock(path: Path):
+    """Exclusive lock released by the OS when the holder dies, so a killed run never wedges the cache."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def write_json_atomic(path: Path, values: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(values))
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- data
+
+def load_dataset(spec: RunSpec, cache: Path) -> VideoData:
+    data = spec.data
+    if data["kind"] == "hdf5":
+        return load_hdf5(data["path"], frame_size=data["frame_size"] or None, dataset_name=spec.dataset)
+    path = cache / "data" / f"{spec.dataset}-{spec.data_id}.h5"
+    with file_lock(path.with_suffix(".lock")):
+        if not path.exists():
+            save_hdf5(generate(data["game"], data["episodes"], data["episode_len"], data["frame_size"],
+                               data["seed"], data["repeat_prob"]), path)
+    return load_hdf5(path)
+
+
+# ----------------------------------------------------------------------------- stages through the cache
+
+def cached_stage(stage: str, stage_id: str, cache: Path, config: WorldModelConfig, train_fn) -> tuple:
+    """Return (model, output dict) for a stage, training it (resumably) unless already finished."""
+    folder = cache / "stages" / f"{stage}-{stage_id}"
+    output_file = folder / "output.json"
+    with file_lock(folder.with_suffix(".lock")):
+        if output_file.exists():
+            return stages.load_stage(stage, config, folder / "checkpoint.pt"), json.loads(output_file.read_text())
+        folder.mkdir(parents=True, exist_ok=True)
+        model, out = train_fn(folder / "checkpoint.pt")
+        output = {"curve": out.train.curve, "metrics": out.metrics, "params": out.params,
+                  "wall_s": out.train.wall_s, "peak_rss_mb": out.train.peak_rss_mb}
+        write_json_atomic(output_file, output)
+        return model.eval(), output
+
+
+def execute_run(spec: RunSpec, results_root: str, threads: int, executor: str,
+                progress: Progress | None = None) -> RunRecord:
+    """Train and evaluate one run; never raises for a run's own failure (it is recorded instead)."""
+    torch.set_num_threads(threads)
+    started = now()
+    record = RunRecord(run={
+        "run_id": spec.run_id, "profile": spec.profile, "dataset": spec.dataset, "variant": spec.variant,
+        "seed": spec.seed, "status": "ok", "error": "", "failed_stage": "", "diverged_step": -1,
+        "config_json": spec.resolved_json(), "stage_ids_json": json.dumps(spec.stage_ids),
+        "torch_version": torch.__version__, "device": "cpu", "cpu_model": cpu_model(), "host": socket.gethostname(),
+        "executor": executor, "started_at": started,
+    })
+    cache = Path(results_root) / "cache"
+    current = "data"
+    try:
+        config = spec.config
+        data = load_dataset(spec, cache)
+        val_fraction = spec.data["val_fraction"]
+        train = VideoWindows(data, config.window, "train", val_fraction)
+        val = VideoWindows(data, config.window, "val", val_fraction)
+
+        def hook(stage: str):
+            return (lambda step, total, loss: progress(spec.run_id, stage, step, total, loss)) if progress else None
+
+        models, outputs = {}, {}
+        for current in ("tokenizer", "actions", "dynamics"):
+            def train_fn(checkpoint: Path, stage=current):
+                if stage == "tokenizer":
+                    return stages.run_tokenizer(config, train, val, checkpoint, spec.seed, hook(stage))
+                if stage == "actions":
+                    return stages.run_actions(config, train, val, checkpoint, spec.seed, hook(stage))
+                return stages.run_dynamics(config, train, val, models["tokenizer"], models["actions"], checkpoint,
+                                           spec.seed, hook(stage))
+            models[current], outputs[current] = cached_stage(current, spec.stage_ids[current], cache, config, train_fn)
+            if progress:
+                progress(spec.run_id, current, config.stage(current).steps, config.stage(current).steps, float("nan"))
+
+        current = "rollout"
+        clips = rollout_clips(data, config, val_fraction)
+        result = evaluate_rollouts(models["tokenizer"], models["actions"], models["dynamics"], clips, config)
+    except StageDiverged as err:
+        record.run.update(status="diverged", error=str(err), failed_stage=err.stage, diverged_step=err.step)
+    except WorldbenchError as err:
+        record.run.update(status="failed", error=str(err), failed_stage=current)
+    except Exception as err:  # a bug or a broken component must not take the other runs down
+        last = traceback.extract_tb(err.__traceback__)[-1]
+        record.run.update(status="failed", failed_stage=current,
+                          error=f"{type(err).__name__}: {err} ({Path(last.filename).name}:{last.lineno})")
+    else:
+        for stage, output in outputs.items():
+            values = stage_kpis(stage, output["curve"], output["metrics"], output["params"], output["wall_s"],
+                                output["peak_rss_mb"])
+            record.kpis += [{"run_id": spec.run_id, "kpi": k, "value": v} for k, v in values.items()]
+            record.curves += [{"run_id": spec.run_id, "stage": stage, "step": row["step"], "metric": metric,
+                               "value": value}
+                              for row in output["curve"] for metric, value in row.items() if metric != "step"]
+        record.kpis += [{"run_id": spec.run_id, "kpi": f"rollout.{k}", "value": v} for k, v in result.kpis.items()]
+        for mode, scores in result.scores.items():
+            clips_count, horizon = scores["mse"].shape
+            record.rollouts += [{"run_id": spec.run_id, "mode": mode, "clip": c, "horizon_step": h + 1,
+                                 "mse": float(scores["mse"][c, h]), "psnr": float(scores["psnr"][c, h]),
+                                 "ssim": float(scores["ssim"][c, h])}
+                                for c in range(clips_count) for h in range(horizon)]
+        record.frames = {"ground_truth": result.ground_truth, "predictions": result.predictions,
+                         "context": config.window - 1}
+    record.run["finished_at"] = now()
+    return record

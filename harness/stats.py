@@ -1,0 +1,851 @@
+"""Statistics that decide whether a candidate world model may replace the baseline.
+
+Each KPI is measured once per training seed for both arms.  For every KPI we
+
+1. turn the per-seed values into a *badness-oriented* effect ``d`` (positive means
+   the candidate is worse), on a log axis (ratios) or a linear axis (differences);
+2. test three one-sided claims about the mean of ``d`` against the KPI's margin ``m``:
+
+   ============  ===================  =======================================
+   claim         alternative (H1)     meaning
+   ============  ===================  =======================================
+   non-inferior  mean d < m           confidently not worse than the margin
+   improved      mean d < 0           confidently better than the baseline
+   regressed     mean d > m           confidently worse than the margin
+   ============  ===================  =======================================
+
+   (plus ``p_worse``, H1: mean d > 0, "worse at all", reported for information);
+3. attach an estimate with a 95% bootstrap (BCa) confidence interval for display.
+   The verdicts come from the tests only, never from the bootstrap.
+
+Seeds are paired when both arms have them (paired t-test on ``d``); with fewer than
+two common seeds we fall back to Welch's unpaired t-test.  Steps-to-target KPIs are
+right-censored (``inf`` = never reached the target) and use rank tests instead.
+
+Multiplicity: the "regressed" claims are Holm-adjusted across the blocking KPIs,
+because a single false "regressed" fails the PR.  PASS needs *every* blocking KPI to
+be non-inferior; that is an intersection-union test, whose size is already at most
+alpha without any adjustment, so non-inferiority p values are reported raw.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+
+import numpy as np
+from scipy import stats
+from statsmodels.stats.power import TTestPower
+
+CI_LEVEL = 0.95
+DEFAULT_N_RESAMPLES = 2000
+MIN_VALUES_PER_ARM = 2
+# Seed recommendations are capped here; a value equal to the cap means "at least this many".
+MAX_RECOMMENDED_SEEDS = 200
+TARGET_POWER = 0.8
+
+NAN = float("nan")
+
+
+# --------------------------------------------------------------------------- rules
+
+
+@dataclass(frozen=True)
+class KpiRule:
+    name: str
+    direction: str  # "lower" or "higher": which is better
+    scale: str  # "log": compare ratios c/b; "linear": compare differences c-b
+    margin: float  # how much worse is still fine: fraction (log) or absolute amount (linear)
+    blocking: bool = True
+
+    def __post_init__(self) -> None:
+        if self.direction not in ("lower", "higher"):
+            raise ValueError(f"KPI {self.name!r}: direction must be 'lower' or 'higher', got {self.direction!r}")
+        if self.scale not in ("log", "linear"):
+            raise ValueError(f"KPI {self.name!r}: scale must be 'log' or 'linear', got {self.scale!r}")
+        if not (math.isfinite(self.margin) and self.margin >= 0):
+            raise ValueError(f"KPI {self.name!r}: margin must be a finite number >= 0, got {self.margin!r}")
+
+    @property
+    def badness_sign(self) -> float:
+        """+1 when larger values are worse, -1 when larger values are better."""
+        return 1.0 if self.direction == "lower" else -1.0
+
+    @property
+    def analysis_margin(self) -> float:
+        """The margin on the axis the tests use: log(1 + margin) for ratios."""
+        return math.log1p(self.margin) if self.scale == "log" else self.margin
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class KpiComparison:
+    """The comparison of one KPI.  Floats are plain Python floats; NaN where undefined."""
+
+    name: str
+    rule: KpiRule
+    n_baseline: int  # usable values per arm (missing values excluded)
+    n_candidate: int
+    n_paired: int  # seeds present in both arms
+    paired: bool  # True: paired test over common seeds; False: unpaired (Welch / Mann-Whitney)
+    baseline_values: dict[int, float]  # as given, per seed (NaN = missing)
+    candidate_values: dict[int, float]
+    baseline_median: float
+    candidate_median: float
+    baseline_iqm: float
+    candidate_iqm: float
+    estimate: float  # user-facing, not sign-flipped: ratio c/b (log scale) or difference c-b (linear)
+    ci_low: float  # 95% CI of `estimate`, same scale (NaN for censored KPIs)
+    ci_high: float
+    margin: float  # the non-inferiority boundary on the same scale as `estimate` (e.g. 1.05, or 1/1.05 if higher is better)
+    p_noninferior: float  # H1: candidate not worse than the margin (raw; see module docstring)
+    p_improved: float  # H1: candidate better than baseline
+    p_regressed: float  # H1: candidate worse than the margin
+    p_regressed_adjusted: float  # Holm-adjusted p_regressed (within blocking / non-blocking KPIs)
+    hedges_g: float  # standardised (c - b) on the analysis axis, small-sample corrected
+    prob_improvement: float  # P(candidate better than baseline) over seed pairs, ties count 1/2
+    verdict: str  # "improved" | "non-inferior" | "regressed" | "inconclusive"
+    reason: str
+    recommended_seeds: int | None  # for inconclusive KPIs: seeds for 80% power (capped at 200)
+    p_worse: float = NAN  # H1: candidate worse than baseline at all (ignores the margin)
+    method: str = ""  # which test produced the p values
+
+
+@dataclass
+class Comparison:
+    """The merge decision over all KPIs."""
+
+    verdict: str  # "PASS" | "FAIL" | "INCONCLUSIVE"
+    reasons: list[str]
+    kpis: list[KpiComparison]
+    recommended_seeds: int | None
+    alpha: float
+
+
+# --------------------------------------------------------------------------- data preparation
+
+
+@dataclass(frozen=True)
+class _Arm:
+    """The usable values of one arm of one KPI, keyed by seed, on the raw (user) scale."""
+
+    by_seed: dict[int, float]
+
+    @property
+    def values(self) -> np.ndarray:
+        return np.array(list(self.by_seed.values()), dtype=float)
+
+    @property
+    def n(self) -> int:
+        return len(self.by_seed)
+
+
+def _usable_values(rule: KpiRule, values: Mapping[int, float], censored: bool, arm: str) -> _Arm:
+    """Drop missing (NaN) values and reject values the analysis cannot use."""
+    usable: dict[int, float] = {}
+    for seed, raw in values.items():
+        value = float(raw)
+        if math.isnan(value):
+            continue
+        if math.isinf(value) and not (censored and value > 0):
+            hint = " (pass the KPI as censored if inf means 'never reached')" if value > 0 else ""
+            raise ValueError(f"KPI {rule.name!r}, {arm} seed {seed}: value {value} is not allowed{hint}")
+        if rule.scale == "log" and value <= 0:
+            raise ValueError(
+                f"KPI {rule.name!r}, {arm} seed {seed}: value {value} <= 0 on a log-scale KPI; use scale='linear'"
+            )
+        usable[int(seed)] = value
+    return _Arm(usable)
+
+
+def _to_analysis_axis(rule: KpiRule, values: np.ndarray) -> np.ndarray:
+    """Log for ratio KPIs (inf stays inf), unchanged for linear ones."""
+    return np.log(values) if rule.scale == "log" else values
+
+
+def _to_user_scale(rule: KpiRule, badness: float) -> float:
+    """Map a badness-axis quantity back to the user-facing ratio / difference."""
+    oriented = rule.badness_sign * badness
+    return float(np.exp(oriented)) if rule.scale == "log" else float(oriented)
+
+
+# --------------------------------------------------------------------------- small statistics
+
+
+def interquartile_mean(values: np.ndarray) -> float:
+    """Mean of the middle 50% (IQM), robust to a stray seed."""
+    if len(values) == 0:
+        return NAN
+    with _quiet():
+        return float(stats.trim_mean(values, 0.25))
+
+
+def _median(values: np.ndarray) -> float:
+    return float(np.median(values)) if len(values) else NAN
+
+
+def _hedges_correction(df: int) -> float:
+    """Hedges' small-sample correction J = 1 - 3 / (4 df - 1) (the usual approximation)."""
+    return 1.0 - 3.0 / (4.0 * df - 1.0) if df >= 1 else NAN
+
+
+def hedges_g_paired(differences: np.ndarray) -> float:
+    """d_z = mean/sd of per-seed differences times J(n - 1), i.e. J = 1 - 3/(4n - 5)."""
+    n = len(differences)
+    if n < 2:
+        return NAN
+    if _has_no_spread(differences):  # a standardised effect needs noise to standardise by
+        return NAN
+    return float(np.mean(differences) / np.std(differences, ddof=1) * _hedges_correction(n - 1))
+
+
+def hedges_g_unpaired(candidate: np.ndarray, baseline: np.ndarray) -> float:
+    """(mean c - mean b) / pooled sd times J(n_c + n_b - 2)."""
+    n_c, n_b = len(candidate), len(baseline)
+    if n_c < 2 or n_b < 2:
+        return NAN
+    if _has_no_spread(candidate, baseline):
+        return NAN
+    pooled_var = ((n_c - 1) * np.var(candidate, ddof=1) + (n_b - 1) * np.var(baseline, ddof=1)) / (n_c + n_b - 2)
+    return float((np.mean(candidate) - np.mean(baseline)) / math.sqrt(pooled_var) * _hedges_correction(n_c + n_b - 2))
+
+
+def probability_of_improvement(rule: KpiRule, candidate: np.ndarray, baseline: np.ndarray, paired: bool) -> float:
+    """Share of (candidate, baseline) pairs where the candidate is better; ties count 1/2.
+
+    Paired: the pairs are the common seeds (arrays aligned).  Unpaired: all n_c * n_b pairs.
+    """
+    if paired:
+        c, b = candidate, baseline
+    else:
+        c, b = candidate[:, None], baseline[None, :]
+    better = c < b if rule.direction == "lower" else c > b
+    return float(np.mean(better + 0.5 * (c == b)))
+
+
+# --------------------------------------------------------------------------- hypothesis tests
+
+
+@dataclass(frozen=True)
+class _PValues:
+    improved: float  # H1: d < 0
+    noninferior: float  # H1: d < margin
+    worse: float  # H1: d > 0
+    regressed: float  # H1: d > margin
+
+
+def _deterministic_p(effect: float, margin: float) -> _PValues:
+    """Zero spread (e.g. a bit-for-bit deterministic pipeline): the sign decides, ties reject nothing."""
+    return _PValues(
+        improved=0.0 if effect < 0 else 1.0,
+        noninferior=0.0 if effect < margin else 1.0,
+        worse=0.0 if effect > 0 else 1.0,
+        regressed=0.0 if effect > margin else 1.0,
+    )
+
+
+def _has_no_spread(*samples: np.ndarray) -> bool:
+    return all(np.ptp(s) <= 1e-12 * max(1.0, float(np.max(np.abs(s)))) for s in samples)
+
+
+def _one_sided_p_values(result) -> _PValues:
+    """Both one-sided p values from a two-column t-test result (columns: vs 0, vs the margin).
+
+    t.cdf / t.sf of the statistic is exactly what scipy's ``alternative="less"/"greater"``
+    computes; one scipy call instead of four keeps the simulations fast.
+    """
+    less = stats.t.cdf(result.statistic, result.df)
+    greater = stats.t.sf(result.statistic, result.df)
+    return _PValues(float(less[0]), float(less[1]), float(greater[0]), float(greater[1]))
+
+
+def _paired_t_test(d: np.ndarray, margin: float) -> tuple[_PValues, tuple[float, float]]:
+    """One-sample t-tests of mean d against 0 and the margin, plus the t interval of mean d."""
+    if _has_no_spread(d):
+        mean = float(np.mean(d))
+        return _deterministic_p(mean, margin), (mean, mean)
+    result = stats.ttest_1samp(np.column_stack([d, d]), [[0.0, margin]])
+    low, high = result.confidence_interval(CI_LEVEL)
+    return _one_sided_p_values(result), (float(low[0]), float(high[0]))
+
+
+def _welch_t_test(candidate: np.ndarray, baseline: np.ndarray, margin: float) -> tuple[_PValues, tuple[float, float]]:
+    """Welch tests of mean(c) - mean(b) against 0 and the margin (the candidate shifted by it)."""
+    if _has_no_spread(candidate, baseline):
+        difference = float(np.mean(candidate) - np.mean(baseline))
+        return _deterministic_p(difference, margin), (difference, difference)
+    shifted = np.column_stack([candidate, candidate - margin])
+    result = stats.ttest_ind(shifted, baseline[:, None], equal_var=False)
+    low, high = result.confidence_interval(CI_LEVEL)
+    return _one_sided_p_values(result), (float(low[0]), float(high[0]))
+
+
+def _replace_infinities(values: np.ndarray) -> np.ndarray:
+    """Swap +-inf for +-(a number beyond every finite value) so rank tests rank them last
+    (all censored runs tie) without doing arithmetic on infinities."""
+    finite = values[np.isfinite(values)]
+    beyond = 2.0 * (float(np.max(np.abs(finite))) if finite.size else 0.0) + 1.0
+    return np.where(np.isposinf(values), beyond, np.where(np.isneginf(values), -beyond, values))
+
+
+def _signed_rank_p(d: np.ndarray, alternative: str) -> float:
+    """Wilcoxon signed-rank on per-seed differences; zero differences (ties) carry no evidence."""
+    if not np.any(d != 0):
+        return 1.0
+    return float(stats.wilcoxon(_replace_infinities(d), alternative=alternative).pvalue)
+
+
+def _censored_differences(candidate: np.ndarray, baseline: np.ndarray, shift: float) -> np.ndarray:
+    """(c - shift) - b per seed, where two censored runs tie (inf - inf -> 0)."""
+    both_censored = np.isposinf(candidate) & np.isposinf(baseline)
+    with _quiet():
+        d = (candidate - shift) - baseline
+    return np.where(both_censored, 0.0, d)
+
+
+def _wilcoxon_p_values(candidate: np.ndarray, baseline: np.ndarray, margin: float) -> _PValues:
+    plain = _censored_differences(candidate, baseline, 0.0)
+    shifted = _censored_differences(candidate, baseline, margin)
+    return _PValues(
+        improved=_signed_rank_p(plain, "less"),
+        noninferior=_signed_rank_p(shifted, "less"),
+        worse=_signed_rank_p(plain, "greater"),
+        regressed=_signed_rank_p(shifted, "greater"),
+    )
+
+
+def _mann_whitney_p(candidate: np.ndarray, baseline: np.ndarray, alternative: str) -> float:
+    pooled = _replace_infinities(np.concatenate([candidate, baseline]))
+    c, b = pooled[: len(candidate)], pooled[len(candidate) :]
+    if _has_no_spread(pooled):
+        return 1.0
+    return float(stats.mannwhitneyu(c, b, alternative=alternative).pvalue)
+
+
+def _mann_whitney_p_values(candidate: np.ndarray, baseline: np.ndarray, margin: float) -> _PValues:
+    shifted = candidate - margin  # inf stays inf: a censored run is worst after any shift
+    return _PValues(
+        improved=_mann_whitney_p(candidate, baseline, "less"),
+        noninferior=_mann_whitney_p(shifted, baseline, "less"),
+        worse=_mann_whitney_p(candidate, baseline, "greater"),
+        regressed=_mann_whitney_p(shifted, baseline, "greater"),
+    )
+
+
+# --------------------------------------------------------------------------- confidence intervals
+
+
+def _expanded_level(se_unbiased: float, se_plugin: float, df: float) -> float:
+    """Confidence level to request from the bootstrap so that it is as wide as a t interval.
+
+    The bootstrap distribution of a mean has the plug-in spread (divisor n, not n - 1) and
+    normal rather than t tails, so at 5-10 seeds a nominal 95% BCa interval covers only ~90%.
+    Following Hesterberg's "expanded percentile" interval we ask for the level whose normal
+    quantile equals t_{df} * se_unbiased / se_plugin.
+    """
+    t_quantile = stats.t.ppf(0.5 + CI_LEVEL / 2, df)
+    expanded = 2.0 * stats.norm.cdf(t_quantile * se_unbiased / se_plugin) - 1.0
+    return float(min(max(expanded, CI_LEVEL), 0.9999))
+
+
+def _bootstrap_ci(
+    samples: tuple[np.ndarray, ...],
+    statistic: Callable[..., np.ndarray],
+    level: float,
+    seed: int,
+    n_resamples: int,
+) -> tuple[float, float]:
+    """BCa interval; percentile when BCa is degenerate; zero width when even that fails."""
+    for method in ("BCa", "percentile"):
+        try:
+            result = stats.bootstrap(
+                samples,
+                statistic,
+                method=method,
+                confidence_level=level,
+                n_resamples=n_resamples,
+                vectorized=True,
+                random_state=np.random.default_rng(seed),
+            )
+        except ValueError:
+            continue
+        low, high = result.confidence_interval
+        if math.isfinite(low) and math.isfinite(high):
+            return float(low), float(high)
+    point = float(statistic(*samples, axis=-1))
+    return point, point
+
+
+def _mean_of(values: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(values, axis=axis)
+
+
+def _difference_of_means(candidate: np.ndarray, baseline: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(candidate, axis=axis) - np.mean(baseline, axis=axis)
+
+
+def _paired_bootstrap_ci(d: np.ndarray, seed: int, n_resamples: int) -> tuple[float, float]:
+    n = len(d)
+    if _has_no_spread(d):
+        return float(np.mean(d)), float(np.mean(d))
+    level = _expanded_level(se_unbiased=math.sqrt(n / (n - 1)), se_plugin=1.0, df=n - 1)
+    return _bootstrap_ci((d,), _mean_of, level, seed, n_resamples)
+
+
+def _welch_bootstrap_ci(candidate: np.ndarray, baseline: np.ndarray, seed: int, n_resamples: int) -> tuple[float, float]:
+    if _has_no_spread(candidate, baseline):
+        point = float(np.mean(candidate) - np.mean(baseline))
+        return point, point
+    n_c, n_b = len(candidate), len(baseline)
+    var_c, var_b = np.var(candidate, ddof=1) / n_c, np.var(baseline, ddof=1) / n_b
+    welch_df = (var_c + var_b) ** 2 / (var_c**2 / (n_c - 1) + var_b**2 / (n_b - 1))
+    se_unbiased = math.sqrt(var_c + var_b)
+    se_plugin = math.sqrt(var_c * (n_c - 1) / n_c + var_b * (n_b - 1) / n_b)
+    level = _expanded_level(se_unbiased, se_plugin, welch_df)
+    return _bootstrap_ci((candidate, baseline), _difference_of_means, level, seed, n_resamples)
+
+
+# --------------------------------------------------------------------------- power
+
+
+def _smallest_n_for_power(effect_size: float, alpha: float, power: float) -> int:
+    """Smallest n in [2, cap] where a one-sided one-sample t-test reaches `power` (cap if none)."""
+    if not effect_size > 0:
+        return MAX_RECOMMENDED_SEEDS
+    if math.isinf(effect_size):
+        return MIN_VALUES_PER_ARM
+    # Evaluating every n at once is faster and safer than solve_power's root finder.
+    candidates = np.arange(MIN_VALUES_PER_ARM, MAX_RECOMMENDED_SEEDS + 1)
+    with _quiet():
+        achieved = TTestPower().power(effect_size=effect_size, nobs=candidates, alpha=alpha, alternative="larger")
+    enough = np.flatnonzero(achieved >= power)
+    return int(candidates[enough[0]]) if enough.size else MAX_RECOMMENDED_SEEDS
+
+
+def recommended_seeds(sd_d: float, margin: float, alpha: float = 0.05, power: float = TARGET_POWER) -> int:
+    """Seeds for a paired one-sided t-test to detect a true effect equal to the margin (vs 0).
+
+    `sd_d` and `margin` are on the analysis axis: log-ratios for log-scale KPIs (use
+    ``rule.analysis_margin``), plain differences otherwise.  Capped at MAX_RECOMMENDED_SEEDS.
+    """
+    if not (sd_d > 0 and margin > 0):
+        raise ValueError("sd_d and margin must be > 0")
+    return _smallest_n_for_power(margin / sd_d, alpha, power)
+
+
+def _seeds_to_settle(mean_d: float, sd_d: float, margin: float, alpha: float) -> int | None:
+    """Seeds for 80% power if the observed effect were the truth.
+
+    Below the margin we size the non-inferiority test, at or beyond it the regression test.
+    The Holm adjustment is ignored, so with several KPIs this is slightly optimistic.
+    """
+    if not (math.isfinite(mean_d) and math.isfinite(sd_d) and sd_d > 0):
+        return None
+    return _smallest_n_for_power(abs(margin - mean_d) / sd_d, alpha, TARGET_POWER)
+
+
+# --------------------------------------------------------------------------- per-KPI analysis
+
+
+@dataclass(frozen=True)
+class _KpiAnalysis:
+    """Everything about one KPI that does not depend on alpha or the other KPIs."""
+
+    rule: KpiRule
+    given_baseline: dict[int, float]
+    given_candidate: dict[int, float]
+    baseline: _Arm
+    candidate: _Arm
+    common_seeds: list[int]
+    paired: bool
+    censored: bool
+    enough_data: bool
+    method: str = ""
+    effect: float = NAN  # badness axis
+    ci: tuple[float, float] = (NAN, NAN)  # badness axis
+    sd_d: float = NAN  # spread of a single seed's effect, for power analysis
+    p: _PValues = _PValues(NAN, NAN, NAN, NAN)
+    hedges_g: float = NAN
+    prob_improvement: float = NAN
+    censored_baseline: int = 0  # runs that never reached the target, in the analysed seeds
+    censored_candidate: int = 0
+
+
+def _analyse(
+    rule: KpiRule,
+    baseline: Mapping[int, float],
+    candidate: Mapping[int, float],
+    censored: bool,
+    bootstrap: bool,
+    seed: int,
+    n_resamples: int,
+) -> _KpiAnalysis:
+    if censored and rule.direction != "lower":
+        raise ValueError(f"KPI {rule.name!r}: censored (steps-to-target) KPIs must have direction 'lower'")
+    base_arm = _usable_values(rule, baseline, censored, "baseline")
+    cand_arm = _usable_values(rule, candidate, censored, "candidate")
+    common = sorted(set(base_arm.by_seed) & set(cand_arm.by_seed))
+    analysis = _KpiAnalysis(
+        rule=rule,
+        given_baseline={int(s): float(v) for s, v in baseline.items()},
+        given_candidate={int(s): float(v) for s, v in candidate.items()},
+        baseline=base_arm,
+        candidate=cand_arm,
+        common_seeds=common,
+        paired=len(common) >= MIN_VALUES_PER_ARM,
+        censored=censored,
+        enough_data=min(base_arm.n, cand_arm.n) >= MIN_VALUES_PER_ARM,
+    )
+    if not analysis.enough_data:
+        return analysis
+
+    if analysis.paired:
+        b_raw = np.array([base_arm.by_seed[s] for s in common])
+        c_raw = np.array([cand_arm.by_seed[s] for s in common])
+    else:
+        b_raw, c_raw = base_arm.values, cand_arm.values
+    prob = probability_of_improvement(rule, c_raw, b_raw, analysis.paired)
+    # Badness orientation: positive = candidate worse.
+    b = rule.badness_sign * _to_analysis_axis(rule, b_raw)
+    c = rule.badness_sign * _to_analysis_axis(rule, c_raw)
+    margin = rule.analysis_margin
+
+    if censored:
+        return _analyse_censored(analysis, c, b, prob, margin)
+    if analysis.paired:
+        d = c - b
+        p_values, t_interval = _paired_t_test(d, margin)
+        return replace(
+            analysis,
+            method="paired t-test",
+            effect=float(np.mean(d)),
+            ci=_paired_bootstrap_ci(d, seed, n_resamples) if bootstrap else t_interval,
+            sd_d=float(np.std(d, ddof=1)),
+            p=p_values,
+            hedges_g=hedges_g_paired(rule.badness_sign * d),
+            prob_improvement=prob,
+        )
+    # Fewer than two common seeds: compare the arms as independent samples.
+    p_values, t_interval = _welch_t_test(c, b, margin)
+    return replace(
+        analysis,
+        method="Welch t-test (unpaired)",
+        effect=float(np.mean(c) - np.mean(b)),
+        ci=_welch_bootstrap_ci(c, b, seed, n_resamples) if bootstrap else t_interval,
+        # A future paired design would see roughly this per-seed spread (arms uncorrelated).
+        sd_d=float(math.sqrt(np.var(c, ddof=1) + np.var(b, ddof=1))),
+        p=p_values,
+        hedges_g=hedges_g_unpaired(rule.badness_sign * c, rule.badness_sign * b),
+        prob_improvement=prob,
+    )
+
+
+def _analyse_censored(
+    analysis: _KpiAnalysis, c: np.ndarray, b: np.ndarray, prob: float, margin: float
+) -> _KpiAnalysis:
+    """Rank tests for steps-to-target: a run that never reached the target (inf) ranks worst.
+
+    The estimate is a Hodges-Lehmann style median: of per-seed differences (paired) or of
+    all pairwise differences (unpaired), where two censored runs tie.  No CI, no effect
+    size and no power analysis: with censoring those would need a survival model.
+    """
+    censored_counts = dict(censored_baseline=int(np.isinf(b).sum()), censored_candidate=int(np.isinf(c).sum()))
+    if analysis.paired:
+        differences = _censored_differences(c, b, 0.0)
+        return replace(
+            analysis,
+            method="Wilcoxon signed-rank (censored ranked worst)",
+            effect=_median(differences),
+            p=_wilcoxon_p_values(c, b, margin),
+            prob_improvement=prob,
+            **censored_counts,
+        )
+    all_pairs = _censored_differences(c[:, None], b[None, :], 0.0).ravel()
+    return replace(
+        analysis,
+        method="Mann-Whitney U (censored ranked worst)",
+        effect=_median(all_pairs),
+        p=_mann_whitney_p_values(c, b, margin),
+        prob_improvement=prob,
+        **censored_counts,
+    )
+
+
+# --------------------------------------------------------------------------- verdicts and wording
+
+
+def _format_margin(rule: KpiRule) -> str:
+    return f"{rule.margin * 100:g}%" if rule.scale == "log" else f"{rule.margin:g}"
+
+
+def _describe_effect(rule: KpiRule, estimate: float, effect: float) -> str:
+    """E.g. 'candidate 12.0% higher (worse)' or 'candidate 0.031 lower (better)'."""
+    if math.isnan(estimate):
+        return "candidate effect undefined"
+    change = estimate - 1.0 if rule.scale == "log" else estimate
+    if change == 0:
+        return "candidate equal to baseline"
+    side = "higher" if change > 0 else "lower"
+    quality = "worse" if effect > 0 else "better"
+    if math.isinf(change):  # censored runs dominate the median
+        return f"candidate {side} ({quality}), driven by runs that never reached the target"
+    size = f"{abs(change):.1%}" if rule.scale == "log" else f"{abs(change):.3g}"
+    return f"candidate {size} {side} ({quality})"
+
+
+def _judge(analysis: _KpiAnalysis, p_regressed_adjusted: float, alpha: float) -> KpiComparison:
+    rule = analysis.rule
+    estimate = _to_user_scale(rule, analysis.effect) if not math.isnan(analysis.effect) else NAN
+    ci_ends = sorted(_to_user_scale(rule, end) for end in analysis.ci) if not math.isnan(analysis.ci[0]) else [NAN, NAN]
+    effect_text = _describe_effect(rule, estimate, analysis.effect)
+    margin_text = _format_margin(rule)
+    p = analysis.p
+    # A censored KPI can only pass if the candidate misses the target no more often than the baseline.
+    censoring_ok = analysis.censored_candidate <= analysis.censored_baseline
+    seeds_needed: int | None = None
+
+    if not analysis.enough_data:
+        verdict = "inconclusive"
+        reason = (
+            f"missing data: {analysis.baseline.n} usable baseline and {analysis.candidate.n} "
+            f"candidate values (need {MIN_VALUES_PER_ARM} each)"
+        )
+    elif p_regressed_adjusted < alpha:
+        verdict = "regressed"
+        reason = f"{effect_text}, beyond the {margin_text} margin (adjusted p={p_regressed_adjusted:.2g})"
+    elif p.improved < alpha and censoring_ok:
+        verdict = "improved"
+        reason = f"{effect_text}, significantly better than baseline (p={p.improved:.2g})"
+    elif p.noninferior < alpha and censoring_ok:
+        verdict = "non-inferior"
+        reason = f"{effect_text}, confidently within the {margin_text} margin (p={p.noninferior:.2g})"
+    else:
+        verdict = "inconclusive"
+        n_used = len(analysis.common_seeds) if analysis.paired else min(analysis.baseline.n, analysis.candidate.n)
+        reason = f"{effect_text}; {n_used} seeds cannot tell whether it is within the {margin_text} margin"
+        if not censoring_ok:
+            reason += (
+                f"; candidate missed the target in {analysis.censored_candidate} runs"
+                f" vs {analysis.censored_baseline} for baseline"
+            )
+        seeds_needed = _seeds_to_settle(analysis.effect, analysis.sd_d, rule.analysis_margin, alpha)
+        if seeds_needed is not None:
+            if seeds_needed >= MAX_RECOMMENDED_SEEDS:
+                reason += f"; more than {MAX_RECOMMENDED_SEEDS} seeds would be needed"
+            else:
+                reason += f"; about {seeds_needed} seeds would settle it with {TARGET_POWER:.0%} power"
+
+    return KpiComparison(
+        name=rule.name,
+        rule=rule,
+        n_baseline=analysis.baseline.n,
+        n_candidate=analysis.candidate.n,
+        n_paired=len(analysis.common_seeds),
+        paired=analysis.paired,
+        baseline_values=analysis.given_baseline,
+        candidate_values=analysis.given_candidate,
+        baseline_median=_median(analysis.baseline.values),
+        candidate_median=_median(analysis.candidate.values),
+        baseline_iqm=interquartile_mean(analysis.baseline.values),
+        candidate_iqm=interquartile_mean(analysis.candidate.values),
+        estimate=estimate,
+        ci_low=float(ci_ends[0]),
+        ci_high=float(ci_ends[1]),
+        margin=_to_user_scale(rule, rule.analysis_margin),
+        p_noninferior=p.noninferior,
+        p_improved=p.improved,
+        p_regressed=p.regressed,
+        p_regressed_adjusted=float(p_regressed_adjusted),
+        hedges_g=analysis.hedges_g,
+        prob_improvement=analysis.prob_improvement,
+        verdict=verdict,
+        reason=reason,
+        recommended_seeds=seeds_needed,
+        p_worse=p.worse,
+        method=analysis.method,
+    )
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Degenerate inputs are handled explicitly; keep numpy/scipy from warning about them."""
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        yield
+
+
+# --------------------------------------------------------------------------- public entry points
+
+
+def compare_kpi(
+    rule: KpiRule,
+    baseline: Mapping[int, float],
+    candidate: Mapping[int, float],
+    alpha: float = 0.05,
+    censored: bool = False,
+    seed: int = 0,
+    *,
+    bootstrap: bool = True,
+    n_resamples: int = DEFAULT_N_RESAMPLES,
+) -> KpiComparison:
+    """Compare one KPI on its own (no multiplicity adjustment: p_regressed_adjusted = p_regressed).
+
+    `bootstrap=False` takes the CI from the t distribution instead (fast, for simulations);
+    verdicts are identical either way.
+    """
+    with _quiet():
+        analysis = _analyse(rule, baseline, candidate, censored, bootstrap, seed, n_resamples)
+        return _judge(analysis, analysis.p.regressed, alpha)
+
+
+def holm_adjust(p_values: list[float]) -> list[float]:
+    """Holm step-down adjusted p values; NaN (no data) stays NaN and is not part of the family.
+
+    Same numbers as statsmodels' ``multipletests(method="holm")`` (checked in the tests), but
+    that function runs ``gc.collect()`` on every call (~40 ms in a loaded process), which
+    made the calibration simulations crawl.  The procedure itself is three lines:
+    the k-th smallest of m p values is multiplied by (m - k + 1), then a running maximum
+    keeps the order, and everything is capped at 1.
+    """
+    p = np.asarray(p_values, dtype=float)
+    adjusted = np.full(len(p), NAN)
+    in_family = np.flatnonzero(~np.isnan(p))
+    order = in_family[np.argsort(p[in_family], kind="stable")]
+    m = len(order)
+    stepped = np.maximum.accumulate(p[order] * (m - np.arange(m)))
+    adjusted[order] = np.minimum(stepped, 1.0)
+    return [float(x) for x in adjusted]
+
+
+def compare(
+    rules: list[KpiRule],
+    baseline: Mapping[str, Mapping[int, float]],
+    candidate: Mapping[str, Mapping[int, float]],
+    *,
+    failures_baseline: int = 0,
+    failures_candidate: int = 0,
+    censored_kpis: set[str] | frozenset[str] = frozenset(),
+    alpha: float = 0.05,
+    seed: int = 0,
+    bootstrap: bool = True,
+    n_resamples: int = DEFAULT_N_RESAMPLES,
+) -> Comparison:
+    """Decide PASS / FAIL / INCONCLUSIVE for a candidate against the baseline.
+
+    FAIL: a blocking KPI regressed beyond its margin (Holm over blocking KPIs), or the
+    candidate had more failed runs than the baseline.  PASS: every blocking KPI improved
+    or non-inferior and no candidate run failed.  Otherwise INCONCLUSIVE, with the number
+    of seeds that would likely settle it.  In sequential mode pass the per-look alpha from
+    `alpha_spending`.
+    """
+    names = [rule.name for rule in rules]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate KPI names in rules: {names}")
+    if not 0 < alpha < 0.5:
+        raise ValueError(f"alpha must be in (0, 0.5), got {alpha}")
+
+    with _quiet():
+        analyses = [
+            _analyse(
+                rule,
+                baseline.get(rule.name, {}),
+                candidate.get(rule.name, {}),
+                rule.name in censored_kpis,
+                bootstrap,
+                seed,
+                n_resamples,
+            )
+            for rule in rules
+        ]
+        # Holm within the blocking KPIs (they gate the merge); informational KPIs form their own family.
+        adjusted = [NAN] * len(rules)
+        for blocking in (True, False):
+            family = [i for i, rule in enumerate(rules) if rule.blocking == blocking]
+            for i, p in zip(family, holm_adjust([analyses[i].p.regressed for i in family])):
+                adjusted[i] = p
+        kpis = [_judge(a, p_adj, alpha) for a, p_adj in zip(analyses, adjusted)]
+
+    blocking_kpis = [k for k in kpis if k.rule.blocking]
+    regressed = [k for k in blocking_kpis if k.verdict == "regressed"]
+    unsettled = [k for k in blocking_kpis if k.verdict not in ("improved", "non-inferior", "regressed")]
+    more_failures = failures_candidate > failures_baseline
+
+    reasons: list[str] = [f"{k.name}: {k.reason}" for k in regressed]
+    if more_failures:
+        reasons.append(f"candidate failed in {failures_candidate} runs vs {failures_baseline} for baseline")
+    if regressed or more_failures:
+        verdict = "FAIL"
+    else:
+        reasons += [f"{k.name}: {k.reason}" for k in unsettled]
+        if failures_candidate > 0:
+            reasons.append(f"candidate failed in {failures_candidate} runs; any candidate failure prevents PASS")
+        if not blocking_kpis:
+            reasons.append("no blocking KPI to decide on")
+        if reasons:
+            verdict = "INCONCLUSIVE"
+        else:
+            verdict = "PASS"
+            reasons.append(f"all {len(blocking_kpis)} blocking KPIs improved or non-inferior")
+
+    recommendations = [k.recommended_seeds for k in unsettled if k.recommended_seeds is not None]
+    overall_seeds = max(recommendations) if verdict == "INCONCLUSIVE" and recommendations else None
+    return Comparison(verdict=verdict, reasons=reasons, kpis=kpis, recommended_seeds=overall_seeds, alpha=float(alpha))
+
+
+# --------------------------------------------------------------------------- steps to target
+
+
+def steps_to_target(
+    steps: np.ndarray, losses: np.ndarray, target: float, ema: float = 0.1, consecutive: int = 3
+) -> float:
+    """First logged step where the EMA-smoothed loss stays <= target for `consecutive` log points.
+
+    Smoothing: s_0 = x_0, s_i = ema * x_i + (1 - ema) * s_{i-1}.  Returns the step of the
+    first of those points, or inf if the run never gets there (a NaN loss never recovers).
+    """
+    steps = np.asarray(steps, dtype=float)
+    losses = np.asarray(losses, dtype=float)
+    if steps.shape != losses.shape or steps.ndim != 1:
+        raise ValueError("steps and losses must be 1-D arrays of the same length")
+    if not 0 < ema <= 1:
+        raise ValueError(f"ema must be in (0, 1], got {ema}")
+    if consecutive < 1:
+        raise ValueError(f"consecutive must be >= 1, got {consecutive}")
+    if len(losses) < consecutive:
+        return math.inf
+
+    smoothed = np.empty_like(losses)
+    smoothed[0] = losses[0]
+    for i in range(1, len(losses)):
+        smoothed[i] = ema * losses[i] + (1 - ema) * smoothed[i - 1]
+
+    below = smoothed <= target
+    runs = np.lib.stride_tricks.sliding_window_view(below, consecutive).all(axis=1)
+    hits = np.flatnonzero(runs)
+    return float(steps[hits[0]]) if hits.size else math.inf
+
+
+# --------------------------------------------------------------------------- sequential looks
+
+
+def alpha_spending(looks: int, total_alpha: float = 0.05) -> list[float]:
+    """Per-look alpha for `looks` equally spaced interim analyses.
+
+    O'Brien-Fleming-type Lan-DeMets spending: alpha(t) = 2 - 2 Phi(z_{1-alpha/2} / sqrt(t)),
+    and look k gets alpha(k/K) - alpha((k-1)/K): tiny early, most of it at the end.  Using
+    the increments as nominal per-look levels is conservative: by Bonferroni the chance of
+    any false claim over all looks is at most their sum, total_alpha.
+    """
+    if looks < 1:
+        raise ValueError(f"looks must be >= 1, got {looks}")
+    if not 0 < total_alpha < 1:
+        raise ValueError(f"total_alpha must be in (0, 1), got {total_alpha}")
+    information = np.arange(1, looks + 1) / looks
+    spent = 2.0 * stats.norm.sf(stats.norm.isf(total_alpha / 2) / np.sqrt(information))
+    return [float(a) for a in np.diff(spent, prepend=0.0)]

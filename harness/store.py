@@ -1,0 +1,132 @@
+"""The results store: append-only parquet tables plus one HDF5 file of rollout frames per run.
+
+Layout under the results dir:
+  worldbench.json              marks the dir as ours (a dir of another project is refused)
+  store/<table>/part-<run>.parquet  one part per run and table, written to a temp name and renamed
+  frames/<run_id>.h5           ground truth and predicted rollout frames (uint8)
+  cache/                       stage checkpoints, shared between runs
+`pandas.read_parquet("results/store/<table>")` reads a whole table.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from worldmodel.errors import WorldbenchError
+
+MARKER_FILE = "worldbench.json"
+SCHEMA_VERSION = 1
+
+TABLES: dict[str, dict[str, str]] = {
+    "runs": {
+        "run_id": "string", "profile": "string", "dataset": "string", "variant": "string", "seed": "int64",
+        "status": "string", "error": "string", "failed_stage": "string", "diverged_step": "int64",
+        "git_commit": "string", "git_dirty": "bool", "code_hash": "string", "config_json": "string",
+        "stage_ids_json": "string", "torch_version": "string", "device": "string", "cpu_model": "string",
+        "host": "string", "executor": "string", "started_at": "string", "finished_at": "string",
+    },
+    "kpis": {"run_id": "string", "kpi": "string", "value": "float64"},
+    "curves": {"run_id": "string", "stage": "string", "step": "int64", "metric": "string", "value": "float64"},
+    "rollouts": {"run_id": "string", "mode": "string", "clip": "int64", "horizon_step": "int64",
+                 "mse": "float64", "psnr": "float64", "ssim": "float64"},
+}
+
+
+class Store:
+    def __init__(self, root: Path, create: bool = True):
+        self.root = Path(root)
+        marker = self.root / MARKER_FILE
+        if self.root.exists() and not self.root.is_dir():
+            raise WorldbenchError(f"results path '{self.root}' is a file; pass a directory with --results")
+        if self.root.exists() and any(self.root.iterdir()) and not marker.exists():
+            raise WorldbenchError(
+                f"results dir '{self.root}' is not empty and was not made by worldbench; "
+                f"pass an empty or worldbench results dir with --results"
+            )
+        if marker.exists():
+            try:
+                owner = json.loads(marker.read_text())
+            except (OSError, json.JSONDecodeError):
+                owner = {}
+            if owner.get("project") != "worldbench":
+                raise WorldbenchError(
+                    f"results dir '{self.root}' belongs to another project ({marker} says "
+                    f"{owner.get('project')!r}); pass another --results dir"
+                )
+        elif create:
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                marker.write_text(json.dumps({"project": "worldbench", "schema": SCHEMA_VERSION}))
+            except OSError as err:
+                raise WorldbenchError(f"cannot write results dir '{self.root}' ({err.strerror}); "
+                                      f"pass a writable --results dir") from None
+        elif not self.root.exists():
+            raise WorldbenchError(f"results dir '{self.root}' does not exist; run `bench run` first or fix --results")
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    def table_dir(self, table: str) -> Path:
+        return self.root / "store" / table
+
+    # ------------------------------------------------------------------ parquet tables
+
+    def append(self, table: str, rows: pd.DataFrame | list[dict], key: str) -> None:
+        """Add the rows of one run as part `key` of `table` (temp file + rename: all or nothing).
+
+        A part is named by its run, so recording a run again (a resumed driver, --force)
+        replaces that run's rows instead of duplicating them; other runs' parts are never touched.
+        """
+        frame = pd.DataFrame(rows, columns=list(TABLES[table])) if isinstance(rows, list) else rows
+        if frame.empty:
+            return
+        frame = frame[list(TABLES[table])].astype(TABLES[table])
+        folder = self.table_dir(table)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".part-{key}.parquet.tmp"  # dot-files are skipped by parquet readers
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, folder / f"part-{key}.parquet")
+
+    def read(self, table: str) -> pd.DataFrame:
+        folder = self.table_dir(table)
+        if not folder.exists() or not any(folder.glob("part-*.parquet")):
+            return pd.DataFrame({c: pd.Series(dtype=t) for c, t in TABLES[table].items()})
+        return pd.read_parquet(folder)
+
+    def runs(self) -> pd.DataFrame:
+        return self.read("runs")
+
+    def for_runs(self, table: str, run_ids) -> pd.DataFrame:
+        frame = self.read(table)
+        return frame[frame["run_id"].isin(set(run_ids))].reset_index(drop=True)
+
+    # ------------------------------------------------------------------ rollout frames
+
+    def frames_path(self, run_id: str) -> Path:
+        return self.root / "frames" / f"{run_id}.h5"
+
+    def write_frames(self, run_id: str, ground_truth: np.ndarray, predictions: dict[str, np.ndarray],
+                     context: int) -> None:
+        path = self.frames_path(run_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("ground_truth", data=ground_truth, compression="gzip", compression_opts=1)
+            for mode, frames in predictions.items():
+                f.create_dataset(f"predictions/{mode}", data=frames, compression="gzip", compression_opts=1)
+            f.attrs["context"] = context
+        os.replace(tmp, path)
+
+    def read_frames(self, run_id: str) -> dict | None:
+        path = self.frames_path(run_id)
+        if not path.exists():
+            return None
+        with h5py.File(path, "r") as f:
+            return {"ground_truth": f["ground_truth"][()], "context": int(f.attrs["context"]),
+                    "predictions": {mode: f["predictions"][mode][()] for mode in f["predictions"]}}

@@ -1,0 +1,341 @@
+"""bench.toml: profiles, datasets, variants, the comparison and the KPI rules, loaded and validated.
+
+Every value has a default, so an empty file is a valid suite. Every error is one line that
+names the key path and what is allowed there.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.kpis import KPIS
+from variants.registry import components as registered_components
+from worldmodel.config import WorldModelConfig
+from worldmodel.data import GAMES
+from worldmodel.errors import WorldbenchError
+
+# Which model-config key a component slot sets.
+SLOT_CONFIG_KEYS = {"lam_encoder": "actions.encoder"}
+DEFAULT_CONFIG_FILE = "bench.toml"
+
+
+@dataclass
+class Profile:
+    name: str
+    description: str = ""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    model: dict = field(default_factory=dict)  # WorldModelConfig overrides, nested
+    data: dict = field(default_factory=dict)  # procedural dataset overrides (episodes, episode_len)
+
+
+@dataclass
+class Dataset:
+    name: str
+    kind: str = "procedural"  # procedural | hdf5
+    game: str = "sprite_world"
+    episodes: int = 200
+    episode_len: int = 32
+    seed: int = 0
+    repeat_prob: float = 0.75
+    path: str = ""
+    frame_size: int = 0  # hdf5 only: resize to this size on load (0 = keep the file's size)
+    val_fraction: float = 0.1
+    description: str = ""
+
+
+@dataclass
+class Variant:
+    name: str
+    description: str = ""
+    components: dict[str, str] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)  # dotted model-config keys
+
+
+@dataclass
+class KpiRuleConfig:
+    name: str
+    direction: str
+    scale: str
+    margin: float
+    blocking: bool
+    target: float | str = "auto"  # steps_to_target only: absolute loss, or "auto"
+    target_epsilon: float = 0.05  # auto target = (1 + eps) * median final loss of the baseline
+
+
+@dataclass
+class Comparison:
+    baseline: str = "meanpool_concat"
+    candidates: list[str] = field(default_factory=lambda: ["windowed_attention"])
+    seeds: list[int] | None = None  # None: the profile's seeds
+    profile: str = "ci"
+    dataset: str = "sprite_world"
+    alpha: float = 0.05
+
+
+@dataclass
+class Suite:
+    path: Path | None
+    profiles: dict[str, Profile]
+    datasets: dict[str, Dataset]
+    variants: dict[str, Variant]
+    comparison: Comparison
+    kpis: dict[str, KpiRuleConfig]
+    plugins: list[str]
+
+    def profile(self, name: str) -> Profile:
+        return _pick(self.profiles, name, "profile")
+
+    def dataset(self, name: str) -> Dataset:
+        return _pick(self.datasets, name, "dataset")
+
+    def variant(self, name: str) -> Variant:
+        return _pick(self.variants, name, "variant")
+
+    def model_config(self, profile: str, variant: str, frame_size: int | None = None) -> WorldModelConfig:
+        """The resolved model config of one (profile, variant)."""
+        values = copy.deepcopy(self.profile(profile).model)
+        chosen = self.variant(variant)
+        for slot, component in chosen.components.items():
+            _set_dotted(values, SLOT_CONFIG_KEYS[slot], component)
+        for key, value in chosen.overrides.items():
+            _set_dotted(values, key, value)
+        if frame_size is not None:
+            values["frame_size"] = frame_size
+        return WorldModelConfig.from_dict(values)
+
+
+def _pick(table: dict, name: str, what: str):
+    if name not in table:
+        raise WorldbenchError(f"unknown {what} '{name}'; known {what}s: {', '.join(sorted(table)) or '(none)'}")
+    return table[name]
+
+
+def _set_dotted(values: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        values = values.setdefault(part, {})
+    values[leaf] = value
+
+
+# ----------------------------------------------------------------------------- parsing
+
+def parse_seeds(text: str | list, where: str = "--seeds") -> list[int]:
+    """'0-4' -> [0..4], '0,3' -> [0, 3], [1, 2] -> [1, 2]."""
+    if isinstance(text, list):
+        if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in text) or not text:
+            raise WorldbenchError(f"{where}: expected a non-empty list of seeds >= 0, got {text!r}")
+        return list(dict.fromkeys(text))
+    seeds: list[int] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        try:
+            if "-" in part:
+                low, high = (int(x) for x in part.split("-", 1))
+                if low > high or low < 0:
+                    raise ValueError
+                seeds.extend(range(low, high + 1))
+            else:
+                if int(part) < 0:
+                    raise ValueError
+                seeds.append(int(part))
+        except ValueError:
+            raise WorldbenchError(
+                f"{where}: '{text}' is not a seed list; use a range like 0-4 (low <= high) or a list like 0,3"
+            ) from None
+    return list(dict.fromkeys(seeds))
+
+
+TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list",
+              dict: "a table"}
+
+
+def _check_type(value: Any, expected: type, where: str) -> Any:
+    ok = isinstance(value, expected) and not (expected in (int, float) and isinstance(value, bool))
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not ok:
+        raise WorldbenchError(f"{where}: expected {TYPE_NAMES[expected]}, got {value!r}")
+    return value
+
+
+def _fill(cls, values: dict, where: str, **fixed):
+    """Build dataclass `cls` from a TOML table, checking keys and types."""
+    if not isinstance(values, dict):
+        raise WorldbenchError(f"{where}: expected a table, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in fixed}
+    kwargs = dict(fixed)
+    for key, value in values.items():
+        if key not in fields:
+            raise WorldbenchError(f"{where}.{key}: unknown key; allowed: {', '.join(sorted(fields))}")
+        kwargs[key] = _coerce(value, fields[key].type, f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    text = str(annotation)
+    if text.startswith("list[int]") or text.startswith("list[int] | None"):
+        return parse_seeds(value, where)
+    if text.startswith("list"):
+        return _check_type(value, list, where)
+    if text.startswith("dict"):
+        return _check_type(value, dict, where)
+    if text == "float | str":
+        return value if isinstance(value, str) else _check_type(value, float, where)
+    return _check_type(value, {"int": int, "float": float, "str": str, "bool": bool}[text], where)
+
+
+def _check_model_overrides(values: dict, where: str) -> None:
+    """Model overrides must name real WorldModelConfig keys with the right types."""
+    defaults = WorldModelConfig().to_dict()
+
+    def walk(overrides: dict, reference: dict, path: str) -> None:
+        for key, value in overrides.items():
+            if key not in reference:
+                raise WorldbenchError(f"{path}.{key}: unknown model key; allowed: {', '.join(sorted(reference))}")
+            if isinstance(reference[key], dict):
+                walk(_check_type(value, dict, f"{path}.{key}"), reference[key], f"{path}.{key}")
+            else:
+                overrides[key] = _check_type(value, type(reference[key]), f"{path}.{key}")
+
+    walk(values, defaults, where)
+
+
+def _dotted_to_nested(flat: dict, where: str) -> dict:
+    nested: dict = {}
+    for key, value in flat.items():
+        _set_dotted(nested, key, value)
+    _check_model_overrides(nested, where)
+    return nested
+
+
+def _check_choice(value: str, allowed, where: str) -> None:
+    if value not in allowed:
+        raise WorldbenchError(f"{where}: '{value}' is not allowed; use one of: {', '.join(sorted(allowed))}")
+
+
+def load_suite(path: str | Path | None = DEFAULT_CONFIG_FILE) -> Suite:
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise WorldbenchError(f"config file '{path}' does not exist; pass --config FILE or create bench.toml")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise WorldbenchError(f"config file '{path}' is not valid TOML ({err}); fix the syntax") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise WorldbenchError(f"config file '{path}' cannot be read ({err}); check the file") from None
+    return build_suite(raw, path)
+
+
+def build_suite(raw: dict, path: Path | None = None) -> Suite:
+    known_sections = {"profiles", "datasets", "variants", "comparison", "kpis", "plugins"}
+    for key in raw:
+        if key not in known_sections:
+            raise WorldbenchError(f"{key}: unknown section; allowed: {', '.join(sorted(known_sections))}")
+
+    plugins = raw.get("plugins", {})
+    plugin_modules = _check_type(_check_type(plugins, dict, "plugins").get("modules", []), list, "plugins.modules")
+    _load_plugins(plugin_modules)
+
+    profiles = dict(DEFAULT_PROFILES)
+    for name, values in _check_type(raw.get("profiles", {}), dict, "profiles").items():
+        profile = _fill(Profile, values, f"profiles.{name}", name=name)
+        _check_model_overrides(profile.model, f"profiles.{name}.model")
+        for key in profile.data:
+            _check_choice(key, {"episodes", "episode_len"}, f"profiles.{name}.data.{key}")
+        try:
+            WorldModelConfig.from_dict(copy.deepcopy(profile.model))
+        except WorldbenchError as err:
+            raise WorldbenchError(f"profiles.{name}.model: {err}") from None
+        profiles[name] = profile
+
+    datasets = dict(DEFAULT_DATASETS)
+    for name, values in _check_type(raw.get("datasets", {}), dict, "datasets").items():
+        dataset = _fill(Dataset, values, f"datasets.{name}", name=name)
+        _check_choice(dataset.kind, {"procedural", "hdf5"}, f"datasets.{name}.kind")
+        if dataset.kind == "procedural":
+            _check_choice(dataset.game, GAMES, f"datasets.{name}.game")
+        elif not dataset.path:
+            raise WorldbenchError(f"datasets.{name}.path: an hdf5 dataset needs a path to its .h5 file")
+        datasets[name] = dataset
+
+    slots = registered_components()
+    variants = dict(DEFAULT_VARIANTS)
+    for name, values in _check_type(raw.get("variants", {}), dict, "variants").items():
+        variant = _fill(Variant, values, f"variants.{name}", name=name)
+        for slot, component in variant.components.items():
+            _check_choice(slot, SLOT_CONFIG_KEYS, f"variants.{name}.components.{slot}")
+            _check_choice(_check_type(component, str, f"variants.{name}.components.{slot}"), slots.get(slot, []),
+                          f"variants.{name}.components.{slot}")
+        nested = _dotted_to_nested(variant.overrides, f"variants.{name}.overrides")
+        variant.overrides = {key: value for key, value in _flatten(nested).items()}
+        variants[name] = variant
+
+    comparison = _fill(Comparison, _check_type(raw.get("comparison", {}), dict, "comparison"), "comparison")
+    kpis = {name: KpiRuleConfig(name, d.direction, d.scale, d.margin, d.blocking) for name, d in KPIS.items()}
+    for name, values in _check_type(raw.get("kpis", {}), dict, "kpis").items():
+        _check_choice(name, KPIS, "kpis")
+        base = dataclasses.asdict(kpis[name])
+        base.pop("name")
+        base.update(_check_type(values, dict, f"kpis.{name}"))
+        rule = _fill(KpiRuleConfig, base, f"kpis.{name}", name=name)
+        _check_choice(rule.direction, {"lower", "higher"}, f"kpis.{name}.direction")
+        _check_choice(rule.scale, {"log", "linear"}, f"kpis.{name}.scale")
+        if rule.margin < 0:
+            raise WorldbenchError(f"kpis.{name}.margin: must be >= 0, got {rule.margin}")
+        if isinstance(rule.target, str) and rule.target != "auto":
+            raise WorldbenchError(f"kpis.{name}.target: use \"auto\" or a number, got {rule.target!r}")
+        kpis[name] = rule
+
+    suite = Suite(path, profiles, datasets, variants, comparison, kpis, plugin_modules)
+    # The comparison must name things that exist.
+    suite.variant(comparison.baseline)
+    for candidate in comparison.candidates:
+        suite.variant(candidate)
+    suite.profile(comparison.profile)
+    suite.dataset(comparison.dataset)
+    return suite
+
+
+def _flatten(nested: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in nested.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _load_plugins(modules: list) -> None:
+    """Import user modules that register their own components (`@register(slot, name)`)."""
+    import importlib
+
+    for module in modules:
+        try:
+            importlib.import_module(_check_type(module, str, "plugins.modules"))
+        except ImportError as err:
+            raise WorldbenchError(f"plugins.modules: cannot import '{module}' ({err}); check the module path") from None
+
+
+# ----------------------------------------------------------------------------- built-in defaults
+
+DEFAULT_PROFILES = {"default": Profile("default", "the reference hyperparameters with their default budgets")}
+DEFAULT_DATASETS = {
+    "sprite_world": Dataset("sprite_world", description="agent moved by noop/up/down/left/right, walls, "
+                            "a distractor moving on its own"),
+    "pong": Dataset("pong", game="pong", description="a paddle moved by noop/up/down, a ball with momentum"),
+}
+DEFAULT_VARIANTS = {
+    "meanpool_concat": Variant("meanpool_concat", "LAM encoder: mean over patches, concat(t, t+1) (baseline)",
+                               {"lam_encoder": "meanpool_concat"}),
+    "windowed_attention": Variant("windowed_attention", "LAM encoder: length-2 windowed attention, then mean",
+                                  {"lam_encoder": "windowed_attention"}),
+    "query_pool": Variant("query_pool", "LAM encoder: learned-query attention pooling over frame changes",
+                          {"lam_encoder": "query_pool"}),
+}

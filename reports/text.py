@@ -1,0 +1,184 @@
+"""Number formatting and escaping shared by the markdown and HTML renderers.
+
+Every formatter returns plain text ("—" for a missing number).  Escaping is the renderer's
+job: HTML escapes through Jinja's autoescape, markdown through `md_escape` below.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+from collections.abc import Iterable
+
+from harness.stats import KpiComparison
+
+MISSING = "—"
+MINUS = "−"  # typographic minus: "−2.0%" reads better than "-2.0%" next to "+8.4%"
+
+VERDICT_EMOJI = {  # markdown (GitHub renders emoji)
+    "improved": "🟢",
+    "non-inferior": "✅",
+    "regressed": "🔴",
+    "inconclusive": "🟡",
+    "PASS": "✅",
+    "FAIL": "❌",
+    "INCONCLUSIVE": "⚠️",
+}
+VERDICT_SYMBOL = {  # HTML: symbols every common font has (screenshots lack emoji fonts)
+    "improved": "▲",
+    "non-inferior": "✔",
+    "regressed": "✘",
+    "inconclusive": "?",
+    "PASS": "✔",
+    "FAIL": "✘",
+    "INCONCLUSIVE": "?",
+}
+
+
+# --------------------------------------------------------------------------- numbers
+
+
+def to_float(value: object) -> float:
+    """A float for anything number-like; NaN for None / pd.NA / junk."""
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def is_missing(value: object) -> bool:
+    return math.isnan(to_float(value))
+
+
+def _minus(text: str) -> str:
+    return text.replace("-", MINUS)
+
+
+def fmt_number(value: object, digits: int = 4) -> str:
+    """4 significant digits; "—" for missing, "∞" for never-reached (censored) values."""
+    x = to_float(value)
+    if math.isnan(x):
+        return MISSING
+    if math.isinf(x):
+        return "∞" if x > 0 else f"{MINUS}∞"
+    return _minus(f"{x:.{digits}g}")
+
+
+def _decimals_for(values: Iterable[float], significant: int = 3) -> int:
+    """Decimals that give the largest |value| `significant` digits, shared by a whole cell."""
+    finite = [abs(v) for v in values if math.isfinite(v) and v != 0]
+    if not finite:
+        return 2
+    return min(6, max(0, significant - 1 - math.floor(math.log10(max(finite)))))
+
+
+def _signed(x: float, decimals: int, suffix: str = "") -> str:
+    if math.isnan(x):
+        return MISSING
+    if math.isinf(x):
+        return ("+∞" if x > 0 else f"{MINUS}∞") + suffix
+    return _minus(f"{x:+.{decimals}f}") + suffix
+
+
+def fmt_change(kpi: KpiComparison, value: float) -> str:
+    """A value on the estimate's scale as the reader wants it: % change (log) or signed difference."""
+    return _change_cell(kpi, [value])[0]
+
+
+def _change_cell(kpi: KpiComparison, values: list[float]) -> list[str]:
+    if kpi.rule.scale == "log":
+        changes = [(v - 1.0) * 100.0 for v in values]
+        # 1 decimal normally; 2 when every change is under 1% so small effects don't print as "+0.0%"
+        decimals = 2 if all(abs(c) < 1 for c in changes if math.isfinite(c)) else 1
+        return [_signed(c, decimals, "%") for c in changes]
+    decimals = _decimals_for(values)
+    return [_signed(v, decimals) for v in values]
+
+
+def fmt_estimate(kpi: KpiComparison) -> str:
+    """E.g. "+3.1% [−2.0%, +8.4%]" (log scale) or "+0.012 [−0.003, +0.027]" (linear)."""
+    est, low, high = _change_cell(kpi, [kpi.estimate, kpi.ci_low, kpi.ci_high])
+    if est == MISSING:
+        return MISSING
+    if low == MISSING or high == MISSING:
+        return f"{est} (no CI)"
+    return f"{est} [{low}, {high}]"
+
+
+def fmt_margin(kpi: KpiComparison) -> str:
+    """The non-inferiority boundary on the estimate's scale: "≤ +5.0%" or "≥ −0.05"."""
+    bound = fmt_change(kpi, kpi.margin)
+    if bound == MISSING:
+        return MISSING
+    return f"≤ {bound}" if kpi.rule.direction == "lower" else f"≥ {bound}"
+
+
+def fmt_p(p: object) -> str:
+    x = to_float(p)
+    if math.isnan(x):
+        return MISSING
+    return "<0.001" if x < 0.001 else f"{x:.3f}"
+
+
+def fmt_seconds(value: object) -> str:
+    x = to_float(value)
+    if not math.isfinite(x):
+        return MISSING
+    if x < 120:
+        return f"{x:.1f} s"
+    if x < 7200:
+        return f"{x / 60:.1f} min"
+    return f"{x / 3600:.1f} h"
+
+
+def fmt_seeds(seeds: Iterable[object]) -> str:
+    """Compact seed list: [0, 1, 2, 3, 7] -> "0–3, 7"."""
+    numbers = sorted({int(s) for s in seeds if not is_missing(s)})
+    parts: list[str] = []
+    i = 0
+    while i < len(numbers):
+        j = i
+        while j + 1 < len(numbers) and numbers[j + 1] == numbers[j] + 1:
+            j += 1
+        parts.append(str(numbers[i]) if i == j else f"{numbers[i]}–{numbers[j]}")
+        i = j + 1
+    return ", ".join(parts) if parts else MISSING
+
+
+def truncate(text: str, limit: int) -> str:
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit].rstrip()}… ({len(text) - limit} more characters)"
+
+
+# --------------------------------------------------------------------------- markdown escaping
+
+# Inline markup GitHub would interpret: emphasis, code, links/images, tables, strikethrough, math.
+_MD_INLINE = re.compile(r"([\\`*_\[\]|~$])")
+# Block markup that only counts at the start of a line: headings, lists, setext/thematic rules.
+_MD_LINE_START = re.compile(r"^([ \t]*)([#+\-=]|\d+[.)])", re.MULTILINE)
+
+
+def md_escape(text: object, *, multiline: bool = False) -> str:
+    """Make untrusted text render literally in GitHub markdown (and inside table cells).
+
+    HTML is neutralised by entity-escaping `&<>` (so `<script>` shows as text), markdown by
+    backslash-escaping its punctuation.  @mentions get a zero-width space so a variant
+    description cannot ping people from a bot's PR comment.
+    """
+    s = "" if text is None else str(text)
+    s = s.replace("\r\n", "\n").replace("\r", "\n")
+    if not multiline:
+        s = " ".join(s.split("\n"))  # a newline would end a table row or list item
+    s = _MD_INLINE.sub(r"\\\1", s)
+    s = _MD_LINE_START.sub(lambda m: m.group(1) + _escape_block_marker(m.group(2)), s)
+    s = html.escape(s, quote=False)
+    return s.replace("@", "@\u200b")
+
+
+def _escape_block_marker(marker: str) -> str:
+    if marker[0].isdigit():  # "1." -> "1\." (an ordered-list marker no more)
+        return marker[:-1] + "\\" + marker[-1]
+    return "\\" + marker

@@ -1,0 +1,406 @@
+"""The report's content as plain-text tables and lists, shared by the markdown and HTML renderers.
+
+Nothing here is escaped: the renderers escape every cell (markdown by `md_escape`, HTML by
+Jinja's autoescape), so untrusted text can go anywhere in a table.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from harness.stats import KpiComparison
+from reports.model import ReportInput
+from reports.text import (
+    MISSING,
+    fmt_estimate,
+    fmt_margin,
+    fmt_number,
+    fmt_p,
+    fmt_seconds,
+    fmt_seeds,
+    is_missing,
+    to_float,
+    truncate,
+)
+
+STAGE_ORDER = ("tokenizer", "actions", "dynamics")
+MODE_ORDER = ("ar", "tf", "random", "copy_last")
+MODE_LABELS = {"ar": "autoregressive", "tf": "teacher-forced", "random": "random actions", "copy_last": "copy last frame"}
+PROBLEM_STATUSES = ("failed", "diverged")
+
+
+@dataclass
+class Table:
+    columns: list[str]
+    rows: list[list[str]]
+    row_classes: list[str] = field(default_factory=list)  # HTML only: one CSS class per row ("" = none)
+    note: str = ""  # shown under the table (e.g. what was left out)
+
+    def __bool__(self) -> bool:
+        return bool(self.rows)
+
+
+@dataclass
+class Banner:
+    verdict: str  # "PASS" | "FAIL" | "INCONCLUSIVE"
+    reasons: list[str]
+    recommended_seeds: int | None
+    context: str  # one line: who vs whom, profile, seeds, alpha
+
+
+@dataclass
+class KpiExplanation:
+    name: str
+    verdict: str
+    reason: str
+    detail: str  # method, sample sizes and effect sizes, for the curious
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def ordered(values: list[str], preferred: tuple[str, ...]) -> list[str]:
+    """Known names in their natural order first, anything else alphabetically after."""
+    unique = list(dict.fromkeys(values))
+    return [v for v in preferred if v in unique] + sorted(v for v in unique if v not in preferred)
+
+
+def has_columns(frame: pd.DataFrame | None, columns: tuple[str, ...]) -> bool:
+    return frame is not None and not frame.empty and all(c in frame.columns for c in columns)
+
+
+def role_of(report: ReportInput, variant: str) -> str:
+    if variant == report.baseline and variant == report.candidate:
+        return "baseline = candidate"
+    if variant == report.baseline:
+        return "baseline"
+    if variant == report.candidate:
+        return "candidate"
+    return "other"
+
+
+def seeds_by_variant(report: ReportInput) -> dict[str, list[int]]:
+    """Seeds that were run per variant (from the runs table, else from the KPI values)."""
+    seeds: dict[str, set[int]] = {v: set() for v in report.variants}
+    if has_columns(report.runs, ("variant", "seed")):
+        for variant, seed in zip(report.runs["variant"], report.runs["seed"]):
+            if variant in seeds and not is_missing(seed):
+                seeds[variant].add(int(seed))
+    else:
+        for kpi in report.comparison.kpis:
+            seeds[report.baseline].update(kpi.baseline_values)
+            seeds[report.candidate].update(kpi.candidate_values)
+    return {v: sorted(s) for v, s in seeds.items()}
+
+
+# --------------------------------------------------------------------------- verdict
+
+
+def banner(report: ReportInput) -> Banner:
+    comparison = report.comparison
+    seeds = seeds_by_variant(report)
+    seed_text = "; ".join(f"{role_of(report, v)} seeds {fmt_seeds(s)}" for v, s in seeds.items())
+    context = (
+        f"candidate {report.candidate} vs baseline {report.baseline} · profile {report.profile} · "
+        f"{seed_text} · α = {comparison.alpha:g}"
+    )
+    recommended = comparison.recommended_seeds if comparison.verdict == "INCONCLUSIVE" else None
+    return Banner(comparison.verdict, list(comparison.reasons), recommended, context)
+
+
+# --------------------------------------------------------------------------- KPIs
+
+
+def kpi_label(kpi: KpiComparison) -> str:
+    arrow = "↓" if kpi.rule.direction == "lower" else "↑"  # which way is better
+    return f"{kpi.name} {arrow}"
+
+
+def kpi_table(report: ReportInput) -> Table:
+    columns = [
+        "KPI",
+        "blocking",
+        "baseline median",
+        "candidate median",
+        "change [95% CI]",
+        "margin",
+        "p non-inferior",
+        "p regressed (Holm)",
+        "verdict",
+    ]
+    rows, classes = [], []
+    for kpi in report.comparison.kpis:
+        rows.append(
+            [
+                kpi_label(kpi),
+                "yes" if kpi.rule.blocking else "no",
+                fmt_number(kpi.baseline_median),
+                fmt_number(kpi.candidate_median),
+                fmt_estimate(kpi),
+                fmt_margin(kpi),
+                fmt_p(kpi.p_noninferior),
+                fmt_p(kpi.p_regressed_adjusted),
+                kpi.verdict,
+            ]
+        )
+        classes.append(kpi.verdict.replace("-", "_") + ("" if kpi.rule.blocking else " informational"))
+    note = (
+        "↓/↑: lower/higher is better. Change: candidate vs baseline, % change of the ratio c/b for "
+        "log-scale KPIs, difference c − b for linear ones. Margin: how far the change may go in the "
+        "worse direction and still count as non-inferior. Non-blocking KPIs are informational."
+    )
+    return Table(columns, rows, classes, note)
+
+
+def kpi_explanations(report: ReportInput) -> list[KpiExplanation]:
+    out = []
+    for kpi in report.comparison.kpis:
+        design = f"{kpi.n_paired} paired seeds" if kpi.paired else f"unpaired, n = {kpi.n_baseline} vs {kpi.n_candidate}"
+        method = getattr(kpi, "method", "") or "test"
+        detail = (
+            f"{method}, {design}; Hedges' g {fmt_number(kpi.hedges_g, 3)}; "
+            f"P(candidate better) {fmt_number(kpi.prob_improvement, 3)}; "
+            f"IQM {fmt_number(kpi.baseline_iqm)} → {fmt_number(kpi.candidate_iqm)}"
+        )
+        out.append(KpiExplanation(kpi.name, kpi.verdict, kpi.reason, detail))
+    return out
+
+
+def kpi_seeds(report: ReportInput) -> list[int]:
+    seeds: set[int] = set()
+    for kpi in report.comparison.kpis:
+        seeds.update(int(s) for s in kpi.baseline_values)
+        seeds.update(int(s) for s in kpi.candidate_values)
+    return sorted(seeds)
+
+
+def seed_table(report: ReportInput, max_seeds: int | None = None) -> Table:
+    """One row per KPI, one column per seed with "baseline / candidate"."""
+    all_seeds = kpi_seeds(report)
+    seeds = all_seeds if max_seeds is None else all_seeds[:max_seeds]
+    columns = ["KPI"] + [f"seed {s}" for s in seeds]
+    rows = []
+    for kpi in report.comparison.kpis:
+        row = [kpi.name]
+        for seed in seeds:
+            b = kpi.baseline_values.get(seed, math.nan)
+            c = kpi.candidate_values.get(seed, math.nan)
+            row.append(f"{fmt_number(b)} / {fmt_number(c)}")
+        rows.append(row)
+    note = "Each cell: baseline / candidate. — = missing (run failed or value not measured); ∞ = never reached."
+    if len(seeds) < len(all_seeds):
+        note += f" Showing {len(seeds)} of {len(all_seeds)} seeds; the HTML and JSON reports have all of them."
+    return Table(columns, rows, [], note)
+
+
+# --------------------------------------------------------------------------- rollouts and speed
+
+
+def rollout_table(report: ReportInput) -> Table:
+    frame = report.rollouts
+    if not has_columns(frame, ("variant", "mode", "horizon_step", "psnr")):
+        return Table([], [])
+    frame = frame.copy()
+    for metric in ("psnr", "ssim", "mse"):
+        if metric in frame.columns:
+            frame[metric] = pd.to_numeric(frame[metric], errors="coerce").replace([np.inf, -np.inf], np.nan)
+    columns = ["variant", "role", "mode", "PSNR step 1", "PSNR last step", "mean PSNR", "mean SSIM"]
+    rows, classes = [], []
+    variants = ordered(list(frame["variant"].astype(str)), tuple(report.variants))
+    for variant in variants:
+        of_variant = frame[frame["variant"].astype(str) == variant]
+        for mode in ordered(list(of_variant["mode"].astype(str)), MODE_ORDER):
+            part = of_variant[of_variant["mode"].astype(str) == mode]
+            per_step = part.groupby("horizon_step")["psnr"].mean().sort_index()
+            ssim = part["ssim"].mean() if "ssim" in part.columns else math.nan
+            rows.append(
+                [
+                    variant,
+                    role_of(report, variant),
+                    MODE_LABELS.get(mode, mode),
+                    fmt_number(per_step.iloc[0] if len(per_step) else math.nan, 3) + " dB",
+                    fmt_number(per_step.iloc[-1] if len(per_step) else math.nan, 3) + " dB",
+                    fmt_number(part["psnr"].mean(), 3) + " dB",
+                    fmt_number(ssim, 3),
+                ]
+            )
+            classes.append("reference" if mode in ("random", "copy_last") else "")
+    note = "Means over clips and seeds (higher is better). Copy-last and random actions are references, not models."
+    return Table(columns, rows, classes, note)
+
+
+def speed_table(report: ReportInput) -> Table:
+    frame = report.speed
+    if not has_columns(frame, ("variant", "stage")):
+        return Table([], [])
+
+    def lookup(variant: str, stage: str, column: str) -> float:
+        if column not in frame.columns:
+            return math.nan
+        hit = frame[(frame["variant"] == variant) & (frame["stage"] == stage)][column]
+        return to_float(hit.iloc[0]) if len(hit) else math.nan
+
+    columns = ["stage", "baseline it/s", "candidate it/s", "it/s change", "baseline wall", "candidate wall"]
+    rows = []
+    totals = {report.baseline: 0.0, report.candidate: 0.0}
+    for stage in ordered(list(frame["stage"].astype(str)), STAGE_ORDER):
+        b_speed, c_speed = lookup(report.baseline, stage, "it_per_s"), lookup(report.candidate, stage, "it_per_s")
+        b_wall, c_wall = lookup(report.baseline, stage, "wall_s"), lookup(report.candidate, stage, "wall_s")
+        totals[report.baseline] += b_wall
+        totals[report.candidate] += c_wall
+        change = (c_speed / b_speed - 1.0) * 100.0 if b_speed > 0 else math.nan
+        change_text = MISSING if not math.isfinite(change) else f"{change:+.1f}%".replace("-", "−")
+        rows.append([stage, fmt_number(b_speed, 3), fmt_number(c_speed, 3), change_text, fmt_seconds(b_wall), fmt_seconds(c_wall)])
+    rows.append(["total", "", "", "", fmt_seconds(totals[report.baseline]), fmt_seconds(totals[report.candidate])])
+    note = "Medians over seeds. Positive it/s change: the candidate trains faster."
+    return Table(columns, rows, [""] * (len(rows) - 1) + ["total"], note)
+
+
+# --------------------------------------------------------------------------- runs and provenance
+
+
+def _run_records(report: ReportInput) -> list[dict]:
+    if not has_columns(report.runs, ("variant", "status")):
+        return []
+    return report.runs.to_dict("records")
+
+
+def run_counts(report: ReportInput) -> Table:
+    records = _run_records(report)
+    if not records:
+        return Table([], [])
+    statuses = ordered([str(r["status"]) for r in records], ("ok",) + PROBLEM_STATUSES)
+    variants = ordered([str(r["variant"]) for r in records], tuple(report.variants))
+    counts = Counter((str(r["variant"]), str(r["status"])) for r in records)
+    rows, classes = [], []
+    for variant in variants:
+        row = [variant, role_of(report, variant)] + [str(counts[(variant, s)]) for s in statuses]
+        rows.append(row)
+        bad = sum(counts[(variant, s)] for s in statuses if s != "ok")
+        everything_bad = bad == sum(counts[(variant, s)] for s in statuses)
+        classes.append("all_failed" if everything_bad else ("has_failures" if bad else ""))
+    return Table(["variant", "role"] + statuses, rows, classes)
+
+
+def problem_runs(report: ReportInput, error_limit: int = 600) -> Table:
+    """Runs that did not finish cleanly, with their error, baseline first."""
+    records = [r for r in _run_records(report) if str(r["status"]) != "ok"]
+    variants = tuple(report.variants)
+    records.sort(key=lambda r: (variants.index(r["variant"]) if r["variant"] in variants else 99, to_float(r.get("seed"))))
+    rows = [
+        [
+            str(r.get("run_id", MISSING)),
+            str(r["variant"]),
+            fmt_number(r.get("seed")),
+            str(r["status"]),
+            truncate(_text(r.get("error")) or MISSING, error_limit),
+        ]
+        for r in records
+    ]
+    return Table(["run", "variant", "seed", "status", "error"], rows, ["bad"] * len(rows))
+
+
+def all_runs(report: ReportInput, error_limit: int = 200) -> Table:
+    records = _run_records(report)
+    rows, classes = [], []
+    for r in records:
+        rows.append(
+            [
+                str(r.get("run_id", MISSING)),
+                str(r["variant"]),
+                fmt_number(r.get("seed")),
+                str(r["status"]),
+                truncate(_text(r.get("error")), error_limit),
+            ]
+        )
+        classes.append("" if str(r["status"]) == "ok" else "bad")
+    return Table(["run", "variant", "seed", "status", "error"], rows, classes)
+
+
+def problem_summary(report: ReportInput) -> list[str]:
+    """One line per variant with failed or diverged runs, for the top of the report."""
+    lines = []
+    for variant in ordered([str(r["variant"]) for r in _run_records(report)], tuple(report.variants)):
+        mine = [r for r in _run_records(report) if str(r["variant"]) == variant]
+        bad = [r for r in mine if str(r["status"]) != "ok"]
+        if not bad:
+            continue
+        what = ", ".join(f"seed {fmt_number(r.get('seed'))} {r['status']}" for r in bad[:8])
+        if len(bad) > 8:
+            what += f", … ({len(bad) - 8} more)"
+        prefix = "ALL runs failed" if len(bad) == len(mine) else f"{len(bad)} of {len(mine)} runs did not finish"
+        lines.append(f"{role_of(report, variant)} {variant}: {prefix} ({what})")
+    return lines
+
+
+def _text(value: object) -> str:
+    return "" if value is None or is_missing(value) and not isinstance(value, str) else str(value)
+
+
+PROVENANCE_FIELDS = (
+    ("git_commit", "git commit"),
+    ("git_dirty", "uncommitted changes"),
+    ("code_hash", "code hash"),
+    ("torch_version", "torch"),
+    ("device", "device"),
+    ("cpu_model", "CPU"),
+    ("host", "host"),
+)
+
+
+def _provenance_value(key: str, value: object) -> str:
+    if value is None or (not isinstance(value, str) and is_missing(value)):
+        return MISSING
+    if key == "git_dirty":
+        return "yes" if str(value).lower() in ("true", "1", "yes") else "no"
+    if key == "git_commit":
+        return str(value)[:12]
+    return str(value)
+
+
+def _summarise_field(report: ReportInput, records: list[dict], key: str) -> str:
+    values = [_provenance_value(key, r.get(key)) for r in records]
+    counts = Counter(values)
+    if len(counts) == 1:
+        return f"{values[0]} (all {len(values)} runs)"
+    by_variant: dict[str, set[str]] = {}
+    for record, value in zip(records, values):
+        by_variant.setdefault(str(record.get("variant")), set()).add(value)
+    if all(len(v) == 1 for v in by_variant.values()):
+        return "; ".join(f"{variant}: {next(iter(v))}" for variant, v in by_variant.items())
+    shown = [f"{value} ({n} runs)" for value, n in counts.most_common(5)]
+    if len(counts) > 5:
+        shown.append(f"… {len(counts) - 5} more values")
+    return ", ".join(shown)
+
+
+def provenance_table(report: ReportInput) -> Table:
+    """Each property once: one value when all runs agree, else per variant or with counts."""
+    records = [dict(r) for r in report.provenance]
+    if not records:
+        return Table([], [])
+    rows = [[label, _summarise_field(report, records, key)] for key, label in PROVENANCE_FIELDS]
+    classes = [""] * len(rows)
+    for i, (key, _) in enumerate(PROVENANCE_FIELDS):
+        distinct = {_provenance_value(key, r.get(key)) for r in records}
+        if (key == "git_dirty" and "yes" in distinct) or (key in ("git_commit", "code_hash", "torch_version") and len(distinct) > 1):
+            classes[i] = "warn"  # results from different code are not comparable
+    seeds: dict[str, set[int]] = {}
+    for record in records:
+        if not is_missing(record.get("seed")):
+            seeds.setdefault(str(record.get("variant")), set()).add(int(record["seed"]))
+    rows.append(["seeds", "; ".join(f"{v}: {fmt_seeds(s)}" for v, s in seeds.items()) or MISSING])
+    starts = sorted(str(r["started_at"]) for r in records if r.get("started_at"))
+    rows.append(["started", f"{starts[0]} … {starts[-1]}" if starts else MISSING])
+    classes += ["", ""]
+    return Table(["property", "value"], rows, classes, f"Summarised over {len(records)} runs.")
+
+
+def provenance_warnings(report: ReportInput) -> list[str]:
+    table = provenance_table(report)
+    return [f"{row[0]}: {row[1]}" for row, cls in zip(table.rows, table.row_classes) if cls == "warn"]

@@ -1,0 +1,1 @@
+"""The Genie-style world model: video tokenizer -> latent action model -> MaskGIT dynamics."""

@@ -1,0 +1,313 @@
+"""Small procedural games with ground-truth actions, rendered at any square size.
+
+Each game simulates its state on a resolution-free board (coordinates in [0, 1])
+and rasterises axis-aligned boxes with exact pixel coverage, so a 16x16 and a
+64x64 rendering show the same game. The player is a sticky-random policy.
+
+Randomness: episode k of a run draws from its own generator seeded by
+(seed, k), so it is the same however many episodes are generated. Inside an
+episode the world (layout, distractor, ball) and the policy use separate
+streams, so changing `repeat_prob` does not change the level layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from worldmodel.data.video import VideoData
+from worldmodel.errors import WorldbenchError
+
+MIN_FRAME_SIZE = 8
+
+# -----------------------------------------------------------------------------
+# rasterisation: boxes in [0, 1] board coordinates -> pixels
+
+
+def _coverage(lo: np.ndarray, hi: np.ndarray, size: int) -> np.ndarray:
+    """Fraction of each pixel row/column covered by the interval [lo, hi).
+
+    lo, hi: [T] in board units. Returns [T, size] in [0, 1].
+    """
+    edges = np.arange(size + 1, dtype=np.float64) / size  # [size + 1]
+    overlap = np.minimum(hi[:, None], edges[None, 1:]) - np.maximum(lo[:, None], edges[None, :-1])
+    return np.clip(overlap * size, 0.0, 1.0)
+
+
+def _paint(canvas: np.ndarray, boxes: np.ndarray, colour: tuple[int, int, int]) -> None:
+    """Alpha-blend one box per frame onto the canvas, in place.
+
+    canvas: float32 [T, S, S, 3]; boxes: [T, 4] as (top, left, bottom, right).
+    Partially covered pixels get a blend, so sub-pixel motion stays visible.
+    """
+    size = canvas.shape[1]
+    rows = _coverage(boxes[:, 0], boxes[:, 2], size)  # [T, S]
+    cols = _coverage(boxes[:, 1], boxes[:, 3], size)  # [T, S]
+    alpha = (rows[:, :, None] * cols[:, None, :])[..., None].astype(np.float32)  # [T, S, S, 1]
+    blend = np.asarray(colour, dtype=np.float32) - canvas  # [T, S, S, 3]
+    blend *= alpha  # in place: this runs on every frame, keep temporaries few
+    canvas += blend
+
+
+def _paint_cells(canvas: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int]) -> None:
+    """Paint every True cell of a [G, G] grid mask onto a canvas [T, S, S, 3] (same on all frames)."""
+    grid, size = mask.shape[0], canvas.shape[1]
+    cell_edges = np.arange(grid + 1, dtype=np.float64) / grid  # [G + 1]
+    cover = _coverage(cell_edges[:-1], cell_edges[1:], size)  # [G, S]: cell i's share of pixel p
+    alpha = (cover.T @ mask.astype(np.float64) @ cover)[None, :, :, None].astype(np.float32)  # [1, S, S, 1]
+    canvas += alpha * (np.asarray(colour, dtype=np.float32) - canvas)
+
+
+def _blank(n_frames: int, size: int, colour: tuple[int, int, int]) -> np.ndarray:
+    canvas = np.empty((n_frames, size, size, 3), dtype=np.float32)  # [T, S, S, 3]
+    canvas[:] = np.asarray(colour, dtype=np.float32)
+    return canvas
+
+
+def _to_uint8(canvas: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+
+
+# -----------------------------------------------------------------------------
+# policy
+
+
+def sticky_random_actions(
+    rng: np.random.Generator, n_steps: int, n_actions: int, repeat_prob: float
+) -> np.ndarray:
+    """Sticky-random actions: repeat the previous one with prob repeat_prob, else draw uniformly.
+
+    Returns int64 [n_steps].
+    """
+    fresh = rng.integers(0, n_actions, size=n_steps)  # [n_steps] uniform candidates
+    repeat = rng.random(n_steps) < repeat_prob  # [n_steps]
+    actions = np.empty(n_steps, dtype=np.int64)
+    for t in range(n_steps):
+        actions[t] = actions[t - 1] if (t > 0 and repeat[t]) else fresh[t]
+    return actions
+
+
+# -----------------------------------------------------------------------------
+# sprite_world: an agent on a walled grid plus a bouncing distractor
+
+GRID = 8  # board is GRID x GRID cells; cell = frame_size / 8 pixels
+N_INTERIOR_WALLS = 3
+
+SPRITE_BACKGROUND = (24, 28, 48)
+WALL_COLOUR = (128, 128, 140)
+AGENT_COLOUR = (240, 80, 60)
+DISTRACTOR_COLOUR = (70, 200, 110)
+
+# action -> (d_row, d_col) in cells; rows grow downwards like image rows
+SPRITE_MOVES = np.array([(0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)], dtype=np.int64)
+
+
+def _cell_boxes(cells: np.ndarray) -> np.ndarray:
+    """Integer (row, col) cells [K, 2] -> boxes [K, 4] in board units."""
+    cells = cells.astype(np.float64)
+    return np.concatenate([cells, cells + 1.0], axis=1) / GRID
+
+
+def _play_sprite_world(world_rng: np.random.Generator, actions: np.ndarray, frame_size: int) -> np.ndarray:
+    """Simulate one episode; frame t+1 results from actions[t]. Returns uint8 [T, S, S, 3]."""
+    n_frames = len(actions)
+
+    # layout: a border of walls plus a few interior blocks
+    walls = np.zeros((GRID, GRID), dtype=bool)  # [GRID, GRID]
+    walls[0, :] = walls[-1, :] = walls[:, 0] = walls[:, -1] = True
+    interior = [(r, c) for r in range(1, GRID - 1) for c in range(1, GRID - 1)]
+    picks = world_rng.choice(len(interior), size=N_INTERIOR_WALLS + 1, replace=False)
+    for p in picks[:N_INTERIOR_WALLS]:
+        walls[interior[p]] = True
+    agent = np.array(interior[picks[-1]], dtype=np.int64)  # (row, col), never on a wall
+
+    # distractor: bounces diagonally inside the border, ignoring interior walls,
+    # so it moves on every step whatever the agent does
+    distractor = world_rng.integers(1, GRID - 1, size=2)  # (row, col)
+    velocity = world_rng.choice(np.array([-1, 1]), size=2)  # (d_row, d_col)
+
+    agent_cells = np.empty((n_frames, 2), dtype=np.int64)  # [T, 2]
+    distractor_cells = np.empty((n_frames, 2), dtype=np.int64)  # [T, 2]
+    for t in range(n_frames):
+        agent_cells[t] = agent
+        distractor_cells[t] = distractor
+        target = agent + SPRITE_MOVES[actions[t]]
+        if not walls[target[0], target[1]]:
+            agent = target
+        for axis in range(2):
+            if not 1 <= distractor[axis] + velocity[axis] <= GRID - 2:
+                velocity[axis] = -velocity[axis]
+        distractor = distractor + velocity
+
+    # static layer once per episode, then the two sprites (agent on top)
+    background = _blank(1, frame_size, SPRITE_BACKGROUND)  # [1, S, S, 3]
+    _paint_cells(background, walls, WALL_COLOUR)
+    canvas = np.repeat(background, n_frames, axis=0)  # [T, S, S, 3]
+    _paint(canvas, _cell_boxes(distractor_cells), DISTRACTOR_COLOUR)
+    _paint(canvas, _cell_boxes(agent_cells), AGENT_COLOUR)
+    return _to_uint8(canvas)
+
+
+# -----------------------------------------------------------------------------
+# pong: the player's paddle on the left, a ball with momentum, a tracking opponent
+
+PONG_BACKGROUND = (12, 12, 20)
+PADDLE_COLOUR = (240, 220, 70)  # the player's (action-controlled) paddle, left
+OPPONENT_COLOUR = (90, 170, 240)  # scripted paddle, right
+BALL_COLOUR = (245, 245, 245)
+
+PADDLE_HEIGHT = 0.25
+PADDLE_WIDTH = 1 / 16
+PADDLE_STEP = 1 / 16  # per action; 2 px at 32x32
+PLAYER_X = 1 / 16  # left edge of the player's paddle
+OPPONENT_X = 1 - 2 / 16  # left edge of the opponent's paddle
+OPPONENT_SPEED = 0.035  # slower than the ball can move vertically, so it sometimes misses
+BALL_SIZE = 1 / 16
+BALL_MAX_VY = 0.05
+
+# action -> paddle displacement (0 noop, 1 up, 2 down)
+PONG_MOVES = np.array([0.0, -PADDLE_STEP, PADDLE_STEP])
+
+
+def _serve(rng: np.random.Generator) -> tuple[float, float, float, float]:
+    """Ball at the centre with a random direction: (y, x, vy, vx)."""
+    vx = rng.uniform(0.04, 0.055) * rng.choice([-1.0, 1.0])
+    vy = rng.uniform(-0.03, 0.03)
+    centre = 0.5 - BALL_SIZE / 2
+    return centre, centre, vy, vx
+
+
+def _play_pong(world_rng: np.random.Generator, actions: np.ndarray, frame_size: int) -> np.ndarray:
+    """Simulate one episode; frame t+1 results from actions[t]. Returns uint8 [T, S, S, 3]."""
+    n_frames = len(actions)
+    top_limit = 1.0 - PADDLE_HEIGHT
+    player_y = 6 / 16  # paddle top; multiples of PADDLE_STEP keep it pixel-aligned
+    opponent_y = 6 / 16
+    ball_y, ball_x, vy, vx = _serve(world_rng)
+
+    # per frame: player top, opponent top, ball top, ball left
+    state = np.empty((n_frames, 4), dtype=np.float64)  # [T, 4]
+    for t in range(n_frames):
+        state[t] = (player_y, opponent_y, ball_y, ball_x)
+
+        player_y = min(max(player_y + PONG_MOVES[actions[t]], 0.0), top_limit)
+        chase = (ball_y + BALL_SIZE / 2) - (opponent_y + PADDLE_HEIGHT / 2)
+        opponent_y = min(max(opponent_y + min(max(chase, -OPPONENT_SPEED), OPPONENT_SPEED), 0.0), top_limit)
+
+        prev_x = ball_x
+        ball_y, ball_x = ball_y + vy, ball_x + vx
+        if ball_y < 0.0:  # top wall
+            ball_y, vy = -ball_y, -vy
+        elif ball_y > 1.0 - BALL_SIZE:  # bottom wall
+            ball_y, vy = 2 * (1.0 - BALL_SIZE) - ball_y, -vy
+
+        player_face = PLAYER_X + PADDLE_WIDTH
+        hits_player = player_y - BALL_SIZE < ball_y < player_y + PADDLE_HEIGHT
+        if vx < 0 and prev_x >= player_face > ball_x and hits_player:
+            ball_x, vx = 2 * player_face - ball_x, -vx
+            # where it hits the paddle steers the ball, like the arcade game
+            offset = (ball_y + BALL_SIZE / 2 - player_y - PADDLE_HEIGHT / 2) / (PADDLE_HEIGHT / 2)
+            vy = min(max(vy + 0.02 * offset, -BALL_MAX_VY), BALL_MAX_VY)
+
+        opponent_face = OPPONENT_X - BALL_SIZE  # ball's left edge when touching the opponent
+        hits_opponent = opponent_y - BALL_SIZE < ball_y < opponent_y + PADDLE_HEIGHT
+        if vx > 0 and prev_x <= opponent_face < ball_x and hits_opponent:
+            ball_x, vx = 2 * opponent_face - ball_x, -vx
+
+        if ball_x + BALL_SIZE < 0.0 or ball_x > 1.0:  # missed: serve again
+            ball_y, ball_x, vy, vx = _serve(world_rng)
+
+    def boxes(top: np.ndarray, left: float | np.ndarray, height: float, width: float) -> np.ndarray:
+        left = np.broadcast_to(left, top.shape)
+        return np.stack([top, left, top + height, left + width], axis=1)  # [T, 4]
+
+    canvas = _blank(n_frames, frame_size, PONG_BACKGROUND)  # [T, S, S, 3]
+    _paint(canvas, boxes(state[:, 0], PLAYER_X, PADDLE_HEIGHT, PADDLE_WIDTH), PADDLE_COLOUR)
+    _paint(canvas, boxes(state[:, 1], OPPONENT_X, PADDLE_HEIGHT, PADDLE_WIDTH), OPPONENT_COLOUR)
+    _paint(canvas, boxes(state[:, 2], state[:, 3], BALL_SIZE, BALL_SIZE), BALL_COLOUR)
+    return _to_uint8(canvas)
+
+
+# -----------------------------------------------------------------------------
+# registry and the public entry point
+
+
+@dataclass(frozen=True)
+class GameSpec:
+    name: str
+    n_actions: int
+    action_names: tuple[str, ...]
+    description: str
+    # (world_rng, actions [T], frame_size) -> uint8 frames [T, S, S, 3]
+    play: Callable[[np.random.Generator, np.ndarray, int], np.ndarray]
+
+
+GAMES: dict[str, GameSpec] = {
+    "sprite_world": GameSpec(
+        name="sprite_world",
+        n_actions=5,
+        action_names=("noop", "up", "down", "left", "right"),
+        description=(
+            "8x8-cell room: a red agent moved one cell per action, blocked by grey walls "
+            "(border + 3 random blocks); a green distractor bounces diagonally on its own"
+        ),
+        play=_play_sprite_world,
+    ),
+    "pong": GameSpec(
+        name="pong",
+        n_actions=3,
+        action_names=("noop", "up", "down"),
+        description=(
+            "yellow player paddle on the left moved by the action, a white ball with momentum "
+            "bouncing off walls and paddles, a blue opponent paddle tracking the ball; misses re-serve"
+        ),
+        play=_play_pong,
+    ),
+}
+
+
+def get_game(game: str) -> GameSpec:
+    if game not in GAMES:
+        raise WorldbenchError(f"unknown game {game!r}; known games: {', '.join(sorted(GAMES))}")
+    return GAMES[game]
+
+
+def generate(
+    game: str,
+    n_episodes: int,
+    episode_len: int,
+    frame_size: int,
+    seed: int,
+    repeat_prob: float = 0.75,
+) -> VideoData:
+    """Play n_episodes episodes of episode_len frames each with the sticky-random policy."""
+    spec = get_game(game)
+    if n_episodes < 1 or episode_len < 1:
+        raise WorldbenchError(
+            f"game {game!r}: n_episodes and episode_len must be >= 1, got {n_episodes} and {episode_len}"
+        )
+    if frame_size < MIN_FRAME_SIZE:
+        raise WorldbenchError(f"game {game!r}: frame_size must be >= {MIN_FRAME_SIZE}, got {frame_size}")
+    if seed < 0:
+        raise WorldbenchError(f"game {game!r}: seed must be a non-negative integer, got {seed}")
+    if not 0.0 <= repeat_prob <= 1.0:
+        raise WorldbenchError(f"game {game!r}: repeat_prob must be in [0, 1], got {repeat_prob}")
+
+    all_frames, all_actions = [], []
+    for episode in range(n_episodes):
+        world_seed, policy_seed = np.random.SeedSequence([seed, episode]).spawn(2)
+        world_rng, policy_rng = np.random.default_rng(world_seed), np.random.default_rng(policy_seed)
+        # the action at the last frame produces nothing, so it is recorded as 0
+        actions = np.zeros(episode_len, dtype=np.int64)  # [T]
+        actions[:-1] = sticky_random_actions(policy_rng, episode_len - 1, spec.n_actions, repeat_prob)
+        all_frames.append(spec.play(world_rng, actions, frame_size))  # [T, S, S, 3]
+        all_actions.append(actions)
+
+    return VideoData(
+        frames=np.concatenate(all_frames),  # [n_episodes * T, S, S, 3]
+        actions=np.concatenate(all_actions),  # [n_episodes * T]
+        episode_starts=np.arange(n_episodes, dtype=np.int64) * episode_len,
+        n_actions=spec.n_actions,
+    )

@@ -1,0 +1,200 @@
+"""The three stages end to end: build, feed, train (resumable) and evaluate each one.
+
+tokenizer: frames -> codes.  actions: frames -> latent actions.  dynamics: trained on the
+codes and latent actions of the frozen upstream stages, encoded once per stage (not per step).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from worldmodel.config import STAGES, WorldModelConfig
+from worldmodel.data import VideoWindows
+from worldmodel.dynamics import Dynamics
+from worldmodel.errors import WorldbenchError
+from worldmodel.lam import LatentActionModel
+from worldmodel.metrics import action_agreement, codebook_stats, mse_per_frame, psnr_per_frame, to_unit
+from worldmodel.tokenizer import VideoTokenizer
+from worldmodel.train import ProgressHook, TrainResult, load_weights, train_stage
+
+MODELS = {"tokenizer": VideoTokenizer, "actions": LatentActionModel, "dynamics": Dynamics}
+ENCODE_BATCH = 64
+
+
+@dataclass
+class StageOutput:
+    train: TrainResult
+    metrics: dict[str, float]  # evaluation on the val split, names without the stage prefix
+    params: int
+
+
+def build_model(stage: str, config: WorldModelConfig) -> nn.Module:
+    return MODELS[stage](config)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def stage_config_json(config: WorldModelConfig, stage: str) -> str:
+    """What a stage's weights depend on: the shared shapes plus that stage's own section."""
+    values = {k: v for k, v in asdict(config).items() if k not in (*STAGES, "rollout")}
+    values.update({f"{stage}.{k}": v for k, v in asdict(config.stage(stage)).items()})
+    return json.dumps(values, sort_keys=True)
+
+
+def check_data_matches(config: WorldModelConfig, windows: VideoWindows) -> None:
+    """The bug that silently broke the motivating PR: data frames of another size than the model's."""
+    if windows.frame_size != config.frame_size:
+        raise WorldbenchError(
+            f"dataset frames are {windows.frame_size}x{windows.frame_size} but the model's frame_size is "
+            f"{config.frame_size}; set frame_size = {windows.frame_size} or resize the dataset to {config.frame_size}"
+        )
+    if windows.window != config.window:
+        raise WorldbenchError(f"data windows hold {windows.window} frames but the model's window is {config.window}")
+
+
+def eval_indices(windows: VideoWindows, config: WorldModelConfig, stage: str) -> list[np.ndarray]:
+    """A fixed, evenly spread set of val windows, in batches."""
+    count = min(len(windows), config.stage(stage).eval_batches * config.stage(stage).batch_size)
+    chosen = np.linspace(0, len(windows) - 1, count).round().astype(np.int64)
+    return np.array_split(chosen, max(1, count // ENCODE_BATCH))
+
+
+def sampler(windows: VideoWindows, batch_size: int):
+    """Batches of random windows: (frames [B, T, 3, H, W],)."""
+    def sample(generator: torch.Generator) -> tuple[torch.Tensor]:
+        return (windows.batch(torch.randint(len(windows), (batch_size,), generator=generator).numpy())[0],)
+    return sample
+
+
+def train_and_evaluate(stage: str, model: nn.Module, config: WorldModelConfig, sample, checkpoint: Path, seed: int,
+                       progress: ProgressHook | None, evaluate) -> StageOutput:
+    result = train_stage(stage, model, config.stage(stage), sample, checkpoint, stage_config_json(config, stage),
+                         seed, progress)
+    model.eval()
+    torch.manual_seed(seed)  # evaluation randomness (dynamics masks) is fixed per seed
+    with torch.no_grad():
+        metrics = evaluate(model)
+    return StageOutput(result, metrics, count_params(model))
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+def run_tokenizer(config: WorldModelConfig, train: VideoWindows, val: VideoWindows, checkpoint: Path, seed: int,
+                  progress: ProgressHook | None = None) -> tuple[VideoTokenizer, StageOutput]:
+    check_data_matches(config, train)
+    torch.manual_seed(seed)
+    model = VideoTokenizer(config)
+
+    def evaluate(model: VideoTokenizer) -> dict[str, float]:
+        losses, mses, psnrs, codes = [], [], [], []
+        for which in eval_indices(val, config, "tokenizer"):
+            frames, _ = val.batch(which)
+            recon, latents = model(frames)
+            losses.append(F.smooth_l1_loss(recon, frames).item())
+            mses.append(mse_per_frame(to_unit(recon), to_unit(frames)).flatten())
+            psnrs.append(psnr_per_frame(to_unit(recon), to_unit(frames)).flatten())
+            codes.append(model.fsq.to_indices(latents).flatten())
+        usage, perplexity = codebook_stats(torch.cat(codes), model.fsq.codebook_size)
+        return {"val_loss": float(np.mean(losses)), "val_mse": torch.cat(mses).mean().item(),
+                "val_psnr": torch.cat(psnrs).mean().item(), "codebook_usage": usage,
+                "codebook_perplexity": perplexity}
+
+    return model, train_and_evaluate("tokenizer", model, config, sampler(train, config.tokenizer.batch_size),
+                                     checkpoint, seed, progress, evaluate)
+
+
+# ----------------------------------------------------------------------------- latent actions
+
+def run_actions(config: WorldModelConfig, train: VideoWindows, val: VideoWindows, checkpoint: Path, seed: int,
+                progress: ProgressHook | None = None) -> tuple[LatentActionModel, StageOutput]:
+    check_data_matches(config, train)
+    torch.manual_seed(seed)
+    model = LatentActionModel(config)
+
+    def evaluate(model: LatentActionModel) -> dict[str, float]:
+        losses, pre_latents, codes, truths, decoder_spread = [], [], [], [], []
+        all_codes = model.fsq.from_indices(torch.arange(config.n_actions))  # [n_actions, A]
+        for which in eval_indices(val, config, "actions"):
+            frames, true_actions = val.batch(which)
+            loss, _ = model.loss(frames)
+            losses.append(loss.item())
+            pre, quantised = model.infer_actions(frames)
+            pre_latents.append(pre.flatten(0, 1))
+            codes.append(model.fsq.to_indices(quantised).flatten())
+            truths.append(true_actions.flatten())
+            # How much the decoder's prediction depends on the action: variance across every code.
+            first = frames[:8, :-1]  # [b, T-1, 3, H, W]
+            predictions = torch.stack([
+                model.decode(first, code.expand(first.shape[0], first.shape[1], -1), mask_inputs=True)
+                for code in all_codes
+            ])  # [n_actions, b, T-1, 3, H, W]
+            decoder_spread.append(predictions.var(dim=0).mean().item())
+        codes_all, truth_all = torch.cat(codes), torch.cat(truths)
+        usage, perplexity = codebook_stats(codes_all, config.n_actions)
+        metrics = {"val_loss": float(np.mean(losses)), "codebook_usage": usage, "codebook_perplexity": perplexity,
+                   "encoder_variance": torch.cat(pre_latents).var(dim=0).mean().item(),
+                   "decoder_variance": float(np.mean(decoder_spread))}
+        known = truth_all >= 0
+        if known.any():
+            metrics["nmi"], metrics["majority_accuracy"] = action_agreement(
+                codes_all[known].numpy(), truth_all[known].numpy())
+        return metrics
+
+    return model, train_and_evaluate("actions", model, config, sampler(train, config.actions.batch_size),
+                                     checkpoint, seed, progress, evaluate)
+
+
+# ----------------------------------------------------------------------------- dynamics
+
+@torch.no_grad()
+def encode_windows(tokenizer: VideoTokenizer, lam: LatentActionModel, windows: VideoWindows,
+                   which: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes [N, T, P] and quantised latent actions [N, T-1, A] of windows, with frozen models."""
+    tokenizer.eval()
+    lam.eval()
+    which = np.arange(len(windows)) if which is None else which
+    codes, actions = [], []
+    for chunk in np.array_split(which, max(1, len(which) // ENCODE_BATCH)):
+        frames, _ = windows.batch(chunk)
+        codes.append(tokenizer.fsq.to_indices(tokenizer.encode(frames)).to(torch.int16))
+        actions.append(lam.infer_actions(frames)[1].to(torch.int8))  # values are exactly +-1
+    return torch.cat(codes), torch.cat(actions)
+
+
+def run_dynamics(config: WorldModelConfig, train: VideoWindows, val: VideoWindows, tokenizer: VideoTokenizer,
+                 lam: LatentActionModel, checkpoint: Path, seed: int,
+                 progress: ProgressHook | None = None) -> tuple[Dynamics, StageOutput]:
+    check_data_matches(config, train)
+    codes, actions = encode_windows(tokenizer, lam, train)  # once per stage: training never re-tokenizes
+    torch.manual_seed(seed)
+    model = Dynamics(config)
+    batch_size = config.dynamics.batch_size
+
+    def sample(generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        which = torch.randint(len(codes), (batch_size,), generator=generator)
+        return codes[which].long(), actions[which].float()
+
+    def evaluate(model: Dynamics) -> dict[str, float]:
+        losses, accuracies = [], []
+        for which in eval_indices(val, config, "dynamics"):
+            val_codes, val_actions = encode_windows(tokenizer, lam, val, which)
+            loss, extras = model.loss(val_codes.long(), val_actions.float())
+            losses.append(loss.item())
+            accuracies.append(extras["token_accuracy"])
+        return {"val_loss": float(np.mean(losses)), "val_token_accuracy": float(np.mean(accuracies))}
+
+    return model, train_and_evaluate("dynamics", model, config, sample, checkpoint, seed, progress, evaluate)
+
+
+def load_stage(stage: str, config: WorldModelConfig, checkpoint: Path) -> nn.Module:
+    """A finished stage's model from its checkpoint, in eval mode."""
+    model = load_weights(build_model(stage, config), checkpoint, stage, stage_config_json(config, stage))
+    return model.eval()
