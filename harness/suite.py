@@ -71,7 +71,7 @@ class Comparison:
     baseline: str = "meanpool_concat"
     candidates: list[str] = field(default_factory=lambda: ["windowed_attention"])
     seeds: list[int] | None = None  # None: the profile's seeds
-    profile: str = "ci"
+    profile: str = "default"
     dataset: str = "sprite_world"
     alpha: float = 0.05
 

@@ -62,7 +62,7 @@ def fmt_number(value: object, digits: int = 4) -> str:
         return MISSING
     if math.isinf(x):
         return "∞" if x > 0 else f"{MINUS}∞"
-    return _minus(f"{x:.{digits}g}")
+    return _minus(f"{x + 0.0:.{digits}g}")  # + 0.0 turns -0.0 into 0.0: no "−0"
 
 
 def _decimals_for(values: Iterable[float], significant: int = 3) -> int:
@@ -161,19 +161,21 @@ _MD_INLINE = re.compile(r"([\\`*_\[\]|~$])")
 _MD_LINE_START = re.compile(r"^([ \t]*)([#+\-=]|\d+[.)])", re.MULTILINE)
 
 
-def md_escape(text: object, *, multiline: bool = False) -> str:
-    """Make untrusted text render literally in GitHub markdown (and inside table cells).
+def md_escape(text: object, *, multiline: bool = False, block_start: bool = True) -> str:
+    """Make untrusted text render literally in GitHub markdown.
 
     HTML is neutralised by entity-escaping `&<>` (so `<script>` shows as text), markdown by
-    backslash-escaping its punctuation.  @mentions get a zero-width space so a variant
-    description cannot ping people from a bot's PR comment.
+    backslash-escaping its punctuation.  `block_start`: the text may begin a line or a list
+    item, where "# ", "- ", "1. " would start a heading or list (not so in a table cell).
+    @mentions get a zero-width space so a variant description cannot ping people.
     """
     s = "" if text is None else str(text)
     s = s.replace("\r\n", "\n").replace("\r", "\n")
     if not multiline:
         s = " ".join(s.split("\n"))  # a newline would end a table row or list item
     s = _MD_INLINE.sub(r"\\\1", s)
-    s = _MD_LINE_START.sub(lambda m: m.group(1) + _escape_block_marker(m.group(2)), s)
+    if block_start or multiline:
+        s = _MD_LINE_START.sub(lambda m: m.group(1) + _escape_block_marker(m.group(2)), s)
     s = html.escape(s, quote=False)
     return s.replace("@", "@\u200b")
 

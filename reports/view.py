@@ -74,6 +74,10 @@ def has_columns(frame: pd.DataFrame | None, columns: tuple[str, ...]) -> bool:
     return frame is not None and not frame.empty and all(c in frame.columns for c in columns)
 
 
+def description_of(report: ReportInput, variant: str) -> str:
+    return str((report.descriptions or {}).get(variant) or "")
+
+
 def role_of(report: ReportInput, variant: str) -> str:
     if variant == report.baseline and variant == report.candidate:
         return "baseline = candidate"
@@ -161,7 +165,7 @@ def kpi_explanations(report: ReportInput) -> list[KpiExplanation]:
     out = []
     for kpi in report.comparison.kpis:
         design = f"{kpi.n_paired} paired seeds" if kpi.paired else f"unpaired, n = {kpi.n_baseline} vs {kpi.n_candidate}"
-        method = getattr(kpi, "method", "") or "test"
+        method = getattr(kpi, "method", "") or "no test (too little data)"
         detail = (
             f"{method}, {design}; Hedges' g {fmt_number(kpi.hedges_g, 3)}; "
             f"P(candidate better) {fmt_number(kpi.prob_improvement, 3)}; "

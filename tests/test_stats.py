@@ -332,35 +332,38 @@ def test_alpha_spending_obrien_fleming():
 # --------------------------------------------------------------------------- simulations
 
 
-def simulate_verdicts(rules, log_effects, n_seeds, sims, sd, rng):
-    """Run `sims` comparisons with log-normal seeds; log_effects[i] is the true log-ratio c/b of KPI i."""
-    verdicts, kpi_verdicts = [], []
+def simulate_verdicts(rules, true_effects, n_seeds, sims, sd, rng) -> np.ndarray:
+    """Overall verdicts of `sims` comparisons with normal noise of `sd` per seed and arm.
+
+    Log-scale KPIs are log-normal around 1 with true log-ratio c/b = true_effects[i];
+    linear ones are normal around 0 with true difference true_effects[i].
+    """
+    verdicts = []
     seeds = range(n_seeds)
     for _ in range(sims):
         baseline, candidate = {}, {}
-        for rule, effect in zip(rules, log_effects):
-            level = 1.0 if rule.scale == "log" else 0.0
+        for rule, effect in zip(rules, true_effects):
             b = rng.normal(0, sd, n_seeds)
             c = rng.normal(effect, sd, n_seeds)
-            to_value = np.exp if rule.scale == "log" else (lambda x: level + x)
-            baseline[rule.name] = dict(zip(seeds, to_value(b)))
-            candidate[rule.name] = dict(zip(seeds, to_value(c)))
-        result = compare(rules, baseline, candidate, bootstrap=False)
-        verdicts.append(result.verdict)
-        kpi_verdicts.append([k.verdict for k in result.kpis])
-    return np.array(verdicts), kpi_verdicts
+            if rule.scale == "log":
+                b, c = np.exp(b), np.exp(c)
+            baseline[rule.name] = dict(zip(seeds, b))
+            candidate[rule.name] = dict(zip(seeds, c))
+        verdicts.append(compare(rules, baseline, candidate, bootstrap=False).verdict)
+    return np.array(verdicts)
 
 
 def test_calibration_a_a_rarely_fails():
     rng = np.random.default_rng(20240601)
     # 5 seeds, ~5% seed-to-seed noise per arm, identical distributions.
-    single, _ = simulate_verdicts([LOSS], [0.0], n_seeds=5, sims=1000, sd=0.05, rng=rng)
+    single = simulate_verdicts([LOSS], [0.0], n_seeds=5, sims=1000, sd=0.05, rng=rng)
     three_kpis = [
         LOSS,
         KpiRule("psnr", "higher", "log", 0.05),
         KpiRule("latency", "lower", "linear", 0.05),
     ]
-    multi, _ = simulate_verdicts(three_kpis, [0.0, 0.0, 0.0], n_seeds=5, sims=1000, sd=0.05, rng=rng)
+    # Fewer runs here: the rate is far below the bar (~0.1%), precision is not the question.
+    multi = simulate_verdicts(three_kpis, [0.0, 0.0, 0.0], n_seeds=5, sims=600, sd=0.05, rng=rng)
     assert np.mean(single == "FAIL") <= 0.06
     assert np.mean(multi == "FAIL") <= 0.06
 
@@ -370,10 +373,10 @@ def test_calibration_at_the_boundaries_of_the_null_hypotheses():
     where the error rate should be close to alpha: not above it, and not absurdly below it."""
     rng = np.random.default_rng(7)
     strict = KpiRule("loss", "lower", "log", 0.0)  # margin 0: any real slowdown counts
-    fail, _ = simulate_verdicts([strict], [0.0], n_seeds=5, sims=1000, sd=0.05, rng=rng)
+    fail = simulate_verdicts([strict], [0.0], n_seeds=5, sims=1000, sd=0.05, rng=rng)
     assert 0.03 <= np.mean(fail == "FAIL") <= 0.06
     # Candidate truly worse by exactly the margin: must not PASS more than ~alpha of the time.
-    at_margin, _ = simulate_verdicts([LOSS], [LOG_MARGIN], n_seeds=8, sims=1000, sd=0.05, rng=rng)
+    at_margin = simulate_verdicts([LOSS], [LOG_MARGIN], n_seeds=8, sims=1000, sd=0.05, rng=rng)
     assert 0.03 <= np.mean(at_margin == "PASS") <= 0.06
 
 

@@ -110,6 +110,11 @@ class WorldModelConfig:
             raise WorldbenchError(f"window {self.window} is too short; a clip needs at least 2 frames")
         if self.bins < 2 or self.latent_dim < 1:
             raise WorldbenchError("bins must be >= 2 and latent_dim >= 1")
+        if not 1 <= self.rollout.delta_psnr_step <= self.rollout.horizon or self.rollout.clips < 1:
+            raise WorldbenchError(
+                f"rollout.delta_psnr_step {self.rollout.delta_psnr_step} must lie within rollout.horizon "
+                f"{self.rollout.horizon} (and rollout.clips >= 1); lengthen the horizon or move the step"
+            )
         for name in STAGES:
             stage = self.stage(name)
             if stage.embed_dim % stage.heads:

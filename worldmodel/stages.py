@@ -49,6 +49,20 @@ def stage_config_json(config: WorldModelConfig, stage: str) -> str:
     return json.dumps(values, sort_keys=True)
 
 
+def config_from_stage_json(stage: str, text: str) -> WorldModelConfig:
+    """Inverse of stage_config_json: the config a stage checkpoint was trained with (others default)."""
+    values: dict = {}
+    for key, value in json.loads(text).items():
+        if key.startswith(f"{stage}."):
+            values.setdefault(stage, {})[key.split(".", 1)[1]] = value
+        else:
+            values[key] = value
+    try:
+        return WorldModelConfig.from_dict(values)
+    except TypeError as err:  # a key this code does not know
+        raise WorldbenchError(f"{stage} checkpoint config does not fit the current code ({err})") from None
+
+
 def check_data_matches(config: WorldModelConfig, windows: VideoWindows) -> None:
     """The bug that silently broke the motivating PR: data frames of another size than the model's."""
     if windows.frame_size != config.frame_size:

@@ -28,7 +28,7 @@ ENV_VAR = "WORLDBENCH_ATTENTION"
 BACKENDS = ("native", "torch")
 _SOURCE = Path(__file__).with_name("attention.cpp")
 _FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-fPIC", "-shared", "-std=c++17", "-fno-math-errno"]
-_ABI_VERSION = 1
+_ABI_VERSION = 2
 
 _lock = threading.Lock()
 _library: ctypes.CDLL | None = None
@@ -129,6 +129,8 @@ def library() -> ctypes.CDLL:
             lib.wb_attention_backward.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, ctypes.c_int,
                                                   ctypes.c_float, ctypes.c_int]
             lib.wb_attention_backward.restype = ctypes.c_int
+            lib.wb_attention_stats_size.argtypes = [i64, i64, i64, i64, i64]
+            lib.wb_attention_stats_size.restype = i64
             _library = lib
     return _library
 
@@ -155,23 +157,23 @@ class _NativeAttention(torch.autograd.Function):
         qkv = qkv.contiguous()
         outer, S, inner, h, d = _geometry(qkv, seq_dim, heads)
         y = qkv.new_empty(*qkv.shape[:-1], h * d)
-        lse = qkv.new_empty(outer, inner, h, S)
+        stats = qkv.new_empty(lib.wb_attention_stats_size(outer, S, inner, h, d))  # lse or probabilities
         scale = 1.0 / math.sqrt(d)
-        status = lib.wb_attention_forward(qkv.data_ptr(), y.data_ptr(), lse.data_ptr(), outer, S, inner, h, d,
+        status = lib.wb_attention_forward(qkv.data_ptr(), y.data_ptr(), stats.data_ptr(), outer, S, inner, h, d,
                                           int(causal), scale, torch.get_num_threads())
         if status:
             raise WorldbenchError(f"native attention does not support head dim {d}; set {ENV_VAR}=torch")
-        ctx.save_for_backward(qkv, y, lse)
+        ctx.save_for_backward(qkv, y, stats)
         ctx.config = (outer, S, inner, h, d, int(causal), scale)
         return y
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
-        qkv, y, lse = ctx.saved_tensors
+        qkv, y, stats = ctx.saved_tensors
         outer, S, inner, h, d, causal, scale = ctx.config
         dy = dy.contiguous()
         dqkv = torch.empty_like(qkv)
-        library().wb_attention_backward(qkv.data_ptr(), y.data_ptr(), dy.data_ptr(), lse.data_ptr(), dqkv.data_ptr(),
+        library().wb_attention_backward(qkv.data_ptr(), y.data_ptr(), dy.data_ptr(), stats.data_ptr(), dqkv.data_ptr(),
                                         outer, S, inner, h, d, causal, scale, torch.get_num_threads())
         return dqkv, None, None, None
 

@@ -7,16 +7,22 @@
 // (three heads d): q = [0, E), k = [E, 2E), v = [2E, 3E), head h at h*d. Attention runs over the
 // S axis, independently for every (outer, inner, head). The spatial attention of an ST block is
 // outer = B*T, inner = 1; the temporal one is outer = B, S = T, inner = P. The output y is
-// [outer, S, inner, E] (heads concatenated, ready for the out projection) and lse, the row-wise
-// log-sum-exp of the scaled scores, is [outer, inner, heads, S].
+// [outer, S, inner, E]: heads concatenated, ready for the out projection. dqkv has qkv's layout.
 //
-// Method. One work item is one (outer, inner, head); its keys and values are packed transposed
-// ([d][S], zero-padded to a multiple of 8) so a query's scores against 8 keys are d FMAs. The
-// softmax is exact (max, exp, sum over the whole row), not online; the backward pass recomputes
-// the probabilities from the stored lse as in FlashAttention-2. Work items write disjoint outputs
-// and each one runs sequentially, so results do not depend on the thread count or schedule.
+// Two paths, both exact softmax (max-subtracted, full row sum; no online rescaling):
+//
+// * rows (long sequences): one work item is one (outer, inner, head). Its keys and values are
+//   packed transposed ([d][S], zero-padded to a multiple of 8) so the scores of one query against
+//   8 keys are d FMAs. The forward stores the row log-sum-exp (base 2) and the backward
+//   recomputes the probabilities from it, as in FlashAttention-2.
+// * heads-in-lanes (short sequences, S <= kSmallMax: the causal temporal attention over T
+//   frames): one work item is one (outer, inner); q/k/v are packed as [S][d][heads] so 8 heads are
+//   processed per vector with no horizontal reductions. The forward stores the probabilities
+//   (S * S * heads floats per item, small) and the backward reuses them.
+//
+// Work items write disjoint outputs and each runs sequentially, so results are bit-identical for
+// any thread count or schedule.
 #include <immintrin.h>
-#include <omp.h>
 
 #include <cmath>
 #include <cstdint>
@@ -27,28 +33,28 @@
 namespace {
 
 constexpr int kLanes = 8;
+constexpr int kMaxD = 64;
+constexpr int64_t kSmallMax = 16;
+constexpr float kLog2e = 1.44269504088896341f;
+constexpr float kLn2 = 0.693147180559945309f;
 
-// expf for x <= 0 (scores minus the row max or the lse): Cephes-style range reduction with a
-// degree-6 polynomial, about 1 ulp. Inputs below -87 give exp(-87) ~ 1.6e-38 (still a normal
-// float), which is negligible next to the row sum >= 1.
-inline __m256 exp_nonpositive(__m256 x) {
-    const __m256 log2e = _mm256_set1_ps(1.44269504088896341f);
-    const __m256 ln2_hi = _mm256_set1_ps(0.693359375f);
-    const __m256 ln2_lo = _mm256_set1_ps(-2.12194440e-4f);
-    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, ln2_hi, x);
-    r = _mm256_fnmadd_ps(n, ln2_lo, r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    __m256 r2 = _mm256_mul_ps(r, r);
-    p = _mm256_fmadd_ps(p, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+// 2^x for x <= 0: x = n + r with n = round(x), r in [-1/2, 1/2], 2^r from a degree-6 polynomial
+// fitted for minimal relative error (1e-7, i.e. float rounding), evaluated in Estrin form (short
+// dependency chain), times 2^n built in the exponent field. Inputs below -125 are clamped so
+// results stay normal floats (>= 2^-125.5); such terms are negligible next to a softmax row sum >= 1.
+inline __m256 exp2_nonpositive(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(-125.0f));
+    const __m256 n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256 r = _mm256_sub_ps(x, n);
+    const __m256i pow2n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    const __m256 r2 = _mm256_mul_ps(r, r);
+    const __m256 a = _mm256_fmadd_ps(_mm256_set1_ps(6.9314718246459961e-1f), r, _mm256_set1_ps(1.0f));
+    const __m256 b = _mm256_fmadd_ps(_mm256_set1_ps(5.5503323674201965e-2f), r, _mm256_set1_ps(2.4022647738456726e-1f));
+    __m256 c = _mm256_fmadd_ps(_mm256_set1_ps(1.3398875016719103e-3f), r, _mm256_set1_ps(9.6184369176626205e-3f));
+    c = _mm256_fmadd_ps(_mm256_set1_ps(1.5353361959569156e-4f), r2, c);
+    const __m256 r4 = _mm256_mul_ps(r2, r2);
+    const __m256 p = _mm256_fmadd_ps(c, r4, _mm256_fmadd_ps(b, r2, a));
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(pow2n));
 }
 
 inline float hsum(__m256 v) {
@@ -74,17 +80,6 @@ inline __m256 lane_mask(int64_t count) {
 struct Geometry {
     int64_t outer, S, inner, heads, d, E;
     int64_t qkv_row, y_row;  // strides between consecutive sequence positions
-    int64_t items() const { return outer * inner * heads; }
-    // Offsets of item (o, i, h)'s first row in qkv (q part) and in y.
-    void base(int64_t item, int64_t& qkv_off, int64_t& y_off, int64_t& lse_off) const {
-        int64_t h = item % heads;
-        int64_t oi = item / heads;
-        int64_t i = oi % inner;
-        int64_t o = oi / inner;
-        qkv_off = (o * S * inner + i) * 3 * E + h * d;
-        y_off = (o * S * inner + i) * E + h * d;
-        lse_off = item * S;
-    }
 };
 
 Geometry make_geometry(int64_t outer, int64_t S, int64_t inner, int64_t heads, int64_t d) {
@@ -99,10 +94,25 @@ float* aligned_floats(int64_t count) {
     return static_cast<float*>(std::aligned_alloc(64, bytes > 0 ? bytes : 64));
 }
 
+// ============================================================================= rows path
+
+// Offsets of item (o, i, h)'s first row in qkv (its q part) and in y, and of its lse row.
+inline void row_item_base(const Geometry& g, int64_t item, int64_t& qkv_off, int64_t& y_off, int64_t& lse_off) {
+    const int64_t h = item % g.heads;
+    const int64_t oi = item / g.heads;
+    const int64_t i = oi % g.inner;
+    const int64_t o = oi / g.inner;
+    qkv_off = (o * g.S * g.inner + i) * 3 * g.E + h * g.d;
+    y_off = (o * g.S * g.inner + i) * g.E + h * g.d;
+    lse_off = item * g.S;
+}
+
+// Leading dimension of the packed [d][S] arrays: S padded to 8 lanes plus 16 floats, so that rows
+// and arrays do not sit a multiple of 4 KiB apart (loads would falsely wait on stores: 4K aliasing).
+inline int64_t packed_ld(int64_t S) { return (S + kLanes - 1) / kLanes * kLanes + 16; }
+
 // Transposed, zero-padded copies of one item's keys and values: kt[c * spad + j] = k[j][c].
-template <int D>
-void pack_kv(const float* qkv, const Geometry& g, int64_t qkv_off, int64_t spad, int dyn_d, float* kt, float* vt) {
-    const int d = D > 0 ? D : dyn_d;
+void pack_kv(const float* qkv, const Geometry& g, int64_t qkv_off, int64_t spad, int d, float* kt, float* vt) {
     std::memset(kt, 0, sizeof(float) * d * spad);
     std::memset(vt, 0, sizeof(float) * d * spad);
     const float* k = qkv + qkv_off + g.E;
@@ -117,38 +127,40 @@ void pack_kv(const float* qkv, const Geometry& g, int64_t qkv_off, int64_t spad,
     }
 }
 
-constexpr int kMaxD = 64;
-
+// lse2 [items, S]: log2 of the row sum of 2^(scores * log2e), i.e. the natural lse times log2e.
 template <int D>
-void forward_impl(const float* qkv, float* y, float* lse, const Geometry& g, int causal, float scale, int threads) {
-    const int64_t spad = (g.S + kLanes - 1) / kLanes * kLanes;
-    const int dyn_d = static_cast<int>(g.d);
+void rows_forward(const float* qkv, float* y, float* lse2, const Geometry& g, int causal, float scale, int threads) {
+    const int64_t spad = packed_ld(g.S);
+    const int d = D > 0 ? D : static_cast<int>(g.d);
+    const int64_t items = g.outer * g.inner * g.heads;
+    const float qscale = scale * kLog2e;  // scores in base-2 units: 2^(s log2e) = e^s
 #pragma omp parallel num_threads(threads)
     {
-        const int d = D > 0 ? D : dyn_d;
-        float* kt = aligned_floats(d * spad);
-        float* vt = aligned_floats(d * spad);
-        float* p = aligned_floats(spad);
+        float* buffer = aligned_floats((2 * d + 1) * spad + 32);
+        float* kt = buffer;
+        float* vt = kt + d * spad + 16;
+        float* sc = vt + d * spad + 16;
 #pragma omp for schedule(static)
-        for (int64_t item = 0; item < g.items(); ++item) {
+        for (int64_t item = 0; item < items; ++item) {
             int64_t qkv_off, y_off, lse_off;
-            g.base(item, qkv_off, y_off, lse_off);
-            pack_kv<D>(qkv, g, qkv_off, spad, dyn_d, kt, vt);
+            row_item_base(g, item, qkv_off, y_off, lse_off);
+            pack_kv(qkv, g, qkv_off, spad, d, kt, vt);
             for (int64_t s = 0; s < g.S; ++s) {
                 const float* q = qkv + qkv_off + s * g.qkv_row;
                 const int64_t n = causal ? s + 1 : g.S;  // keys [0, n) are visible
                 const int64_t nv = (n + kLanes - 1) / kLanes;
                 __m256 qs[D > 0 ? D : kMaxD];
-                for (int c = 0; c < d; ++c) qs[c] = _mm256_set1_ps(q[c] * scale);
+                for (int c = 0; c < d; ++c) qs[c] = _mm256_set1_ps(q[c] * qscale);
                 __m256 vmax = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
                 for (int64_t b = 0; b < nv; ++b) {
-                    __m256 acc = _mm256_mul_ps(qs[0], _mm256_load_ps(kt + b * kLanes));
-                    for (int c = 1; c < d; ++c) acc = _mm256_fmadd_ps(qs[c], _mm256_load_ps(kt + c * spad + b * kLanes), acc);
-                    if ((b + 1) * kLanes > n) {
+                    const int64_t j = b * kLanes;
+                    __m256 acc = _mm256_mul_ps(qs[0], _mm256_load_ps(kt + j));
+                    for (int c = 1; c < d; ++c) acc = _mm256_fmadd_ps(qs[c], _mm256_load_ps(kt + c * spad + j), acc);
+                    if (j + kLanes > n) {
                         acc = _mm256_blendv_ps(_mm256_set1_ps(-std::numeric_limits<float>::infinity()), acc,
-                                               lane_mask(n - b * kLanes));
+                                               lane_mask(n - j));
                     }
-                    _mm256_store_ps(p + b * kLanes, acc);
+                    _mm256_store_ps(sc + j, acc);
                     vmax = _mm256_max_ps(vmax, acc);
                 }
                 const float m = hmax(vmax);
@@ -157,41 +169,42 @@ void forward_impl(const float* qkv, float* y, float* lse, const Geometry& g, int
                 __m256 out[D > 0 ? D : kMaxD];
                 for (int c = 0; c < d; ++c) out[c] = _mm256_setzero_ps();
                 for (int64_t b = 0; b < nv; ++b) {
-                    __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_load_ps(p + b * kLanes), mv));
-                    if ((b + 1) * kLanes > n) e = _mm256_and_ps(e, lane_mask(n - b * kLanes));
+                    const int64_t j = b * kLanes;
+                    __m256 e = exp2_nonpositive(_mm256_sub_ps(_mm256_load_ps(sc + j), mv));
+                    if (j + kLanes > n) e = _mm256_and_ps(e, lane_mask(n - j));
                     vsum = _mm256_add_ps(vsum, e);
-                    for (int c = 0; c < d; ++c) out[c] = _mm256_fmadd_ps(e, _mm256_load_ps(vt + c * spad + b * kLanes), out[c]);
+                    for (int c = 0; c < d; ++c) out[c] = _mm256_fmadd_ps(e, _mm256_load_ps(vt + c * spad + j), out[c]);
                 }
                 const float sum = hsum(vsum);
                 const float inv = 1.0f / sum;
                 float* yr = y + y_off + s * g.y_row;
                 for (int c = 0; c < d; ++c) yr[c] = hsum(out[c]) * inv;
-                lse[lse_off + s] = m + std::log(sum);
+                lse2[lse_off + s] = m + std::log2(sum);
             }
         }
-        std::free(kt);
-        std::free(vt);
-        std::free(p);
+        std::free(buffer);
     }
 }
 
 template <int D>
-void backward_impl(const float* qkv, const float* y, const float* dy, const float* lse, float* dqkv, const Geometry& g,
+void rows_backward(const float* qkv, const float* y, const float* dy, const float* lse2, float* dqkv, const Geometry& g,
                    int causal, float scale, int threads) {
-    const int64_t spad = (g.S + kLanes - 1) / kLanes * kLanes;
-    const int dyn_d = static_cast<int>(g.d);
+    const int64_t spad = packed_ld(g.S);
+    const int d = D > 0 ? D : static_cast<int>(g.d);
+    const int64_t items = g.outer * g.inner * g.heads;
+    const float qscale = scale * kLog2e;
 #pragma omp parallel num_threads(threads)
     {
-        const int d = D > 0 ? D : dyn_d;
-        float* kt = aligned_floats(d * spad);
-        float* vt = aligned_floats(d * spad);
-        float* dkt = aligned_floats(d * spad);
-        float* dvt = aligned_floats(d * spad);
+        float* buffer = aligned_floats(4 * d * spad + 64);
+        float* kt = buffer;
+        float* vt = kt + d * spad + 16;
+        float* dkt = vt + d * spad + 16;
+        float* dvt = dkt + d * spad + 16;
 #pragma omp for schedule(static)
-        for (int64_t item = 0; item < g.items(); ++item) {
+        for (int64_t item = 0; item < items; ++item) {
             int64_t qkv_off, y_off, lse_off;
-            g.base(item, qkv_off, y_off, lse_off);
-            pack_kv<D>(qkv, g, qkv_off, spad, dyn_d, kt, vt);
+            row_item_base(g, item, qkv_off, y_off, lse_off);
+            pack_kv(qkv, g, qkv_off, spad, d, kt, vt);
             std::memset(dkt, 0, sizeof(float) * d * spad);
             std::memset(dvt, 0, sizeof(float) * d * spad);
             for (int64_t s = 0; s < g.S; ++s) {
@@ -204,11 +217,11 @@ void backward_impl(const float* qkv, const float* y, const float* dy, const floa
                 for (int c = 0; c < d; ++c) delta += dor[c] * o[c];
                 __m256 qs[D > 0 ? D : kMaxD], dos[D > 0 ? D : kMaxD], dq[D > 0 ? D : kMaxD];
                 for (int c = 0; c < d; ++c) {
-                    qs[c] = _mm256_set1_ps(q[c] * scale);
+                    qs[c] = _mm256_set1_ps(q[c] * qscale);
                     dos[c] = _mm256_set1_ps(dor[c]);
                     dq[c] = _mm256_setzero_ps();
                 }
-                const __m256 lv = _mm256_set1_ps(lse[lse_off + s]);
+                const __m256 lv = _mm256_set1_ps(lse2[lse_off + s]);
                 const __m256 dv = _mm256_set1_ps(delta);
                 for (int64_t b = 0; b < nv; ++b) {
                     const int64_t j = b * kLanes;
@@ -218,9 +231,9 @@ void backward_impl(const float* qkv, const float* y, const float* dy, const floa
                         sc = _mm256_fmadd_ps(qs[c], _mm256_load_ps(kt + c * spad + j), sc);
                         dp = _mm256_fmadd_ps(dos[c], _mm256_load_ps(vt + c * spad + j), dp);
                     }
-                    __m256 pr = exp_nonpositive(_mm256_sub_ps(sc, lv));
+                    __m256 pr = exp2_nonpositive(_mm256_sub_ps(sc, lv));  // the probabilities
                     if (j + kLanes > n) pr = _mm256_and_ps(pr, lane_mask(n - j));
-                    const __m256 ds = _mm256_mul_ps(pr, _mm256_sub_ps(dp, dv));
+                    const __m256 ds = _mm256_mul_ps(pr, _mm256_sub_ps(dp, dv));  // d loss / d score
                     for (int c = 0; c < d; ++c) {
                         float* dvc = dvt + c * spad + j;
                         float* dkc = dkt + c * spad + j;
@@ -232,53 +245,237 @@ void backward_impl(const float* qkv, const float* y, const float* dy, const floa
                 float* dqr = dqkv + qkv_off + s * g.qkv_row;
                 for (int c = 0; c < d; ++c) dqr[c] = hsum(dq[c]) * scale;
             }
+            // dkt accumulated ds * q * scale * log2e: divide the log2e back out.
             float* dk = dqkv + qkv_off + g.E;
             float* dvv = dqkv + qkv_off + 2 * g.E;
             for (int64_t j = 0; j < g.S; ++j) {
                 for (int c = 0; c < d; ++c) {
-                    dk[j * g.qkv_row + c] = dkt[c * spad + j];
+                    dk[j * g.qkv_row + c] = dkt[c * spad + j] * kLn2;
                     dvv[j * g.qkv_row + c] = dvt[c * spad + j];
                 }
             }
         }
-        std::free(kt);
-        std::free(vt);
-        std::free(dkt);
-        std::free(dvt);
+        std::free(buffer);
     }
 }
+
+// ============================================================================= heads-in-lanes path
+
+// Packs rows [S] x (heads d) at src (row stride `stride`) into dst [S][d][hp] (hp = heads padded to
+// 8; padding lanes zero), multiplying by `mul`.
+inline void pack_heads(const float* src, int64_t stride, const Geometry& g, int64_t hp, float mul, float* dst) {
+    const int64_t d = g.d, H = g.heads;
+    for (int64_t t = 0; t < g.S; ++t) {
+        const float* row = src + t * stride;
+        float* out = dst + t * d * hp;
+        for (int64_t c = 0; c < d; ++c) {
+            for (int64_t h = 0; h < H; ++h) out[c * hp + h] = row[h * d + c] * mul;
+            for (int64_t h = H; h < hp; ++h) out[c * hp + h] = 0.0f;
+        }
+    }
+}
+
+// The inverse of pack_heads (padding lanes dropped).
+inline void unpack_heads(const float* src, const Geometry& g, int64_t hp, float mul, float* dst, int64_t stride) {
+    const int64_t d = g.d, H = g.heads;
+    for (int64_t t = 0; t < g.S; ++t) {
+        float* row = dst + t * stride;
+        const float* in = src + t * d * hp;
+        for (int64_t h = 0; h < H; ++h) {
+            for (int64_t c = 0; c < d; ++c) row[h * d + c] = in[c * hp + h] * mul;
+        }
+    }
+}
+
+inline int64_t padded_heads(const Geometry& g) { return (g.heads + kLanes - 1) / kLanes * kLanes; }
+
+// probs [outer, inner, S (query), S (key), hp]: the attention probabilities (zero where masked).
+void small_forward(const float* qkv, float* y, float* probs, const Geometry& g, int causal, float scale, int threads) {
+    const int64_t hp = padded_heads(g), d = g.d, S = g.S, chunks = hp / kLanes;
+    const int64_t items = g.outer * g.inner;
+    const int64_t block = S * d * hp;
+#pragma omp parallel num_threads(threads)
+    {
+        float* qb = aligned_floats(block);
+        float* kb = aligned_floats(block);
+        float* vb = aligned_floats(block);
+        float* ob = aligned_floats(block);
+#pragma omp for schedule(static)
+        for (int64_t item = 0; item < items; ++item) {
+            const int64_t o = item / g.inner, i = item % g.inner;
+            const float* base = qkv + (o * S * g.inner + i) * 3 * g.E;
+            pack_heads(base, g.qkv_row, g, hp, scale * kLog2e, qb);
+            pack_heads(base + g.E, g.qkv_row, g, hp, 1.0f, kb);
+            pack_heads(base + 2 * g.E, g.qkv_row, g, hp, 1.0f, vb);
+            float* pr = probs + item * S * S * hp;
+            for (int64_t t = 0; t < S; ++t) {
+                const int64_t n = causal ? t + 1 : S;
+                for (int64_t ch = 0; ch < chunks; ++ch) {
+                    const int64_t lane = ch * kLanes;
+                    __m256 sc[kSmallMax];
+                    __m256 m = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+                    for (int64_t u = 0; u < n; ++u) {
+                        __m256 acc = _mm256_setzero_ps();
+                        for (int64_t c = 0; c < d; ++c) {
+                            acc = _mm256_fmadd_ps(_mm256_load_ps(qb + (t * d + c) * hp + lane),
+                                                  _mm256_load_ps(kb + (u * d + c) * hp + lane), acc);
+                        }
+                        sc[u] = acc;
+                        m = _mm256_max_ps(m, acc);
+                    }
+                    __m256 sum = _mm256_setzero_ps();
+                    for (int64_t u = 0; u < n; ++u) {
+                        sc[u] = exp2_nonpositive(_mm256_sub_ps(sc[u], m));
+                        sum = _mm256_add_ps(sum, sc[u]);
+                    }
+                    const __m256 inv = _mm256_div_ps(_mm256_set1_ps(1.0f), sum);
+                    for (int64_t c = 0; c < d; ++c) _mm256_store_ps(ob + (t * d + c) * hp + lane, _mm256_setzero_ps());
+                    for (int64_t u = 0; u < n; ++u) {
+                        const __m256 p = _mm256_mul_ps(sc[u], inv);
+                        _mm256_storeu_ps(pr + (t * S + u) * hp + lane, p);
+                        for (int64_t c = 0; c < d; ++c) {
+                            float* oc = ob + (t * d + c) * hp + lane;
+                            _mm256_store_ps(oc, _mm256_fmadd_ps(p, _mm256_load_ps(vb + (u * d + c) * hp + lane),
+                                                                _mm256_load_ps(oc)));
+                        }
+                    }
+                    for (int64_t u = n; u < S; ++u) _mm256_storeu_ps(pr + (t * S + u) * hp + lane, _mm256_setzero_ps());
+                }
+            }
+            unpack_heads(ob, g, hp, 1.0f, y + (o * S * g.inner + i) * g.E, g.y_row);
+        }
+        std::free(qb);
+        std::free(kb);
+        std::free(vb);
+        std::free(ob);
+    }
+}
+
+void small_backward(const float* qkv, const float* y, const float* dy, const float* probs, float* dqkv,
+                    const Geometry& g, int causal, float scale, int threads) {
+    const int64_t hp = padded_heads(g), d = g.d, S = g.S, chunks = hp / kLanes;
+    const int64_t items = g.outer * g.inner;
+    const int64_t block = S * d * hp;
+#pragma omp parallel num_threads(threads)
+    {
+        float* qb = aligned_floats(block);
+        float* kb = aligned_floats(block);
+        float* vb = aligned_floats(block);
+        float* ob = aligned_floats(block);
+        float* dob = aligned_floats(block);
+        float* dqb = aligned_floats(block);
+        float* dkb = aligned_floats(block);
+        float* dvb = aligned_floats(block);
+        float* delta = aligned_floats(S * hp);
+#pragma omp for schedule(static)
+        for (int64_t item = 0; item < items; ++item) {
+            const int64_t o = item / g.inner, i = item % g.inner;
+            const float* base = qkv + (o * S * g.inner + i) * 3 * g.E;
+            const int64_t yoff = (o * S * g.inner + i) * g.E;
+            pack_heads(base, g.qkv_row, g, hp, scale, qb);
+            pack_heads(base + g.E, g.qkv_row, g, hp, 1.0f, kb);
+            pack_heads(base + 2 * g.E, g.qkv_row, g, hp, 1.0f, vb);
+            pack_heads(y + yoff, g.y_row, g, hp, 1.0f, ob);
+            pack_heads(dy + yoff, g.y_row, g, hp, 1.0f, dob);
+            std::memset(dqb, 0, sizeof(float) * block);
+            std::memset(dkb, 0, sizeof(float) * block);
+            std::memset(dvb, 0, sizeof(float) * block);
+            const float* pr = probs + item * S * S * hp;
+            for (int64_t t = 0; t < S; ++t) {
+                for (int64_t ch = 0; ch < chunks; ++ch) {
+                    const int64_t lane = ch * kLanes;
+                    __m256 acc = _mm256_setzero_ps();
+                    for (int64_t c = 0; c < d; ++c) {
+                        acc = _mm256_fmadd_ps(_mm256_load_ps(dob + (t * d + c) * hp + lane),
+                                              _mm256_load_ps(ob + (t * d + c) * hp + lane), acc);
+                    }
+                    _mm256_store_ps(delta + t * hp + lane, acc);
+                }
+            }
+            for (int64_t t = 0; t < S; ++t) {
+                const int64_t n = causal ? t + 1 : S;
+                for (int64_t ch = 0; ch < chunks; ++ch) {
+                    const int64_t lane = ch * kLanes;
+                    const __m256 dt = _mm256_load_ps(delta + t * hp + lane);
+                    for (int64_t u = 0; u < n; ++u) {
+                        const __m256 p = _mm256_loadu_ps(pr + (t * S + u) * hp + lane);
+                        __m256 dp = _mm256_setzero_ps();
+                        for (int64_t c = 0; c < d; ++c) {
+                            dp = _mm256_fmadd_ps(_mm256_load_ps(dob + (t * d + c) * hp + lane),
+                                                 _mm256_load_ps(vb + (u * d + c) * hp + lane), dp);
+                        }
+                        const __m256 ds = _mm256_mul_ps(p, _mm256_sub_ps(dp, dt));
+                        for (int64_t c = 0; c < d; ++c) {
+                            const int64_t tc = (t * d + c) * hp + lane, uc = (u * d + c) * hp + lane;
+                            _mm256_store_ps(dvb + uc, _mm256_fmadd_ps(p, _mm256_load_ps(dob + tc), _mm256_load_ps(dvb + uc)));
+                            _mm256_store_ps(dkb + uc, _mm256_fmadd_ps(ds, _mm256_load_ps(qb + tc), _mm256_load_ps(dkb + uc)));
+                            _mm256_store_ps(dqb + tc, _mm256_fmadd_ps(ds, _mm256_load_ps(kb + uc), _mm256_load_ps(dqb + tc)));
+                        }
+                    }
+                }
+            }
+            float* dbase = dqkv + (o * S * g.inner + i) * 3 * g.E;
+            unpack_heads(dqb, g, hp, scale, dbase, g.qkv_row);
+            unpack_heads(dkb, g, hp, 1.0f, dbase + g.E, g.qkv_row);
+            unpack_heads(dvb, g, hp, 1.0f, dbase + 2 * g.E, g.qkv_row);
+        }
+        std::free(qb);
+        std::free(kb);
+        std::free(vb);
+        std::free(ob);
+        std::free(dob);
+        std::free(dqb);
+        std::free(dkb);
+        std::free(dvb);
+        std::free(delta);
+    }
+}
+
+bool use_small(const Geometry& g) { return g.S <= kSmallMax; }
 
 }  // namespace
 
 extern "C" {
 
-int wb_attention_abi_version() { return 1; }
+int wb_attention_abi_version() { return 2; }
 
-// Returns 0 on success, nonzero for an unsupported head dim.
-int wb_attention_forward(const float* qkv, float* y, float* lse, int64_t outer, int64_t S, int64_t inner, int64_t heads,
-                         int64_t d, int causal, float scale, int threads) {
+// Floats of the statistics buffer the forward fills and the backward reads.
+int64_t wb_attention_stats_size(int64_t outer, int64_t S, int64_t inner, int64_t heads, int64_t d) {
+    const Geometry g = make_geometry(outer, S, inner, heads, d);
+    if (use_small(g)) return outer * inner * S * S * padded_heads(g);
+    return outer * inner * heads * S;
+}
+
+// Returns 0 on success, 1 for an unsupported head dim.
+int wb_attention_forward(const float* qkv, float* y, float* stats, int64_t outer, int64_t S, int64_t inner,
+                         int64_t heads, int64_t d, int causal, float scale, int threads) {
     if (d < 1 || d > kMaxD) return 1;
     const Geometry g = make_geometry(outer, S, inner, heads, d);
-    if (d == 4) {
-        forward_impl<4>(qkv, y, lse, g, causal, scale, threads);
+    if (use_small(g)) {
+        small_forward(qkv, y, stats, g, causal, scale, threads);
+    } else if (d == 4) {
+        rows_forward<4>(qkv, y, stats, g, causal, scale, threads);
     } else if (d == 8) {
-        forward_impl<8>(qkv, y, lse, g, causal, scale, threads);
+        rows_forward<8>(qkv, y, stats, g, causal, scale, threads);
     } else {
-        forward_impl<0>(qkv, y, lse, g, causal, scale, threads);
+        rows_forward<0>(qkv, y, stats, g, causal, scale, threads);
     }
     return 0;
 }
 
-int wb_attention_backward(const float* qkv, const float* y, const float* dy, const float* lse, float* dqkv, int64_t outer,
-                          int64_t S, int64_t inner, int64_t heads, int64_t d, int causal, float scale, int threads) {
+int wb_attention_backward(const float* qkv, const float* y, const float* dy, const float* stats, float* dqkv,
+                          int64_t outer, int64_t S, int64_t inner, int64_t heads, int64_t d, int causal, float scale,
+                          int threads) {
     if (d < 1 || d > kMaxD) return 1;
     const Geometry g = make_geometry(outer, S, inner, heads, d);
-    if (d == 4) {
-        backward_impl<4>(qkv, y, dy, lse, dqkv, g, causal, scale, threads);
+    if (use_small(g)) {
+        small_backward(qkv, y, dy, stats, dqkv, g, causal, scale, threads);
+    } else if (d == 4) {
+        rows_backward<4>(qkv, y, dy, stats, dqkv, g, causal, scale, threads);
     } else if (d == 8) {
-        backward_impl<8>(qkv, y, dy, lse, dqkv, g, causal, scale, threads);
+        rows_backward<8>(qkv, y, dy, stats, dqkv, g, causal, scale, threads);
     } else {
-        backward_impl<0>(qkv, y, dy, lse, dqkv, g, causal, scale, threads);
+        rows_backward<0>(qkv, y, dy, stats, dqkv, g, causal, scale, threads);
     }
     return 0;
 }

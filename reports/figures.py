@@ -1,0 +1,344 @@
+"""Plots for the report, as PNG bytes.
+
+We use matplotlib's object-oriented API on an Agg canvas (no pyplot): nothing touches the
+global figure registry or the user's backend, and a figure is garbage once its PNG is out.
+Figures are small (about 6x3.5 in at 90 dpi) so the self-contained HTML stays light.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure as MplFigure
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
+
+from reports.model import ReportInput
+from reports.view import MODE_LABELS, STAGE_ORDER, has_columns, ordered, role_of
+
+DPI = 90
+FIGSIZE = (6.0, 3.5)
+MAX_CLIPS = 3  # rollout grids: a few clips are enough to eyeball, more only bloat the HTML
+MAX_STEPS = 8  # horizon columns per grid
+TARGET_FRAME_PX = 64  # nearest-neighbour upscale small frames (16x16, 32x32) to about this size
+GAP_PX = 2
+VARIANT_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple")
+
+
+@dataclass
+class Figure:
+    filename: str  # written next to report.md; referenced by it
+    title: str
+    caption: str
+    draw: Callable[[], bytes]  # renders the PNG on demand: plotting is the slow part
+
+    def png(self) -> bytes:
+        return self.draw()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _safe_label(text: object, limit: int = 40) -> str:
+    """Untrusted text in a plot: short, and `$` must not start matplotlib mathtext."""
+    s = " ".join(str(text).split())
+    if len(s) > limit:
+        s = s[: limit - 1] + "…"
+    return s.replace("$", r"\$")
+
+
+def _safe_filename(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", text)[:40] or "x"
+
+
+def _new_figure(size: tuple[float, float] = FIGSIZE) -> MplFigure:
+    figure = MplFigure(figsize=size, dpi=DPI)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _to_png(figure: MplFigure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI)
+    figure.clear()  # drop the artists now; the figure object itself is never registered anywhere
+    return buffer.getvalue()
+
+
+def _colors(report: ReportInput, variants: list[str]) -> dict[str, str]:
+    known = report.variants
+    palette = {v: VARIANT_COLORS[i] for i, v in enumerate(known)}
+    extra = [v for v in variants if v not in palette]
+    for i, v in enumerate(extra):
+        palette[v] = VARIANT_COLORS[(len(known) + i) % len(VARIANT_COLORS)]
+    return palette
+
+
+# --------------------------------------------------------------------------- training curves
+
+
+def curve_bands(curves: pd.DataFrame, stage: str, metric: str = "loss") -> dict[str, pd.DataFrame]:
+    """variant -> per-step mean, min and max over seeds (columns step, mean, low, high, seeds).
+
+    Non-finite values (a diverged run's NaN/inf loss) are dropped rather than plotted.
+    """
+    if not has_columns(curves, ("variant", "seed", "stage", "step", "metric", "value")):
+        return {}
+    part = curves[(curves["stage"] == stage) & (curves["metric"] == metric)].copy()
+    part["value"] = pd.to_numeric(part["value"], errors="coerce")
+    part = part[np.isfinite(part["value"])]
+    bands = {}
+    for variant, rows in part.groupby("variant", sort=False):
+        stats = rows.groupby("step")["value"].agg(["mean", "min", "max"]).sort_index()
+        seeds = rows.groupby("step")["seed"].nunique().sort_index()
+        bands[str(variant)] = pd.DataFrame(
+            {"step": stats.index.to_numpy(), "mean": stats["mean"].to_numpy(), "low": stats["min"].to_numpy(),
+             "high": stats["max"].to_numpy(), "seeds": seeds.to_numpy()}
+        )
+    return bands
+
+
+def _curve_stages(report: ReportInput, metric: str = "loss") -> list[str]:
+    curves = report.curves
+    if not has_columns(curves, ("stage", "metric", "value")):
+        return []
+    with_metric = curves[curves["metric"] == metric]
+    values = pd.to_numeric(with_metric["value"], errors="coerce")
+    stages = with_metric.loc[np.isfinite(values), "stage"].astype(str)
+    return ordered(list(stages), STAGE_ORDER)
+
+
+def _draw_curves(report: ReportInput, stage: str) -> bytes:
+    bands = curve_bands(report.curves, stage)
+    variants = ordered(list(bands), tuple(report.variants))
+    colors = _colors(report, variants)
+    figure = _new_figure()
+    ax = figure.add_subplot()
+    for variant in variants:
+        band = bands[variant]
+        label = f"{role_of(report, variant)}: {_safe_label(variant)} ({int(band['seeds'].max())} seeds)"
+        ax.plot(band["step"], band["mean"], color=colors[variant], lw=1.5, label=label)
+        ax.fill_between(band["step"], band["low"], band["high"], color=colors[variant], alpha=0.2, lw=0)
+    if all((band["low"] > 0).all() for band in bands.values()):
+        ax.set_yscale("log")
+        # Plain numbers ("0.3") instead of matplotlib's default "3×10⁻¹" on log axes.
+        plain = FuncFormatter(lambda value, _: f"{value:g}")
+        ax.yaxis.set_major_formatter(plain)
+        low, high = ax.get_ylim()
+        if high / low < 20:  # under ~a decade there are too few major ticks to read values off
+            ax.yaxis.set_minor_formatter(plain)
+            ax.tick_params(axis="y", which="minor", labelsize=7)
+        else:
+            ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(f"{_safe_label(stage)}: training loss (line = mean, band = min–max over seeds)", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    figure.tight_layout()
+    return _to_png(figure)
+
+
+# --------------------------------------------------------------------------- rollout quality
+
+
+def _draw_psnr(report: ReportInput) -> bytes:
+    rollouts = report.rollouts.copy()
+    rollouts["psnr"] = pd.to_numeric(rollouts["psnr"], errors="coerce").replace([np.inf, -np.inf], np.nan)
+    figure = _new_figure((FIGSIZE[0] + 1.8, FIGSIZE[1]))  # room for the legend on the right
+    ax = figure.add_subplot()
+    variants = ordered(list(rollouts["variant"].astype(str)), tuple(report.variants))
+    colors = _colors(report, variants)
+    model_styles = {"ar": "-", "tf": ":"}
+    for variant in variants:
+        mine = rollouts[rollouts["variant"].astype(str) == variant]
+        for mode, style in model_styles.items():
+            curve = mine[mine["mode"] == mode].groupby("horizon_step")["psnr"].mean().dropna()
+            if len(curve):
+                ax.plot(curve.index, curve.to_numpy(), style, marker="o", ms=3, color=colors[variant],
+                        label=f"{_safe_label(variant, 28)} {mode.upper()}")
+    # References do not depend on the model: one line each, averaged over everything.
+    references = {"copy_last": ("--", "0.35"), "random": ("-.", "0.6")}
+    for mode, (style, color) in references.items():
+        curve = rollouts[rollouts["mode"] == mode].groupby("horizon_step")["psnr"].mean().dropna()
+        if len(curve):
+            ax.plot(curve.index, curve.to_numpy(), style, color=color, lw=1.2, label=MODE_LABELS[mode])
+    ax.set_xlabel("horizon step")
+    ax.set_ylabel("PSNR (dB)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title("Rollout PSNR per horizon step (mean over clips and seeds)", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # outside: never hides a line
+    figure.tight_layout()
+    return _to_png(figure)
+
+
+def _has_psnr(report: ReportInput) -> bool:
+    if not has_columns(report.rollouts, ("variant", "mode", "horizon_step", "psnr")):
+        return False
+    return bool(np.isfinite(pd.to_numeric(report.rollouts["psnr"], errors="coerce")).any())
+
+
+# --------------------------------------------------------------------------- rollout pictures
+
+
+def as_rgb_uint8(frames: np.ndarray) -> np.ndarray:
+    """Any [..., H, W] / [..., H, W, 1|3|4] array of uint8 or [0, 1] floats -> uint8 RGB."""
+    array = np.asarray(frames)
+    if array.ndim >= 1 and array.shape[-1] not in (1, 3, 4):
+        array = array[..., None]  # grayscale without a channel axis
+    if array.shape[-1] == 1:
+        array = np.repeat(array, 3, axis=-1)
+    array = array[..., :3]
+    if array.dtype != np.uint8:
+        array = array.astype(np.float64)
+        array = np.nan_to_num(array)
+        if array.max(initial=0.0) <= 1.0:
+            array = array * 255.0
+        array = np.clip(np.rint(array), 0, 255).astype(np.uint8)
+    return array
+
+
+def upscale(frame: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour upscale [H, W, 3] by an integer factor: pixels stay crisp squares."""
+    return np.repeat(np.repeat(frame, factor, axis=0), factor, axis=1)
+
+
+def horizon_columns(horizon: int, max_steps: int = MAX_STEPS) -> list[int]:
+    """0-based horizon indices to show: all of them, or evenly spaced ones including the last."""
+    if horizon <= max_steps:
+        return list(range(horizon))
+    return sorted({int(round(x)) for x in np.linspace(0, horizon - 1, max_steps)})
+
+
+def rollout_grid(rows: list[np.ndarray], factor: int, gap: int = GAP_PX) -> np.ndarray:
+    """Stack rows of frames ([steps, H, W, 3] each) into one white-separated image."""
+    steps, height, width = rows[0].shape[:3]
+    cell_h, cell_w = height * factor, width * factor
+    grid = np.full(
+        (len(rows) * cell_h + (len(rows) - 1) * gap, steps * cell_w + (steps - 1) * gap, 3), 255, dtype=np.uint8
+    )
+    for r, row in enumerate(rows):
+        for c in range(steps):
+            top, left = r * (cell_h + gap), c * (cell_w + gap)
+            grid[top : top + cell_h, left : left + cell_w] = upscale(row[c], factor)
+    return grid
+
+
+@dataclass
+class _GridPlan:
+    labels: list[str]  # row labels: ground truth, then one per variant
+    clips: list[list[np.ndarray]]  # per clip: the rows, each [steps, H, W, 3]
+    steps: list[int]  # 1-based horizon steps shown
+    factor: int
+    caption: str
+
+
+def _plan_grid(report: ReportInput) -> _GridPlan | None:
+    frames = {v: f for v, f in (report.frames or {}).items() if isinstance(f, dict) and "ground_truth" in f}
+    if not frames:
+        return None
+    reference_variant = report.baseline if report.baseline in frames else next(iter(frames))
+    reference = frames[reference_variant]
+    truth = as_rgb_uint8(reference["ground_truth"])
+    context = int(reference.get("context", 0))
+    if truth.ndim != 5 or truth.shape[1] <= context:
+        return None
+    notes: list[str] = []
+    rows: list[tuple[str, np.ndarray]] = []  # label, [clips, horizon, H, W, 3]
+    for variant in ordered(list(report.frames), tuple(report.variants)):
+        predictions = (frames.get(variant) or {}).get("predictions") or {}
+        mode = "ar" if "ar" in predictions else next(iter(predictions), None)
+        if mode is None:
+            notes.append(f"no predicted frames for {variant}")
+            continue
+        predicted = as_rgb_uint8(predictions[mode])
+        if predicted.ndim != 5 or predicted.shape[2:] != truth.shape[2:]:
+            notes.append(f"{variant}: frames of shape {predicted.shape} do not match the ground truth")
+            continue
+        rows.append((f"{_safe_label(variant, 24)} ({mode.upper()})", predicted))
+    for variant in report.variants:
+        if variant not in frames:
+            notes.append(f"no frames for {variant} (no successful run saved any)")
+    horizon = min([truth.shape[1] - context] + [p.shape[1] for _, p in rows])
+    clips = min([truth.shape[0], MAX_CLIPS] + [p.shape[0] for _, p in rows])
+    if horizon <= 0 or clips <= 0:
+        return None
+    shown = horizon_columns(horizon)
+    factor = max(1, math.ceil(TARGET_FRAME_PX / max(truth.shape[2], truth.shape[3])))
+    per_clip = []
+    for clip in range(clips):
+        clip_rows = [truth[clip, context:][shown]] + [p[clip][shown] for _, p in rows]
+        per_clip.append(clip_rows)
+    seeds = sorted({str(f.get("seed", "?")) for f in frames.values()})
+    caption = (
+        f"Rows: ground truth, then each variant's prediction after {context} context frames; columns: horizon steps. "
+        f"Seed {', '.join(seeds)}, first {clips} clips, {factor}x nearest-neighbour upscaled."
+    )
+    if notes:
+        caption += " Note: " + "; ".join(notes) + "."
+    return _GridPlan(["ground truth"] + [label for label, _ in rows], per_clip, [s + 1 for s in shown], factor, caption)
+
+
+def _draw_grid(plan: _GridPlan) -> bytes:
+    grids = [rollout_grid(rows, plan.factor) for rows in plan.clips]
+    grid_h, grid_w = grids[0].shape[:2]
+    left, right, title_px, ticks_px = 190, 10, 22, 22  # margins in pixels around each grid
+    block_h = title_px + grid_h + ticks_px
+    width_px, height_px = left + grid_w + right, block_h * len(grids)
+    figure = _new_figure((width_px / DPI, height_px / DPI))
+    cell_h = (grid_h + GAP_PX) / len(plan.labels)
+    cell_w = (grid_w + GAP_PX) / len(plan.steps)
+    for i, grid in enumerate(grids):
+        bottom = height_px - (i + 1) * block_h + ticks_px
+        ax = figure.add_axes((left / width_px, bottom / height_px, grid_w / width_px, grid_h / height_px))
+        # One image pixel per screen pixel, so "nearest" is exact and the squares stay crisp.
+        ax.imshow(grid, interpolation="nearest", aspect="auto")
+        ax.set_yticks([(r + 0.5) * cell_h - GAP_PX / 2 for r in range(len(plan.labels))], plan.labels, fontsize=8)
+        ax.set_xticks([(c + 0.5) * cell_w - GAP_PX / 2 for c in range(len(plan.steps))],
+                      [f"t+{s}" for s in plan.steps], fontsize=7)
+        ax.tick_params(length=0)
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        ax.set_title(f"clip {i}", fontsize=8, loc="left")
+    return _to_png(figure)
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+def plan_figures(report: ReportInput) -> list[Figure]:
+    """Which figures this report has (cheap: decided from the data, drawn only on demand)."""
+    figures: list[Figure] = []
+    used: set[str] = set()
+    for stage in _curve_stages(report):
+        name = f"curves_{_safe_filename(stage)}.png"
+        while name in used:
+            name = name.replace(".png", "_.png")
+        used.add(name)
+        figures.append(
+            Figure(
+                name,
+                f"Training loss: {stage}",
+                "Line: mean over seeds; shaded band: min–max over seeds; log y axis when all losses are positive.",
+                lambda stage=stage: _draw_curves(report, stage),
+            )
+        )
+    grid = _plan_grid(report)
+    if grid is not None:
+        figures.append(Figure("rollouts.png", "Rollouts: ground truth vs predictions", grid.caption, lambda: _draw_grid(grid)))
+    if _has_psnr(report):
+        figures.append(
+            Figure(
+                "psnr_per_horizon.png",
+                "Rollout PSNR per horizon step",
+                "Solid: autoregressive (AR); dotted: teacher-forced (TF); dashed grey: copy-last-frame reference.",
+                lambda: _draw_psnr(report),
+            )
+        )
+    return figures

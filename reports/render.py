@@ -1,0 +1,426 @@
+"""Render a `ReportInput` as a PR comment (markdown), a self-contained page (HTML) and JSON.
+
+The three share one plain-text view of the content (`reports.view`) and one set of figures
+(`reports.figures`); this module only lays them out and escapes.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import jinja2
+import numpy as np
+import pandas as pd
+
+from reports import view
+from reports.figures import Figure, plan_figures
+from reports.model import ReportInput
+from reports.template import HTML_TEMPLATE
+from reports.text import VERDICT_EMOJI, VERDICT_SYMBOL, md_escape, truncate
+
+MARKER = "<!-- worldbench-report -->"  # first line of the markdown: a bot finds and updates its PR comment by it
+FORMATS = ("md", "html", "json")
+FILENAMES = {"md": "report.md", "html": "report.html", "json": "report.json"}
+
+# GitHub rejects comments over 65,536 characters; stay well under so the bot can add a footer.
+MAX_MD_CHARS = 60_000
+MD_MAX_SEEDS = 12  # per-seed columns in the markdown (HTML and JSON have all of them)
+MD_DESCRIPTION_CHARS = 1_500
+MD_REASON_CHARS = 400
+MD_MAX_REASONS = 12
+MD_ERROR_CHARS = 400
+MD_MAX_RUN_ROWS = 60
+
+GITHUB_ALERT = {"PASS": "TIP", "FAIL": "CAUTION", "INCONCLUSIVE": "WARNING"}  # green / red / amber boxes
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def _md_table(table: view.Table, max_rows: int | None = None) -> str:
+    if not table.rows:
+        return ""
+    rows = table.rows if max_rows is None else table.rows[:max_rows]
+    lines = [
+        "| " + " | ".join(md_escape(c, block_start=False) for c in table.columns) + " |",
+        "|" + "|".join(":--" if i == 0 else "--:" if _numeric_column(table, i) else ":--" for i in range(len(table.columns))) + "|",
+    ]
+    lines += ["| " + " | ".join(md_escape(cell, block_start=False) or " " for cell in row) + " |" for row in rows]
+    note = table.note
+    if len(rows) < len(table.rows):
+        note = f"{note} Showing {len(rows)} of {len(table.rows)} rows; see report.html for all.".strip()
+    if note:
+        lines += ["", f"<sub>{md_escape(note)}</sub>"]
+    return "\n".join(lines)
+
+
+def _numeric_column(table: view.Table, index: int) -> bool:
+    cells = [row[index] for row in table.rows if index < len(row) and row[index]]
+    return bool(cells) and all(re.match(r"^[+−\-]?[\d∞—<]", cell) for cell in cells)
+
+
+def _details(summary: str, body: str) -> str:
+    """A collapsed section; the blank lines let GitHub render the markdown inside it."""
+    return f"<details><summary>{summary}</summary>\n\n{body}\n\n</details>"
+
+
+def _md_banner(report: ReportInput) -> str:
+    banner = view.banner(report)
+    lines = [
+        f"> [!{GITHUB_ALERT.get(banner.verdict, 'NOTE')}]",
+        f"> **{VERDICT_EMOJI.get(banner.verdict, '')} {md_escape(banner.verdict)}**: {md_escape(banner.context)}",
+    ]
+    lines += [f"> - {md_escape(truncate(reason, MD_REASON_CHARS))}" for reason in banner.reasons[:MD_MAX_REASONS]]
+    if len(banner.reasons) > MD_MAX_REASONS:
+        lines.append(f"> - … and {len(banner.reasons) - MD_MAX_REASONS} more (see the KPI table)")
+    if banner.recommended_seeds:
+        lines.append(f">\n> **Recommended:** about {banner.recommended_seeds} seeds per variant would settle it.")
+    problems = view.problem_summary(report)
+    warnings = view.provenance_warnings(report)
+    if problems or warnings:
+        lines += ["", "> [!WARNING]"]
+        lines += [f"> - **Runs that did not finish**: {md_escape(p)}" for p in problems]
+        lines += [f"> - **Provenance**: {md_escape(w)}" for w in warnings]
+    return "\n".join(lines)
+
+
+def _md_variants(report: ReportInput) -> str:
+    parts = ["### Variants"]
+    for variant in report.variants:
+        description = view.description_of(report, variant)
+        parts.append(f"**{view.role_of(report, variant)}**: {md_escape(variant)}")
+        if description.strip():
+            text = md_escape(truncate(description.strip(), MD_DESCRIPTION_CHARS), multiline=True)
+            parts.append("\n".join(f"> {line}" if line.strip() else ">" for line in text.split("\n")))
+    return "\n\n".join(parts)
+
+
+# When the KPI table must be cut, the rows a maintainer has to act on come first.
+_KPI_URGENCY = {"regressed": 0, "inconclusive": 1, "non-inferior": 2, "improved": 3}
+
+
+def _md_kpis(report: ReportInput, max_rows: int | None = None) -> str:
+    table = view.kpi_table(report)
+    if not table.rows:
+        return "### KPIs\n\nNo KPIs were compared."
+    if max_rows is not None and max_rows < len(table.rows):
+        kpis = report.comparison.kpis
+        order = sorted(range(len(kpis)), key=lambda i: (not kpis[i].rule.blocking, _KPI_URGENCY.get(kpis[i].verdict, 1), i))
+        kept = sorted(order[:max_rows])
+        table.rows = [table.rows[i] for i in kept]
+        table.note += (
+            f" Showing {len(kept)} of {len(kpis)} KPIs (blocking, regressed and inconclusive first) to fit a "
+            "PR comment; report.html and report.json have all of them."
+        )
+    for row in table.rows:  # the verdict column gets its emoji (markdown only: HTML uses badges)
+        row[-1] = f"{VERDICT_EMOJI.get(row[-1], '')} {row[-1]}".strip()
+    return "### KPIs\n\n" + _md_table(table)
+
+
+def _md_explanations(report: ReportInput) -> str:
+    items = [
+        f"- {VERDICT_EMOJI.get(e.verdict, '')} **{md_escape(e.name)}** ({md_escape(e.verdict)}): "
+        f"{md_escape(truncate(e.reason, MD_REASON_CHARS))}<br><sub>{md_escape(e.detail)}</sub>"
+        for e in view.kpi_explanations(report)
+    ]
+    return _details("Why each KPI got its verdict", "\n".join(items)) if items else ""
+
+
+def _md_seeds(report: ReportInput) -> str:
+    table = view.seed_table(report, max_seeds=MD_MAX_SEEDS)
+    return _details("Per-seed values", _md_table(table)) if table.rows else ""
+
+
+def _md_figures(figures: list[Figure]) -> str:
+    if not figures:
+        return "### Figures\n\nNo figures: no training curves, rollout frames or rollout scores were recorded."
+    items = [
+        f"**{md_escape(f.title)}**<br>\n![{md_escape(f.title)}]({f.filename})<br>\n<sub>{md_escape(f.caption)}</sub>"
+        for f in figures
+    ]
+    intro = (
+        f"{len(figures)} figures (training curves, rollout frames, PSNR per horizon step) are inline in "
+        "**report.html** (CI artifact); the PNG files referenced below are written next to report.md."
+    )
+    return "### Figures\n\n" + intro + "\n\n" + _details(f"Figures ({len(figures)})", "\n\n".join(items))
+
+
+def _md_rollouts(report: ReportInput) -> str:
+    table = view.rollout_table(report)
+    return "### Rollouts\n\n" + (_md_table(table) if table.rows else "No rollout scores were recorded.")
+
+
+def _md_speed(report: ReportInput) -> str:
+    table = view.speed_table(report)
+    return "### Speed\n\n" + (_md_table(table) if table.rows else "No speed measurements.")
+
+
+def _md_compat(report: ReportInput) -> str:
+    compat = report.compat
+    if compat is None:
+        return "### Backward compatibility\n\nNot checked."
+    head = "✅ compatible" if compat.ok else "❌ **INCOMPATIBLE**"
+    lines = [f"- {md_escape(truncate(line, MD_ERROR_CHARS))}" for line in compat.lines]
+    return "### Backward compatibility\n\n" + "\n".join([head, ""] + lines)
+
+
+def _md_runs(report: ReportInput) -> str:
+    counts = view.run_counts(report)
+    if not counts.rows:
+        return "### Runs\n\nNo runs recorded."
+    parts = ["### Runs", _md_table(counts)]
+    problems = view.problem_runs(report, error_limit=MD_ERROR_CHARS)
+    if problems.rows:
+        parts.append("**Failed or diverged runs**\n\n" + _md_table(problems, max_rows=MD_MAX_RUN_ROWS))
+    return "\n\n".join(parts)
+
+
+def _md_all_runs(report: ReportInput) -> str:
+    table = view.all_runs(report)
+    return _details(f"All {len(table.rows)} runs", _md_table(table, max_rows=MD_MAX_RUN_ROWS)) if table.rows else ""
+
+
+def _md_provenance(report: ReportInput) -> str:
+    table = view.provenance_table(report)
+    if not table.rows:
+        return "### Provenance\n\nNo provenance recorded."
+    return "### Provenance\n\n" + _details("Commits, versions, machines, seeds", _md_table(table))
+
+
+def _md_reproduce(report: ReportInput) -> str:
+    command = report.reproduce_command or ""
+    # A fence longer than any backtick run inside, so the command cannot close it early.
+    longest = max((len(run) for run in re.findall(r"`+", command)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"### Reproduce\n\n{fence}bash\n{command}\n{fence}"
+
+
+def _md_notes(report: ReportInput) -> str:
+    if not report.notes:
+        return ""
+    return "### Notes\n\n" + "\n".join(f"- {md_escape(truncate(note, MD_REASON_CHARS))}" for note in report.notes)
+
+
+@dataclasses.dataclass
+class _Section:
+    label: str  # how the "left out" note names it
+    text: str
+    drop_order: int | None = None  # optional sections are replaced by a note, lowest first, when too long
+
+
+def render_markdown(report: ReportInput, figures: list[Figure] | None = None) -> str:
+    """GitHub-flavoured markdown for a PR comment, under MAX_MD_CHARS whatever the input size.
+
+    When too long: drop optional sections (each replaced by a one-line note), then cut the KPI
+    table to its most important rows, and only then truncate the text itself.
+    """
+    figures = plan_figures(report) if figures is None else figures
+    sections = {
+        "title": _Section("title", f"{MARKER}\n## {_md_verdict(report.comparison.verdict)} · {md_escape(report.title)}"),
+        "banner": _Section("verdict", _md_banner(report)),
+        "kpis": _Section("KPIs", _md_kpis(report)),
+        "explanations": _Section("KPI explanations", _md_explanations(report), 3),
+        "seeds": _Section("per-seed values", _md_seeds(report), 2),
+        "variants": _Section("variant descriptions", _md_variants(report), 5),
+        "figures": _Section("figure list", _md_figures(figures), 6),
+        "rollouts": _Section("rollout table", _md_rollouts(report), 7),
+        "speed": _Section("speed", _md_speed(report)),
+        "compat": _Section("backward compatibility", _md_compat(report)),
+        "runs": _Section("runs", _md_runs(report)),
+        "all_runs": _Section("list of all runs", _md_all_runs(report), 1),
+        "provenance": _Section("provenance", _md_provenance(report), 4),
+        "reproduce": _Section("reproduce command", _md_reproduce(report)),
+        "notes": _Section("notes", _md_notes(report), 8),
+    }
+    optional = sorted((s for s in sections.values() if s.drop_order is not None), key=lambda s: s.drop_order)
+    for section in optional:
+        if len(_join(sections)) <= MAX_MD_CHARS:
+            break
+        section.text = f"<sub>({section.label} left out to fit a PR comment; see report.html / report.json)</sub>"
+        section.drop_order = -1  # marks "shortened" for the footer
+
+    n_kpis = len(report.comparison.kpis)
+    while len(_join(sections)) > MAX_MD_CHARS and n_kpis > 1:
+        excess = len(_join(sections)) - MAX_MD_CHARS
+        row_chars = max(1, len(sections["kpis"].text) // max(1, n_kpis))
+        n_kpis = max(1, n_kpis - excess // row_chars - 1)
+        sections["kpis"].text = _md_kpis(report, max_rows=n_kpis)
+
+    markdown = _join(sections)
+    if len(markdown) > MAX_MD_CHARS:  # last resort: even the essentials are too long
+        tail = "\n\n…\n\n**Report truncated to fit a PR comment; see report.html / report.json for everything.**\n"
+        markdown = markdown[: MAX_MD_CHARS - len(tail)] + tail
+    return markdown
+
+
+def _join(sections: dict[str, _Section]) -> str:
+    body = "\n\n".join(s.text for s in sections.values() if s.text)
+    if any(s.drop_order == -1 for s in sections.values()):
+        body += "\n\n<sub>This comment was shortened to fit GitHub's size limit.</sub>"
+    return body + "\n"
+
+
+def _md_verdict(verdict: str) -> str:
+    return f"{VERDICT_EMOJI.get(verdict, '')} {md_escape(verdict)}".strip()
+
+
+# --------------------------------------------------------------------------- HTML
+
+
+@dataclasses.dataclass
+class _InlineFigure:
+    title: str
+    caption: str
+    data: str  # base64 PNG
+
+
+def _environment() -> jinja2.Environment:
+    # autoescape=True: every {{ value }} is HTML-escaped, untrusted or not.
+    return jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+
+
+def render_html(report: ReportInput, pngs: dict[str, bytes] | None = None) -> str:
+    """One self-contained HTML page. `pngs` (filename -> bytes) reuses figures already drawn."""
+    figures = plan_figures(report)
+    pngs = pngs if pngs is not None else {f.filename: f.png() for f in figures}
+    inline = {
+        f.filename: _InlineFigure(f.title, f.caption, base64.b64encode(pngs[f.filename]).decode("ascii"))
+        for f in figures
+        if f.filename in pngs
+    }
+    variants = [
+        {"role": view.role_of(report, v), "name": v, "description": view.description_of(report, v)}
+        for v in report.variants
+    ]
+    template = _environment().from_string(HTML_TEMPLATE)
+    return template.render(
+        title=report.title,
+        banner=view.banner(report),
+        symbols=VERDICT_SYMBOL,
+        problems=view.problem_summary(report),
+        provenance_warnings=view.provenance_warnings(report),
+        variants=variants,
+        kpis=view.kpi_table(report),
+        explanations=view.kpi_explanations(report),
+        seeds=view.seed_table(report),
+        curve_figures=[fig for name, fig in inline.items() if name.startswith("curves_")],
+        rollout_figures=[fig for name, fig in inline.items() if not name.startswith("curves_")],
+        rollouts=view.rollout_table(report),
+        speed=view.speed_table(report),
+        compat=report.compat,
+        run_counts=view.run_counts(report),
+        problem_runs=view.problem_runs(report, error_limit=5_000),
+        all_runs=view.all_runs(report, error_limit=300),
+        provenance=view.provenance_table(report),
+        reproduce_command=report.reproduce_command,
+        notes=report.notes,
+    )
+
+
+# --------------------------------------------------------------------------- JSON
+
+
+def _jsonable(value: object) -> object:
+    """Plain JSON types; NaN -> null, ±inf -> "inf"/"-inf" (a never-reached target is not missing)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_jsonable(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(dataclasses.asdict(value))
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        x = float(value)
+        if math.isnan(x):
+            return None
+        if math.isinf(x):
+            return "inf" if x > 0 else "-inf"
+        return x
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    return str(value)
+
+
+def _records(frame: pd.DataFrame | None) -> list[dict]:
+    return [] if frame is None or frame.empty else frame.to_dict("records")
+
+
+def report_data(report: ReportInput) -> dict:
+    """Everything a machine needs to act on the report (no pictures, no curves)."""
+    comparison = report.comparison
+    kpis = []
+    for kpi in comparison.kpis:
+        entry = dataclasses.asdict(kpi)
+        entry.pop("rule")
+        entry.update(
+            direction=kpi.rule.direction,
+            scale=kpi.rule.scale,
+            blocking=kpi.rule.blocking,
+            margin_rule=kpi.rule.margin,
+        )
+        kpis.append(entry)
+    return _jsonable(
+        {
+            "schema": "worldbench-report/1",
+            "title": report.title,
+            "profile": report.profile,
+            "baseline": report.baseline,
+            "candidate": report.candidate,
+            "descriptions": report.descriptions,
+            "verdict": comparison.verdict,
+            "reasons": comparison.reasons,
+            "recommended_seeds": comparison.recommended_seeds,
+            "alpha": comparison.alpha,
+            "kpis": kpis,
+            "runs": _records(report.runs),
+            "speed": _records(report.speed),
+            "compat": None if report.compat is None else dataclasses.asdict(report.compat),
+            "provenance": report.provenance,
+            "reproduce_command": report.reproduce_command,
+            "notes": report.notes,
+        }
+    )
+
+
+def render_json(report: ReportInput) -> str:
+    # allow_nan=False: fail loudly rather than emit the invalid JSON tokens NaN/Infinity.
+    return json.dumps(report_data(report), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+# --------------------------------------------------------------------------- files
+
+
+def write_reports(report: ReportInput, out_dir: Path, formats: Sequence[str] = FORMATS) -> dict[str, Path]:
+    """Write report.md (+ its PNGs), report.html and/or report.json into out_dir."""
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ValueError(f"unknown report format(s) {unknown}; choose from {list(FORMATS)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figures = plan_figures(report)
+    # Draw each figure once, only if a format needs pictures.
+    pngs = {f.filename: f.png() for f in figures} if {"md", "html"} & set(formats) else {}
+    written: dict[str, Path] = {}
+    for fmt in dict.fromkeys(formats):
+        path = out_dir / FILENAMES[fmt]
+        if fmt == "md":
+            for name, data in pngs.items():
+                (out_dir / name).write_bytes(data)
+            path.write_text(render_markdown(report, figures), encoding="utf-8")
+        elif fmt == "html":
+            path.write_text(render_html(report, pngs), encoding="utf-8")
+        else:
+            path.write_text(render_json(report), encoding="utf-8")
+        written[fmt] = path
+    return written

@@ -1,0 +1,231 @@
+"""`bench run` end to end on the smoke profile: tables, stage sharing, resume, isolation, Ray."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from harness.cli import main
+from harness.kpis import KPIS
+
+REPO = Path(__file__).resolve().parents[1]
+SUITE = str(REPO / "bench.toml")
+TABLES = ("runs", "kpis", "curves", "rollouts")
+
+
+def reproducible_kpis(results: Path) -> pd.DataFrame:
+    """KPIs keyed by (variant, seed, kpi), without the timing ones that depend on machine load."""
+    runs = pd.read_parquet(results / "store" / "runs")[["run_id", "variant", "seed"]]
+    kpis = pd.read_parquet(results / "store" / "kpis").merge(runs, on="run_id")
+    kpis = kpis[~kpis["kpi"].map(lambda k: KPIS[k].timing)]
+    return kpis.set_index(["variant", "seed", "kpi"])["value"].sort_index()
+
+
+@pytest.fixture(scope="module")
+def smoke_results(tmp_path_factory) -> Path:
+    results = tmp_path_factory.mktemp("smoke") / "results"
+    code = main(["run", "--config", SUITE, "--profile", "smoke", "--results", str(results), "--jobs", "2",
+                 "--quiet"])
+    assert code == 0
+    return results
+
+
+def test_smoke_run_fills_all_four_tables_and_show_prints_a_run(smoke_results, capsys):
+    for table in TABLES:
+        frame = pd.read_parquet(smoke_results / "store" / table)
+        assert len(frame) > 0, table
+    runs = pd.read_parquet(smoke_results / "store" / "runs")
+    assert sorted(zip(runs["variant"], runs["seed"])) == [
+        ("meanpool_concat", 0), ("meanpool_concat", 1), ("windowed_attention", 0), ("windowed_attention", 1)]
+    assert (runs["status"] == "ok").all()
+    kpis = pd.read_parquet(smoke_results / "store" / "kpis")
+    assert not kpis.duplicated(["run_id", "kpi"]).any()
+    recorded = set(kpis["kpi"])
+    expected = {name for name in KPIS if not name.endswith("steps_to_target")}
+    assert expected <= recorded, expected - recorded
+    assert all((smoke_results / "frames" / f"{run_id}.h5").exists() for run_id in runs["run_id"])
+
+    capsys.readouterr()
+    assert main(["show", runs["run_id"][0][:8], "--results", str(smoke_results)]) == 0
+    shown = capsys.readouterr().out
+    assert "rollout.ar_mse" in shown and runs["variant"][0] in shown
+
+
+def test_variants_that_only_change_the_lam_share_the_tokenizer(smoke_results):
+    stages = [p.name.split("-")[0] for p in (smoke_results / "cache" / "stages").iterdir() if p.is_dir()]
+    # 2 variants x 2 seeds: one tokenizer per seed, a LAM and a dynamics model per run
+    assert stages.count("tokenizer") == 2
+    assert stages.count("actions") == 4 and stages.count("dynamics") == 4
+    runs = pd.read_parquet(smoke_results / "store" / "runs")
+    ids = runs.set_index(["variant", "seed"])["stage_ids_json"].map(eval)
+    assert ids[("meanpool_concat", 0)]["tokenizer"] == ids[("windowed_attention", 0)]["tokenizer"]
+    assert ids[("meanpool_concat", 0)]["actions"] != ids[("windowed_attention", 0)]["actions"]
+
+
+def test_rerun_skips_recorded_runs(smoke_results):
+    before = pd.read_parquet(smoke_results / "store" / "runs")
+    started = time.perf_counter()
+    assert main(["run", "--config", SUITE, "--profile", "smoke", "--results", str(smoke_results), "--quiet"]) == 0
+    assert time.perf_counter() - started < 15
+    after = pd.read_parquet(smoke_results / "store" / "runs")
+    assert after.sort_values("run_id").equals(before.sort_values("run_id"))
+
+
+def test_ray_executor_gives_the_same_kpis_as_local(smoke_results, tmp_path):
+    pytest.importorskip("ray")
+    results = tmp_path / "ray"
+    code = main(["run", "--config", SUITE, "--profile", "smoke", "--results", str(results), "--jobs", "2",
+                 "--executor", "ray", "--quiet"])
+    assert code == 0
+    runs = pd.read_parquet(results / "store" / "runs")
+    assert set(runs["executor"]) == {"ray"}
+    pd.testing.assert_series_equal(reproducible_kpis(results), reproducible_kpis(smoke_results))
+
+
+# ----------------------------------------------------------------------------- kill and resume
+
+KILL_SUITE = """
+[profiles.killable]
+seeds = [0]
+data = { episodes = 12, episode_len = 16 }
+[profiles.killable.model]
+frame_size = 16
+rollout = { clips = 2, horizon = 4 }
+tokenizer = { embed_dim = 16, heads = 4, hidden = 32, blocks = 1, steps = 60, batch_size = 8, log_every = 4, checkpoint_every = 8, eval_batches = 1 }
+actions = { embed_dim = 16, heads = 4, hidden = 32, blocks = 1, steps = 16, batch_size = 8, log_every = 4, checkpoint_every = 8, eval_batches = 1 }
+dynamics = { embed_dim = 16, heads = 4, hidden = 32, blocks = 1, steps = 16, batch_size = 8, log_every = 4, checkpoint_every = 8, eval_batches = 1, maskgit_steps = 2 }
+"""
+
+
+def bench_command(*args: str) -> list[str]:
+    return [sys.executable, "-c", "import sys; from harness.cli import main; sys.exit(main())", *args]
+
+
+def test_sigkilled_run_resumes_to_identical_kpis_without_duplicate_rows(tmp_path):
+    suite = tmp_path / "bench.toml"
+    suite.write_text(KILL_SUITE)
+    args = ["run", "--config", str(suite), "--profile", "killable", "--variants", "meanpool_concat", "--quiet"]
+    assert main([*args, "--results", str(tmp_path / "whole")]) == 0
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(bench_command(*args, "--results", str(killed)), start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    checkpoint = None
+    while time.time() < deadline and checkpoint is None:
+        checkpoint = next((p for p in (killed / "cache" / "stages").glob("tokenizer-*/checkpoint.pt")), None) \
+            if (killed / "cache" / "stages").exists() else None
+        time.sleep(0.05)
+    assert checkpoint is not None, "the tokenizer never wrote a checkpoint"
+    os.killpg(process.pid, signal.SIGKILL)  # the driver and its worker, mid-stage
+    process.wait()
+    assert not (checkpoint.parent / "output.json").exists(), "killed too late: the stage had finished"
+    assert not (killed / "store" / "runs").exists()
+
+    assert main([*args, "--results", str(killed)]) == 0
+    pd.testing.assert_series_equal(reproducible_kpis(killed), reproducible_kpis(tmp_path / "whole"))
+    for table in TABLES:
+        frame = pd.read_parquet(killed / "store" / table)
+        assert not frame.duplicated().any(), table
+    assert len(pd.read_parquet(killed / "store" / "runs")) == 1
+
+
+# ----------------------------------------------------------------------------- failure isolation
+
+NAN_PLUGIN = '''
+import torch
+from torch import nn
+from variants.registry import register
+from variants.lam_encoders import MeanPoolConcat
+
+
+@register("lam_encoder", "nan_encoder")
+class NanEncoder(MeanPoolConcat):
+    """Test component: its output is NaN, so the LAM loss diverges."""
+
+    def forward(self, frames):
+        return super().forward(frames) * float("nan")
+'''
+
+
+def test_a_diverging_component_marks_only_its_run_and_exits_4(tmp_path, monkeypatch):
+    (tmp_path / "nan_plugin.py").write_text(NAN_PLUGIN)
+    suite = tmp_path / "bench.toml"
+    suite.write_text(KILL_SUITE.replace("steps = 60", "steps = 8") + textwrap.dedent("""
+        [plugins]
+        modules = ["nan_plugin"]
+        [variants.broken]
+        components = { lam_encoder = "nan_encoder" }
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    results = tmp_path / "results"
+    code = main(["run", "--config", str(suite), "--profile", "killable", "--variants", "meanpool_concat,broken",
+                 "--results", str(results), "--quiet", "--jobs", "2"])
+    assert code == 4
+    runs = pd.read_parquet(results / "store" / "runs").set_index("variant")
+    assert runs.loc["meanpool_concat", "status"] == "ok"
+    assert runs.loc["broken", "status"] == "diverged"
+    assert runs.loc["broken", "failed_stage"] == "actions"
+    assert runs.loc["broken", "diverged_step"] == 1
+
+
+# ----------------------------------------------------------------------------- bad input: one line, exit 2
+
+@pytest.mark.parametrize("args, toml, expected", [
+    (["--profile", "nope"], "", "unknown profile 'nope'; known profiles:"),
+    (["--variants", "meanpool_concat,nope"], "", "unknown variant 'nope'; known variants:"),
+    (["--dataset", "nope"], "", "unknown dataset 'nope'; known datasets:"),
+    ([], '[kpis."rollout.nope"]\nmargin = 0.1\n', "kpis: 'rollout.nope' is not allowed; use one of:"),
+    ([], "[profiles.x\nseeds = 1", "is not valid TOML"),
+    ([], "[profiles.x]\nseeds = \"three\"", "profiles.x.seeds: 'three' is not a seed list"),
+    ([], "[profiles.x.model.tokenizer]\nsteps = \"ten\"", "profiles.x.model.tokenizer.steps: expected an integer"),
+    ([], "[profiles.x.model]\nframe_sise = 32", "profiles.x.model.frame_sise: unknown model key; allowed:"),
+    ([], "[variants.v]\ncomponents = { lam_encoder = \"nope\" }",
+     "variants.v.components.lam_encoder: 'nope' is not allowed; use one of: meanpool_concat"),
+    ([], "[kpis.\"rollout.ar_mse\"]\ndirection = \"up\"", "kpis.rollout.ar_mse.direction: 'up' is not allowed"),
+    (["--seeds", "3-1"], "", "--seeds: '3-1' is not a seed list"),
+    (["--jobs", "0"], "", "argument --jobs: must be >= 1, got 0"),
+])
+def test_bad_input_gets_one_line_and_exit_2(tmp_path, capsys, args, toml, expected):
+    suite = tmp_path / "bench.toml"
+    suite.write_text(toml)
+    code = main(["run", "--config", str(suite), "--profile", "default", "--results", str(tmp_path / "r"), *args]
+                if "--profile" not in args else
+                ["run", "--config", str(suite), "--results", str(tmp_path / "r"), *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert expected in " ".join(err.split()), err
+    assert len(err.splitlines()) == 1, err
+
+
+def test_results_dir_that_is_unwritable_or_foreign_is_refused(tmp_path, capsys):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("mine")
+    code = main(["run", "--config", SUITE, "--profile", "smoke", "--results", str(foreign)])
+    assert code == 2 and "was not made by worldbench" in capsys.readouterr().err
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "worldbench.json").write_text('{"project": "someone-else"}')
+    code = main(["run", "--config", SUITE, "--profile", "smoke", "--results", str(other)])
+    assert code == 2 and "belongs to another project" in capsys.readouterr().err
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    if os.access(locked, os.W_OK):  # root ignores permissions: use a path under a file instead
+        target = tmp_path / "a_file" / "results"
+        (tmp_path / "a_file").write_text("")
+    else:
+        target = locked / "results"
+    code = main(["run", "--config", SUITE, "--profile", "smoke", "--results", str(target)])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot write results dir" in err and len(err.strip().splitlines()) == 1

@@ -1,0 +1,389 @@
+"""Tests for the report renderer: content, size limits, escaping, self-containedness, rendering."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import math
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness.stats import KpiRule, compare
+from reports import MARKER, CompatResult, ReportInput, render_html, render_json, render_markdown, write_reports
+from reports.figures import curve_bands, horizon_columns, plan_figures, rollout_grid
+from reports.text import fmt_estimate, md_escape
+
+BASELINE, CANDIDATE = "meanpool_concat", "windowed_attention"
+STAGES = ("tokenizer", "actions", "dynamics")
+EVIL = "<script>alert(1)</script> **bold** | pipe [link](http://x) `code` @someone"
+CHROMIUM = Path("/usr/bin/chromium")
+
+RULES = [
+    KpiRule("tokenizer.val_loss", "lower", "log", 0.05),
+    KpiRule("dynamics.val_loss", "lower", "log", 0.05),
+    KpiRule("rollout.psnr_ar", "higher", "linear", 0.5),
+    KpiRule("speed.it_per_s", "higher", "log", 0.10, blocking=False),
+]
+
+
+# --------------------------------------------------------------------------- synthetic input
+
+
+def _kpi_values(rules: list[KpiRule], seeds: list[int], effect: float, noise: float, rng) -> tuple[dict, dict]:
+    """Per-KPI per-seed values; the candidate is better by `effect` (fraction) with seed-level noise."""
+    baseline, candidate = {}, {}
+    for rule in rules:
+        base = {s: 1.0 + 0.1 * rng.standard_normal() for s in seeds}
+        better = (1 - effect) if rule.direction == "lower" else (1 + effect)
+        cand = {s: base[s] * better * math.exp(noise * rng.standard_normal()) for s in seeds}
+        scale = 30.0 if rule.name.startswith("rollout") else 1.0
+        baseline[rule.name] = {s: v * scale for s, v in base.items()}
+        candidate[rule.name] = {s: v * scale for s, v in cand.items()}
+    return baseline, candidate
+
+
+def make_report(
+    *,
+    rules: list[KpiRule] = RULES,
+    n_seeds: int = 3,
+    effect: float = 0.2,
+    noise: float = 0.005,
+    candidate: str = CANDIDATE,
+    candidate_description: str = "Windowed attention over LAM frames.",
+    failed_candidate_seeds: tuple[int, ...] = (),
+    error: str = "loss became NaN at step 130",
+) -> ReportInput:
+    rng = np.random.default_rng(0)
+    seeds = list(range(n_seeds))
+    base_values, cand_values = _kpi_values(rules, seeds, effect, noise, rng)
+    for seed in failed_candidate_seeds:
+        for values in cand_values.values():
+            values[seed] = math.nan
+    comparison = compare(
+        rules, base_values, cand_values, failures_candidate=len(failed_candidate_seeds), bootstrap=False
+    )
+    variants = [BASELINE, candidate]
+
+    runs = pd.DataFrame(
+        [
+            {
+                "run_id": f"{v[:8]}-{s}",
+                "variant": v,
+                "seed": s,
+                "status": "diverged" if v == candidate and s in failed_candidate_seeds else "ok",
+                "error": error if v == candidate and s in failed_candidate_seeds else "",
+            }
+            for v in variants
+            for s in seeds
+        ]
+    )
+    ok = {(r.variant, r.seed) for r in runs.itertuples() if r.status == "ok"}
+
+    steps = np.arange(0, 60, 10)
+    curves = pd.DataFrame(
+        [
+            {"variant": v, "seed": s, "stage": stage, "step": int(step), "metric": "loss",
+             "value": float((1.5 if v == BASELINE else 1.2) * np.exp(-step / 30) * (1 + 0.15 * s) + 0.05 + 0.02 * rng.random())}
+            for v in variants for s in seeds if (v, s) in ok for stage in STAGES for step in steps
+        ]
+    )
+
+    horizon, context, clips, size = 4, 2, 2, 16
+    rollouts = pd.DataFrame(
+        [
+            {"variant": v, "seed": s, "mode": mode, "clip": c, "horizon_step": h,
+             "mse": 0.01 * h, "psnr": {"ar": 24.0, "tf": 26.0, "random": 18.0, "copy_last": 20.0}[mode]
+             + (1.0 if v == candidate and mode in ("ar", "tf") else 0.0) - h, "ssim": 0.8 - 0.02 * h}
+            for v in variants for s in seeds if (v, s) in ok
+            for mode in ("ar", "tf", "random", "copy_last") for c in range(clips) for h in range(1, horizon + 1)
+        ]
+    )
+    truth = rng.integers(0, 256, size=(clips, context + horizon, size, size, 3), dtype=np.uint8)
+    frames = {
+        v: {
+            "seed": 0,
+            "context": context,
+            "ground_truth": truth,
+            "predictions": {m: np.clip(truth[:, context:].astype(int) + 20 * i, 0, 255).astype(np.uint8)
+                            for m in ("ar", "tf")},
+        }
+        for i, v in enumerate(variants)
+    }
+    speed = pd.DataFrame(
+        [{"variant": v, "stage": stage, "it_per_s": 50.0 + 10 * i, "wall_s": 30.0 - 5 * i}
+         for i, v in enumerate(variants) for stage in STAGES]
+    )
+    provenance = [
+        {"run_id": f"{v[:8]}-{s}", "variant": v, "seed": s, "git_commit": "0123456789abcdef0123",
+         "git_dirty": False, "code_hash": "c0ffee", "torch_version": "2.13.0+cpu", "device": "cpu",
+         "cpu_model": "AMD EPYC 7B13", "host": "ci-runner-1", "started_at": f"2025-01-01T00:0{s}:00"}
+        for v in variants for s in seeds
+    ]
+    return ReportInput(
+        title="PR #42: windowed attention LAM encoder",
+        baseline=BASELINE,
+        candidate=candidate,
+        descriptions={BASELINE: "Mean-pool then concat.", candidate: candidate_description},
+        comparison=comparison,
+        runs=runs,
+        curves=curves,
+        rollouts=rollouts,
+        frames=frames,
+        speed=speed,
+        compat=CompatResult(True, ["tokenizer: golden checkpoint loads (strict keys)"]),
+        provenance=provenance,
+        reproduce_command=f"bench gate --profile ci --baseline {BASELINE} --candidate {candidate} --seeds 0-{n_seeds - 1}",
+        profile="ci",
+        notes=["steps-to-target: tokenizer loss 0.2"],
+    )
+
+
+@pytest.fixture(scope="module")
+def report() -> ReportInput:
+    return make_report()
+
+
+@pytest.fixture(scope="module")
+def written(report, tmp_path_factory) -> dict[str, Path]:
+    """All three formats written once (figures are the slow part)."""
+    return write_reports(report, tmp_path_factory.mktemp("report"), ["md", "html", "json"])
+
+
+def _strict_json(text: str) -> dict:
+    def reject(token: str):
+        raise ValueError(f"invalid JSON token {token}")
+
+    return json.loads(text, parse_constant=reject)
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def test_markdown_starts_with_marker_and_has_verdict_and_every_kpi(report, written):
+    md = written["md"].read_text()
+    assert report.comparison.verdict == "PASS"
+    assert md.splitlines()[0] == MARKER
+    assert "PASS" in md.splitlines()[1]
+    for kpi in report.comparison.kpis:
+        assert md_escape(kpi.name) in md
+    assert md_escape(BASELINE) in md and md_escape(CANDIDATE) in md
+    assert "```bash\n" + report.reproduce_command + "\n```" in md
+    assert "Not checked" not in md and "compatible" in md
+
+
+def test_estimates_show_percent_change_for_log_and_signed_difference_for_linear(report):
+    log_kpi, linear_kpi = report.comparison.kpis[0], report.comparison.kpis[2]
+    assert log_kpi.rule.scale == "log" and linear_kpi.rule.scale == "linear"
+    log_kpi = dataclasses.replace(log_kpi, estimate=1.031, ci_low=0.98, ci_high=1.084)
+    linear_kpi = dataclasses.replace(linear_kpi, estimate=0.012, ci_low=-0.003, ci_high=0.027)
+    assert fmt_estimate(log_kpi) == "+3.1% [−2.0%, +8.4%]"
+    assert fmt_estimate(linear_kpi) == "+0.0120 [−0.0030, +0.0270]"
+    assert fmt_estimate(dataclasses.replace(log_kpi, estimate=math.nan)) == "—"
+
+    comparison = dataclasses.replace(report.comparison, kpis=[log_kpi, linear_kpi])
+    md = render_markdown(dataclasses.replace(report, comparison=comparison))
+    # The table escapes "[" so GitHub cannot read it as a link; the text is the same.
+    assert md_escape("+3.1% [−2.0%, +8.4%]", block_start=False) in md
+    assert md_escape("+0.0120 [−0.0030, +0.0270]", block_start=False) in md
+
+
+def test_markdown_fits_a_pr_comment_with_30_kpis_and_20_seeds():
+    rules = [KpiRule(f"kpi_{i:02d}.some_long_metric_name", "lower", "log", 0.05) for i in range(30)]
+    big = make_report(
+        rules=rules,
+        n_seeds=20,
+        noise=0.3,
+        candidate_description="A very long description. " * 2000,
+        failed_candidate_seeds=tuple(range(0, 20, 2)),
+        error="Traceback (most recent call last): " + "frame | <b>x</b> " * 500,
+    )
+    md = render_markdown(big)
+    assert len(md) < 65_000
+    assert md.splitlines()[0] == MARKER
+    assert big.comparison.verdict in md.splitlines()[1]
+    for rule in rules:
+        assert md_escape(rule.name) in md
+    assert "Showing 12 of 20 seeds" in md  # the per-seed table was cut, with a note saying so
+    assert "more characters" in md  # long errors / descriptions were cut, with a note
+
+
+def test_markdown_drops_optional_sections_then_cuts_the_kpi_table_when_still_too_long():
+    rules = [KpiRule(f"kpi_{i:03d}.a_rather_long_metric_name_for_width", "lower", "log", 0.05) for i in range(400)]
+    huge = make_report(rules=rules, n_seeds=5, noise=0.3)
+    md = render_markdown(huge)
+    assert len(md) < 65_000
+    assert md.splitlines()[0] == MARKER and huge.comparison.verdict in md.splitlines()[1]
+    assert "per-seed values left out to fit a PR comment" in md
+    assert "Showing" in md and "of 400 KPIs" in md
+    assert "more (see the KPI table)" in md  # banner reasons capped
+    assert "```bash\n" + huge.reproduce_command in md  # the essentials after the table survive
+    shown = [k for k in huge.comparison.kpis if f"| {md_escape(k.name, block_start=False)} ↓ |" in md]
+    hidden = [k for k in huge.comparison.kpis if k not in shown]
+    assert shown and hidden
+    urgency = {"regressed": 0, "inconclusive": 1, "non-inferior": 2, "improved": 3}
+    assert max(urgency[k.verdict] for k in shown) <= min(urgency[k.verdict] for k in hidden)
+
+
+def test_inconclusive_banner_recommends_more_seeds():
+    noisy = make_report(effect=0.0, noise=0.1)
+    assert noisy.comparison.verdict == "INCONCLUSIVE" and noisy.comparison.recommended_seeds
+    md = render_markdown(noisy)
+    assert f"about {noisy.comparison.recommended_seeds} seeds per variant" in md
+    assert "[!WARNING]" in md.split("### KPIs")[0]
+
+
+# --------------------------------------------------------------------------- JSON
+
+
+def test_json_is_strict_and_has_verdict_estimates_and_per_seed_values(report, written):
+    data = _strict_json(written["json"].read_text())
+    assert data["verdict"] == report.comparison.verdict
+    assert [k["name"] for k in data["kpis"]] == [k.name for k in report.comparison.kpis]
+    for entry, kpi in zip(data["kpis"], report.comparison.kpis):
+        assert entry["estimate"] == pytest.approx(kpi.estimate)
+        assert entry["ci_low"] == pytest.approx(kpi.ci_low)
+        assert entry["verdict"] == kpi.verdict
+        assert entry["baseline_values"]["0"] == pytest.approx(kpi.baseline_values[0])
+
+
+def test_json_turns_nan_into_null():
+    failed = make_report(failed_candidate_seeds=(1,))
+    data = _strict_json(render_json(failed))
+    assert data["kpis"][0]["candidate_values"]["1"] is None
+    assert data["kpis"][0]["candidate_values"]["0"] is not None
+
+
+# --------------------------------------------------------------------------- HTML
+
+
+def test_html_is_one_self_contained_file_with_inline_pngs(report, written):
+    html = written["html"].read_text()
+    assert 'src="http' not in html and 'href="http' not in html
+    assert "<script" not in html.lower() and "<link" not in html.lower()
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(images) == len(plan_figures(report)) == len(STAGES) + 2  # curves per stage, grid, PSNR
+    for image in images:
+        assert base64.b64decode(image).startswith(b"\x89PNG\r\n\x1a\n")
+    assert 'class="banner pass"' in html
+
+
+def test_untrusted_text_is_escaped_in_html_and_markdown():
+    evil = make_report(candidate="evil|name*_", candidate_description=EVIL, failed_candidate_seeds=(2,), error=EVIL)
+    html = render_html(evil)
+    assert "<script>alert" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+    md = render_markdown(evil)
+    assert "<script>" not in md
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in md
+    assert r"\*\*bold\*\* \| pipe" in md
+    assert r"\[link\](http://x)" in md and r"\`code\`" in md
+    # A pipe in a variant name or error must not add table columns.
+    for block in re.findall(r"((?:^\|.*\|\n)+)", md, flags=re.MULTILINE):
+        rows = block.strip("\n").split("\n")
+        widths = {len(re.findall(r"(?<!\\)\|", row)) for row in rows}
+        assert len(widths) == 1, rows
+
+
+def test_missing_pieces_render_everywhere():
+    broken = make_report(failed_candidate_seeds=(0, 1, 2))
+    empty = pd.DataFrame()
+    broken = dataclasses.replace(broken, curves=empty, rollouts=empty, speed=empty, frames={}, compat=None, provenance=[])
+    assert plan_figures(broken) == []
+    md = render_markdown(broken)
+    html = render_html(broken)
+    data = _strict_json(render_json(broken))
+    assert "Not checked" in md and "Not checked" in html
+    assert "ALL runs failed" in md and "ALL runs failed" in html
+    assert "—" in md  # NaN medians of the candidate
+    assert "No training curves" in html and "data:image/png" not in html
+    assert data["compat"] is None and data["verdict"] == broken.comparison.verdict
+
+
+def test_candidate_without_frames_still_gets_a_grid_of_the_others(report):
+    partial = dataclasses.replace(report, frames={BASELINE: report.frames[BASELINE]})
+    grid = [f for f in plan_figures(partial) if f.filename == "rollouts.png"]
+    assert grid and f"no frames for {CANDIDATE}" in grid[0].caption
+    assert grid[0].png().startswith(b"\x89PNG")
+
+
+# --------------------------------------------------------------------------- files and figures
+
+
+def test_write_reports_writes_the_requested_files_and_the_pngs_markdown_refers_to(written):
+    assert set(written) == {"md", "html", "json"}
+    assert [p.name for p in written.values()] == ["report.md", "report.html", "report.json"]
+    md = written["md"].read_text()
+    referenced = re.findall(r"\]\(([^)]+\.png)\)", md)
+    assert len(referenced) == len(STAGES) + 2
+    for name in referenced:
+        assert (written["md"].parent / name).read_bytes().startswith(b"\x89PNG")
+    assert "report.html" in md
+
+
+def test_write_reports_rejects_unknown_formats(report, tmp_path):
+    with pytest.raises(ValueError, match="pdf"):
+        write_reports(report, tmp_path, ["md", "pdf"])
+    only_json = write_reports(report, tmp_path / "j", ["json"])
+    assert list(only_json) == ["json"] and not list((tmp_path / "j").glob("*.png"))
+
+
+def test_rollout_grid_is_nearest_neighbour_upscaled_and_white_separated():
+    rng = np.random.default_rng(1)
+    truth = rng.integers(0, 256, size=(3, 4, 4, 3), dtype=np.uint8)  # [steps, H, W, 3]
+    predicted = 255 - truth
+    grid = rollout_grid([truth, predicted], factor=3, gap=2)
+    assert grid.shape == (2 * 12 + 2, 3 * 12 + 2 * 2, 3)
+    cell = grid[14:26, 14:26]  # row 1 (prediction), column 1
+    assert np.array_equal(cell, np.kron(predicted[1], np.ones((3, 3, 1), dtype=np.uint8)))
+    assert (grid[12:14] == 255).all() and (grid[:, 12:14] == 255).all()
+    assert horizon_columns(4) == [0, 1, 2, 3]
+    assert horizon_columns(20, max_steps=5) == [0, 5, 10, 14, 19]
+
+
+def test_curve_bands_are_mean_min_max_over_seeds_and_drop_nan():
+    curves = pd.DataFrame(
+        [{"variant": "a", "seed": s, "stage": "tokenizer", "step": step, "metric": "loss", "value": v}
+         for s, values in enumerate([[1.0, 0.5], [3.0, math.nan], [2.0, 0.7]]) for step, v in zip((0, 10), values)]
+    )
+    band = curve_bands(curves, "tokenizer")["a"]
+    assert band["step"].tolist() == [0, 10]
+    assert band["mean"].tolist() == pytest.approx([2.0, 0.6])
+    assert band["low"].tolist() == [1.0, 0.5] and band["high"].tolist() == [3.0, 0.7]
+    assert band["seeds"].tolist() == [3, 2]
+
+
+# --------------------------------------------------------------------------- headless browser
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (Debian package: chromium)")
+def test_html_renders_in_headless_chromium(written, tmp_path):
+    image = _screenshot(written["html"], tmp_path)
+    assert image.shape[0] == 900 and image.shape[1] == 1200
+    rgb = image[..., :3]
+    assert rgb.std() > 0.05, "screenshot is blank"
+    assert rgb.mean() < 0.97, "screenshot is all white"
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    green = (g > r + 0.2) & (g > b + 0.1)
+    assert green.mean() > 0.01, "the green PASS banner is not visible"
+
+
+def _screenshot(html: Path, tmp_path: Path) -> np.ndarray:
+    from matplotlib.image import imread
+
+    png = tmp_path / "shot.png"
+    command = [
+        str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--disable-dev-shm-usage", "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}",
+        f"--screenshot={png}", "--window-size=1200,900", html.resolve().as_uri(),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=90)
+    assert png.exists(), f"chromium wrote no screenshot (rc {result.returncode}): {result.stderr[-2000:]}"
+    return imread(png)

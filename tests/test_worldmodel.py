@@ -1,0 +1,256 @@
+"""The world model's facts: parameter counts, causality, FSQ, checkpoints, determinism, bad input."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from worldmodel import stages
+from worldmodel.config import WorldModelConfig
+from worldmodel.data import VideoWindows, generate
+from worldmodel.dynamics import Dynamics
+from worldmodel.errors import WorldbenchError
+from worldmodel.fsq import FSQ
+from worldmodel.lam import LatentActionModel
+from worldmodel.rollout import evaluate_rollouts, infer_clip_actions, rollout_clips
+from worldmodel.tokenizer import VideoTokenizer
+from worldmodel.train import StageDiverged, load_checkpoint, train_stage
+
+
+class Payload:
+    """An arbitrary pickled object: weights_only loading must refuse to build it."""
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def tiny_config(**stage_overrides) -> WorldModelConfig:
+    config = WorldModelConfig(frame_size=16)
+    config.rollout.clips, config.rollout.horizon = 2, 4
+    for name in ("tokenizer", "actions", "dynamics"):
+        stage = config.stage(name)
+        stage.embed_dim, stage.heads, stage.hidden, stage.blocks = 16, 4, 32, 1
+        stage.steps, stage.batch_size, stage.log_every, stage.checkpoint_every, stage.eval_batches = 8, 4, 2, 4, 1
+        for key, value in stage_overrides.items():
+            setattr(stage, key, value)
+    config.dynamics.maskgit_steps = 2
+    return config.validate()
+
+
+@pytest.fixture(scope="module")
+def windows():
+    data = generate("sprite_world", 8, 12, 16, seed=0)
+    return data, VideoWindows(data, 4, "train", 0.25), VideoWindows(data, 4, "val", 0.25)
+
+
+# ----------------------------------------------------------------------------- fidelity
+
+def test_parameter_counts_match_the_anchor_at_reference_hyperparameters():
+    config = WorldModelConfig().validate()
+    assert n_params(VideoTokenizer(config)) == 138_821
+    lam = LatentActionModel(config)
+    assert n_params(lam) == 74_066
+    assert n_params(lam.encoder) == 36_046
+    assert n_params(Dynamics(config)) == 173_077
+    windowed = copy.deepcopy(config)
+    windowed.actions.encoder = "windowed_attention"
+    assert abs(n_params(LatentActionModel(windowed)) - 78_000) <= 780
+
+
+def test_temporal_attention_is_causal():
+    torch.manual_seed(0)
+    config = tiny_config()
+    tokenizer = VideoTokenizer(config).eval()
+    frames = torch.rand(2, 4, 3, 16, 16) * 2 - 1
+    changed = frames.clone()
+    changed[:, 2] = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        before, after = tokenizer.encoder(tokenizer.embed(frames)), tokenizer.encoder(tokenizer.embed(changed))
+    assert torch.equal(before[:, :2], after[:, :2])
+    assert not torch.allclose(before[:, 2:], after[:, 2:])
+
+    dynamics = Dynamics(config).eval()
+    latents = dynamics.fsq.from_indices(torch.randint(1024, (2, 4, 16)))
+    other = latents.clone()
+    other[:, 3] = dynamics.fsq.from_indices(torch.randint(1024, (2, 16)))
+    actions, mask = torch.randn(2, 3, 2).sign(), torch.zeros(2, 4, 16, dtype=torch.bool)
+    with torch.no_grad():
+        assert torch.equal(dynamics.hidden(latents, actions, mask)[:, :3], dynamics.hidden(other, actions, mask)[:, :3])
+
+
+def test_fsq_round_trip_and_straight_through_gradient():
+    fsq = FSQ(dim=5, bins=4)
+    indices = torch.arange(fsq.codebook_size)
+    codes = fsq.from_indices(indices)
+    assert torch.equal(fsq.to_indices(codes), indices)
+    assert codes.min() == -1 and codes.max() == 1
+    assert torch.equal(fsq.quantize(torch.atanh(codes.clamp(-0.999, 0.999))), codes)
+
+    z = torch.randn(7, 5, requires_grad=True)
+    quantised = fsq.quantize(z)
+    assert torch.equal(fsq.to_indices(quantised).lt(fsq.codebook_size), torch.ones(7, dtype=torch.bool))
+    quantised.sum().backward()
+    # straight-through: the gradient is that of the smooth part, (1 - tanh^2) * half / half
+    expected = 1 - torch.tanh(z.detach()) ** 2
+    assert torch.allclose(z.grad, expected)
+
+
+def test_maskgit_decoding_fills_every_position(windows):
+    torch.manual_seed(0)
+    config = tiny_config()
+    dynamics = Dynamics(config).eval()
+    context = dynamics.fsq.from_indices(torch.randint(1024, (2, 3, 16)))
+    codes = dynamics.predict_next(context, torch.randn(2, 3, 2).sign(), rounds=3)
+    assert codes.shape == (2, 16) and codes.dtype == torch.long
+    assert codes.min() >= 0 and codes.max() < 1024
+
+
+# ----------------------------------------------------------------------------- training
+
+def sample_frames(train: VideoWindows):
+    return stages.sampler(train, 4)
+
+
+def test_same_seed_gives_identical_losses(tmp_path, windows):
+    _, train, _ = windows
+    config = tiny_config()
+    curves = []
+    for attempt in range(2):
+        torch.manual_seed(3)
+        model = VideoTokenizer(config)
+        result = train_stage("tokenizer", model, config.tokenizer, sample_frames(train), tmp_path / f"{attempt}.pt",
+                             stages.stage_config_json(config, "tokenizer"), seed=3)
+        curves.append([row["loss"] for row in result.curve])
+    assert curves[0] == curves[1]
+
+
+@pytest.mark.parametrize("stage", ["tokenizer", "actions", "dynamics"])
+def test_killed_stage_resumes_identically_and_checkpoint_reloads_bit_identically(tmp_path, windows, stage):
+    data, train, val = windows
+    config = tiny_config()
+    tokenizer, lam = VideoTokenizer(config).eval(), LatentActionModel(config).eval()
+    run = {"tokenizer": stages.run_tokenizer, "actions": stages.run_actions}.get(stage)
+
+    def go(path, progress=None):
+        if run:
+            return run(config, train, val, path, 0, progress)
+        return stages.run_dynamics(config, train, val, tokenizer, lam, path, 0, progress)
+
+    model, whole = go(tmp_path / "whole.pt")
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_step_6(step, total, loss):
+        if step == 6:
+            raise Killed
+    with pytest.raises(Killed):
+        go(tmp_path / "resumed.pt", kill_at_step_6)
+    assert load_checkpoint(tmp_path / "resumed.pt", stage, stages.stage_config_json(config, stage))["step"] == 4
+    resumed_model, resumed = go(tmp_path / "resumed.pt")
+    assert [r["loss"] for r in resumed.train.curve] == [r["loss"] for r in whole.train.curve]
+    assert resumed.metrics == whole.metrics
+
+    reloaded = stages.load_stage(stage, config, tmp_path / "whole.pt")
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, reloaded.state_dict()[key]), key
+
+
+def test_nan_loss_is_reported_as_divergence_with_its_step(tmp_path, windows):
+    _, train, _ = windows
+    config = tiny_config(lr=1e30)  # absurd learning rate: the loss overflows
+    model = VideoTokenizer(config)
+    with pytest.raises(StageDiverged) as err:
+        train_stage("tokenizer", model, config.tokenizer, sample_frames(train), tmp_path / "x.pt",
+                    stages.stage_config_json(config, "tokenizer"), seed=0)
+    assert err.value.step >= 2
+
+
+def test_rollouts_score_predicted_frames_and_copy_last(windows):
+    data, _, _ = windows
+    torch.manual_seed(0)
+    config = tiny_config()
+    tokenizer, lam, dynamics = VideoTokenizer(config), LatentActionModel(config), Dynamics(config)
+    clips = rollout_clips(data, config, 0.25)  # [2, 3 + 4, 3, 16, 16]
+    assert clips.shape == (2, 7, 3, 16, 16)
+    assert infer_clip_actions(lam, clips, 4).shape == (2, 6, 2)
+    result = evaluate_rollouts(tokenizer, lam, dynamics, clips, config)
+    assert set(result.scores) == {"ar", "tf", "random", "copy_last"}
+    assert result.scores["ar"]["mse"].shape == (2, 4)
+    truth = (clips[:, 3:] + 1) / 2
+    copy = ((clips[:, 2:3] + 1) / 2).expand_as(truth)
+    assert np.isclose(result.kpis["copy_last_mse"], (copy - truth).pow(2).mean().item(), rtol=1e-5)
+    assert result.predictions["ar"].shape == (2, 4, 16, 16, 3) and result.predictions["ar"].dtype == np.uint8
+
+
+# ----------------------------------------------------------------------------- bad input, one line each
+
+def one_line(err) -> str:
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"frame_size": 30}, "frame_size 30 is not divisible by patch_size 4"),
+    ({"n_actions": 6}, "n_actions 6 is not a power of two"),
+])
+def test_bad_model_shapes_get_one_line(change, expected):
+    with pytest.raises(WorldbenchError, match=expected) as err:
+        WorldModelConfig(**change).validate()
+    one_line(err)
+
+
+def test_bad_embed_dims_get_one_line():
+    config = WorldModelConfig()
+    config.tokenizer.embed_dim = 30
+    with pytest.raises(WorldbenchError, match="tokenizer.embed_dim 30 is not divisible by tokenizer.heads 8") as err:
+        config.validate()
+    one_line(err)
+    config = WorldModelConfig()
+    config.actions.embed_dim, config.actions.heads = 4, 2
+    with pytest.raises(WorldbenchError, match="embed_dim 4 is too small for the position codes") as err:
+        config.validate()
+    one_line(err)
+
+
+def test_model_frame_size_must_match_the_data(tmp_path, windows):
+    _, train, val = windows  # 16x16 frames
+    config = WorldModelConfig(frame_size=32).validate()
+    with pytest.raises(WorldbenchError, match="dataset frames are 16x16 but the model's frame_size is 32") as err:
+        stages.run_tokenizer(config, train, val, tmp_path / "t.pt", 0)
+    one_line(err)
+
+
+def test_unknown_variant_lists_the_known_ones():
+    config = WorldModelConfig()
+    config.actions.encoder = "transformer_xl"
+    with pytest.raises(WorldbenchError, match="unknown lam_encoder 'transformer_xl'; known: meanpool_concat, "
+                                              "query_pool, windowed_attention") as err:
+        LatentActionModel(config)
+    one_line(err)
+
+
+def test_checkpoints_from_another_config_or_corrupted_or_pickled_are_refused(tmp_path, windows):
+    _, train, val = windows
+    config = tiny_config()
+    stages.run_tokenizer(config, train, val, tmp_path / "t.pt", 0)
+    other = tiny_config(lr=5e-4)
+    with pytest.raises(WorldbenchError, match="trained for another config .*'tokenizer.lr': 0.001 vs 0.0005") as err:
+        stages.load_stage("tokenizer", other, tmp_path / "t.pt")
+    one_line(err)
+
+    corrupted = tmp_path / "corrupted.pt"
+    corrupted.write_bytes((tmp_path / "t.pt").read_bytes()[:500])
+    with pytest.raises(WorldbenchError, match="corrupted or not a plain-tensor worldbench checkpoint") as err:
+        stages.load_stage("tokenizer", config, corrupted)
+    one_line(err)
+
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"format": "worldbench-checkpoint-1", "payload": Payload()}, pickled)
+    with pytest.raises(WorldbenchError, match="corrupted or not a plain-tensor worldbench checkpoint") as err:
+        stages.load_stage("tokenizer", config, pickled)
+    one_line(err)
