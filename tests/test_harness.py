@@ -14,6 +14,7 @@ import pytest
 
 from harness.cli import main
 from harness.kpis import KPIS
+from variants import registry
 
 REPO = Path(__file__).resolve().parents[1]
 SUITE = str(REPO / "bench.toml")
@@ -165,6 +166,11 @@ def test_a_diverging_component_marks_only_its_run_and_exits_4(tmp_path, monkeypa
         components = { lam_encoder = "nan_encoder" }
     """))
     monkeypatch.syspath_prepend(str(tmp_path))
+    # The plugin registers into this process too: give it a copy of the slot, restored afterwards.
+    registry.components()
+    monkeypatch.setitem(registry._REGISTRY, "lam_encoder", dict(registry._REGISTRY["lam_encoder"]))
+    monkeypatch.setitem(sys.modules, "nan_plugin", None)  # so teardown removes the imported plugin
+    monkeypatch.delitem(sys.modules, "nan_plugin")
     results = tmp_path / "results"
     code = main(["run", "--config", str(suite), "--profile", "killable", "--variants", "meanpool_concat,broken",
                  "--results", str(results), "--quiet", "--jobs", "2"])

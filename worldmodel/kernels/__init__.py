@@ -1,20 +1,27 @@
-"""Native CPU kernels, compiled on first use.
+"""Native CPU kernels for the ST blocks, compiled on first use.
 
-`attention.cpp` is plain C++ with a C ABI (no torch headers), so building it takes a few seconds
-with the system `g++` and needs no ninja. The shared library is cached under the user's cache
-directory (`$XDG_CACHE_HOME/worldbench/kernels`, else `~/.cache/worldbench/kernels`; override with
-`WORLDBENCH_KERNEL_CACHE`), keyed by a hash of the source, the flags and the compiler, so an edit
-or another compiler triggers a rebuild and concurrent first uses do not clash (each compiles to a
-temporary file and renames it into place).
+`attention.cpp` (multi-head attention, forward and backward) and `fused.cpp` (residual + norm,
+SwiGLU activation) are plain C++ with a C ABI and no torch headers, so building them takes a few
+seconds with the system `g++` (or `$CXX`) and needs no ninja or Python headers. They are called
+through ctypes on the data pointers of contiguous float32 CPU tensors, and parallelised with
+OpenMP, which shares the thread pool (and `torch.set_num_threads`) of PyTorch's own libgomp.
 
-The backend is chosen with the environment variable `WORLDBENCH_ATTENTION`:
-  unset / "native"  the compiled kernel (an error if it cannot be built: no silent fallback),
-  "torch"           the pure-PyTorch path (`F.scaled_dot_product_attention`), for debugging.
+The shared library is cached under the user's cache directory (`$XDG_CACHE_HOME/worldbench/kernels`,
+else `~/.cache/worldbench/kernels`; `WORLDBENCH_KERNEL_CACHE` overrides), keyed by a hash of the
+sources, the flags and the compiler version: an edit or another compiler triggers a rebuild, and
+concurrent first uses do not clash (each compiles to a temporary file and renames it into place).
+
+The environment variable `WORLDBENCH_ATTENTION` picks the implementation, read at every call:
+  unset / "native"  these kernels (a clear error if they cannot be built: no silent fallback);
+  "torch"           pure PyTorch everywhere (`F.scaled_dot_product_attention`, `nn.RMSNorm`, ...),
+                    for debugging and comparison.
+Tensors that are not float32 on the CPU always take the PyTorch path.
 """
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import platform
 import subprocess
@@ -22,30 +29,37 @@ import tempfile
 import threading
 from pathlib import Path
 
+import torch
+
 from worldmodel.errors import WorldbenchError
 
 ENV_VAR = "WORLDBENCH_ATTENTION"
 BACKENDS = ("native", "torch")
-_SOURCE = Path(__file__).with_name("attention.cpp")
+_SOURCES = [Path(__file__).with_name(name) for name in ("attention.cpp", "fused.cpp")]
 _FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-fPIC", "-shared", "-std=c++17", "-fno-math-errno"]
-_ABI_VERSION = 2
+_ABI_VERSION = 3
 
 _lock = threading.Lock()
 _library: ctypes.CDLL | None = None
 
 
-def attention_backend() -> str:
-    """The backend named by WORLDBENCH_ATTENTION ("native" when unset)."""
+def backend() -> str:
+    """The implementation named by WORLDBENCH_ATTENTION: "native" (the default) or "torch"."""
     value = os.environ.get(ENV_VAR, "native").strip().lower() or "native"
     if value not in BACKENDS:
-        raise WorldbenchError(f"{ENV_VAR}={value!r} is not a known attention backend; use one of: {', '.join(BACKENDS)}")
+        raise WorldbenchError(f"{ENV_VAR}={value!r} is not a known backend; use one of: {', '.join(BACKENDS)}")
     return value
+
+
+def use_native(*tensors: torch.Tensor) -> bool:
+    """True when the native kernels apply: backend "native" and every tensor float32 on the CPU."""
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) and backend() == "native"
 
 
 def _fail(reason: str) -> WorldbenchError:
     return WorldbenchError(
-        f"the native attention kernel is unavailable ({reason}); "
-        f"set {ENV_VAR}=torch to use the pure-PyTorch attention instead"
+        f"the native worldbench kernels are unavailable ({reason}); "
+        f"set {ENV_VAR}=torch to use the pure-PyTorch implementation instead"
     )
 
 
@@ -57,21 +71,16 @@ def _cache_dir() -> Path:
     return Path(base) / "worldbench" / "kernels"
 
 
-def _compiler() -> str:
-    return os.environ.get("CXX", "g++")
-
-
 def _check_cpu() -> None:
     if platform.machine().lower() not in ("x86_64", "amd64"):
-        raise _fail(f"it needs an x86-64 CPU with AVX2 and FMA, this is {platform.machine()}")
+        raise _fail(f"they need an x86-64 CPU with AVX2 and FMA, this is {platform.machine()}")
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        cpuinfo = Path("/proc/cpuinfo").read_text()
     except OSError:
         return  # not Linux: let the compiler and the loader decide
-    for line in flags.splitlines():
+    for line in cpuinfo.splitlines():
         if line.startswith("flags"):
-            have = set(line.split(":", 1)[1].split())
-            missing = {"avx2", "fma"} - have
+            missing = {"avx2", "fma"} - set(line.split(":", 1)[1].split())
             if missing:
                 raise _fail(f"this CPU lacks {', '.join(sorted(missing))}")
             return
@@ -79,28 +88,30 @@ def _check_cpu() -> None:
 
 def _build() -> Path:
     _check_cpu()
-    compiler = _compiler()
+    compiler = os.environ.get("CXX", "g++")
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError) as err:
         raise _fail(f"no working C++ compiler '{compiler}': {err}") from None
-    source = _SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join(_FLAGS).encode() + version.encode()).hexdigest()[:16]
+    digest = hashlib.sha256(" ".join(_FLAGS).encode() + version.encode())
+    for source in _SOURCES:
+        digest.update(source.read_bytes())
     directory = _cache_dir()
-    target = directory / f"attention-{key}.so"
+    target = directory / f"worldbench-kernels-{digest.hexdigest()[:16]}.so"
     if target.exists():
         return target
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".so.tmp", dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp", dir=directory)
         os.close(fd)
     except OSError as err:
         raise _fail(f"cannot write the kernel cache {directory}: {err}") from None
     try:
-        result = subprocess.run([compiler, *_FLAGS, str(_SOURCE), "-o", tmp], capture_output=True, text=True)
+        result = subprocess.run([compiler, *_FLAGS, *map(str, _SOURCES), "-o", tmp], capture_output=True, text=True)
         if result.returncode != 0:
-            first = next((line for line in result.stderr.splitlines() if "error" in line), result.stderr.strip()[:300])
-            raise _fail(f"'{compiler}' failed to compile {_SOURCE.name}: {first}")
+            lines = result.stderr.splitlines()
+            first = next((line for line in lines if "error" in line), " ".join(lines)[:300])
+            raise _fail(f"'{compiler}' failed to compile them: {first}")
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -108,8 +119,28 @@ def _build() -> Path:
     return target
 
 
+def _declare(lib: ctypes.CDLL) -> None:
+    i64, ptr, f32, i32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int
+    signatures = {
+        "wb_attention_abi_version": ([], i32),
+        "wb_attention_stats_size": ([i64] * 5, i64),
+        "wb_attention_forward": ([ptr] * 3 + [i64] * 5 + [i32, f32, i32], i32),
+        "wb_attention_backward": ([ptr] * 5 + [i64] * 5 + [i32, f32, i32], i32),
+        "wb_add_rmsnorm_forward": ([ptr] * 3 + [f32] + [ptr] * 3 + [i64, i64, i32], None),
+        "wb_add_rmsnorm_backward": ([ptr] * 7 + [i64, i64, i32], None),
+        "wb_add_filmnorm_forward": ([ptr] * 3 + [f32] + [ptr] * 3 + [i64, i64, i64, i32], None),
+        "wb_add_filmnorm_backward": ([ptr] * 6 + [i64, i64, i64, i32], None),
+        "wb_swiglu_forward": ([ptr] * 2 + [i64, i64, i32], None),
+        "wb_swiglu_backward": ([ptr] * 3 + [i64, i64, i32], None),
+    }
+    for name, (args, result) in signatures.items():
+        fn = getattr(lib, name)
+        fn.argtypes = args
+        fn.restype = result
+
+
 def library() -> ctypes.CDLL:
-    """The loaded kernel library; builds it on first use."""
+    """The loaded kernel library; builds it on first use (a few seconds)."""
     global _library
     if _library is not None:
         return _library
@@ -118,69 +149,157 @@ def library() -> ctypes.CDLL:
             path = _build()
             try:
                 lib = ctypes.CDLL(str(path))
-            except OSError as err:
+                _declare(lib)
+            except (OSError, AttributeError) as err:
                 raise _fail(f"cannot load {path}: {err}") from None
             if lib.wb_attention_abi_version() != _ABI_VERSION:
                 raise _fail(f"{path} has an unexpected ABI version; delete it to rebuild")
-            i64, ptr = ctypes.c_int64, ctypes.c_void_p
-            lib.wb_attention_forward.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, i64, ctypes.c_int,
-                                                 ctypes.c_float, ctypes.c_int]
-            lib.wb_attention_forward.restype = ctypes.c_int
-            lib.wb_attention_backward.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, ctypes.c_int,
-                                                  ctypes.c_float, ctypes.c_int]
-            lib.wb_attention_backward.restype = ctypes.c_int
-            lib.wb_attention_stats_size.argtypes = [i64, i64, i64, i64, i64]
-            lib.wb_attention_stats_size.restype = i64
             _library = lib
     return _library
 
 
-# ----------------------------------------------------------------------------- autograd wrapper
-
-import math  # noqa: E402
-
-import torch  # noqa: E402
+def _threads() -> int:
+    return torch.get_num_threads()
 
 
-def _geometry(qkv: torch.Tensor, seq_dim: int, heads: int) -> tuple[int, int, int, int, int]:
-    """(outer, S, inner, heads, head dim) of a contiguous qkv [..., S, ..., 3E] with attention over seq_dim."""
-    shape = qkv.shape
-    outer = math.prod(shape[:seq_dim])
-    inner = math.prod(shape[seq_dim + 1 : -1])
-    return outer, shape[seq_dim], inner, heads, shape[-1] // (3 * heads)
+def _ptr(t: torch.Tensor) -> int:
+    return t.data_ptr()
 
 
-class _NativeAttention(torch.autograd.Function):
+# ----------------------------------------------------------------------------- attention
+
+class _Attention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qkv: torch.Tensor, heads: int, causal: bool, seq_dim: int) -> torch.Tensor:
         lib = library()
         qkv = qkv.contiguous()
-        outer, S, inner, h, d = _geometry(qkv, seq_dim, heads)
-        y = qkv.new_empty(*qkv.shape[:-1], h * d)
-        stats = qkv.new_empty(lib.wb_attention_stats_size(outer, S, inner, h, d))  # lse or probabilities
+        shape = qkv.shape
+        outer, S, inner = math.prod(shape[:seq_dim]), shape[seq_dim], math.prod(shape[seq_dim + 1 : -1])
+        d = shape[-1] // (3 * heads)
+        y = qkv.new_empty(*shape[:-1], heads * d)
+        stats = qkv.new_empty(lib.wb_attention_stats_size(outer, S, inner, heads, d))  # lse or probabilities
         scale = 1.0 / math.sqrt(d)
-        status = lib.wb_attention_forward(qkv.data_ptr(), y.data_ptr(), stats.data_ptr(), outer, S, inner, h, d,
-                                          int(causal), scale, torch.get_num_threads())
-        if status:
-            raise WorldbenchError(f"native attention does not support head dim {d}; set {ENV_VAR}=torch")
+        if lib.wb_attention_forward(_ptr(qkv), _ptr(y), _ptr(stats), outer, S, inner, heads, d, int(causal), scale,
+                                    _threads()):
+            raise WorldbenchError(f"the native attention supports head dims 1..64, not {d}; set {ENV_VAR}=torch")
         ctx.save_for_backward(qkv, y, stats)
-        ctx.config = (outer, S, inner, h, d, int(causal), scale)
+        ctx.config = (outer, S, inner, heads, d, int(causal), scale)
         return y
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
         qkv, y, stats = ctx.saved_tensors
-        outer, S, inner, h, d, causal, scale = ctx.config
         dy = dy.contiguous()
         dqkv = torch.empty_like(qkv)
-        library().wb_attention_backward(qkv.data_ptr(), y.data_ptr(), dy.data_ptr(), stats.data_ptr(), dqkv.data_ptr(),
-                                        outer, S, inner, h, d, causal, scale, torch.get_num_threads())
+        library().wb_attention_backward(_ptr(qkv), _ptr(y), _ptr(dy), _ptr(stats), _ptr(dqkv), *ctx.config, _threads())
         return dqkv, None, None, None
 
 
-def native_attention(qkv: torch.Tensor, heads: int, causal: bool, seq_dim: int) -> torch.Tensor:
-    """Multi-head attention over axis `seq_dim` (>= 0, not the last) of qkv [..., 3E] -> [..., E].
+def attention(qkv: torch.Tensor, heads: int, causal: bool, seq_dim: int) -> torch.Tensor:
+    """Multi-head softmax attention over axis `seq_dim` (>= 0, not the last) of qkv [..., 3E] -> [..., E].
 
-    qkv's last axis is (three heads d); float32 on the CPU only.
+    qkv's last axis is (three heads d), as the fused q/k/v projection makes it; every position
+    along the other axes is an independent sequence. Scale 1/sqrt(d), causal: key <= query.
     """
-    return _NativeAttention.apply(qkv, heads, causal, seq_dim)
+    return _Attention.apply(qkv, heads, causal, seq_dim)
+
+
+# ----------------------------------------------------------------------------- residual + norm
+
+class _AddRMSNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, f: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        x, f, weight = x.contiguous(), f.contiguous(), weight.contiguous()
+        E = x.shape[-1]
+        N = x.numel() // E
+        y, zhat = torch.empty_like(x), torch.empty_like(x)
+        rstd = x.new_empty(N)
+        library().wb_add_rmsnorm_forward(_ptr(x), _ptr(f), _ptr(weight), eps, _ptr(y), _ptr(zhat), _ptr(rstd), N, E,
+                                         _threads())
+        ctx.save_for_backward(zhat, rstd, weight)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        zhat, rstd, weight = ctx.saved_tensors
+        dy = dy.contiguous()
+        E = zhat.shape[-1]
+        N = zhat.numel() // E
+        dz = torch.empty_like(zhat)
+        dw = torch.empty_like(weight)
+        scratch = zhat.new_empty((N + 255) // 256, E)
+        library().wb_add_rmsnorm_backward(_ptr(dy), _ptr(zhat), _ptr(rstd), _ptr(weight), _ptr(dz), _ptr(dw),
+                                          _ptr(scratch), N, E, _threads())
+        return dz, dz, dw, None
+
+
+def add_rmsnorm(x: torch.Tensor, f: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm(x + f) with a learned weight, fused; x and f [..., E] of the same shape."""
+    return _AddRMSNorm.apply(x, f, weight, eps)
+
+
+class _AddFiLMNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, f: torch.Tensor, film: torch.Tensor, group: int, eps: float) -> torch.Tensor:
+        x, f, film = x.contiguous(), f.contiguous(), film.contiguous()
+        E = x.shape[-1]
+        N = x.numel() // E
+        y, zhat = torch.empty_like(x), torch.empty_like(x)
+        rstd = x.new_empty(N)
+        library().wb_add_filmnorm_forward(_ptr(x), _ptr(f), _ptr(film), eps, _ptr(y), _ptr(zhat), _ptr(rstd), N, E,
+                                          group, _threads())
+        ctx.save_for_backward(zhat, rstd, film)
+        ctx.group = group
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        zhat, rstd, film = ctx.saved_tensors
+        dy = dy.contiguous()
+        E = zhat.shape[-1]
+        N = zhat.numel() // E
+        dz = torch.empty_like(zhat)
+        dfilm = torch.empty_like(film)
+        library().wb_add_filmnorm_backward(_ptr(dy), _ptr(zhat), _ptr(rstd), _ptr(film), _ptr(dz), _ptr(dfilm), N, E,
+                                           ctx.group, _threads())
+        return dz, dz, dfilm, None, None
+
+
+def add_filmnorm(x: torch.Tensor, f: torch.Tensor, film: torch.Tensor, eps: float) -> torch.Tensor:
+    """LayerNorm(x + f) * (1 + gamma) + beta, fused.
+
+    x, f [G..., R, E]; film [G..., 2E] = (gamma | beta), one row per group of R rows.
+    """
+    group = x.shape[-2]
+    return _AddFiLMNorm.apply(x, f, film, group, eps)
+
+
+# ----------------------------------------------------------------------------- SwiGLU activation
+
+class _SwiGLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h: torch.Tensor) -> torch.Tensor:
+        h = h.contiguous()
+        width = h.shape[-1] // 2
+        N = h.numel() // h.shape[-1]
+        u = h.new_empty(*h.shape[:-1], width)
+        library().wb_swiglu_forward(_ptr(h), _ptr(u), N, width, _threads())
+        ctx.save_for_backward(h)
+        return u
+
+    @staticmethod
+    def backward(ctx, du: torch.Tensor):
+        (h,) = ctx.saved_tensors
+        du = du.contiguous()
+        width = h.shape[-1] // 2
+        N = h.numel() // h.shape[-1]
+        dh = torch.empty_like(h)
+        library().wb_swiglu_backward(_ptr(h), _ptr(du), _ptr(dh), N, width, _threads())
+        return dh
+
+
+def swiglu(h: torch.Tensor) -> torch.Tensor:
+    """silu(value) * gate for h [..., 2W] = (value | gate) -> [..., W]; W must be a multiple of 8."""
+    if h.shape[-1] % 16:
+        raise WorldbenchError(f"the native SwiGLU needs (value | gate) widths that are multiples of 8, got {h.shape[-1]}")
+    return _SwiGLU.apply(h)

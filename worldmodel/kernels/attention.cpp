@@ -107,151 +107,215 @@ inline void row_item_base(const Geometry& g, int64_t item, int64_t& qkv_off, int
     lse_off = item * g.S;
 }
 
-// Leading dimension of the packed [d][S] arrays: S padded to 8 lanes plus 16 floats, so that rows
-// and arrays do not sit a multiple of 4 KiB apart (loads would falsely wait on stores: 4K aliasing).
-inline int64_t packed_ld(int64_t S) { return (S + kLanes - 1) / kLanes * kLanes + 16; }
+inline int64_t round8(int64_t n) { return (n + kLanes - 1) / kLanes * kLanes; }
 
-// Transposed, zero-padded copies of one item's keys and values: kt[c * spad + j] = k[j][c].
-void pack_kv(const float* qkv, const Geometry& g, int64_t qkv_off, int64_t spad, int d, float* kt, float* vt) {
-    std::memset(kt, 0, sizeof(float) * d * spad);
-    std::memset(vt, 0, sizeof(float) * d * spad);
-    const float* k = qkv + qkv_off + g.E;
-    const float* v = qkv + qkv_off + 2 * g.E;
-    for (int64_t j = 0; j < g.S; ++j) {
-        const float* kr = k + j * g.qkv_row;
-        const float* vr = v + j * g.qkv_row;
-        for (int c = 0; c < d; ++c) {
-            kt[c * spad + j] = kr[c];
-            vt[c * spad + j] = vr[c];
-        }
+// Leading dimension of packed [d][S] arrays: S padded to 8 lanes plus 16 floats, so that rows and
+// arrays do not sit a multiple of 4 KiB apart (loads would falsely wait on stores: 4K aliasing).
+inline int64_t packed_ld(int64_t S) { return round8(S) + 16; }
+
+// dst[j * d + c] = src[j * stride + c]: one head's rows, contiguous.
+inline void pack_rows(const float* src, int64_t stride, int64_t S, int d, float* dst) {
+    for (int64_t j = 0; j < S; ++j) {
+        for (int c = 0; c < d; ++c) dst[j * d + c] = src[j * stride + c];
     }
 }
 
-// lse2 [items, S]: log2 of the row sum of 2^(scores * log2e), i.e. the natural lse times log2e.
+// dst[c * ld + j] = src[j * stride + c], zero for S <= j < ld: one head's rows, transposed.
+inline void pack_cols(const float* src, int64_t stride, int64_t S, int d, int64_t ld, float* dst) {
+    std::memset(dst, 0, sizeof(float) * d * ld);
+    for (int64_t j = 0; j < S; ++j) {
+        for (int c = 0; c < d; ++c) dst[c * ld + j] = src[j * stride + c];
+    }
+}
+
+// Lanes l with l >= first set: query i0 + l may see key j = i0 + first (causal, diagonal block).
+inline __m256 causal_lanes(int64_t first) {
+    const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_castsi256_ps(_mm256_cmpgt_epi32(idx, _mm256_set1_epi32(static_cast<int>(first) - 1)));
+}
+
+// Forward with 8 queries in the lanes of a vector: a key's scores against them are d FMAs with the
+// key's entries broadcast, the softmax statistics are per lane, and nothing is reduced across
+// lanes. Two passes per block of queries: scores and row max, then exp, row sum and P V.
+// lse2 [items, S] is log2 of the row sum of 2^(score log2e): the natural lse times log2e.
 template <int D>
 void rows_forward(const float* qkv, float* y, float* lse2, const Geometry& g, int causal, float scale, int threads) {
-    const int64_t spad = packed_ld(g.S);
     const int d = D > 0 ? D : static_cast<int>(g.d);
+    const int64_t S = g.S;
     const int64_t items = g.outer * g.inner * g.heads;
     const float qscale = scale * kLog2e;  // scores in base-2 units: 2^(s log2e) = e^s
+    const int64_t rows = round8(S * d) + 16;
 #pragma omp parallel num_threads(threads)
     {
-        float* buffer = aligned_floats((2 * d + 1) * spad + 32);
-        float* kt = buffer;
-        float* vt = kt + d * spad + 16;
-        float* sc = vt + d * spad + 16;
-#pragma omp for schedule(static)
+        float* buffer = aligned_floats(2 * rows + kLanes * S + 64);
+        float* kr = buffer;
+        float* vr = kr + rows;
+        float* sc = vr + rows;  // [S][8]: the scores of the current block of queries
+        alignas(32) float qt[D > 0 ? D : kMaxD][kLanes];
+        alignas(32) float ot[D > 0 ? D : kMaxD][kLanes];
+        alignas(32) float mt[kLanes], st[kLanes];
+#pragma omp for schedule(dynamic, 4)
         for (int64_t item = 0; item < items; ++item) {
             int64_t qkv_off, y_off, lse_off;
             row_item_base(g, item, qkv_off, y_off, lse_off);
-            pack_kv(qkv, g, qkv_off, spad, d, kt, vt);
-            for (int64_t s = 0; s < g.S; ++s) {
-                const float* q = qkv + qkv_off + s * g.qkv_row;
-                const int64_t n = causal ? s + 1 : g.S;  // keys [0, n) are visible
-                const int64_t nv = (n + kLanes - 1) / kLanes;
-                __m256 qs[D > 0 ? D : kMaxD];
-                for (int c = 0; c < d; ++c) qs[c] = _mm256_set1_ps(q[c] * qscale);
-                __m256 vmax = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
-                for (int64_t b = 0; b < nv; ++b) {
-                    const int64_t j = b * kLanes;
-                    __m256 acc = _mm256_mul_ps(qs[0], _mm256_load_ps(kt + j));
-                    for (int c = 1; c < d; ++c) acc = _mm256_fmadd_ps(qs[c], _mm256_load_ps(kt + c * spad + j), acc);
-                    if (j + kLanes > n) {
-                        acc = _mm256_blendv_ps(_mm256_set1_ps(-std::numeric_limits<float>::infinity()), acc,
-                                               lane_mask(n - j));
+            pack_rows(qkv + qkv_off + g.E, g.qkv_row, S, d, kr);
+            pack_rows(qkv + qkv_off + 2 * g.E, g.qkv_row, S, d, vr);
+            for (int64_t i0 = 0; i0 < S; i0 += kLanes) {
+                const int64_t valid = S - i0 < kLanes ? S - i0 : kLanes;
+                for (int c = 0; c < d; ++c) {
+                    for (int64_t l = 0; l < kLanes; ++l) {
+                        qt[c][l] = l < valid ? qkv[qkv_off + (i0 + l) * g.qkv_row + c] * qscale : 0.0f;
                     }
-                    _mm256_store_ps(sc + j, acc);
-                    vmax = _mm256_max_ps(vmax, acc);
                 }
-                const float m = hmax(vmax);
-                const __m256 mv = _mm256_set1_ps(m);
-                __m256 vsum = _mm256_setzero_ps();
+                __m256 qv[D > 0 ? D : kMaxD];
+                for (int c = 0; c < d; ++c) qv[c] = _mm256_load_ps(qt[c]);
+                const int64_t n = causal ? (i0 + kLanes < S ? i0 + kLanes : S) : S;  // keys any lane sees
+                __m256 m = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+                for (int64_t j = 0; j < n; ++j) {
+                    const float* kj = kr + j * d;
+                    __m256 s = _mm256_mul_ps(qv[0], _mm256_broadcast_ss(kj));
+                    for (int c = 1; c < d; ++c) s = _mm256_fmadd_ps(qv[c], _mm256_broadcast_ss(kj + c), s);
+                    if (causal && j > i0) {
+                        s = _mm256_blendv_ps(_mm256_set1_ps(-std::numeric_limits<float>::infinity()), s,
+                                             causal_lanes(j - i0));
+                    }
+                    _mm256_store_ps(sc + j * kLanes, s);
+                    m = _mm256_max_ps(m, s);
+                }
+                __m256 sum = _mm256_setzero_ps();
                 __m256 out[D > 0 ? D : kMaxD];
                 for (int c = 0; c < d; ++c) out[c] = _mm256_setzero_ps();
-                for (int64_t b = 0; b < nv; ++b) {
-                    const int64_t j = b * kLanes;
-                    __m256 e = exp2_nonpositive(_mm256_sub_ps(_mm256_load_ps(sc + j), mv));
-                    if (j + kLanes > n) e = _mm256_and_ps(e, lane_mask(n - j));
-                    vsum = _mm256_add_ps(vsum, e);
-                    for (int c = 0; c < d; ++c) out[c] = _mm256_fmadd_ps(e, _mm256_load_ps(vt + c * spad + j), out[c]);
+                for (int64_t j = 0; j < n; ++j) {
+                    __m256 e = exp2_nonpositive(_mm256_sub_ps(_mm256_load_ps(sc + j * kLanes), m));
+                    if (causal && j > i0) e = _mm256_and_ps(e, causal_lanes(j - i0));
+                    sum = _mm256_add_ps(sum, e);
+                    const float* vj = vr + j * d;
+                    for (int c = 0; c < d; ++c) out[c] = _mm256_fmadd_ps(e, _mm256_broadcast_ss(vj + c), out[c]);
                 }
-                const float sum = hsum(vsum);
-                const float inv = 1.0f / sum;
-                float* yr = y + y_off + s * g.y_row;
-                for (int c = 0; c < d; ++c) yr[c] = hsum(out[c]) * inv;
-                lse2[lse_off + s] = m + std::log2(sum);
+                const __m256 inv = _mm256_div_ps(_mm256_set1_ps(1.0f), sum);
+                for (int c = 0; c < d; ++c) _mm256_store_ps(ot[c], _mm256_mul_ps(out[c], inv));
+                _mm256_store_ps(mt, m);
+                _mm256_store_ps(st, sum);
+                for (int64_t l = 0; l < valid; ++l) {
+                    float* yr = y + y_off + (i0 + l) * g.y_row;
+                    for (int c = 0; c < d; ++c) yr[c] = ot[c][l];
+                    lse2[lse_off + i0 + l] = mt[l] + std::log2(st[l]);
+                }
             }
         }
         std::free(buffer);
     }
 }
 
+// Backward, FlashAttention-2 style (probabilities recomputed from lse2), in two passes per block of
+// kQueryBlock queries. Pass A, keys in lanes, per query: scores, probabilities p, dp = dO . v,
+// ds = p (dp - D) (written to small per-block buffers) and dq = scale sum_j ds_j k_j. Pass B, keys
+// in lanes: dk_j += ds q and dv_j += p dO over the block's queries, with the accumulators held in
+// registers across the block instead of read and written once per query.
+constexpr int64_t kQueryBlock = 8;
+
 template <int D>
 void rows_backward(const float* qkv, const float* y, const float* dy, const float* lse2, float* dqkv, const Geometry& g,
                    int causal, float scale, int threads) {
-    const int64_t spad = packed_ld(g.S);
     const int d = D > 0 ? D : static_cast<int>(g.d);
+    const int64_t S = g.S;
+    const int64_t ld = packed_ld(S);
     const int64_t items = g.outer * g.inner * g.heads;
     const float qscale = scale * kLog2e;
 #pragma omp parallel num_threads(threads)
     {
-        float* buffer = aligned_floats(4 * d * spad + 64);
+        float* buffer = aligned_floats((4 * d + 2 * kQueryBlock) * ld + 64);
         float* kt = buffer;
-        float* vt = kt + d * spad + 16;
-        float* dkt = vt + d * spad + 16;
-        float* dvt = dkt + d * spad + 16;
-#pragma omp for schedule(static)
+        float* vt = kt + d * ld;
+        float* dkt = vt + d * ld;
+        float* dvt = dkt + d * ld;
+        float* pb = dvt + d * ld;            // [kQueryBlock][ld] probabilities
+        float* db = pb + kQueryBlock * ld;   // [kQueryBlock][ld] ds
+        alignas(32) float qtab[kQueryBlock][D > 0 ? D : kMaxD];
+        alignas(32) float dotab[kQueryBlock][D > 0 ? D : kMaxD];
+#pragma omp for schedule(dynamic, 4)
         for (int64_t item = 0; item < items; ++item) {
             int64_t qkv_off, y_off, lse_off;
             row_item_base(g, item, qkv_off, y_off, lse_off);
-            pack_kv(qkv, g, qkv_off, spad, d, kt, vt);
-            std::memset(dkt, 0, sizeof(float) * d * spad);
-            std::memset(dvt, 0, sizeof(float) * d * spad);
-            for (int64_t s = 0; s < g.S; ++s) {
-                const float* q = qkv + qkv_off + s * g.qkv_row;
-                const float* o = y + y_off + s * g.y_row;
-                const float* dor = dy + y_off + s * g.y_row;
-                const int64_t n = causal ? s + 1 : g.S;
-                const int64_t nv = (n + kLanes - 1) / kLanes;
-                float delta = 0.0f;  // D_s = dO_s . O_s
-                for (int c = 0; c < d; ++c) delta += dor[c] * o[c];
-                __m256 qs[D > 0 ? D : kMaxD], dos[D > 0 ? D : kMaxD], dq[D > 0 ? D : kMaxD];
-                for (int c = 0; c < d; ++c) {
-                    qs[c] = _mm256_set1_ps(q[c] * qscale);
-                    dos[c] = _mm256_set1_ps(dor[c]);
-                    dq[c] = _mm256_setzero_ps();
-                }
-                const __m256 lv = _mm256_set1_ps(lse2[lse_off + s]);
-                const __m256 dv = _mm256_set1_ps(delta);
-                for (int64_t b = 0; b < nv; ++b) {
-                    const int64_t j = b * kLanes;
-                    __m256 sc = _mm256_mul_ps(qs[0], _mm256_load_ps(kt + j));
-                    __m256 dp = _mm256_mul_ps(dos[0], _mm256_load_ps(vt + j));
-                    for (int c = 1; c < d; ++c) {
-                        sc = _mm256_fmadd_ps(qs[c], _mm256_load_ps(kt + c * spad + j), sc);
-                        dp = _mm256_fmadd_ps(dos[c], _mm256_load_ps(vt + c * spad + j), dp);
-                    }
-                    __m256 pr = exp2_nonpositive(_mm256_sub_ps(sc, lv));  // the probabilities
-                    if (j + kLanes > n) pr = _mm256_and_ps(pr, lane_mask(n - j));
-                    const __m256 ds = _mm256_mul_ps(pr, _mm256_sub_ps(dp, dv));  // d loss / d score
+            pack_cols(qkv + qkv_off + g.E, g.qkv_row, S, d, ld, kt);
+            pack_cols(qkv + qkv_off + 2 * g.E, g.qkv_row, S, d, ld, vt);
+            std::memset(dkt, 0, sizeof(float) * d * ld);
+            std::memset(dvt, 0, sizeof(float) * d * ld);
+            for (int64_t i0 = 0; i0 < S; i0 += kQueryBlock) {
+                const int64_t nb = S - i0 < kQueryBlock ? S - i0 : kQueryBlock;
+                const int64_t n_block = causal ? i0 + nb : S;  // keys the block's last query sees
+                const int64_t nv_block = (n_block + kLanes - 1) / kLanes;
+                for (int64_t ii = 0; ii < nb; ++ii) {
+                    const int64_t s = i0 + ii;
+                    const float* q = qkv + qkv_off + s * g.qkv_row;
+                    const float* o = y + y_off + s * g.y_row;
+                    const float* dor = dy + y_off + s * g.y_row;
+                    const int64_t n = causal ? s + 1 : S;  // keys [0, n) are visible
+                    const int64_t nv = (n + kLanes - 1) / kLanes;
+                    float delta = 0.0f;  // D_s = dO_s . O_s
+                    for (int c = 0; c < d; ++c) delta += dor[c] * o[c];
+                    __m256 qs[D > 0 ? D : kMaxD], dos[D > 0 ? D : kMaxD], dq[D > 0 ? D : kMaxD];
                     for (int c = 0; c < d; ++c) {
-                        float* dvc = dvt + c * spad + j;
-                        float* dkc = dkt + c * spad + j;
-                        _mm256_store_ps(dvc, _mm256_fmadd_ps(pr, dos[c], _mm256_load_ps(dvc)));
-                        _mm256_store_ps(dkc, _mm256_fmadd_ps(ds, qs[c], _mm256_load_ps(dkc)));
-                        dq[c] = _mm256_fmadd_ps(ds, _mm256_load_ps(kt + c * spad + j), dq[c]);
+                        qtab[ii][c] = q[c] * qscale;
+                        dotab[ii][c] = dor[c];
+                        qs[c] = _mm256_set1_ps(qtab[ii][c]);
+                        dos[c] = _mm256_set1_ps(dor[c]);
+                        dq[c] = _mm256_setzero_ps();
+                    }
+                    const __m256 lv = _mm256_set1_ps(lse2[lse_off + s]);
+                    const __m256 dv = _mm256_set1_ps(delta);
+                    float* prow = pb + ii * ld;
+                    float* drow = db + ii * ld;
+                    for (int64_t b = 0; b < nv; ++b) {
+                        const int64_t j = b * kLanes;
+                        __m256 sc = _mm256_mul_ps(qs[0], _mm256_load_ps(kt + j));
+                        __m256 dp = _mm256_mul_ps(dos[0], _mm256_load_ps(vt + j));
+                        for (int c = 1; c < d; ++c) {
+                            sc = _mm256_fmadd_ps(qs[c], _mm256_load_ps(kt + c * ld + j), sc);
+                            dp = _mm256_fmadd_ps(dos[c], _mm256_load_ps(vt + c * ld + j), dp);
+                        }
+                        __m256 pr = exp2_nonpositive(_mm256_sub_ps(sc, lv));  // the probabilities
+                        if (j + kLanes > n) pr = _mm256_and_ps(pr, lane_mask(n - j));
+                        const __m256 ds = _mm256_mul_ps(pr, _mm256_sub_ps(dp, dv));  // d loss / d score
+                        _mm256_store_ps(prow + j, pr);
+                        _mm256_store_ps(drow + j, ds);
+                        for (int c = 0; c < d; ++c) dq[c] = _mm256_fmadd_ps(ds, _mm256_load_ps(kt + c * ld + j), dq[c]);
+                    }
+                    for (int64_t b = nv; b < nv_block; ++b) {
+                        _mm256_store_ps(prow + b * kLanes, _mm256_setzero_ps());
+                        _mm256_store_ps(drow + b * kLanes, _mm256_setzero_ps());
+                    }
+                    float* dqr = dqkv + qkv_off + s * g.qkv_row;
+                    for (int c = 0; c < d; ++c) dqr[c] = hsum(dq[c]) * scale;
+                }
+                for (int64_t b = 0; b < nv_block; ++b) {
+                    const int64_t j = b * kLanes;
+                    __m256 dk[D > 0 ? D : kMaxD], dvv[D > 0 ? D : kMaxD];
+                    for (int c = 0; c < d; ++c) {
+                        dk[c] = _mm256_load_ps(dkt + c * ld + j);
+                        dvv[c] = _mm256_load_ps(dvt + c * ld + j);
+                    }
+                    for (int64_t ii = 0; ii < nb; ++ii) {
+                        const __m256 pr = _mm256_load_ps(pb + ii * ld + j);
+                        const __m256 ds = _mm256_load_ps(db + ii * ld + j);
+                        for (int c = 0; c < d; ++c) {
+                            dvv[c] = _mm256_fmadd_ps(pr, _mm256_broadcast_ss(&dotab[ii][c]), dvv[c]);
+                            dk[c] = _mm256_fmadd_ps(ds, _mm256_broadcast_ss(&qtab[ii][c]), dk[c]);
+                        }
+                    }
+                    for (int c = 0; c < d; ++c) {
+                        _mm256_store_ps(dkt + c * ld + j, dk[c]);
+                        _mm256_store_ps(dvt + c * ld + j, dvv[c]);
                     }
                 }
-                float* dqr = dqkv + qkv_off + s * g.qkv_row;
-                for (int c = 0; c < d; ++c) dqr[c] = hsum(dq[c]) * scale;
             }
             // dkt accumulated ds * q * scale * log2e: divide the log2e back out.
             float* dk = dqkv + qkv_off + g.E;
-            float* dvv = dqkv + qkv_off + 2 * g.E;
-            for (int64_t j = 0; j < g.S; ++j) {
+            float* dvo = dqkv + qkv_off + 2 * g.E;
+            for (int64_t j = 0; j < S; ++j) {
                 for (int c = 0; c < d; ++c) {
-                    dk[j * g.qkv_row + c] = dkt[c * spad + j] * kLn2;
-                    dvv[j * g.qkv_row + c] = dvt[c * spad + j];
+                    dk[j * g.qkv_row + c] = dkt[c * ld + j] * kLn2;
+                    dvo[j * g.qkv_row + c] = dvt[c * ld + j];
                 }
             }
         }
@@ -300,7 +364,7 @@ void small_forward(const float* qkv, float* y, float* probs, const Geometry& g, 
         float* kb = aligned_floats(block);
         float* vb = aligned_floats(block);
         float* ob = aligned_floats(block);
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 32)
         for (int64_t item = 0; item < items; ++item) {
             const int64_t o = item / g.inner, i = item % g.inner;
             const float* base = qkv + (o * S * g.inner + i) * 3 * g.E;
@@ -367,7 +431,7 @@ void small_backward(const float* qkv, const float* y, const float* dy, const flo
         float* dkb = aligned_floats(block);
         float* dvb = aligned_floats(block);
         float* delta = aligned_floats(S * hp);
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 32)
         for (int64_t item = 0; item < items; ++item) {
             const int64_t o = item / g.inner, i = item % g.inner;
             const float* base = qkv + (o * S * g.inner + i) * 3 * g.E;
@@ -437,7 +501,7 @@ bool use_small(const Geometry& g) { return g.S <= kSmallMax; }
 
 extern "C" {
 
-int wb_attention_abi_version() { return 2; }
+int wb_attention_abi_version() { return 3; }
 
 // Floats of the statistics buffer the forward fills and the backward reads.
 int64_t wb_attention_stats_size(int64_t outer, int64_t S, int64_t inner, int64_t heads, int64_t d) {
