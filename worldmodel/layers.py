@@ -2,6 +2,12 @@
 
 Token layout everywhere: x is [B, T, P, E] (batch, time, patches per frame, embed).
 Every sub-layer is post-norm, `norm(x + f(x))`, as in the anchor implementation.
+
+Speed path: for float32 CPU tensors the attention (spatial over the P patches of a frame, causal
+temporal over T), the residual + norm and the SwiGLU activation run as native kernels
+(worldmodel.kernels, compiled on first use) that compute the same math to float rounding; the
+attention reads q/k/v straight from the fused projection's [B, T, P, 3E] output, so no layout copies
+are made. WORLDBENCH_ATTENTION=torch selects the plain PyTorch ops everywhere, for comparison.
 """
 from __future__ import annotations
 
@@ -101,9 +107,10 @@ class FiLMNorm(nn.Module):
 
     def residual(self, x: torch.Tensor, f: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """norm(x + f, cond)."""
-        film = self.to_scale_shift(F.silu(cond))  # [B, T, 2E] = (gamma | beta)
-        if x.shape == f.shape and film.shape[:-1] == x.shape[:-2] and kernels.use_native(x, f, film):
-            return kernels.add_filmnorm(x, f, film, self.eps)
+        if x.shape == f.shape and cond is not None and cond.shape[:-1] == x.shape[:-2] and kernels.use_native(x, f):
+            film = self.to_scale_shift(F.silu(cond))  # [B, T, 2E] = (gamma | beta), one row per frame
+            if kernels.use_native(film):
+                return kernels.add_filmnorm(x, f, film, self.eps)
         return self(x + f, cond)
 
 
@@ -127,6 +134,8 @@ def attend(qkv: torch.Tensor, heads: int, causal: bool = False, seq_dim: int = -
     seq_dim = seq_dim % qkv.dim()
     if seq_dim == qkv.dim() - 1:
         raise WorldbenchError("attention cannot run over the channel axis; pass seq_dim < -1")
+    if qkv.shape[-1] % (3 * heads):
+        raise WorldbenchError(f"qkv width {qkv.shape[-1]} is not 3 x heads x head dim for {heads} heads")
     if kernels.use_native(qkv):
         return kernels.attention(qkv, heads, causal, seq_dim)
     return _torch_attention(qkv, heads, causal, seq_dim)

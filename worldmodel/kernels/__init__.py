@@ -30,6 +30,7 @@ import threading
 from pathlib import Path
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from worldmodel.errors import WorldbenchError
 
@@ -116,7 +117,18 @@ def _build() -> Path:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    _prune(directory, keep=4)
     return target
+
+
+def _prune(directory: Path, keep: int) -> None:
+    """Delete all but the `keep` newest builds (older sources, compilers); loaded copies stay mapped."""
+    builds = sorted(directory.glob("worldbench-kernels-*.so"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in builds[keep:]:
+        try:
+            old.unlink()
+        except OSError:
+            pass
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -187,6 +199,7 @@ class _Attention(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dy: torch.Tensor):
         qkv, y, stats = ctx.saved_tensors
         dy = dy.contiguous()
@@ -220,6 +233,7 @@ class _AddRMSNorm(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dy: torch.Tensor):
         zhat, rstd, weight = ctx.saved_tensors
         dy = dy.contiguous()
@@ -253,6 +267,7 @@ class _AddFiLMNorm(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dy: torch.Tensor):
         zhat, rstd, film = ctx.saved_tensors
         dy = dy.contiguous()
@@ -288,6 +303,7 @@ class _SwiGLU(torch.autograd.Function):
         return u
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, du: torch.Tensor):
         (h,) = ctx.saved_tensors
         du = du.contiguous()

@@ -9,12 +9,15 @@
 // outer = B*T, inner = 1; the temporal one is outer = B, S = T, inner = P. The output y is
 // [outer, S, inner, E]: heads concatenated, ready for the out projection. dqkv has qkv's layout.
 //
-// Two paths, both exact softmax (max-subtracted, full row sum; no online rescaling):
+// Two paths, both exact softmax (max-subtracted, full row sum; no online rescaling), computed in
+// base 2 (scores scaled by log2 e, exp2 by a polynomial accurate to float rounding):
 //
-// * rows (long sequences): one work item is one (outer, inner, head). Its keys and values are
-//   packed transposed ([d][S], zero-padded to a multiple of 8) so the scores of one query against
-//   8 keys are d FMAs. The forward stores the row log-sum-exp (base 2) and the backward
-//   recomputes the probabilities from it, as in FlashAttention-2.
+// * rows (long sequences, the spatial attention over P patches): one work item is one
+//   (outer, inner, head). The forward puts 8 queries in the lanes of a vector and broadcasts the
+//   keys, so the softmax statistics are per lane and nothing is reduced across lanes; it stores
+//   the row log-sum-exp. The backward recomputes the probabilities from it (as FlashAttention-2)
+//   with the keys in the lanes: pass A per query (p, ds = p (dp - D), dq), pass B per block of 8
+//   queries (dk += ds q, dv += p dO with the accumulators kept in registers).
 // * heads-in-lanes (short sequences, S <= kSmallMax: the causal temporal attention over T
 //   frames): one work item is one (outer, inner); q/k/v are packed as [S][d][heads] so 8 heads are
 //   processed per vector with no horizontal reductions. The forward stores the probabilities
@@ -38,36 +41,31 @@ constexpr int64_t kSmallMax = 16;
 constexpr float kLog2e = 1.44269504088896341f;
 constexpr float kLn2 = 0.693147180559945309f;
 
-// 2^x for x <= 0: x = n + r with n = round(x), r in [-1/2, 1/2], 2^r from a degree-6 polynomial
-// fitted for minimal relative error (1e-7, i.e. float rounding), evaluated in Estrin form (short
-// dependency chain), times 2^n built in the exponent field. Inputs below -125 are clamped so
-// results stay normal floats (>= 2^-125.5); such terms are negligible next to a softmax row sum >= 1.
+// 2^x for x <= 0: x = n + r with n = round(x) and r in [-1/2, 1/2], 2^r from a degree-6 polynomial
+// fitted for minimal relative error (1e-7, i.e. float rounding) and evaluated in Estrin form (a
+// short dependency chain), 2^n added into the exponent field. The rounding uses the shifter trick:
+// in t = x + 1.5 * 2^23 the low mantissa bits hold n, so t - 1.5 * 2^23 = n and t << 23 puts n in
+// the exponent bits. Inputs below -125 are clamped so results stay normal floats (>= 2^-125.5):
+// such terms are negligible next to a softmax row sum >= 1.
 inline __m256 exp2_nonpositive(__m256 x) {
+    const __m256 shifter = _mm256_set1_ps(12582912.0f);  // 0x1.8p23
     x = _mm256_max_ps(x, _mm256_set1_ps(-125.0f));
-    const __m256 n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m256 r = _mm256_sub_ps(x, n);
-    const __m256i pow2n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    const __m256 t = _mm256_add_ps(x, shifter);
+    const __m256 r = _mm256_sub_ps(x, _mm256_sub_ps(t, shifter));
     const __m256 r2 = _mm256_mul_ps(r, r);
     const __m256 a = _mm256_fmadd_ps(_mm256_set1_ps(6.9314718246459961e-1f), r, _mm256_set1_ps(1.0f));
     const __m256 b = _mm256_fmadd_ps(_mm256_set1_ps(5.5503323674201965e-2f), r, _mm256_set1_ps(2.4022647738456726e-1f));
     __m256 c = _mm256_fmadd_ps(_mm256_set1_ps(1.3398875016719103e-3f), r, _mm256_set1_ps(9.6184369176626205e-3f));
     c = _mm256_fmadd_ps(_mm256_set1_ps(1.5353361959569156e-4f), r2, c);
     const __m256 r4 = _mm256_mul_ps(r2, r2);
-    const __m256 p = _mm256_fmadd_ps(c, r4, _mm256_fmadd_ps(b, r2, a));
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(pow2n));
+    const __m256 p = _mm256_fmadd_ps(c, r4, _mm256_fmadd_ps(b, r2, a));  // 2^r in [0.70, 1.42]
+    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), _mm256_slli_epi32(_mm256_castps_si256(t), 23)));
 }
 
 inline float hsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-inline float hmax(__m256 v) {
-    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_max_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
 

@@ -20,19 +20,36 @@ namespace {
 
 constexpr int64_t kRowBlock = 256;  // rows per partial sum of a parameter gradient
 
-inline float row_sumsq(const float* z, int64_t E) {
+inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+// sum_e a_e b_e over a row (b = nullptr: sum_e a_e), with 8-lane partial sums when E % 8 == 0
+// (the compiler may not reorder a float reduction itself).
+inline float row_dot(const float* a, const float* b, int64_t E) {
+    if (E % 8 == 0) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t e = 0; e < E; e += 8) {
+            const __m256 va = _mm256_loadu_ps(a + e);
+            acc = b ? _mm256_fmadd_ps(va, _mm256_loadu_ps(b + e), acc) : _mm256_add_ps(acc, va);
+        }
+        return hsum(acc);
+    }
     float s = 0.0f;
-    for (int64_t e = 0; e < E; ++e) s += z[e] * z[e];
+    for (int64_t e = 0; e < E; ++e) s += b ? a[e] * b[e] : a[e];
     return s;
 }
 
-// e^x for x <= 0 (see attention.cpp for the method), scalar lanes via AVX2.
+// e^x for x <= 0 as 2^(x log2 e), with attention.cpp's exp2 (shifter-trick rounding, degree-6
+// polynomial for 2^r, r in [-1/2, 1/2]; relative error ~1e-7, i.e. float rounding).
 inline __m256 exp_nonpositive(__m256 x) {
-    x = _mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f));
-    x = _mm256_max_ps(x, _mm256_set1_ps(-125.0f));
-    const __m256 n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m256 r = _mm256_sub_ps(x, n);
-    const __m256i pow2n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    const __m256 shifter = _mm256_set1_ps(12582912.0f);  // 0x1.8p23
+    x = _mm256_max_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _mm256_set1_ps(-125.0f));
+    const __m256 t = _mm256_add_ps(x, shifter);
+    const __m256 r = _mm256_sub_ps(x, _mm256_sub_ps(t, shifter));
     const __m256 r2 = _mm256_mul_ps(r, r);
     const __m256 a = _mm256_fmadd_ps(_mm256_set1_ps(6.9314718246459961e-1f), r, _mm256_set1_ps(1.0f));
     const __m256 b = _mm256_fmadd_ps(_mm256_set1_ps(5.5503323674201965e-2f), r, _mm256_set1_ps(2.4022647738456726e-1f));
@@ -40,7 +57,7 @@ inline __m256 exp_nonpositive(__m256 x) {
     c = _mm256_fmadd_ps(_mm256_set1_ps(1.5353361959569156e-4f), r2, c);
     const __m256 r4 = _mm256_mul_ps(r2, r2);
     const __m256 p = _mm256_fmadd_ps(c, r4, _mm256_fmadd_ps(b, r2, a));
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(pow2n));
+    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), _mm256_slli_epi32(_mm256_castps_si256(t), 23)));
 }
 
 // sigmoid(v) = 1 / (1 + e^-v), from e = e^-|v| <= 1 so nothing overflows.
@@ -52,22 +69,20 @@ inline __m256 sigmoid(__m256 v) {
     return _mm256_blendv_ps(inv, _mm256_mul_ps(e, inv), negative);  // v < 0: e / (1 + e)
 }
 
-}  // namespace
-
-extern "C" {
-
-// ----------------------------------------------------------------------------- residual RMSNorm
+// residual RMSNorm; EC: the width E as a compile-time constant (0: runtime), for E = 32
 
 // x, f, y, zhat [N, E]; rstd [N].
-void wb_add_rmsnorm_forward(const float* x, const float* f, const float* w, float eps, float* y, float* zhat,
-                            float* rstd, int64_t N, int64_t E, int threads) {
+template <int EC>
+void add_rmsnorm_forward_impl(const float* x, const float* f, const float* w, float eps, float* y, float* zhat,
+                            float* rstd, int64_t N, int64_t E_runtime, int threads) {
+    const int64_t E = EC > 0 ? EC : E_runtime;
 #pragma omp parallel for schedule(dynamic, 64) num_threads(threads)
     for (int64_t r = 0; r < N; ++r) {
         const float* xr = x + r * E;
         const float* fr = f + r * E;
         float* zr = zhat + r * E;
         for (int64_t e = 0; e < E; ++e) zr[e] = xr[e] + fr[e];
-        const float inv = 1.0f / std::sqrt(row_sumsq(zr, E) / static_cast<float>(E) + eps);
+        const float inv = 1.0f / std::sqrt(row_dot(zr, zr, E) / static_cast<float>(E) + eps);
         float* yr = y + r * E;
         for (int64_t e = 0; e < E; ++e) {
             zr[e] *= inv;
@@ -78,8 +93,10 @@ void wb_add_rmsnorm_forward(const float* x, const float* f, const float* w, floa
 }
 
 // dz [N, E] (the gradient of both x and f); dw [E]; scratch [ceil(N / kRowBlock), E].
-void wb_add_rmsnorm_backward(const float* dy, const float* zhat, const float* rstd, const float* w, float* dz,
-                             float* dw, float* scratch, int64_t N, int64_t E, int threads) {
+template <int EC>
+void add_rmsnorm_backward_impl(const float* dy, const float* zhat, const float* rstd, const float* w, float* dz,
+                             float* dw, float* scratch, int64_t N, int64_t E_runtime, int threads) {
+    const int64_t E = EC > 0 ? EC : E_runtime;
     const int64_t blocks = (N + kRowBlock - 1) / kRowBlock;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
     for (int64_t b = 0; b < blocks; ++b) {
@@ -90,15 +107,15 @@ void wb_add_rmsnorm_backward(const float* dy, const float* zhat, const float* rs
             const float* dyr = dy + r * E;
             const float* zr = zhat + r * E;
             float* dzr = dz + r * E;
-            float dot = 0.0f;  // sum_e (dy w)_e zhat_e
+            alignas(32) float g[EC > 0 ? EC : 1];
+            float* gr = EC > 0 ? g : dzr;  // dy w (dz as scratch when E is not a constant)
             for (int64_t e = 0; e < E; ++e) {
-                const float g = dyr[e] * w[e];
-                dot += g * zr[e];
+                gr[e] = dyr[e] * w[e];
                 part[e] += dyr[e] * zr[e];
             }
-            const float mean = dot / static_cast<float>(E);
+            const float mean = row_dot(gr, zr, E) / static_cast<float>(E);  // mean_e (dy w)_e zhat_e
             const float inv = rstd[r];
-            for (int64_t e = 0; e < E; ++e) dzr[e] = inv * (dyr[e] * w[e] - zr[e] * mean);
+            for (int64_t e = 0; e < E; ++e) dzr[e] = inv * (gr[e] - zr[e] * mean);
         }
     }
     for (int64_t e = 0; e < E; ++e) dw[e] = 0.0f;
@@ -110,8 +127,10 @@ void wb_add_rmsnorm_backward(const float* dy, const float* zhat, const float* rs
 // ----------------------------------------------------------------------------- residual FiLM norm
 
 // x, f, y, zhat [N, E]; film [N / group, 2E] = (gamma | beta) per group of rows; rstd [N].
-void wb_add_filmnorm_forward(const float* x, const float* f, const float* film, float eps, float* y, float* zhat,
-                             float* rstd, int64_t N, int64_t E, int64_t group, int threads) {
+template <int EC>
+void add_filmnorm_forward_impl(const float* x, const float* f, const float* film, float eps, float* y, float* zhat,
+                             float* rstd, int64_t N, int64_t E_runtime, int64_t group, int threads) {
+    const int64_t E = EC > 0 ? EC : E_runtime;
 #pragma omp parallel for schedule(dynamic, 64) num_threads(threads)
     for (int64_t r = 0; r < N; ++r) {
         const float* xr = x + r * E;
@@ -119,21 +138,13 @@ void wb_add_filmnorm_forward(const float* x, const float* f, const float* film, 
         const float* gamma = film + (r / group) * 2 * E;
         const float* beta = gamma + E;
         float* zr = zhat + r * E;
-        float sum = 0.0f;
-        for (int64_t e = 0; e < E; ++e) {
-            zr[e] = xr[e] + fr[e];
-            sum += zr[e];
-        }
-        const float mean = sum / static_cast<float>(E);
-        float var = 0.0f;
-        for (int64_t e = 0; e < E; ++e) {
-            const float c = zr[e] - mean;
-            var += c * c;
-        }
-        const float inv = 1.0f / std::sqrt(var / static_cast<float>(E) + eps);
+        for (int64_t e = 0; e < E; ++e) zr[e] = xr[e] + fr[e];
+        const float mean = row_dot(zr, nullptr, E) / static_cast<float>(E);
+        for (int64_t e = 0; e < E; ++e) zr[e] -= mean;
+        const float inv = 1.0f / std::sqrt(row_dot(zr, zr, E) / static_cast<float>(E) + eps);  // biased variance
         float* yr = y + r * E;
         for (int64_t e = 0; e < E; ++e) {
-            zr[e] = (zr[e] - mean) * inv;
+            zr[e] *= inv;
             yr[e] = zr[e] * (1.0f + gamma[e]) + beta[e];
         }
         rstd[r] = inv;
@@ -141,8 +152,10 @@ void wb_add_filmnorm_forward(const float* x, const float* f, const float* film, 
 }
 
 // dz [N, E]; dfilm [N / group, 2E] = (dgamma | dbeta), each group reduced sequentially.
-void wb_add_filmnorm_backward(const float* dy, const float* zhat, const float* rstd, const float* film, float* dz,
-                              float* dfilm, int64_t N, int64_t E, int64_t group, int threads) {
+template <int EC>
+void add_filmnorm_backward_impl(const float* dy, const float* zhat, const float* rstd, const float* film, float* dz,
+                              float* dfilm, int64_t N, int64_t E_runtime, int64_t group, int threads) {
+    const int64_t E = EC > 0 ? EC : E_runtime;
     const int64_t groups = N / group;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
     for (int64_t gi = 0; gi < groups; ++gi) {
@@ -154,18 +167,56 @@ void wb_add_filmnorm_backward(const float* dy, const float* zhat, const float* r
             const float* dyr = dy + r * E;
             const float* zr = zhat + r * E;
             float* dzr = dz + r * E;
-            float sg = 0.0f, sgz = 0.0f;  // sum_e g_e, sum_e g_e zhat_e with g = dy (1 + gamma)
+            alignas(32) float g[EC > 0 ? EC : 1];
+            float* gr = EC > 0 ? g : dzr;  // g = dy (1 + gamma) (dz as scratch when E is not a constant)
             for (int64_t e = 0; e < E; ++e) {
-                const float g = dyr[e] * (1.0f + gamma[e]);
-                sg += g;
-                sgz += g * zr[e];
+                gr[e] = dyr[e] * (1.0f + gamma[e]);
                 dgamma[e] += dyr[e] * zr[e];
                 dbeta[e] += dyr[e];
             }
-            const float mg = sg / static_cast<float>(E), mgz = sgz / static_cast<float>(E);
+            const float mg = row_dot(gr, nullptr, E) / static_cast<float>(E);
+            const float mgz = row_dot(gr, zr, E) / static_cast<float>(E);
             const float inv = rstd[r];
-            for (int64_t e = 0; e < E; ++e) dzr[e] = inv * (dyr[e] * (1.0f + gamma[e]) - mg - zr[e] * mgz);
+            for (int64_t e = 0; e < E; ++e) dzr[e] = inv * (gr[e] - mg - zr[e] * mgz);
         }
+    }
+}
+
+}  // namespace
+
+extern "C" {
+
+// ----------------------------------------------------------------------------- residual + norm (per row)
+
+void wb_add_rmsnorm_forward(const float* x, const float* f, const float* w, float eps, float* y, float* zhat, float* rstd, int64_t N, int64_t E, int threads) {
+    if (E == 32) {
+        add_rmsnorm_forward_impl<32>(x, f, w, eps, y, zhat, rstd, N, E, threads);
+    } else {
+        add_rmsnorm_forward_impl<0>(x, f, w, eps, y, zhat, rstd, N, E, threads);
+    }
+}
+
+void wb_add_rmsnorm_backward(const float* dy, const float* zhat, const float* rstd, const float* w, float* dz, float* dw, float* scratch, int64_t N, int64_t E, int threads) {
+    if (E == 32) {
+        add_rmsnorm_backward_impl<32>(dy, zhat, rstd, w, dz, dw, scratch, N, E, threads);
+    } else {
+        add_rmsnorm_backward_impl<0>(dy, zhat, rstd, w, dz, dw, scratch, N, E, threads);
+    }
+}
+
+void wb_add_filmnorm_forward(const float* x, const float* f, const float* film, float eps, float* y, float* zhat, float* rstd, int64_t N, int64_t E, int64_t group, int threads) {
+    if (E == 32) {
+        add_filmnorm_forward_impl<32>(x, f, film, eps, y, zhat, rstd, N, E, group, threads);
+    } else {
+        add_filmnorm_forward_impl<0>(x, f, film, eps, y, zhat, rstd, N, E, group, threads);
+    }
+}
+
+void wb_add_filmnorm_backward(const float* dy, const float* zhat, const float* rstd, const float* film, float* dz, float* dfilm, int64_t N, int64_t E, int64_t group, int threads) {
+    if (E == 32) {
+        add_filmnorm_backward_impl<32>(dy, zhat, rstd, film, dz, dfilm, N, E, group, threads);
+    } else {
+        add_filmnorm_backward_impl<0>(dy, zhat, rstd, film, dz, dfilm, N, E, group, threads);
     }
 }
 

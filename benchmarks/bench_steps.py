@@ -1,0 +1,63 @@
+"""Training steps/s of each stage at the reference config (pytest-benchmark).
+
+    pytest benchmarks/bench_steps.py --benchmark-only
+
+One step = forward + backward + grad-norm clipping (1.0) + AdamW, batch 16, T = 4, float32, at
+64x64 (P = 256 patches per frame) and 32x32 (P = 64). Not collected by the default test run (the
+testpath is `tests`). Each benchmark records extra_info["steps_per_s"] (from the fastest round:
+the machine is shared, so the best round is the least disturbed) and extra_info["steps_per_s_mean"],
+and prints one line per stage. Set WORLDBENCH_ATTENTION=torch to time the pure-PyTorch path.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from worldmodel.config import WorldModelConfig
+from worldmodel.dynamics import Dynamics
+from worldmodel.lam import LatentActionModel
+from worldmodel.tokenizer import VideoTokenizer
+
+BATCH = 16
+ROUNDS = {64: 3, 32: 8}  # 64x64 steps take about a second each
+
+
+def make_step(stage: str, frame_size: int):
+    torch.manual_seed(0)
+    config = WorldModelConfig(frame_size=frame_size).validate()
+    frames = torch.rand(BATCH, config.window, 3, frame_size, frame_size) * 2 - 1
+    if stage == "tokenizer":
+        model, batch = VideoTokenizer(config), (frames,)
+    elif stage == "lam":
+        model, batch = LatentActionModel(config), (frames,)
+    else:
+        indices = torch.randint(config.codebook_size, (BATCH, config.window, config.patches))
+        actions = torch.randint(2, (BATCH, config.window - 1, config.action_dim)).float() * 2 - 1
+        model, batch = Dynamics(config), (indices, actions)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def step() -> float:
+        loss, _ = model.loss(*batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        return loss.item()
+
+    return step
+
+
+@pytest.mark.parametrize("frame_size", [64, 32])
+@pytest.mark.parametrize("stage", ["tokenizer", "lam", "dynamics"])
+def test_training_step(benchmark, capsys, stage, frame_size):
+    step = make_step(stage, frame_size)
+    benchmark.group = f"train step {frame_size}x{frame_size}"
+    benchmark.extra_info["threads"] = torch.get_num_threads()
+    benchmark.pedantic(step, rounds=ROUNDS[frame_size], iterations=1, warmup_rounds=1)
+    stats = benchmark.stats.stats
+    benchmark.extra_info["steps_per_s"] = round(1.0 / stats.min, 3)
+    benchmark.extra_info["steps_per_s_mean"] = round(1.0 / stats.mean, 3)
+    with capsys.disabled():
+        print(f"\n{stage:>9} {frame_size}x{frame_size}: {1.0 / stats.min:.2f} steps/s best, "
+              f"{1.0 / stats.mean:.2f} mean ({torch.get_num_threads()} threads)")
