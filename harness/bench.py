@@ -1,4 +1,4 @@
-"""`bench run` as a function: plan the matrix, skip what is recorded, execute the rest, record it."""
+"""Executing run specs: skip what is recorded, run the rest on an executor, record each result."""
 from __future__ import annotations
 
 import shutil
@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.executors import run_local, run_ray
-from harness.matrix import WORLDMODEL_DIR, RunSpec, code_hash, plan_runs
+from harness.matrix import WORLDMODEL_DIR, RunSpec, code_hash
 from harness.runner import Progress, RunRecord
 from harness.store import Store
 from harness.suite import Suite
@@ -18,11 +18,8 @@ FINAL_STATUSES = ("ok", "diverged")  # deterministic outcomes; a `failed` run is
 
 
 @dataclass
-class RunRequest:
-    profile: str
-    dataset: str
-    variants: list[str]
-    seeds: list[int]
+class Execution:
+    """How and where runs execute."""
     results: Path
     jobs: int = 1
     executor: str = "local"
@@ -53,15 +50,14 @@ def record_run(store: Store, record: RunRecord) -> None:
     store.append("runs", [record.run], run_id)
 
 
-def execute(suite: Suite, request: RunRequest, progress: Progress | None = None,
-            on_recorded=None) -> tuple[list[RunSpec], pd.DataFrame]:
-    """Run whatever of the request is not recorded yet; return the specs and their run rows."""
-    store = Store(request.results)
-    specs = plan_runs(suite, request.profile, request.dataset, request.variants, request.seeds)
+def execute(suite: Suite, specs: list[RunSpec], execution: Execution, progress: Progress | None = None,
+            on_recorded=None) -> pd.DataFrame:
+    """Run whatever of `specs` is not recorded yet; return the run rows of all of them."""
+    store = Store(execution.results)
     recorded = store.runs()
     finished = set(recorded.loc[recorded["status"].isin(FINAL_STATUSES), "run_id"])
-    todo = specs if request.force else [spec for spec in specs if spec.run_id not in finished]
-    if request.force:
+    todo = specs if execution.force else [spec for spec in specs if spec.run_id not in finished]
+    if execution.force:
         for spec in todo:
             for stage, stage_id in spec.stage_ids.items():
                 shutil.rmtree(store.cache / "stages" / f"{stage}-{stage_id}", ignore_errors=True)
@@ -75,11 +71,10 @@ def execute(suite: Suite, request: RunRequest, progress: Progress | None = None,
             on_recorded(record)
 
     if todo:
-        root = str(request.results)
-        if request.executor == "ray":
-            run_ray(todo, root, request.jobs, suite.plugins, on_record, request.ray_address)
+        root = str(execution.results)
+        if execution.executor == "ray":
+            run_ray(todo, root, execution.jobs, suite.plugins, on_record, execution.ray_address)
         else:
-            run_local(todo, root, request.jobs, suite.plugins, on_record, progress)
-    ids = [spec.run_id for spec in specs]
+            run_local(todo, root, execution.jobs, suite.plugins, on_record, progress)
     runs = store.runs()
-    return specs, runs[runs["run_id"].isin(ids)].reset_index(drop=True)
+    return runs[runs["run_id"].isin([spec.run_id for spec in specs])].reset_index(drop=True)

@@ -95,34 +95,29 @@ def resolve_device(requested: str) -> str:
     raise WorldbenchError(f"--device {requested}: training runs on the CPU in this version; use --device cpu")
 
 
-def request_from_args(args, suite):
-    from harness.bench import RunRequest
+def specs_from_args(args, suite):
+    """The run matrix `bench run` was asked for."""
+    from harness.matrix import plan_runs
     from harness.suite import parse_seeds
 
     profile = args.profile or suite.comparison.profile
     seeds = parse_seeds(args.seeds) if args.seeds else (suite.comparison.seeds or suite.profile(profile).seeds)
-    names = [v.strip() for v in args.variants.split(",")] if getattr(args, "variants", None) else \
+    names = [v.strip() for v in args.variants.split(",")] if args.variants else \
         [suite.comparison.baseline, *suite.comparison.candidates]
-    suite.profile(profile)
-    dataset = args.dataset or suite.comparison.dataset
-    suite.dataset(dataset)
-    for name in names:
-        suite.variant(name)
-    return RunRequest(profile, dataset, list(dict.fromkeys(names)), seeds, args.results, args.jobs, args.executor,
-                      args.ray_address, args.force)
+    return plan_runs(suite, profile, args.dataset or suite.comparison.dataset, list(dict.fromkeys(names)), seeds)
 
 
-def run_with_progress(suite, request, quiet: bool):
-    """Execute a RunRequest with a rich progress bar per run and stage."""
+def run_with_progress(suite, specs, execution, quiet: bool):
+    """Execute specs with a rich progress bar per run and stage (a line per finished run on Ray)."""
     from harness.bench import execute
 
-    if quiet or request.executor == "ray":
-        return execute(suite, request, on_recorded=lambda r: None if quiet else console.print(
+    if quiet or execution.executor == "ray":
+        return execute(suite, specs, execution, on_recorded=lambda r: None if quiet else console.print(
             f"[bold]{r.run['variant']}[/] seed {r.run['seed']}: {r.run['status']}"))
     bars = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                     TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
     tasks: dict[tuple[str, str], int] = {}
-    labels: dict[str, str] = {}
+    labels = {spec.run_id: f"{spec.variant} s{spec.seed}" for spec in specs}
 
     def on_progress(run_id: str, stage: str, step: int, total: int, loss: float) -> None:
         key = (run_id, stage)
@@ -131,21 +126,19 @@ def run_with_progress(suite, request, quiet: bool):
         info = f"loss {loss:.4f}" if loss == loss else "done"
         bars.update(tasks[key], completed=step, info=info)
 
-    from harness.matrix import plan_runs
-
-    for spec in plan_runs(suite, request.profile, request.dataset, request.variants, request.seeds):
-        labels[spec.run_id] = f"{spec.variant} s{spec.seed}"
     with bars:
-        return execute(suite, request, progress=on_progress)
+        return execute(suite, specs, execution, progress=on_progress)
 
 
 def command_run(args) -> int:
     from harness.suite import load_suite
 
+    from harness.bench import Execution
+
     suite = load_suite(args.config)
     resolve_device(args.device)
-    request = request_from_args(args, suite)
-    _, runs = run_with_progress(suite, request, args.quiet)
+    execution = Execution(args.results, args.jobs, args.executor, args.ray_address, args.force)
+    runs = run_with_progress(suite, specs_from_args(args, suite), execution, args.quiet)
     print_runs(runs)
     not_ok = runs[runs["status"] != "ok"]
     return EXIT_CRASHED if len(not_ok) else EXIT_OK

@@ -27,19 +27,46 @@ VERDICT_EXIT = {"PASS": EXIT_PASS, "FAIL": EXIT_FAIL, "INCONCLUSIVE": EXIT_INCON
 
 @dataclass
 class Selection:
-    """Which recorded runs a report compares."""
+    """Which runs a report compares: a baseline arm and a candidate arm, each a variant over seeds."""
     profile: str
     dataset: str
     baseline: str
     candidate: str
-    seeds: list[int]
+    baseline_seeds: list[int]
+    candidate_seeds: list[int]
+
+    @property
+    def labels(self) -> tuple[str, str]:
+        """Arm names; a variant compared with itself (on other seeds) gets its seeds in the name."""
+        if self.baseline != self.candidate:
+            return self.baseline, self.candidate
+        return (f"{self.baseline} [seeds {seed_text(self.baseline_seeds)}]",
+                f"{self.candidate} [seeds {seed_text(self.candidate_seeds)}]")
+
+    def plan(self, suite: Suite) -> tuple[list[RunSpec], dict[str, str]]:
+        """The runs of both arms and run_id -> arm label."""
+        specs, arm_of = [], {}
+        for label, variant, seeds in zip(self.labels, (self.baseline, self.candidate),
+                                         (self.baseline_seeds, self.candidate_seeds)):
+            for spec in plan_runs(suite, self.profile, self.dataset, [variant], seeds):
+                if spec.run_id not in arm_of:
+                    specs.append(spec)
+                arm_of.setdefault(spec.run_id, label)
+        return specs, arm_of
+
+
+def seed_text(seeds: list[int]) -> str:
+    ordered = sorted(seeds)
+    if ordered == list(range(ordered[0], ordered[-1] + 1)) and len(ordered) > 2:
+        return f"{ordered[0]}-{ordered[-1]}"
+    return ",".join(map(str, ordered))
 
 
 # ----------------------------------------------------------------------------- data for the statistics
 
-def arm_values(kpis: pd.DataFrame, runs: pd.DataFrame, variant: str) -> dict[str, dict[int, float]]:
-    """kpi -> seed -> value for one variant's ok runs."""
-    ok = runs[(runs["variant"] == variant) & (runs["status"] == "ok")]
+def arm_values(kpis: pd.DataFrame, runs: pd.DataFrame, arm: str) -> dict[str, dict[int, float]]:
+    """kpi -> seed -> value for one arm's ok runs."""
+    ok = runs[(runs["arm"] == arm) & (runs["status"] == "ok")]
     merged = kpis.merge(ok[["run_id", "seed"]], on="run_id")
     return {kpi: dict(zip(group["seed"].astype(int), group["value"].astype(float)))
             for kpi, group in merged.groupby("kpi")}
@@ -49,7 +76,7 @@ def add_steps_to_target(values: dict[str, dict[str, dict[int, float]]], curves: 
                         suite: Suite, baseline: str) -> list[str]:
     """Compute <stage>.steps_to_target for every arm from the loss curves; returns notes on the targets."""
     notes = []
-    losses = curves[curves["metric"] == "loss"].merge(runs[["run_id", "variant", "seed", "status"]], on="run_id")
+    losses = curves[curves["metric"] == "loss"].merge(runs[["run_id", "arm", "seed", "status"]], on="run_id")
     losses = losses[losses["status"] == "ok"]
     for name in sorted(COMPARE_TIME_KPIS):
         stage = name.split(".")[0]
@@ -64,12 +91,12 @@ def add_steps_to_target(values: dict[str, dict[str, dict[int, float]]], curves: 
         else:
             target, how = float(rule.target), "from bench.toml"
         notes.append(f"{name}: target loss {target:.5g} ({how})")
-        for variant, arm in values.items():
-            arm[name] = {}
-            for seed, curve in stage_losses[stage_losses["variant"] == variant].groupby("seed"):
+        for arm, arm_kpis in values.items():
+            arm_kpis[name] = {}
+            for seed, curve in stage_losses[stage_losses["arm"] == arm].groupby("seed"):
                 curve = curve.sort_values("step")
-                arm[name][int(seed)] = stats.steps_to_target(curve["step"].to_numpy(), curve["value"].to_numpy(),
-                                                             target)
+                arm_kpis[name][int(seed)] = stats.steps_to_target(curve["step"].to_numpy(),
+                                                                  curve["value"].to_numpy(), target)
     return notes
 
 
@@ -78,35 +105,35 @@ def rules_for(suite: Suite) -> list[stats.KpiRule]:
             for name, rule in suite.kpis.items()]
 
 
-def compare_runs(suite: Suite, store: Store, specs: list[RunSpec], selection: Selection, alpha: float):
-    """Statistics for the selected runs: (Comparison, runs, curves, notes)."""
-    ids = [spec.run_id for spec in specs]
+def compare_runs(suite: Suite, store: Store, selection: Selection, alpha: float):
+    """Statistics for the selected runs: (Comparison, runs with an `arm` column, curves, notes)."""
+    specs, arm_of = selection.plan(suite)
     runs = store.runs()
-    runs = runs[runs["run_id"].isin(ids)].reset_index(drop=True)
-    kpis, curves = store.for_runs("kpis", ids), store.for_runs("curves", ids)
-    values = {v: arm_values(kpis, runs, v) for v in (selection.baseline, selection.candidate)}
-    notes = add_steps_to_target(values, curves, runs, suite, selection.baseline)
+    runs = runs[runs["run_id"].isin(arm_of)].reset_index(drop=True)
+    runs["arm"] = runs["run_id"].map(arm_of)
+    kpis, curves = store.for_runs("kpis", arm_of), store.for_runs("curves", arm_of)
+    baseline, candidate = selection.labels
+    values = {arm: arm_values(kpis, runs, arm) for arm in (baseline, candidate)}
+    notes = add_steps_to_target(values, curves, runs, suite, baseline)
 
-    def failures(variant: str) -> int:
-        planned = [s for s in specs if s.variant == variant]
-        finished_ok = runs[(runs["variant"] == variant) & (runs["status"] == "ok")]
-        return len(planned) - len(finished_ok)  # missing runs count as failures: never a PASS
+    def failures(arm: str) -> int:
+        planned = sum(1 for label in arm_of.values() if label == arm)
+        return planned - int(((runs["arm"] == arm) & (runs["status"] == "ok")).sum())  # missing = failed
 
-    comparison = stats.compare(rules_for(suite), values[selection.baseline], values[selection.candidate],
-                               failures_baseline=failures(selection.baseline),
-                               failures_candidate=failures(selection.candidate),
+    comparison = stats.compare(rules_for(suite), values[baseline], values[candidate],
+                               failures_baseline=failures(baseline), failures_candidate=failures(candidate),
                                censored_kpis=set(COMPARE_TIME_KPIS), alpha=alpha)
     return comparison, runs, curves, notes
 
 
 # ----------------------------------------------------------------------------- report input
 
-def build_report_input(suite: Suite, store: Store, specs: list[RunSpec], selection: Selection, alpha: float,
-                       reproduce: str):
+def build_report_input(suite: Suite, store: Store, selection: Selection, alpha: float, reproduce: str):
     from harness.compat import check_compat
     from reports.model import ReportInput
 
-    comparison, runs, curves, notes = compare_runs(suite, store, specs, selection, alpha)
+    comparison, runs, curves, notes = compare_runs(suite, store, selection, alpha)
+    runs["variant"] = runs["arm"]  # the report shows arms; they are the variants unless one is compared to itself
     labelled = runs[["run_id", "variant", "seed"]]
     rollouts = store.for_runs("rollouts", runs["run_id"]).merge(labelled, on="run_id")
     curves = curves.merge(labelled, on="run_id")
@@ -117,23 +144,26 @@ def build_report_input(suite: Suite, store: Store, specs: list[RunSpec], selecti
                            "value": float(group["value"].median())})
     speed = (pd.DataFrame(speed_rows).pivot_table(index=["variant", "stage"], columns="metric", values="value")
              .reset_index() if speed_rows else pd.DataFrame(columns=["variant", "stage", "it_per_s", "wall_s"]))
-    # Pictures: the first seed both arms finished, so every variant shows the same clips.
+    # Pictures: every run rolls out the same val clips (the data does not depend on the run's seed);
+    # show each arm's first finished seed, the same seed for both arms when they share one.
     ok = runs[runs["status"] == "ok"]
-    common = sorted(set(ok[ok["variant"] == selection.baseline]["seed"]) &
-                    set(ok[ok["variant"] == selection.candidate]["seed"]))
+    baseline, candidate = selection.labels
+    common = sorted(set(ok[ok["arm"] == baseline]["seed"]) & set(ok[ok["arm"] == candidate]["seed"]))
     frames = {}
-    if common:
-        for variant in dict.fromkeys([selection.baseline, selection.candidate]):
-            run_id = ok[(ok["variant"] == variant) & (ok["seed"] == common[0])]["run_id"].iloc[0]
-            loaded = store.read_frames(run_id)
-            if loaded:
-                frames[variant] = {"seed": int(common[0]), **loaded}
+    for arm in (baseline, candidate):
+        mine = ok[ok["arm"] == arm].sort_values("seed")
+        if mine.empty:
+            continue
+        row = mine[mine["seed"] == common[0]].iloc[0] if common else mine.iloc[0]
+        loaded = store.read_frames(row["run_id"])
+        if loaded:
+            frames[arm] = {"seed": int(row["seed"]), **loaded}
     provenance_columns = ["run_id", "variant", "seed", "git_commit", "git_dirty", "code_hash", "torch_version",
                           "device", "cpu_model", "host", "started_at"]
     report = ReportInput(
-        title=f"{selection.candidate} vs {selection.baseline}", baseline=selection.baseline,
-        candidate=selection.candidate,
-        descriptions={v: suite.variant(v).description for v in (selection.baseline, selection.candidate)},
+        title=f"{candidate} vs {baseline}", baseline=baseline, candidate=candidate,
+        descriptions={baseline: suite.variant(selection.baseline).description,
+                      candidate: suite.variant(selection.candidate).description},
         comparison=comparison, runs=runs[["run_id", "variant", "seed", "status", "error"]], curves=curves,
         rollouts=rollouts, frames=frames, speed=speed, compat=check_compat(),
         provenance=runs[provenance_columns].to_dict("records"), reproduce_command=reproduce,
@@ -161,8 +191,9 @@ def selection_from_args(args, suite: Suite) -> Selection:
     comparison = suite.comparison
     profile = args.profile or comparison.profile
     seeds = parse_seeds(args.seeds) if args.seeds else (comparison.seeds or suite.profile(profile).seeds)
+    candidate_seeds = parse_seeds(args.candidate_seeds, "--candidate-seeds") if args.candidate_seeds else seeds
     selection = Selection(profile, args.dataset or comparison.dataset, args.baseline or comparison.baseline,
-                          args.candidate or comparison.candidates[0], seeds)
+                          args.candidate or comparison.candidates[0], seeds, candidate_seeds)
     suite.profile(selection.profile)
     suite.dataset(selection.dataset)
     suite.variant(selection.baseline)
@@ -181,7 +212,9 @@ def parse_formats(text: str) -> list[str]:
 def reproduce_command(args, selection: Selection) -> str:
     parts = ["bench", args.command, "--config", args.config, "--profile", selection.profile, "--dataset",
              selection.dataset, "--baseline", selection.baseline, "--candidate", selection.candidate,
-             "--seeds", ",".join(map(str, selection.seeds))]
+             "--seeds", ",".join(map(str, selection.baseline_seeds))]
+    if selection.candidate_seeds != selection.baseline_seeds:
+        parts += ["--candidate-seeds", ",".join(map(str, selection.candidate_seeds))]
     return shlex.join(parts)
 
 
@@ -197,56 +230,60 @@ def print_verdict(report, paths: dict[str, Path]) -> None:
 
 
 def command_report(args) -> int:
+    formats = parse_formats(args.format)
     suite = load_suite(args.config)
     selection = selection_from_args(args, suite)
     store = Store(args.results, create=False)
-    specs = plan_runs(suite, selection.profile, selection.dataset,
-                      list(dict.fromkeys([selection.baseline, selection.candidate])), selection.seeds)
-    recorded = set(store.runs()["run_id"])
-    if not recorded & {s.run_id for s in specs}:
+    _, arm_of = selection.plan(suite)
+    if not set(store.runs()["run_id"]) & set(arm_of):
         raise WorldbenchError(f"no recorded runs of {selection.baseline} or {selection.candidate} on profile "
                               f"'{selection.profile}' in '{args.results}' for this code; run `bench run` first")
-    report = build_report_input(suite, store, specs, selection, suite.comparison.alpha,
-                                reproduce_command(args, selection))
-    paths = write_report(report, args.out or args.results / "report", parse_formats(args.format))
-    print_verdict(report, paths)
+    report = build_report_input(suite, store, selection, suite.comparison.alpha, reproduce_command(args, selection))
+    print_verdict(report, write_report(report, args.out or args.results / "report", formats))
     return 0
 
 
 def command_gate(args) -> int:
-    from harness.bench import RunRequest
+    from harness.bench import Execution
     from harness.cli import run_with_progress
 
+    formats = parse_formats(args.format)
     suite = load_suite(args.config)
     selection = selection_from_args(args, suite)
-    formats = parse_formats(args.format)
-    variants = list(dict.fromkeys([selection.baseline, selection.candidate]))
-    all_seeds = selection.seeds
+    execution = Execution(args.results, args.jobs)
+    baseline_seeds, candidate_seeds = selection.baseline_seeds, selection.candidate_seeds
+    looks, alphas = 1, [suite.comparison.alpha]
     if args.sequential:
-        group = len(selection.seeds)
+        # Each look adds another group of seeds (the size of the first) to both arms.
+        group = len(baseline_seeds)
         max_seeds = args.max_seeds or 2 * group
-        extra = [s for s in range(max(all_seeds) + 1, max(all_seeds) + 1 + max_seeds) if s not in all_seeds]
-        all_seeds = (all_seeds + extra)[:max_seeds]
-        looks = math.ceil(len(all_seeds) / group)
+        looks = math.ceil(max_seeds / group)
         alphas = stats.alpha_spending(looks, suite.comparison.alpha)
-    else:
-        group, looks, alphas = len(all_seeds), 1, [suite.comparison.alpha]
     for look in range(looks):
-        selection.seeds = all_seeds[: group * (look + 1)]
-        request = RunRequest(selection.profile, selection.dataset, variants, selection.seeds, args.results, args.jobs)
-        specs, runs = run_with_progress(suite, request, args.quiet)
-        report = build_report_input(suite, Store(args.results), specs, selection, alphas[look],
+        selection.baseline_seeds, selection.candidate_seeds = extend_seeds(
+            baseline_seeds, candidate_seeds, look * len(baseline_seeds))
+        specs, _ = selection.plan(suite)
+        runs = run_with_progress(suite, specs, execution, args.quiet)
+        report = build_report_input(suite, Store(args.results), selection, alphas[look],
                                     reproduce_command(args, selection))
         if args.sequential:
-            report.notes.append(f"sequential look {look + 1} of {looks}: {len(selection.seeds)} seeds, "
+            report.notes.append(f"sequential look {look + 1} of {looks}: {len(selection.baseline_seeds)} seeds, "
                                 f"alpha {alphas[look]:.4f} spent at this look")
         if report.comparison.verdict != "INCONCLUSIVE":
             break
-    paths = write_report(report, args.out or args.results / "report", formats)
-    print_verdict(report, paths)
+    print_verdict(report, write_report(report, args.out or args.results / "report", formats))
     if (runs["status"] == "failed").any():
         return EXIT_CRASHED
     return VERDICT_EXIT[report.comparison.verdict]
+
+
+def extend_seeds(baseline: list[int], candidate: list[int], extra: int) -> tuple[list[int], list[int]]:
+    """Both arms plus `extra` unused seeds each: the same new seeds when the arms are paired."""
+    start = max(baseline + candidate) + 1
+    if baseline == candidate:
+        new = list(range(start, start + extra))
+        return baseline + new, candidate + new
+    return baseline + list(range(start, start + extra)), candidate + list(range(start + extra, start + 2 * extra))
 
 
 def add_commands(commands, add_config, add_results) -> None:
@@ -260,6 +297,7 @@ def add_commands(commands, add_config, add_results) -> None:
         parser.add_argument("--baseline", help="baseline variant (default: the comparison's)")
         parser.add_argument("--candidate", help="candidate variant (default: the comparison's first)")
         parser.add_argument("--seeds", help="seeds, e.g. 0-4 or 0,3 (default: the comparison's or profile's)")
+        parser.add_argument("--candidate-seeds", help="the candidate's seeds when they differ (unpaired comparison)")
         add_results(parser)
         parser.add_argument("--format", default="md,html,json", help="report formats (default md,html,json)")
         parser.add_argument("--out", type=Path, help="report dir (default: <results>/report)")

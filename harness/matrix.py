@@ -22,7 +22,7 @@ WORLDMODEL_DIR = Path(worldmodel.__file__).parent
 VARIANTS_DIR = Path(variants.__file__).parent
 # Source each stage runs; a change to any of these files retrains that stage.
 SHARED_SOURCES = ["config.py", "layers.py", "fsq.py", "train.py", "stages.py", "metrics.py", "errors.py", "data/*.py",
-                  "kernels/*.py", "kernels/*.cpp"]
+                  "kernels/*.py", "kernels/*.cpp", "kernels/*.h"]
 STAGE_SOURCES = {
     "tokenizer": ["tokenizer.py"],
     "actions": ["lam.py", "VARIANTS"],

@@ -11,7 +11,6 @@ from harness.cli import main
 from harness.compat import GOLDEN_DIR, check_compat
 from harness.gate import Selection, compare_runs
 from harness.kpis import KPIS
-from harness.matrix import plan_runs
 from harness.store import Store
 from harness.suite import load_suite
 
@@ -42,11 +41,11 @@ def fabricate(store: Store, specs, statuses: dict[tuple[str, int], str]) -> None
 
 def verdict_for(tmp_path, statuses) -> str:
     suite = load_suite(SUITE)
-    selection = Selection("smoke", "sprite_world", "meanpool_concat", "windowed_attention", [0, 1, 2, 3])
-    specs = plan_runs(suite, "smoke", "sprite_world", ["meanpool_concat", "windowed_attention"], selection.seeds)
+    selection = Selection("smoke", "sprite_world", "meanpool_concat", "windowed_attention", [0, 1, 2, 3], [0, 1, 2, 3])
+    specs, _ = selection.plan(suite)
     store = Store(tmp_path / "results")
     fabricate(store, specs, statuses)
-    comparison, *_ = compare_runs(suite, store, specs, selection, alpha=0.05)
+    comparison, *_ = compare_runs(suite, store, selection, alpha=0.05)
     return comparison.verdict
 
 
@@ -89,9 +88,9 @@ def test_gate_runs_reports_and_exits_by_verdict(tmp_path, monkeypatch):
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     out = tmp_path / "report"
     code = main(["gate", "--config", SUITE, "--profile", "smoke", "--baseline", "meanpool_concat",
-                 "--candidate", "meanpool_concat", "--seeds", "0-1", "--results", str(tmp_path / "results"),
-                 "--out", str(out), "--quiet"])
-    # the same variant against itself: identical seeds, so never FAIL
+                 "--candidate", "meanpool_concat", "--seeds", "0-1", "--candidate-seeds", "2-3",
+                 "--results", str(tmp_path / "results"), "--out", str(out), "--quiet"])
+    # the baseline against itself on disjoint seeds: an A/A comparison, never FAIL
     assert code in (0, 3)
     assert {p.name for p in out.iterdir()} >= {"report.md", "report.html", "report.json"}
     assert summary.read_text().startswith("<!-- worldbench-report -->")

@@ -37,6 +37,7 @@ from worldmodel.errors import WorldbenchError
 ENV_VAR = "WORLDBENCH_ATTENTION"
 BACKENDS = ("native", "torch")
 _SOURCES = [Path(__file__).with_name(name) for name in ("attention.cpp", "fused.cpp")]
+_HEADERS = [Path(__file__).with_name("simd_exp.h")]
 _FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-fPIC", "-shared", "-std=c++17", "-fno-math-errno"]
 _ABI_VERSION = 3
 
@@ -95,7 +96,7 @@ def _build() -> Path:
     except (OSError, subprocess.CalledProcessError) as err:
         raise _fail(f"no working C++ compiler '{compiler}': {err}") from None
     digest = hashlib.sha256(" ".join(_FLAGS).encode() + version.encode())
-    for source in _SOURCES:
+    for source in _SOURCES + _HEADERS:
         digest.update(source.read_bytes())
     directory = _cache_dir()
     target = directory / f"worldbench-kernels-{digest.hexdigest()[:16]}.so"

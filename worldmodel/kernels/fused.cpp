@@ -12,6 +12,8 @@
 // order), so results do not depend on the thread count or schedule.
 #include <immintrin.h>
 
+#include "simd_exp.h"
+
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -43,22 +45,6 @@ inline float row_dot(const float* a, const float* b, int64_t E) {
     return s;
 }
 
-// e^x for x <= 0 as 2^(x log2 e), with attention.cpp's exp2 (shifter-trick rounding, degree-6
-// polynomial for 2^r, r in [-1/2, 1/2]; relative error ~1e-7, i.e. float rounding).
-inline __m256 exp_nonpositive(__m256 x) {
-    const __m256 shifter = _mm256_set1_ps(12582912.0f);  // 0x1.8p23
-    x = _mm256_max_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _mm256_set1_ps(-125.0f));
-    const __m256 t = _mm256_add_ps(x, shifter);
-    const __m256 r = _mm256_sub_ps(x, _mm256_sub_ps(t, shifter));
-    const __m256 r2 = _mm256_mul_ps(r, r);
-    const __m256 a = _mm256_fmadd_ps(_mm256_set1_ps(6.9314718246459961e-1f), r, _mm256_set1_ps(1.0f));
-    const __m256 b = _mm256_fmadd_ps(_mm256_set1_ps(5.5503323674201965e-2f), r, _mm256_set1_ps(2.4022647738456726e-1f));
-    __m256 c = _mm256_fmadd_ps(_mm256_set1_ps(1.3398875016719103e-3f), r, _mm256_set1_ps(9.6184369176626205e-3f));
-    c = _mm256_fmadd_ps(_mm256_set1_ps(1.5353361959569156e-4f), r2, c);
-    const __m256 r4 = _mm256_mul_ps(r2, r2);
-    const __m256 p = _mm256_fmadd_ps(c, r4, _mm256_fmadd_ps(b, r2, a));
-    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), _mm256_slli_epi32(_mm256_castps_si256(t), 23)));
-}
 
 // sigmoid(v) = 1 / (1 + e^-v), from e = e^-|v| <= 1 so nothing overflows.
 inline __m256 sigmoid(__m256 v) {
