@@ -11,6 +11,7 @@ import importlib
 import multiprocessing
 import os
 import queue as queue_module
+from contextlib import nullcontext
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Callable
 
@@ -52,7 +53,8 @@ def run_local(specs: list[RunSpec], results_root: str, jobs: int, plugins: list[
               progress: Progress | None = None) -> None:
     context = multiprocessing.get_context("spawn")
     threads = threads_per_job(jobs)
-    with context.Manager() as manager:
+    # A manager process carries progress events; without progress bars none is started.
+    with context.Manager() if progress else nullcontext() as manager:
         events = manager.Queue() if progress else None
         with ProcessPoolExecutor(max_workers=jobs, mp_context=context, max_tasks_per_child=1) as pool:
             futures = {pool.submit(_local_worker, spec, results_root, threads, plugins, events): spec
