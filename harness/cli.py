@@ -123,8 +123,10 @@ def run_with_progress(suite, specs, execution, quiet: bool):
         key = (run_id, stage)
         if key not in tasks:
             tasks[key] = bars.add_task(f"{labels.get(run_id, run_id)} {stage:<9}", total=total, info="")
-        info = f"loss {loss:.4f}" if loss == loss else "done"
-        bars.update(tasks[key], completed=step, info=info)
+        bars.update(tasks[key], completed=step)
+        speed = next(t.speed for t in bars.tasks if t.id == tasks[key])  # rich's estimate from recent updates
+        rate = f" {speed:.1f} it/s" if speed else ""
+        bars.update(tasks[key], info=f"step {step} loss {loss:.4f}{rate}" if loss == loss else "done")
 
     with bars:
         return execute(suite, specs, execution, progress=on_progress)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from harness import stats
-from harness.kpis import COMPARE_TIME_KPIS, KPIS
+from harness.kpis import COMPARE_TIME_KPIS
 from harness.matrix import RunSpec, plan_runs
 from harness.store import Store
 from harness.suite import Suite, load_suite, parse_seeds

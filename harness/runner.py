@@ -11,7 +11,6 @@ import json
 import os
 import platform
 import socket
-import time
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from worldmodel.config import WorldModelConfig
 from worldmodel.data import VideoData, VideoWindows, generate, load_hdf5, save_hdf5
 from worldmodel.errors import WorldbenchError
 from worldmodel.rollout import evaluate_rollouts, rollout_clips
-from worldmodel.train import StageDiverged, TrainResult
+from worldmodel.train import StageDiverged
 
 Progress = Callable[[str, str, int, int, float], None]  # (run_id, stage, step, total, loss)
 
