@@ -13,6 +13,8 @@ from harness.matrix import WORLDMODEL_DIR, RunSpec, code_hash
 from harness.runner import Progress, RunRecord
 from harness.store import Store
 from harness.suite import Suite
+from worldmodel.data import VideoWindows, load_hdf5
+from worldmodel.stages import check_data_matches
 
 FINAL_STATUSES = ("ok", "diverged")  # deterministic outcomes; a `failed` run is retried on the next call
 
@@ -50,6 +52,23 @@ def record_run(store: Store, record: RunRecord) -> None:
     store.append("runs", [record.run], run_id)
 
 
+def preflight(specs: list[RunSpec]) -> None:
+    """Check users' HDF5 datasets against the model before any worker starts.
+
+    A missing or malformed file, frames of another size than the model's, or episodes shorter
+    than one window are usage errors (one line, exit 2), not run failures found minutes later.
+    """
+    checked = set()
+    for spec in specs:
+        if spec.data["kind"] != "hdf5" or (spec.data_id, spec.config.frame_size) in checked:
+            continue
+        checked.add((spec.data_id, spec.config.frame_size))
+        data = load_hdf5(spec.data["path"], frame_size=spec.data["frame_size"] or None, dataset_name=spec.dataset)
+        for split in ("train", "val"):
+            windows = VideoWindows(data, spec.config.window, split, spec.data["val_fraction"])
+            check_data_matches(spec.config, windows)
+
+
 def execute(suite: Suite, specs: list[RunSpec], execution: Execution, progress: Progress | None = None,
             on_recorded=None) -> pd.DataFrame:
     """Run whatever of `specs` is not recorded yet; return the run rows of all of them."""
@@ -57,6 +76,7 @@ def execute(suite: Suite, specs: list[RunSpec], execution: Execution, progress: 
     recorded = store.runs()
     finished = set(recorded.loc[recorded["status"].isin(FINAL_STATUSES), "run_id"])
     todo = specs if execution.force else [spec for spec in specs if spec.run_id not in finished]
+    preflight(todo)
     if execution.force:
         for spec in todo:
             for stage, stage_id in spec.stage_ids.items():

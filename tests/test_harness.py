@@ -211,6 +211,30 @@ def test_bad_input_gets_one_line_and_exit_2(tmp_path, capsys, args, toml, expect
     assert len(err.splitlines()) == 1, err
 
 
+def test_a_users_hdf5_dataset_is_checked_before_any_run(tmp_path, capsys):
+    from worldmodel.data import generate, save_hdf5
+
+    save_hdf5(generate("pong", 4, 16, 16, seed=0), tmp_path / "pong16.h5")
+    suite = tmp_path / "bench.toml"
+    suite.write_text(KILL_SUITE.replace("frame_size = 16", "frame_size = 32") + textwrap.dedent(f"""
+        [datasets.mine]
+        kind = "hdf5"
+        path = "{tmp_path / 'pong16.h5'}"
+        [datasets.gone]
+        kind = "hdf5"
+        path = "{tmp_path / 'gone.h5'}"
+    """))
+    base = ["run", "--config", str(suite), "--profile", "killable", "--variants", "meanpool_concat",
+            "--results", str(tmp_path / "r")]
+    assert main([*base, "--dataset", "mine"]) == 2
+    err = capsys.readouterr().err
+    assert "dataset frames are 16x16 but the model's frame_size is 32" in " ".join(err.split())
+    assert len(err.strip().splitlines()) == 1
+    assert main([*base, "--dataset", "gone"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "store").exists()
+
+
 def test_results_dir_that_is_unwritable_or_foreign_is_refused(tmp_path, capsys):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
