@@ -1,7 +1,8 @@
 """Executors run RunSpecs somewhere and hand each finished RunRecord back to the driver.
 
-local: one fresh process per run (spawned, so torch state never crosses a fork), `jobs` at a
-       time, each with cores // jobs torch threads.
+local: `jobs` worker processes (spawned, so torch state never crosses a fork), each running
+       runs one after another with cores // jobs torch threads. Workers are reused: a run
+       depends only on its spec and seeds every RNG it uses.
 ray:   each run is a Ray task asking for that many CPUs; `address` joins an existing cluster.
 The driver alone writes the store, so both executors record identical rows for the same spec.
 """
@@ -56,7 +57,7 @@ def run_local(specs: list[RunSpec], results_root: str, jobs: int, plugins: list[
     # A manager process carries progress events; without progress bars none is started.
     with context.Manager() if progress else nullcontext() as manager:
         events = manager.Queue() if progress else None
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=context, max_tasks_per_child=1) as pool:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
             futures = {pool.submit(_local_worker, spec, results_root, threads, plugins, events): spec
                        for spec in specs}
             while futures:

@@ -27,7 +27,7 @@ from worldmodel.config import WorldModelConfig
 from worldmodel.data import VideoData, VideoWindows, generate, load_hdf5, save_hdf5
 from worldmodel.errors import WorldbenchError
 from worldmodel.rollout import evaluate_rollouts, rollout_clips
-from worldmodel.train import StageDiverged
+from worldmodel.train import StageDiverged, reset_peak_rss
 
 Progress = Callable[[str, str, int, int, float], None]  # (run_id, stage, step, total, loss)
 
@@ -108,6 +108,7 @@ def execute_run(spec: RunSpec, results_root: str, threads: int, executor: str,
                 progress: Progress | None = None) -> RunRecord:
     """Train and evaluate one run; never raises for a run's own failure (it is recorded instead)."""
     torch.set_num_threads(threads)
+    reset_peak_rss()
     started = now()
     record = RunRecord(run={
         "run_id": spec.run_id, "profile": spec.profile, "dataset": spec.dataset, "variant": spec.variant,

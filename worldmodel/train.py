@@ -43,7 +43,22 @@ class TrainResult:
 
 
 def peak_rss_mb() -> float:
+    """Peak resident memory of this process since start or since the last reset_peak_rss()."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def reset_peak_rss() -> None:
+    """Restart the peak-memory count (Linux), so a worker process reused for several runs reports each."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
 
 
 # ----------------------------------------------------------------------------- checkpoints
