@@ -106,7 +106,7 @@ def rules_for(suite: Suite) -> list[stats.KpiRule]:
 
 
 def compare_runs(suite: Suite, store: Store, selection: Selection, alpha: float):
-    """Statistics for the selected runs: (Comparison, runs with an `arm` column, curves, notes)."""
+    """Statistics for the selected runs: (Comparison, runs with an `arm` column, kpis, curves, notes)."""
     specs, arm_of = selection.plan(suite)
     runs = store.runs()
     runs = runs[runs["run_id"].isin(arm_of)].reset_index(drop=True)
@@ -123,7 +123,7 @@ def compare_runs(suite: Suite, store: Store, selection: Selection, alpha: float)
     comparison = stats.compare(rules_for(suite), values[baseline], values[candidate],
                                failures_baseline=failures(baseline), failures_candidate=failures(candidate),
                                censored_kpis=set(COMPARE_TIME_KPIS), alpha=alpha)
-    return comparison, runs, curves, notes
+    return comparison, runs, kpis, curves, notes
 
 
 # ----------------------------------------------------------------------------- report input
@@ -132,12 +132,12 @@ def build_report_input(suite: Suite, store: Store, selection: Selection, alpha: 
     from harness.compat import check_compat
     from reports.model import ReportInput
 
-    comparison, runs, curves, notes = compare_runs(suite, store, selection, alpha)
+    comparison, runs, kpis, curves, notes = compare_runs(suite, store, selection, alpha)
     runs["variant"] = runs["arm"]  # the report shows arms; they are the variants unless one is compared to itself
     labelled = runs[["run_id", "variant", "seed"]]
     rollouts = store.for_runs("rollouts", runs["run_id"]).merge(labelled, on="run_id")
     curves = curves.merge(labelled, on="run_id")
-    kpis = store.for_runs("kpis", runs["run_id"]).merge(labelled, on="run_id")
+    kpis = kpis.merge(labelled, on="run_id")
     speed_rows = []
     for (variant, kpi), group in kpis[kpis["kpi"].str.endswith((".it_per_s", ".wall_s"))].groupby(["variant", "kpi"]):
         speed_rows.append({"variant": variant, "stage": kpi.split(".")[0], "metric": kpi.split(".")[1],
