@@ -27,6 +27,7 @@ class Execution:
     executor: str = "local"
     ray_address: str | None = None
     force: bool = False
+    device: str = "cpu"  # resolved: "cpu" or "cuda"
 
 
 def git_state() -> tuple[str, bool]:
@@ -46,7 +47,7 @@ def record_run(store: Store, record: RunRecord) -> None:
     run_id = record.run["run_id"]
     if record.frames is not None:
         store.write_frames(run_id, record.frames["ground_truth"], record.frames["predictions"],
-                           record.frames["context"])
+                           record.frames["context"], record.frames.get("reconstructions"))
     for table in ("kpis", "curves", "rollouts"):
         store.append(table, getattr(record, table), run_id)
     store.append("runs", [record.run], run_id)
@@ -93,8 +94,8 @@ def execute(suite: Suite, specs: list[RunSpec], execution: Execution, progress: 
     if todo:
         root = str(execution.results)
         if execution.executor == "ray":
-            run_ray(todo, root, execution.jobs, suite.plugins, on_record, execution.ray_address)
+            run_ray(todo, root, execution.jobs, suite.plugins, on_record, execution.ray_address, execution.device)
         else:
-            run_local(todo, root, execution.jobs, suite.plugins, on_record, progress)
+            run_local(todo, root, execution.jobs, suite.plugins, on_record, progress, execution.device)
     runs = store.runs()
     return runs[runs["run_id"].isin([spec.run_id for spec in specs])].reset_index(drop=True)

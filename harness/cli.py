@@ -62,8 +62,8 @@ def build_parser() -> Parser:
     run.add_argument("--executor", choices=["local", "ray"], default="local", help="where runs execute")
     run.add_argument("--ray-address", help="address of a running Ray cluster (default: start a local one)")
     add_results(run)
-    run.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
-                     help="training device (default auto = cpu unless another is available and supported)")
+    run.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                     help="where stages, evaluation and rollouts run (default auto = cuda if available, else cpu)")
     run.add_argument("--force", action="store_true", help="retrain and re-record runs already recorded")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -85,14 +85,25 @@ def build_parser() -> Parser:
 # ----------------------------------------------------------------------------- run
 
 def resolve_device(requested: str) -> str:
+    """"cpu" or "cuda"; auto picks cuda when PyTorch sees a CUDA device."""
     import torch
 
-    if requested in ("auto", "cpu"):
+    if requested == "cpu":
         return "cpu"
-    available = torch.cuda.is_available() if requested == "cuda" else torch.backends.mps.is_available()
+    available = torch.cuda.is_available()
+    if requested == "auto":
+        return "cuda" if available else "cpu"
     if not available:
-        raise WorldbenchError(f"--device {requested}: no {requested} device on this machine; use --device cpu")
-    raise WorldbenchError(f"--device {requested}: training runs on the CPU in this version; use --device cpu")
+        raise WorldbenchError("no CUDA device found; use --device cpu")
+    return "cuda"
+
+
+def check_precision(specs, device: str) -> None:
+    """tf32 and bf16 are CUDA modes: refuse them on the CPU up front, not as failed runs."""
+    for spec in specs:
+        if spec.precision != "fp32" and device != "cuda":
+            raise WorldbenchError(f"profiles.{spec.profile}.precision = \"{spec.precision}\" needs a CUDA device "
+                                  f"(running on {device}); use --device cuda or precision = \"fp32\"")
 
 
 def specs_from_args(args, suite):
@@ -138,9 +149,11 @@ def command_run(args) -> int:
     from harness.bench import Execution
 
     suite = load_suite(args.config)
-    resolve_device(args.device)
-    execution = Execution(args.results, args.jobs, args.executor, args.ray_address, args.force)
-    runs = run_with_progress(suite, specs_from_args(args, suite), execution, args.quiet)
+    device = resolve_device(args.device)
+    specs = specs_from_args(args, suite)
+    check_precision(specs, device)
+    execution = Execution(args.results, args.jobs, args.executor, args.ray_address, args.force, device)
+    runs = run_with_progress(suite, specs, execution, args.quiet)
     print_runs(runs)
     not_ok = runs[runs["status"] != "ok"]
     return EXIT_CRASHED if len(not_ok) else EXIT_OK
@@ -209,7 +222,7 @@ def command_show(args) -> int:
     run = matches.iloc[0]
     header = Table(title=f"run {run.run_id}", show_header=False)
     for key in ("profile", "dataset", "variant", "seed", "status", "error", "git_commit", "code_hash",
-                "torch_version", "device", "cpu_model", "host", "executor", "started_at", "finished_at"):
+                "torch_version", "device", "precision", "cpu_model", "host", "executor", "started_at", "finished_at"):
         header.add_row(key, str(run[key]))
     out.print(header)
     kpis = store.for_runs("kpis", [run.run_id]).sort_values("kpi")

@@ -38,27 +38,29 @@ def crashed_record(spec: RunSpec, executor: str, error: str) -> RunRecord:
         "run_id": spec.run_id, "profile": spec.profile, "dataset": spec.dataset, "variant": spec.variant,
         "seed": spec.seed, "status": "failed", "error": error, "failed_stage": "", "diverged_step": -1,
         "config_json": spec.resolved_json(), "stage_ids_json": "{}", "torch_version": "", "device": "",
-        "cpu_model": "", "host": "", "executor": executor, "started_at": now(), "finished_at": now(),
+        "precision": spec.precision, "cpu_model": "", "host": "", "executor": executor, "started_at": now(),
+        "finished_at": now(),
     })
 
 
 # ----------------------------------------------------------------------------- local
 
-def _local_worker(spec: RunSpec, results_root: str, threads: int, plugins: list[str], events) -> RunRecord:
+def _local_worker(spec: RunSpec, results_root: str, threads: int, plugins: list[str], events,
+                  device: str = "cpu") -> RunRecord:
     _import_plugins(plugins)
     progress = (lambda *event: events.put(event)) if events is not None else None
-    return execute_run(spec, results_root, threads, "local", progress)
+    return execute_run(spec, results_root, threads, "local", progress, device)
 
 
 def run_local(specs: list[RunSpec], results_root: str, jobs: int, plugins: list[str], on_record: OnRecord,
-              progress: Progress | None = None) -> None:
+              progress: Progress | None = None, device: str = "cpu") -> None:
     context = multiprocessing.get_context("spawn")
     threads = threads_per_job(jobs)
     # A manager process carries progress events; without progress bars none is started.
     with context.Manager() if progress else nullcontext() as manager:
         events = manager.Queue() if progress else None
         with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-            futures = {pool.submit(_local_worker, spec, results_root, threads, plugins, events): spec
+            futures = {pool.submit(_local_worker, spec, results_root, threads, plugins, events, device): spec
                        for spec in specs}
             while futures:
                 done, _ = wait(futures, timeout=0.2, return_when=FIRST_COMPLETED)
@@ -83,13 +85,13 @@ def _drain(events, progress: Progress | None) -> None:
 
 # ----------------------------------------------------------------------------- ray
 
-def _ray_worker(spec: RunSpec, results_root: str, threads: int, plugins: list[str]) -> RunRecord:
+def _ray_worker(spec: RunSpec, results_root: str, threads: int, plugins: list[str], device: str = "cpu") -> RunRecord:
     _import_plugins(plugins)
-    return execute_run(spec, results_root, threads, "ray")
+    return execute_run(spec, results_root, threads, "ray", device=device)
 
 
 def run_ray(specs: list[RunSpec], results_root: str, jobs: int, plugins: list[str], on_record: OnRecord,
-            address: str | None = None) -> None:
+            address: str | None = None, device: str = "cpu") -> None:
     try:
         import ray
     except ImportError:
@@ -104,8 +106,10 @@ def run_ray(specs: list[RunSpec], results_root: str, jobs: int, plugins: list[st
         except (ConnectionError, RuntimeError, ValueError) as err:
             raise WorldbenchError(f"cannot start or reach Ray at '{address or 'local'}' ({err}); "
                                   f"check --ray-address") from None
-    task = ray.remote(num_cpus=threads, max_retries=0)(_ray_worker)
-    pending = {task.remote(spec, results_root, threads, plugins): spec for spec in specs}
+    # On CUDA each task asks Ray for a share of one GPU: `jobs` runs share each GPU.
+    gpus = {"num_gpus": 1 / jobs} if device.startswith("cuda") else {}
+    task = ray.remote(num_cpus=threads, max_retries=0, **gpus)(_ray_worker)
+    pending = {task.remote(spec, results_root, threads, plugins, device): spec for spec in specs}
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         spec = pending.pop(done[0])

@@ -159,7 +159,7 @@ def build_report_input(suite: Suite, store: Store, selection: Selection, alpha: 
         if loaded:
             frames[arm] = {"seed": int(row["seed"]), **loaded}
     provenance_columns = ["run_id", "variant", "seed", "git_commit", "git_dirty", "code_hash", "torch_version",
-                          "device", "cpu_model", "host", "started_at"]
+                          "device", "precision", "cpu_model", "host", "started_at"]
     report = ReportInput(
         title=f"{candidate} vs {baseline}", baseline=baseline, candidate=candidate,
         descriptions={baseline: suite.variant(selection.baseline).description,

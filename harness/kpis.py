@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from harness.stats import SMOOTHING_FRACTION, smoothed_loss
 from worldmodel.config import STAGES
 
 
@@ -24,10 +25,12 @@ class KpiDefinition:
 
 def _stage_kpis(stage: str) -> list[KpiDefinition]:
     return [
-        KpiDefinition(f"{stage}.final_loss", "mean of the last 10% of logged train losses"),
-        KpiDefinition(f"{stage}.val_loss", "loss on the val split", blocking=True),
-        KpiDefinition(f"{stage}.steps_to_target", "first logged step where the EMA loss stays <= target for "
-                      "3 log points (censored if never)", margin=0.25),
+        KpiDefinition(f"{stage}.final_loss", f"mean of the logged train losses over the last {SMOOTHING_FRACTION:.0%} "
+                      "of the budget (the smoothed loss at the last step)"),
+        KpiDefinition(f"{stage}.val_loss", "the stage's task loss on the val split (no regularisers)", blocking=True),
+        KpiDefinition(f"{stage}.steps_to_target", "first logged step from which the train loss, smoothed by a "
+                      f"trailing mean over {SMOOTHING_FRACTION:.0%} of the budget, stays <= target (censored if never)",
+                      margin=0.25),
         KpiDefinition(f"{stage}.it_per_s", "median steady-state training steps/s", "higher", margin=0.10,
                       timing=True),
         KpiDefinition(f"{stage}.wall_s", "training wall time, seconds", margin=0.10, timing=True),
@@ -41,10 +44,14 @@ KPIS: dict[str, KpiDefinition] = {k.name: k for k in [
     *(kpi for stage in STAGES for kpi in _stage_kpis(stage)),
     KpiDefinition("tokenizer.val_mse", "reconstruction MSE on val, pixels in [0, 1]"),
     KpiDefinition("tokenizer.val_psnr", "reconstruction PSNR on val, dB", "higher", "linear", 0.5),
+    KpiDefinition("tokenizer.val_moving_psnr", "reconstruction PSNR on val, dB, over only the pixels that change "
+                  "between consecutive ground-truth frames (the moving sprites)", "higher", "linear", 0.5),
     KpiDefinition("tokenizer.codebook_usage", "fraction of codes used on val", "higher", "linear", 0.05),
     KpiDefinition("tokenizer.codebook_perplexity", "perplexity of the code distribution on val", "higher"),
     KpiDefinition("actions.codebook_usage", "fraction of latent actions used on val", "higher", "linear", 0.10),
     KpiDefinition("actions.codebook_perplexity", "perplexity of the latent actions on val", "higher"),
+    KpiDefinition("actions.variance_penalty", "the LAM's variance hinge on val, max(0, floor - batch variance of "
+                  "the pre-quantisation latents), unweighted; not part of actions.val_loss", "lower", "linear", 0.001),
     KpiDefinition("actions.encoder_variance", "batch variance of the pre-quantisation action latents", "higher"),
     KpiDefinition("actions.decoder_variance", "variance of the LAM decoder's prediction across actions", "higher"),
     KpiDefinition("actions.nmi", "NMI of latent vs ground-truth actions", "higher", "linear", 0.05),
@@ -66,10 +73,10 @@ KPIS: dict[str, KpiDefinition] = {k.name: k for k in [
 COMPARE_TIME_KPIS = {f"{stage}.steps_to_target" for stage in STAGES}
 
 
-def final_loss(losses: list[float]) -> float:
-    """Mean of the last 10% of logged train losses (at least one point)."""
-    tail = max(1, len(losses) // 10)
-    return float(np.mean(losses[-tail:]))
+def final_loss(steps: list[int], losses: list[float]) -> float:
+    """Mean of the logged train losses over the trailing window of harness.stats.smoothed_loss at the last
+    step, so a run with final_loss <= target always reaches the target (harness.stats.steps_to_target)."""
+    return float(smoothed_loss(np.array(steps), np.array(losses))[-1])
 
 
 def steady_rate(rates: list[float]) -> float:
@@ -81,7 +88,7 @@ def stage_kpis(stage: str, curve: list[dict], metrics: dict[str, float], params:
                peak_rss_mb: float) -> dict[str, float]:
     """The per-run KPIs of one finished stage, from its curve and its evaluation."""
     values = {
-        "final_loss": final_loss([row["loss"] for row in curve]),
+        "final_loss": final_loss([row["step"] for row in curve], [row["loss"] for row in curve]),
         "it_per_s": steady_rate([row["it_per_s"] for row in curve]),
         "wall_s": wall_s, "peak_rss_mb": peak_rss_mb, "params": float(params), **metrics,
     }

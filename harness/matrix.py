@@ -61,14 +61,18 @@ class RunSpec:
     data_id: str
     stage_ids: dict  # stage -> id
     description: str
+    precision: str = "fp32"  # the profile's: fp32 | tf32 | bf16
 
     @property
     def config(self) -> WorldModelConfig:
         return WorldModelConfig.from_dict(self.model)
 
     def resolved_json(self) -> str:
-        return json.dumps({"profile": self.profile, "dataset": self.data, "variant": self.variant,
-                           "seed": self.seed, "model": self.model}, sort_keys=True)
+        values = {"profile": self.profile, "dataset": self.data, "variant": self.variant, "seed": self.seed,
+                  "model": self.model}
+        if self.precision != "fp32":
+            values["precision"] = self.precision
+        return json.dumps(values, sort_keys=True)
 
 
 def dataset_spec(suite: Suite, profile: str, dataset: str, frame_size: int) -> dict:
@@ -89,6 +93,9 @@ def dataset_spec(suite: Suite, profile: str, dataset: str, frame_size: int) -> d
 def plan_runs(suite: Suite, profile: str, dataset: str, variant_names: list[str], seeds: list[int]) -> list[RunSpec]:
     """Variant-major order: parallel workers then train different seeds instead of waiting on a shared stage."""
     sources = {stage: source_hash(SHARED_SOURCES + files) for stage, files in STAGE_SOURCES.items()}
+    precision = suite.profile(profile).precision
+    # A reduced precision trains other weights: it joins the stage ids (fp32 ids are as they always were).
+    numerics = [] if precision == "fp32" else [f"precision={precision}"]
     specs = []
     for variant_name in variant_names:
         variant = suite.variant(variant_name)
@@ -100,9 +107,9 @@ def plan_runs(suite: Suite, profile: str, dataset: str, variant_names: list[str]
             for stage in ("tokenizer", "actions", "dynamics"):
                 upstream = [stage_ids[u] for u in UPSTREAM[stage]]
                 stage_ids[stage] = _digest(stage, stage_config_json(config, stage), *upstream, data_id, str(seed),
-                                           sources[stage])
+                                           sources[stage], *numerics)
             rollout = json.dumps(asdict(config.rollout), sort_keys=True) + source_hash(["rollout.py"])
             run_id = _digest(profile, dataset, variant_name, str(seed), *stage_ids.values(), rollout)
             specs.append(RunSpec(run_id, profile, dataset, variant_name, seed, config.to_dict(), data, data_id,
-                                 stage_ids, variant.description))
+                                 stage_ids, variant.description, precision))
     return specs

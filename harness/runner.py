@@ -27,7 +27,7 @@ from worldmodel.config import WorldModelConfig
 from worldmodel.data import VideoData, VideoWindows, generate, load_hdf5, save_hdf5
 from worldmodel.errors import WorldbenchError
 from worldmodel.rollout import evaluate_rollouts, rollout_clips
-from worldmodel.train import StageDiverged, reset_peak_rss
+from worldmodel.train import Placement, StageDiverged, reset_peak_rss
 
 Progress = Callable[[str, str, int, int, float], None]  # (run_id, stage, step, total, loss)
 
@@ -38,7 +38,7 @@ class RunRecord:
     kpis: list[dict] = field(default_factory=list)
     curves: list[dict] = field(default_factory=list)
     rollouts: list[dict] = field(default_factory=list)
-    frames: dict | None = None  # ground_truth, predictions, context
+    frames: dict | None = None  # ground_truth, predictions, reconstructions (tokenizer), context
 
 
 def now() -> str:
@@ -104,9 +104,20 @@ def cached_stage(stage: str, stage_id: str, cache: Path, config: WorldModelConfi
         return model.eval(), output
 
 
+def device_label(device: str) -> str:
+    """The runs table's device column: "cpu", or "cuda (<GPU name>)"."""
+    if torch.device(device).type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(torch.device(device))})"
+    return device
+
+
 def execute_run(spec: RunSpec, results_root: str, threads: int, executor: str,
-                progress: Progress | None = None) -> RunRecord:
-    """Train and evaluate one run; never raises for a run's own failure (it is recorded instead)."""
+                progress: Progress | None = None, device: str = "cpu") -> RunRecord:
+    """Train and evaluate one run on `device`; never raises for a run's own failure (it is recorded instead).
+
+    Stages, their evaluation and the rollouts run on `device` at the spec's precision; stage
+    checkpoints hold CPU tensors either way.
+    """
     torch.set_num_threads(threads)
     reset_peak_rss()
     started = now()
@@ -114,12 +125,13 @@ def execute_run(spec: RunSpec, results_root: str, threads: int, executor: str,
         "run_id": spec.run_id, "profile": spec.profile, "dataset": spec.dataset, "variant": spec.variant,
         "seed": spec.seed, "status": "ok", "error": "", "failed_stage": "", "diverged_step": -1,
         "config_json": spec.resolved_json(), "stage_ids_json": json.dumps(spec.stage_ids),
-        "torch_version": torch.__version__, "device": "cpu", "cpu_model": cpu_model(), "host": socket.gethostname(),
-        "executor": executor, "started_at": started,
+        "torch_version": torch.__version__, "device": device_label(device), "precision": spec.precision,
+        "cpu_model": cpu_model(), "host": socket.gethostname(), "executor": executor, "started_at": started,
     })
     cache = Path(results_root) / "cache"
     current = "data"
     try:
+        placement = Placement(device, spec.precision)
         config = spec.config
         data = load_dataset(spec, cache)
         val_fraction = spec.data["val_fraction"]
@@ -133,17 +145,18 @@ def execute_run(spec: RunSpec, results_root: str, threads: int, executor: str,
         for current in ("tokenizer", "actions", "dynamics"):
             def train_fn(checkpoint: Path, stage=current):
                 if stage == "tokenizer":
-                    return stages.run_tokenizer(config, train, val, checkpoint, spec.seed, hook(stage))
+                    return stages.run_tokenizer(config, train, val, checkpoint, spec.seed, hook(stage), placement)
                 if stage == "actions":
-                    return stages.run_actions(config, train, val, checkpoint, spec.seed, hook(stage))
+                    return stages.run_actions(config, train, val, checkpoint, spec.seed, hook(stage), placement)
                 return stages.run_dynamics(config, train, val, models["tokenizer"], models["actions"], checkpoint,
-                                           spec.seed, hook(stage))
-            models[current], outputs[current] = cached_stage(current, spec.stage_ids[current], cache, config, train_fn)
+                                           spec.seed, hook(stage), placement)
+            model, outputs[current] = cached_stage(current, spec.stage_ids[current], cache, config, train_fn)
+            models[current] = model.to(placement.torch_device)  # a cached stage loads onto the CPU
             if progress:
                 progress(spec.run_id, current, config.stage(current).steps, config.stage(current).steps, float("nan"))
 
         current = "rollout"
-        clips = rollout_clips(data, config, val_fraction)
+        clips = rollout_clips(data, config, val_fraction).to(placement.torch_device)
         result = evaluate_rollouts(models["tokenizer"], models["actions"], models["dynamics"], clips, config)
     except StageDiverged as err:
         record.run.update(status="diverged", error=str(err), failed_stage=err.stage, diverged_step=err.step)
@@ -169,6 +182,6 @@ def execute_run(spec: RunSpec, results_root: str, threads: int, executor: str,
                                  "ssim": float(scores["ssim"][c, h])}
                                 for c in range(clips_count) for h in range(horizon)]
         record.frames = {"ground_truth": result.ground_truth, "predictions": result.predictions,
-                         "context": config.window - 1}
+                         "reconstructions": result.reconstructions, "context": config.window - 1}
     record.run["finished_at"] = now()
     return record

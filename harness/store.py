@@ -3,7 +3,7 @@
 Layout under the results dir:
   worldbench.json              marks the dir as ours (a dir of another project is refused)
   store/<table>/part-<run>.parquet  one part per run and table, written to a temp name and renamed
-  frames/<run_id>.h5           ground truth and predicted rollout frames (uint8)
+  frames/<run_id>.h5           ground truth, predicted rollout frames and tokenizer reconstructions (uint8)
   cache/                       stage checkpoints, shared between runs
 `pandas.read_parquet("results/store/<table>")` reads a whole table.
 """
@@ -27,14 +27,16 @@ TABLES: dict[str, dict[str, str]] = {
         "run_id": "string", "profile": "string", "dataset": "string", "variant": "string", "seed": "int64",
         "status": "string", "error": "string", "failed_stage": "string", "diverged_step": "int64",
         "git_commit": "string", "git_dirty": "bool", "code_hash": "string", "config_json": "string",
-        "stage_ids_json": "string", "torch_version": "string", "device": "string", "cpu_model": "string",
-        "host": "string", "executor": "string", "started_at": "string", "finished_at": "string",
+        "stage_ids_json": "string", "torch_version": "string", "device": "string", "precision": "string",
+        "cpu_model": "string", "host": "string", "executor": "string", "started_at": "string", "finished_at": "string",
     },
     "kpis": {"run_id": "string", "kpi": "string", "value": "float64"},
     "curves": {"run_id": "string", "stage": "string", "step": "int64", "metric": "string", "value": "float64"},
     "rollouts": {"run_id": "string", "mode": "string", "clip": "int64", "horizon_step": "int64",
                  "mse": "float64", "psnr": "float64", "ssim": "float64"},
 }
+# Columns added after a table's first release, with the value their older rows mean.
+ADDED_COLUMNS: dict[str, dict[str, object]] = {"runs": {"precision": "fp32"}}
 
 
 class Store:
@@ -97,7 +99,15 @@ class Store:
         folder = self.table_dir(table)
         if not folder.exists() or not any(folder.glob("part-*.parquet")):
             return pd.DataFrame({c: pd.Series(dtype=t) for c, t in TABLES[table].items()})
-        return pd.read_parquet(folder)
+        frame = pd.read_parquet(folder)
+        added = ADDED_COLUMNS.get(table, {})
+        if any(column not in frame.columns for column in added):
+            # Parts written before a column existed: parquet takes one part's schema, so read each.
+            frame = pd.concat([pd.read_parquet(part) for part in sorted(folder.glob("part-*.parquet"))],
+                              ignore_index=True)
+        for column, value in added.items():
+            frame[column] = frame[column].fillna(value) if column in frame.columns else value
+        return frame
 
     def runs(self) -> pd.DataFrame:
         return self.read("runs")
@@ -112,7 +122,7 @@ class Store:
         return self.root / "frames" / f"{run_id}.h5"
 
     def write_frames(self, run_id: str, ground_truth: np.ndarray, predictions: dict[str, np.ndarray],
-                     context: int) -> None:
+                     context: int, reconstructions: np.ndarray | None = None) -> None:
         path = self.frames_path(run_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
@@ -120,6 +130,8 @@ class Store:
             f.create_dataset("ground_truth", data=ground_truth, compression="gzip", compression_opts=1)
             for mode, frames in predictions.items():
                 f.create_dataset(f"predictions/{mode}", data=frames, compression="gzip", compression_opts=1)
+            if reconstructions is not None:  # the tokenizer's decode(encode(ground_truth))
+                f.create_dataset("reconstructions", data=reconstructions, compression="gzip", compression_opts=1)
             f.attrs["context"] = context
         os.replace(tmp, path)
 
@@ -128,5 +140,8 @@ class Store:
         if not path.exists():
             return None
         with h5py.File(path, "r") as f:
-            return {"ground_truth": f["ground_truth"][()], "context": int(f.attrs["context"]),
-                    "predictions": {mode: f["predictions"][mode][()] for mode in f["predictions"]}}
+            frames = {"ground_truth": f["ground_truth"][()], "context": int(f.attrs["context"]),
+                      "predictions": {mode: f["predictions"][mode][()] for mode in f["predictions"]}}
+            if "reconstructions" in f:  # files from before reconstructions were stored lack them
+                frames["reconstructions"] = f["reconstructions"][()]
+            return frames

@@ -17,6 +17,7 @@ from variants.registry import components as registered_components
 from worldmodel.config import WorldModelConfig
 from worldmodel.data import GAMES
 from worldmodel.errors import WorldbenchError
+from worldmodel.train import PRECISIONS
 
 # Which model-config key a component slot sets.
 SLOT_CONFIG_KEYS = {"lam_encoder": "actions.encoder"}
@@ -30,6 +31,7 @@ class Profile:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     model: dict = field(default_factory=dict)  # WorldModelConfig overrides, nested
     data: dict = field(default_factory=dict)  # procedural dataset overrides (episodes, episode_len)
+    precision: str = "fp32"  # fp32 | tf32 | bf16 (the last two need --device cuda)
 
 
 @dataclass
@@ -248,6 +250,7 @@ def build_suite(raw: dict, path: Path | None = None) -> Suite:
         _check_model_overrides(profile.model, f"profiles.{name}.model")
         for key in profile.data:
             _check_choice(key, {"episodes", "episode_len"}, f"profiles.{name}.data.{key}")
+        _check_choice(profile.precision, PRECISIONS, f"profiles.{name}.precision")
         try:
             WorldModelConfig.from_dict(copy.deepcopy(profile.model))
         except WorldbenchError as err:

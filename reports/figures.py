@@ -239,7 +239,29 @@ class _GridPlan:
     caption: str
 
 
-def _plan_grid(report: ReportInput) -> _GridPlan | None:
+def _prediction_row(variant: str, frames: dict) -> tuple[str, np.ndarray] | str:
+    """A variant's rollout row for the grid, (label, uint8 [clips, horizon, H, W, 3]), or why there is none."""
+    predictions = frames.get("predictions") or {}
+    mode = "ar" if "ar" in predictions else next(iter(predictions), None)
+    if mode is None:
+        return f"no predicted frames for {variant}"
+    return f"{_safe_label(variant, 24)} ({mode.upper()})", as_rgb_uint8(predictions[mode])
+
+
+def _reconstruction_row(variant: str, frames: dict) -> tuple[str, np.ndarray] | str:
+    """A variant's tokenizer reconstructions of the predicted frames (the context cut off), or why there are none."""
+    if frames.get("reconstructions") is None:
+        return f"no tokenizer reconstructions for {variant}"
+    context = int(frames.get("context", 0))
+    return f"{_safe_label(variant, 24)} (tokenizer)", as_rgb_uint8(frames["reconstructions"])[:, context:]
+
+
+_VariantRow = Callable[[str, dict], tuple[str, np.ndarray] | str]  # (variant, its frames) -> (label, row) or a note
+
+
+def _plan_grid(report: ReportInput, variant_row: _VariantRow = _prediction_row,
+               rows_are: str = "prediction after {context} context frames") -> _GridPlan | None:
+    """Ground truth of the predicted frames above one row per variant from `variant_row`."""
     frames = {v: f for v, f in (report.frames or {}).items() if isinstance(f, dict) and "ground_truth" in f}
     if not frames:
         return None
@@ -252,16 +274,15 @@ def _plan_grid(report: ReportInput) -> _GridPlan | None:
     notes: list[str] = []
     rows: list[tuple[str, np.ndarray]] = []  # label, [clips, horizon, H, W, 3]
     for variant in ordered(list(report.frames), tuple(report.variants)):
-        predictions = (frames.get(variant) or {}).get("predictions") or {}
-        mode = "ar" if "ar" in predictions else next(iter(predictions), None)
-        if mode is None:
-            notes.append(f"no predicted frames for {variant}")
+        row = variant_row(variant, frames.get(variant) or {})
+        if isinstance(row, str):
+            notes.append(row)
             continue
-        predicted = as_rgb_uint8(predictions[mode])
-        if predicted.ndim != 5 or predicted.shape[2:] != truth.shape[2:]:
-            notes.append(f"{variant}: frames of shape {predicted.shape} do not match the ground truth")
+        label, shown_frames = row
+        if shown_frames.ndim != 5 or shown_frames.shape[2:] != truth.shape[2:]:
+            notes.append(f"{variant}: frames of shape {shown_frames.shape} do not match the ground truth")
             continue
-        rows.append((f"{_safe_label(variant, 24)} ({mode.upper()})", predicted))
+        rows.append((label, shown_frames))
     for variant in report.variants:
         if variant not in frames:
             notes.append(f"no frames for {variant} (no successful run saved any)")
@@ -277,7 +298,7 @@ def _plan_grid(report: ReportInput) -> _GridPlan | None:
         per_clip.append(clip_rows)
     seeds = sorted({str(f.get("seed", "?")) for f in frames.values()})
     caption = (
-        f"Rows: ground truth, then each variant's prediction after {context} context frames; columns: horizon steps. "
+        f"Rows: ground truth, then each variant's {rows_are.format(context=context)}; columns: horizon steps. "
         f"Seed {', '.join(seeds)}, first {clips} clips, {factor}x nearest-neighbour upscaled."
     )
     if notes:
@@ -332,6 +353,12 @@ def plan_figures(report: ReportInput) -> list[Figure]:
     grid = _plan_grid(report)
     if grid is not None:
         figures.append(Figure("rollouts.png", "Rollouts: ground truth vs predictions", grid.caption, lambda: _draw_grid(grid)))
+    if any(isinstance(f, dict) and f.get("reconstructions") is not None for f in (report.frames or {}).values()):
+        tokenizer_grid = _plan_grid(report, _reconstruction_row, "tokenizer reconstruction of the same frames")
+        if tokenizer_grid is not None:
+            caption = f"{tokenizer_grid.caption} What the tokenizer loses (small moving sprites) no model recovers."
+            figures.append(Figure("reconstructions.png", "Tokenizer reconstructions vs ground truth", caption,
+                                  lambda: _draw_grid(tokenizer_grid)))
     if _has_psnr(report):
         figures.append(
             Figure(

@@ -41,7 +41,9 @@ class ReportInput:
     curves: pd.DataFrame  # variant, seed, stage, step, metric, value
     rollouts: pd.DataFrame  # variant, seed, mode, clip, horizon_step (1-based), mse, psnr, ssim
     # variant -> {"seed": int, "context": int, "ground_truth": uint8 [clips, context+horizon, H, W, 3],
-    #             "predictions": {mode: uint8 [clips, horizon, H, W, 3]}}; same clips and seed for all variants
+    #             "predictions": {mode: uint8 [clips, horizon, H, W, 3]},
+    #             "reconstructions" (optional): the tokenizer's uint8 [clips, context+horizon, H, W, 3]};
+    # same clips and seed for all variants
     frames: dict[str, dict]
     speed: pd.DataFrame  # variant, stage, it_per_s, wall_s (medians over seeds)
     compat: CompatResult | None  # None: not checked

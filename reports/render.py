@@ -83,10 +83,12 @@ def _md_banner(report: ReportInput) -> str:
         lines.append(f">\n> **Recommended:** about {banner.recommended_seeds} seeds per variant would settle it.")
     problems = view.problem_summary(report)
     warnings = view.provenance_warnings(report)
-    if problems or warnings:
+    collapsed = view.collapsed_lam_warnings(report)
+    if problems or warnings or collapsed:
         lines += ["", "> [!WARNING]"]
         lines += [f"> - **Runs that did not finish**: {md_escape(p)}" for p in problems]
         lines += [f"> - **Provenance**: {md_escape(w)}" for w in warnings]
+        lines += [f"> - **Collapsed LAM**: {md_escape(w)}" for w in collapsed]
     return "\n".join(lines)
 
 
@@ -145,8 +147,8 @@ def _md_figures(figures: list[Figure]) -> str:
         for f in figures
     ]
     intro = (
-        f"{len(figures)} figures (training curves, rollout frames, PSNR per horizon step) are inline in "
-        "**report.html** (CI artifact); the PNG files referenced below are written next to report.md."
+        f"{len(figures)} figures (training curves, rollout frames, tokenizer reconstructions, PSNR per horizon step) "
+        "are inline in **report.html** (CI artifact); the PNG files referenced below are written next to report.md."
     )
     return "### Figures\n\n" + intro + "\n\n" + _details(f"Figures ({len(figures)})", "\n\n".join(items))
 
@@ -305,6 +307,7 @@ def render_html(report: ReportInput, pngs: dict[str, bytes] | None = None) -> st
         symbols=VERDICT_SYMBOL,
         problems=view.problem_summary(report),
         provenance_warnings=view.provenance_warnings(report),
+        collapsed_lam_warnings=view.collapsed_lam_warnings(report),
         variants=variants,
         kpis=view.kpi_table(report),
         explanations=view.kpi_explanations(report),

@@ -90,6 +90,10 @@ HTML_TEMPLATE = r"""<!DOCTYPE html>
 <div class="alert warn"><strong>Provenance warnings</strong>
 <ul>{% for line in provenance_warnings %}<li>{{ line }}</li>{% endfor %}</ul></div>
 {% endif %}
+{% if collapsed_lam_warnings %}
+<div class="alert warn"><strong>Collapsed LAM</strong>
+<ul>{% for line in collapsed_lam_warnings %}<li>{{ line }}</li>{% endfor %}</ul></div>
+{% endif %}
 
 <h2>KPIs</h2>
 {% if kpis.rows %}

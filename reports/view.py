@@ -32,6 +32,8 @@ STAGE_ORDER = ("tokenizer", "actions", "dynamics")
 MODE_ORDER = ("ar", "tf", "random", "copy_last")
 MODE_LABELS = {"ar": "autoregressive", "tf": "teacher-forced", "random": "random actions", "copy_last": "copy last frame"}
 PROBLEM_STATUSES = ("failed", "diverged")
+# A LAM whose median actions.codebook_perplexity is below this uses about one latent action: collapsed.
+COLLAPSED_LAM_PERPLEXITY = 1.5
 
 
 @dataclass
@@ -408,3 +410,19 @@ def provenance_table(report: ReportInput) -> Table:
 def provenance_warnings(report: ReportInput) -> list[str]:
     table = provenance_table(report)
     return [f"{row[0]}: {row[1]}" for row, cls in zip(table.rows, table.row_classes) if cls == "warn"]
+
+
+def collapsed_lam_warnings(report: ReportInput) -> list[str]:
+    """One line per arm whose LAM has collapsed: its latent actions carry (almost) nothing, so
+    the KPIs that compare LAM actions with others (ΔtPSNR, NMI) measure little."""
+    perplexity = next((k for k in report.comparison.kpis if k.name == "actions.codebook_perplexity"), None)
+    if perplexity is None:
+        return []
+    medians = {report.baseline: perplexity.baseline_median, report.candidate: perplexity.candidate_median}
+    return [
+        f"{role_of(report, variant)} {variant}: the LAM has collapsed (median actions.codebook_perplexity "
+        f"{fmt_number(median, 3)} < {COLLAPSED_LAM_PERPLEXITY:g}), so rollout.delta_psnr (ΔtPSNR) and actions.nmi "
+        "say little about its actions"
+        for variant, median in medians.items()
+        if median < COLLAPSED_LAM_PERPLEXITY  # NaN (not measured) compares False
+    ]

@@ -1,6 +1,7 @@
 """The verdict from recorded runs, the gate's exit codes, and the backward-compatibility check."""
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -94,6 +95,8 @@ def test_gate_runs_reports_and_exits_by_verdict(tmp_path, monkeypatch):
     assert code in (0, 3)
     assert {p.name for p in out.iterdir()} >= {"report.md", "report.html", "report.json"}
     assert summary.read_text().startswith("<!-- worldbench-report -->")
+    html = (out / "report.html").read_text()
+    assert re.search(r'<img src="data:image/png;base64,[^"]+" alt="Tokenizer reconstructions vs ground truth">', html)
 
 
 def test_gate_usage_errors_exit_2(tmp_path, capsys):

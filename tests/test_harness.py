@@ -9,11 +9,13 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from harness.cli import main
 from harness.kpis import KPIS
+from harness.store import Store
 from variants import registry
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,6 +54,9 @@ def test_smoke_run_fills_all_four_tables_and_show_prints_a_run(smoke_results, ca
     expected = {name for name in KPIS if not name.endswith("steps_to_target")}
     assert expected <= recorded, expected - recorded
     assert all((smoke_results / "frames" / f"{run_id}.h5").exists() for run_id in runs["run_id"])
+    frames = Store(smoke_results).read_frames(runs["run_id"][0])
+    assert frames["reconstructions"].dtype == np.uint8  # the tokenizer's view of the rollout clips
+    assert frames["reconstructions"].shape == frames["ground_truth"].shape
 
     capsys.readouterr()
     assert main(["show", runs["run_id"][0][:8], "--results", str(smoke_results)]) == 0

@@ -306,6 +306,36 @@ def test_missing_pieces_render_everywhere():
     assert data["compat"] is None and data["verdict"] == broken.comparison.verdict
 
 
+def test_a_collapsed_lam_is_flagged_in_markdown_and_html(report):
+    perplexity = KpiRule("actions.codebook_perplexity", "higher", "log", 0.10, blocking=False)
+    healthy, collapsed = {0: 3.1, 1: 2.8, 2: 3.4}, {0: 1.0, 1: 1.3, 2: 1.6}  # candidate median 1.3 < 1.5
+
+    def with_perplexity(baseline: dict, candidate: dict) -> ReportInput:
+        comparison = compare([perplexity], {perplexity.name: baseline}, {perplexity.name: candidate}, bootstrap=False)
+        return dataclasses.replace(report, comparison=comparison)
+
+    flagged = with_perplexity(healthy, collapsed)
+    md, html = render_markdown(flagged), render_html(flagged)
+    for text in (md, html):
+        assert "Collapsed LAM" in text and "ΔtPSNR" in text
+        assert text.count("the LAM has collapsed") == 1  # the candidate's, not the baseline's
+        assert "perplexity 1.3 &lt; 1.5" in text  # the median, escaped
+    for fine in (report, with_perplexity(healthy, healthy)):
+        assert "the LAM has collapsed" not in render_markdown(fine) + render_html(fine)
+    both = with_perplexity(collapsed, collapsed)
+    assert render_markdown(both).count("the LAM has collapsed") == 2
+
+
+def test_tokenizer_reconstructions_get_their_own_grid_next_to_the_rollouts(report):
+    assert "reconstructions.png" not in [f.filename for f in plan_figures(report)]  # none stored: no figure
+    frames = {v: {**f, "reconstructions": f["ground_truth"] // 2} for v, f in report.frames.items()}
+    figures = plan_figures(dataclasses.replace(report, frames=frames))
+    names = [f.filename for f in figures]
+    assert names.index("reconstructions.png") == names.index("rollouts.png") + 1
+    grid = figures[names.index("reconstructions.png")]
+    assert "tokenizer reconstruction" in grid.caption and grid.png().startswith(b"\x89PNG")
+
+
 def test_candidate_without_frames_still_gets_a_grid_of_the_others(report):
     partial = dataclasses.replace(report, frames={BASELINE: report.frames[BASELINE]})
     grid = [f for f in plan_figures(partial) if f.filename == "rollouts.png"]

@@ -23,8 +23,10 @@ from harness.stats import (
     compare_kpi,
     holm_adjust,
     recommended_seeds,
+    smoothed_loss,
     steps_to_target,
 )
+from harness.kpis import final_loss
 
 LOSS = KpiRule("loss", "lower", "log", 0.05)
 LOG_MARGIN = math.log(1.05)
@@ -278,16 +280,47 @@ def test_results_are_plain_json_floats_and_deterministic():
 # --------------------------------------------------------------------------- steps to target
 
 
-def test_steps_to_target_by_hand():
-    steps = np.array([0, 100, 200, 300, 400, 500, 600])
-    # ema 0.5: smoothed = 4, 2, 3, 1.5, 0.75, 0.375, 0.1875. The dip at step 100 does not last.
-    losses = np.array([4.0, 0.0, 4.0, 0.0, 0.0, 0.0, 0.0])
-    assert steps_to_target(steps, losses, target=2.0, ema=0.5) == 300.0
-    assert steps_to_target(steps, losses, target=2.0, ema=0.5, consecutive=1) == 100.0
-    assert steps_to_target(steps, losses, target=0.1, ema=0.5) == math.inf
-    # Default ema 0.1: s = 1, 0.91, 0.829, 0.7561, 0.68049, ... first <= 0.8 is index 3.
-    assert steps_to_target(steps, np.array([1.0] + [0.1] * 6), target=0.8) == 300.0
-    assert steps_to_target(steps, np.array([1.0, np.nan] + [0.0] * 5), target=0.8) == math.inf
+def test_smoothed_loss_window_is_a_tenth_of_the_budget_in_steps():
+    # Budget 300 logged every 10 steps: the window is 30 steps = the last 3 log points.
+    steps = np.arange(10, 301, 10)
+    losses = np.linspace(3.0, 1.0, len(steps)) ** 2
+    smoothed = smoothed_loss(steps, losses)
+    assert smoothed[0] == losses[0]  # the window starts before the first log point
+    assert smoothed[10] == pytest.approx(np.mean(losses[8:11]))
+    assert final_loss(list(steps), list(losses)) == smoothed[-1] == pytest.approx(np.mean(losses[-3:]))
+    # Logging every step instead of every 10 leaves the window at 30 steps.
+    every_step = np.arange(1, 301)
+    assert smoothed_loss(every_step, np.arange(300.0))[-1] == pytest.approx(np.mean(np.arange(270.0, 300.0)))
+
+
+def test_steps_to_target_is_where_the_smoothed_loss_stays_below():
+    # Budget 200, logged every 10 steps: the window (20 steps) averages each point with the one before.
+    steps = np.arange(10, 201, 10)
+    losses = np.array([4.0] * 5 + [0.0, 0.0] + [4.0] * 3 + [1.0] * 10)
+    # smoothed: 4 4 4 4 4 | 2 0 2 4 4 | 2.5 1 1 1 ... 1: a dip at step 70, below for good from step 120.
+    assert steps_to_target(steps, losses, target=1.5) == 120.0
+    assert steps_to_target(steps, losses, target=1.0) == 120.0  # <= target counts
+    assert steps_to_target(steps, losses, target=0.5) == math.inf  # only the dip gets there: censored
+    assert steps_to_target(steps, losses, target=5.0) == 10.0
+    losses_with_nan = losses.copy()
+    losses_with_nan[3] = np.nan
+    assert steps_to_target(steps, losses_with_nan, target=1.5) == math.inf
+
+
+def test_steps_to_target_is_reached_exactly_when_the_final_loss_is_at_most_the_target():
+    rng = np.random.default_rng(0)
+    for budget, log_every in [(24, 4), (300, 10), (600, 20), (5000, 50), (95, 7)]:
+        steps = np.append(np.arange(log_every, budget, log_every), budget)
+        for _ in range(20):
+            trend = 2.0 * np.exp(-steps / (0.2 * budget)) + 0.5
+            losses = trend * np.exp(rng.normal(0.0, 0.3, len(steps)))  # noisy, dips below its end early
+            final = final_loss(list(steps), list(losses))
+            reached = steps_to_target(steps, losses, target=final)
+            assert math.isfinite(reached) and reached <= budget
+            assert steps_to_target(steps, losses, target=final * (1 + 1e-9)) <= reached
+            assert steps_to_target(steps, losses, target=final * (1 - 1e-9)) == math.inf
+            # From the reported step on the smoothed curve never goes back above the target.
+            assert np.all(smoothed_loss(steps, losses)[steps >= reached] <= final)
 
 
 def test_censored_candidate_that_never_reaches_target_regresses():

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from worldmodel import stages
+from worldmodel import metrics, stages
 from worldmodel.config import WorldModelConfig
 from worldmodel.data import VideoWindows, generate
 from worldmodel.dynamics import Dynamics
 from worldmodel.errors import WorldbenchError
 from worldmodel.fsq import FSQ
 from worldmodel.lam import LatentActionModel
-from worldmodel.rollout import evaluate_rollouts, infer_clip_actions, rollout_clips
+from worldmodel.rollout import evaluate_rollouts, infer_clip_actions, rollout_clips, to_uint8
 from worldmodel.tokenizer import VideoTokenizer
 from worldmodel.train import StageDiverged, load_checkpoint, train_stage
 
@@ -184,6 +184,37 @@ def test_rollouts_score_predicted_frames_and_copy_last(windows):
     copy = ((clips[:, 2:3] + 1) / 2).expand_as(truth)
     assert np.isclose(result.kpis["copy_last_mse"], (copy - truth).pow(2).mean().item(), rtol=1e-5)
     assert result.predictions["ar"].shape == (2, 4, 16, 16, 3) and result.predictions["ar"].dtype == np.uint8
+    assert result.reconstructions.shape == (2, 7, 16, 16, 3) and result.reconstructions.dtype == np.uint8
+    # 7 frames, windows of 4: frames 0-3 from the first window, 4-6 from the last one (frames 3-6).
+    assert np.array_equal(result.reconstructions[:, :4], to_uint8(tokenizer(clips[:, :4])[0]))
+    assert np.array_equal(result.reconstructions[:, 4:], to_uint8(tokenizer(clips[:, 3:])[0][:, 1:]))
+
+
+def test_moving_psnr_sees_a_small_sprite_that_plain_psnr_hides():
+    # A 2x2 sprite moving right over a static 32x32 background; the reconstruction erases it.
+    truth = torch.full((1, 4, 3, 32, 32), 0.2)  # [B, T, 3, H, W]
+    for t in range(4):
+        truth[0, t, :, 6:8, 2 + 3 * t : 4 + 3 * t] = 0.9
+    erased = torch.full_like(truth, 0.2)
+    moving = metrics.moving_pixels(truth)  # [1, 3, 1, 32, 32]: old and new sprite positions
+    assert moving.shape == (1, 3, 1, 32, 32) and moving.sum().item() == 3 * 8
+    plain = metrics.psnr_per_frame(erased, truth).mean().item()
+    assert plain > 25.0  # the sprite is 0.4% of the pixels: 27 dB
+    assert metrics.moving_psnr(erased, truth) < plain - 20.0  # half the moving pixels are the sprite: 6 dB
+    assert metrics.moving_psnr(truth, truth) == pytest.approx(100.0)  # exact match: the 100 dB cap
+    assert np.isnan(metrics.moving_psnr(erased, erased))  # nothing moves: undefined
+
+
+def test_lam_val_loss_is_the_reconstruction_without_the_variance_hinge(tmp_path, windows):
+    _, train, val = windows
+    config = tiny_config(variance_floor=10.0)  # a floor the latents never reach: the hinge dominates the loss
+    model = LatentActionModel(config)
+    frames, _ = val.batch(np.arange(4))
+    loss, extras = model.loss(frames)
+    assert extras["variance_penalty"].item() > 1.0
+    assert torch.isclose(loss, extras["reconstruction"] + config.actions.variance_weight * extras["variance_penalty"])
+    _, output = stages.run_actions(config, train, val, tmp_path / "a.pt", 0)
+    assert output.metrics["val_loss"] < 2.0 < output.metrics["variance_penalty"]  # smooth L1 of pixels in [-1, 1]
 
 
 # ----------------------------------------------------------------------------- bad input, one line each

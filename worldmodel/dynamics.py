@@ -36,21 +36,25 @@ class Dynamics(nn.Module):
         return self.transformer(tokens, cond)
 
     @staticmethod
-    def training_mask(batch: int, steps: int, patches: int) -> torch.Tensor:
-        """Mask ratio U[0.5, 1) per batch, Bernoulli per token, one random step per (b, p) kept visible."""
-        ratio = 0.5 + 0.5 * torch.rand(())
-        mask = torch.rand(batch, steps, patches) < ratio  # [B, T, P]
-        keep = torch.randint(steps, (batch, 1, patches))
+    def training_mask(batch: int, steps: int, patches: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Mask ratio U[0.5, 1) per batch, Bernoulli per token, one random step per (b, p) kept visible.
+
+        Drawn on `device` from that device's global RNG (on the CPU: the same numbers as ever).
+        """
+        ratio = 0.5 + 0.5 * torch.rand((), device=device)
+        mask = torch.rand(batch, steps, patches, device=device) < ratio  # [B, T, P]
+        keep = torch.randint(steps, (batch, 1, patches), device=device)
         return mask.scatter(1, keep, False)
 
-    def loss(self, indices: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, indices: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         # indices [B, T, P] codes, actions [B, T-1, A] quantised latent actions
-        mask = self.training_mask(*indices.shape)
+        # Extras are detached 0-d tensors: the trainer reads them at log points, not every step.
+        mask = self.training_mask(*indices.shape, device=indices.device)
         hidden = self.hidden(self.fsq.from_indices(indices), actions, mask)
         logits = self.to_logits(hidden[mask])  # only masked positions are scored: [M, V]
         targets = indices[mask]
         loss = F.cross_entropy(logits, targets)
-        accuracy = (logits.argmax(-1) == targets).float().mean().item()
+        accuracy = (logits.argmax(-1) == targets).float().mean().detach()
         return loss, {"token_accuracy": accuracy}
 
     @torch.no_grad()
@@ -62,10 +66,12 @@ class Dynamics(nn.Module):
         -> codes of the new frame [B, P].
         """
         B, Tc, P, L = context.shape
-        codes = torch.zeros(B, P, dtype=torch.long)
-        masked = torch.ones(B, P, dtype=torch.bool)
-        frame_mask = torch.zeros(B, Tc + 1, P, dtype=torch.bool)
+        device = context.device
+        codes = torch.zeros(B, P, dtype=torch.long, device=device)
+        masked = torch.ones(B, P, dtype=torch.bool, device=device)
+        frame_mask = torch.zeros(B, Tc + 1, P, dtype=torch.bool, device=device)
         minimum_per_round = math.ceil(P / 16)
+        already = 0  # positions unmasked so far, the same in every row: counted here, never read off the device
         for round_index in range(1, rounds + 1):
             new_frame = torch.where(masked.unsqueeze(-1), 0.0, self.fsq.from_indices(codes))
             latents = torch.cat([context, new_frame.unsqueeze(1)], dim=1)  # [B, Tc+1, P, L]
@@ -80,12 +86,12 @@ class Dynamics(nn.Module):
             if round_index == rounds:
                 return torch.where(masked, sample, codes)  # fill whatever is left
             target = P * math.expm1(SCHEDULE_SHARPNESS * round_index / rounds) / math.expm1(SCHEDULE_SHARPNESS)
-            already = P - int(masked[0].sum())
             count = min(max(math.ceil(target) - already, minimum_per_round), P - already)
             confidence = confidence.masked_fill(~masked, -1.0)
             chosen = confidence.topk(count, dim=-1).indices  # [B, count]
             codes.scatter_(1, chosen, sample.gather(1, chosen))
             masked.scatter_(1, chosen, False)
-            if not masked.any():
+            already += count
+            if already == P:
                 return codes
         return codes

@@ -40,11 +40,13 @@ class LatentActionModel(nn.Module):
         tokens = tokens + self.embed.spatial_code
         return unpatchify(self.to_pixels(self.decoder(tokens, actions)), self.patch_size)
 
-    def loss(self, frames: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, frames: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         pre, actions = self.infer_actions(frames)
         predicted = self.decode(frames[:, :-1], actions, mask_inputs=True)
         reconstruction = F.smooth_l1_loss(predicted, frames[:, 1:])
         # Hinge on the batch variance of the pre-quantisation latents keeps the actions from collapsing.
         variance = pre.flatten(0, 1).var(dim=0).mean()
-        loss = reconstruction + self.variance_weight * F.relu(self.variance_floor - variance)
-        return loss, {"encoder_variance": variance.item()}
+        variance_penalty = F.relu(self.variance_floor - variance)
+        loss = reconstruction + self.variance_weight * variance_penalty
+        extras = {"encoder_variance": variance, "reconstruction": reconstruction, "variance_penalty": variance_penalty}
+        return loss, {name: value.detach() for name, value in extras.items()}  # tensors: read at log points only

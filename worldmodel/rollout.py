@@ -32,6 +32,7 @@ class RolloutResult:
     ground_truth: np.ndarray  # uint8 [clips, context + horizon, H, W, 3]
     predictions: dict[str, np.ndarray]  # mode -> uint8 [clips, horizon, H, W, 3]
     kpis: dict[str, float]  # rollout.* KPIs without the prefix
+    reconstructions: np.ndarray  # uint8 [clips, context + horizon, H, W, 3]: the tokenizer's decode(encode(clip))
 
 
 def rollout_clips(data: VideoData, config: WorldModelConfig, val_fraction: float) -> torch.Tensor:
@@ -67,6 +68,25 @@ def infer_clip_actions(lam: LatentActionModel, frames: torch.Tensor, window: int
 
 
 @torch.no_grad()
+def reconstruct_clips(tokenizer: VideoTokenizer, frames: torch.Tensor, window: int) -> torch.Tensor:
+    """The tokenizer's reconstruction of every frame of clips longer than one window: [B, N, 3, H, W].
+
+    The tokenizer only knows windows of `window` frames, so the clip goes through it `window`
+    frames at a time; the last window is shifted back to end at the clip's end and only its
+    new frames are kept (a frame keeps the reconstruction with the most temporal context).
+    """
+    steps = frames.shape[1]
+    reconstructions = torch.empty_like(frames)  # [B, N, 3, H, W]
+    done = 0  # frames reconstructed so far
+    while done < steps:
+        start = max(0, min(done, steps - window))
+        reconstructed = tokenizer(frames[:, start : start + window])[0]  # [B, window, 3, H, W]
+        reconstructions[:, done : start + window] = reconstructed[:, done - start :]
+        done = start + window
+    return reconstructions
+
+
+@torch.no_grad()
 def predict(tokenizer: VideoTokenizer, dynamics: Dynamics, frames: torch.Tensor, actions: torch.Tensor,
             context: int, horizon: int, teacher_forced: bool, config: WorldModelConfig) -> torch.Tensor:
     """Predicted frames [B, horizon, 3, H, W] after `context` ground-truth frames of `frames`."""
@@ -87,7 +107,7 @@ def predict(tokenizer: VideoTokenizer, dynamics: Dynamics, frames: torch.Tensor,
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
     # [..., 3, H, W] in [-1, 1] -> uint8 [..., H, W, 3]
-    return (to_unit(frames) * 255).round().to(torch.uint8).movedim(-3, -1).numpy()
+    return (to_unit(frames) * 255).round().to(torch.uint8).movedim(-3, -1).cpu().numpy()
 
 
 @torch.no_grad()
@@ -98,8 +118,9 @@ def evaluate_rollouts(tokenizer: VideoTokenizer, lam: LatentActionModel, dynamic
     context, horizon = config.window - 1, config.rollout.horizon
     lam_actions = infer_clip_actions(lam, clips, config.window)
     generator = torch.Generator().manual_seed(RANDOM_ACTION_SEED)
-    random_codes = torch.randint(config.n_actions, lam_actions.shape[:2], generator=generator)
-    random_actions = lam.fsq.from_indices(random_codes)
+    # Drawn on the CPU, so every device scores the same random actions.
+    random_codes = torch.randint(config.n_actions, lam_actions.shape[:2], generator=generator, device="cpu")
+    random_actions = lam.fsq.from_indices(random_codes.to(lam_actions.device))
 
     predictions = {
         "ar": predict(tokenizer, dynamics, clips, lam_actions, context, horizon, False, config),
@@ -111,8 +132,9 @@ def evaluate_rollouts(tokenizer: VideoTokenizer, lam: LatentActionModel, dynamic
     scores = {}
     for mode, frames in predictions.items():
         pred = to_unit(frames)
-        scores[mode] = {"mse": mse_per_frame(pred, truth).numpy(), "psnr": psnr_per_frame(pred, truth).numpy(),
-                        "ssim": ssim_per_frame(pred, truth).numpy()}
+        scores[mode] = {"mse": mse_per_frame(pred, truth).cpu().numpy(),
+                        "psnr": psnr_per_frame(pred, truth).cpu().numpy(),
+                        "ssim": ssim_per_frame(pred, truth).cpu().numpy()}
     step = config.rollout.delta_psnr_step - 1
     kpis = {
         "ar_mse": float(scores["ar"]["mse"].mean()), "tf_mse": float(scores["tf"]["mse"].mean()),
@@ -120,4 +142,6 @@ def evaluate_rollouts(tokenizer: VideoTokenizer, lam: LatentActionModel, dynamic
         "ar_ssim": float(scores["ar"]["ssim"].mean()), "copy_last_mse": float(scores["copy_last"]["mse"].mean()),
         "delta_psnr": float(scores["ar"]["psnr"][:, step].mean() - scores["random"]["psnr"][:, step].mean()),
     }
-    return RolloutResult(scores, to_uint8(clips), {m: to_uint8(f) for m, f in predictions.items()}, kpis)
+    reconstructions = reconstruct_clips(tokenizer, clips, config.window)  # deterministic: after the sampling
+    return RolloutResult(scores, to_uint8(clips), {m: to_uint8(f) for m, f in predictions.items()}, kpis,
+                         to_uint8(reconstructions))

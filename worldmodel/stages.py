@@ -19,9 +19,10 @@ from worldmodel.data import VideoWindows
 from worldmodel.dynamics import Dynamics
 from worldmodel.errors import WorldbenchError
 from worldmodel.lam import LatentActionModel
-from worldmodel.metrics import action_agreement, codebook_stats, mse_per_frame, psnr_per_frame, to_unit
+from worldmodel.metrics import (action_agreement, codebook_stats, moving_squared_errors, mse_per_frame, psnr_from_mse,
+                                psnr_per_frame, to_unit)
 from worldmodel.tokenizer import VideoTokenizer
-from worldmodel.train import ProgressHook, TrainResult, load_weights, train_stage
+from worldmodel.train import CPU, Placement, ProgressHook, TrainResult, load_weights, train_stage
 
 MODELS = {"tokenizer": VideoTokenizer, "actions": LatentActionModel, "dynamics": Dynamics}
 ENCODE_BATCH = 64
@@ -81,6 +82,29 @@ def eval_indices(windows: VideoWindows, config: WorldModelConfig, stage: str) ->
     return np.array_split(chosen, max(1, count // ENCODE_BATCH))
 
 
+class DeviceWindows:
+    """VideoWindows whose batches' frames are on `device` (ground-truth actions stay on the CPU)."""
+
+    def __init__(self, windows: VideoWindows, device: torch.device):
+        self.windows, self.device = windows, device
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getattr__(self, name: str):
+        return getattr(self.windows, name)
+
+    def batch(self, which):
+        frames, actions = self.windows.batch(which)
+        return frames.to(self.device), actions
+
+
+def on_device(placement: Placement, *windows: VideoWindows) -> list:
+    """`windows` as they are on the CPU, else wrapped so batches land on the placement's device."""
+    device = placement.torch_device
+    return [w if device.type == "cpu" else DeviceWindows(getattr(w, "windows", w), device) for w in windows]
+
+
 def sampler(windows: VideoWindows, batch_size: int):
     """Batches of random windows: (frames [B, T, 3, H, W],)."""
     def sample(generator: torch.Generator) -> tuple[torch.Tensor]:
@@ -89,9 +113,9 @@ def sampler(windows: VideoWindows, batch_size: int):
 
 
 def train_and_evaluate(stage: str, model: nn.Module, config: WorldModelConfig, sample, checkpoint: Path, seed: int,
-                       progress: ProgressHook | None, evaluate) -> StageOutput:
+                       progress: ProgressHook | None, evaluate, placement: Placement = CPU) -> StageOutput:
     result = train_stage(stage, model, config.stage(stage), sample, checkpoint, stage_config_json(config, stage),
-                         seed, progress)
+                         seed, progress, placement)  # leaves the model on the placement's device
     model.eval()
     torch.manual_seed(seed)  # evaluation randomness (dynamics masks) is fixed per seed
     with torch.no_grad():
@@ -102,44 +126,53 @@ def train_and_evaluate(stage: str, model: nn.Module, config: WorldModelConfig, s
 # ----------------------------------------------------------------------------- tokenizer
 
 def run_tokenizer(config: WorldModelConfig, train: VideoWindows, val: VideoWindows, checkpoint: Path, seed: int,
-                  progress: ProgressHook | None = None) -> tuple[VideoTokenizer, StageOutput]:
+                  progress: ProgressHook | None = None,
+                  placement: Placement = CPU) -> tuple[VideoTokenizer, StageOutput]:
     check_data_matches(config, train)
+    train, val = on_device(placement, train, val)
     torch.manual_seed(seed)
     model = VideoTokenizer(config)
 
     def evaluate(model: VideoTokenizer) -> dict[str, float]:
-        losses, mses, psnrs, codes = [], [], [], []
+        losses, mses, psnrs, moving_errors, codes = [], [], [], [], []
         for which in eval_indices(val, config, "tokenizer"):
             frames, _ = val.batch(which)
             recon, latents = model(frames)
             losses.append(F.smooth_l1_loss(recon, frames).item())
             mses.append(mse_per_frame(to_unit(recon), to_unit(frames)).flatten())
             psnrs.append(psnr_per_frame(to_unit(recon), to_unit(frames)).flatten())
+            moving_errors.append(moving_squared_errors(to_unit(recon), to_unit(frames)))
             codes.append(model.fsq.to_indices(latents).flatten())
         usage, perplexity = codebook_stats(torch.cat(codes), model.fsq.codebook_size)
         return {"val_loss": float(np.mean(losses)), "val_mse": torch.cat(mses).mean().item(),
-                "val_psnr": torch.cat(psnrs).mean().item(), "codebook_usage": usage,
+                "val_psnr": torch.cat(psnrs).mean().item(),
+                "val_moving_psnr": psnr_from_mse(torch.cat(moving_errors).mean()).item(),  # = moving_psnr, pooled
+                "codebook_usage": usage,
                 "codebook_perplexity": perplexity}
 
     return model, train_and_evaluate("tokenizer", model, config, sampler(train, config.tokenizer.batch_size),
-                                     checkpoint, seed, progress, evaluate)
+                                     checkpoint, seed, progress, evaluate, placement)
 
 
 # ----------------------------------------------------------------------------- latent actions
 
 def run_actions(config: WorldModelConfig, train: VideoWindows, val: VideoWindows, checkpoint: Path, seed: int,
-                progress: ProgressHook | None = None) -> tuple[LatentActionModel, StageOutput]:
+                progress: ProgressHook | None = None,
+                placement: Placement = CPU) -> tuple[LatentActionModel, StageOutput]:
     check_data_matches(config, train)
+    train, val = on_device(placement, train, val)
     torch.manual_seed(seed)
     model = LatentActionModel(config)
 
     def evaluate(model: LatentActionModel) -> dict[str, float]:
-        losses, pre_latents, codes, truths, decoder_spread = [], [], [], [], []
-        all_codes = model.fsq.from_indices(torch.arange(config.n_actions))  # [n_actions, A]
+        losses, penalties, pre_latents, codes, truths, decoder_spread = [], [], [], [], [], []
+        device = model.mask_token.device
+        all_codes = model.fsq.from_indices(torch.arange(config.n_actions, device=device))  # [n_actions, A]
         for which in eval_indices(val, config, "actions"):
             frames, true_actions = val.batch(which)
-            loss, _ = model.loss(frames)
-            losses.append(loss.item())
+            _, extras = model.loss(frames)
+            losses.append(float(extras["reconstruction"]))  # the task loss: the variance hinge is a KPI of its own
+            penalties.append(float(extras["variance_penalty"]))
             pre, quantised = model.infer_actions(frames)
             pre_latents.append(pre.flatten(0, 1))
             codes.append(model.fsq.to_indices(quantised).flatten())
@@ -151,9 +184,10 @@ def run_actions(config: WorldModelConfig, train: VideoWindows, val: VideoWindows
                 for code in all_codes
             ])  # [n_actions, b, T-1, 3, H, W]
             decoder_spread.append(predictions.var(dim=0).mean().item())
-        codes_all, truth_all = torch.cat(codes), torch.cat(truths)
+        codes_all, truth_all = torch.cat(codes).cpu(), torch.cat(truths)
         usage, perplexity = codebook_stats(codes_all, config.n_actions)
-        metrics = {"val_loss": float(np.mean(losses)), "codebook_usage": usage, "codebook_perplexity": perplexity,
+        metrics = {"val_loss": float(np.mean(losses)), "variance_penalty": float(np.mean(penalties)),
+                   "codebook_usage": usage, "codebook_perplexity": perplexity,
                    "encoder_variance": torch.cat(pre_latents).var(dim=0).mean().item(),
                    "decoder_variance": float(np.mean(decoder_spread))}
         known = truth_all >= 0
@@ -163,7 +197,7 @@ def run_actions(config: WorldModelConfig, train: VideoWindows, val: VideoWindows
         return metrics
 
     return model, train_and_evaluate("actions", model, config, sampler(train, config.actions.batch_size),
-                                     checkpoint, seed, progress, evaluate)
+                                     checkpoint, seed, progress, evaluate, placement)
 
 
 # ----------------------------------------------------------------------------- dynamics
@@ -185,8 +219,11 @@ def encode_windows(tokenizer: VideoTokenizer, lam: LatentActionModel, windows: V
 
 def run_dynamics(config: WorldModelConfig, train: VideoWindows, val: VideoWindows, tokenizer: VideoTokenizer,
                  lam: LatentActionModel, checkpoint: Path, seed: int,
-                 progress: ProgressHook | None = None) -> tuple[Dynamics, StageOutput]:
+                 progress: ProgressHook | None = None, placement: Placement = CPU) -> tuple[Dynamics, StageOutput]:
     check_data_matches(config, train)
+    train, val = on_device(placement, train, val)
+    tokenizer.to(placement.torch_device)
+    lam.to(placement.torch_device)
     codes, actions = encode_windows(tokenizer, lam, train)  # once per stage: training never re-tokenizes
     torch.manual_seed(seed)
     model = Dynamics(config)
@@ -202,10 +239,11 @@ def run_dynamics(config: WorldModelConfig, train: VideoWindows, val: VideoWindow
             val_codes, val_actions = encode_windows(tokenizer, lam, val, which)
             loss, extras = model.loss(val_codes.long(), val_actions.float())
             losses.append(loss.item())
-            accuracies.append(extras["token_accuracy"])
+            accuracies.append(float(extras["token_accuracy"]))
         return {"val_loss": float(np.mean(losses)), "val_token_accuracy": float(np.mean(accuracies))}
 
-    return model, train_and_evaluate("dynamics", model, config, sample, checkpoint, seed, progress, evaluate)
+    return model, train_and_evaluate("dynamics", model, config, sample, checkpoint, seed, progress, evaluate,
+                                     placement)
 
 
 def load_stage(stage: str, config: WorldModelConfig, checkpoint: Path) -> nn.Module:

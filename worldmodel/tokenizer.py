@@ -37,7 +37,7 @@ class VideoTokenizer(nn.Module):
         latents = self.encode(frames)
         return self.decode(latents), latents
 
-    def loss(self, frames: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, frames: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         recon, _ = self(frames)
         loss = F.smooth_l1_loss(recon, frames)
         return loss, {}

@@ -3,16 +3,21 @@
 A stage killed at any point resumes from its last checkpoint and produces exactly the losses
 an uninterrupted run would have: model, optimiser, step, curve and both RNG streams (the
 global torch RNG used for masking, and the batch sampler's) are all in the checkpoint.
+
+Devices: a stage runs where its `Placement` says (CPU or CUDA; batches are sampled on the CPU
+and moved). Checkpoints always hold CPU tensors, so they load anywhere. The loop never waits
+for the device between log points: losses and extras are summed as tensors, and the first
+non-finite loss (and its step) is tracked on the device and checked at the next log point.
 """
 from __future__ import annotations
 
 import json
-import math
 import os
 import pickle
 import resource
 import time
 import zipfile
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -24,6 +29,7 @@ from worldmodel.config import StageConfig
 from worldmodel.errors import WorldbenchError
 
 CHECKPOINT_FORMAT = "worldbench-checkpoint-1"
+PRECISIONS = ("fp32", "tf32", "bf16")
 
 BatchSampler = Callable[[torch.Generator], tuple]
 ProgressHook = Callable[[int, int, float], None]  # (step, total steps, last loss)
@@ -33,6 +39,44 @@ class StageDiverged(Exception):
     def __init__(self, stage: str, step: int, loss: float):
         super().__init__(f"{stage} loss became {loss} at step {step}")
         self.stage, self.step, self.loss = stage, step, loss
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a stage runs: a torch device and a precision.
+
+    fp32: plain float32 everywhere.  tf32: float32 with TF32 matmuls/convolutions (CUDA only).
+    bf16: the training forward under CUDA autocast to bfloat16; evaluation stays float32.
+    """
+    device: str = "cpu"
+    precision: str = "fp32"
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise WorldbenchError(f"precision '{self.precision}' is not one of: {', '.join(PRECISIONS)}")
+        if self.precision != "fp32" and torch.device(self.device).type != "cuda":
+            raise WorldbenchError(f"precision '{self.precision}' needs a CUDA device (this run is on "
+                                  f"{self.device}); use precision = \"fp32\" or --device cuda")
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device)
+
+    def apply(self) -> None:
+        """Set the process-wide float32 matmul mode for this placement (workers are reused)."""
+        if self.torch_device.type == "cuda":
+            tf32 = self.precision in ("tf32", "bf16")
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            torch.backends.cudnn.allow_tf32 = tf32
+
+    def autocast(self):
+        """Context for the training forward pass."""
+        if self.precision == "bf16":
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+
+CPU = Placement()
 
 
 @dataclass
@@ -63,11 +107,22 @@ def reset_peak_rss() -> None:
 
 # ----------------------------------------------------------------------------- checkpoints
 
+def to_cpu(value):
+    """Tensors anywhere inside dicts/lists/tuples moved to the CPU (checkpoints are device-independent)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {key: to_cpu(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_cpu(item) for item in value)
+    return value
+
+
 def save_checkpoint(path: Path, payload: dict) -> None:
     """Write to a temporary file and rename, so a kill never leaves a half-written checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(payload, tmp)
+    torch.save(to_cpu(payload), tmp)
     os.replace(tmp, path)
 
 
@@ -121,8 +176,16 @@ def train_stage(
     config_json: str,
     seed: int,
     progress: ProgressHook | None = None,
+    placement: Placement = CPU,
 ) -> TrainResult:
-    """Train `model` with `model.loss(*sample_batch(generator))`, resuming from `checkpoint_path`."""
+    """Train `model` with `model.loss(*sample_batch(generator))`, resuming from `checkpoint_path`.
+
+    The model is moved to `placement`'s device (before the optimiser is built); batches follow it.
+    """
+    device = placement.torch_device
+    cuda = device.type == "cuda"
+    placement.apply()
+    model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sampler = torch.Generator().manual_seed(seed)
     result = TrainResult()
@@ -132,6 +195,8 @@ def train_stage(
         model.load_state_dict(payload["model"], strict=True)
         optimizer.load_state_dict(payload["optimizer"])
         torch.set_rng_state(payload["rng_torch"])
+        if cuda and "rng_cuda" in payload:
+            torch.cuda.set_rng_state(payload["rng_cuda"], device)
         sampler.set_state(payload["rng_sampler"])
         step = int(payload["step"])
         result.curve = json.loads(payload["curve"])
@@ -141,22 +206,34 @@ def train_stage(
             return result
 
     def checkpoint(finished: bool) -> None:
-        save_checkpoint(checkpoint_path, {
+        payload = {
             "format": CHECKPOINT_FORMAT, "stage": stage, "config": config_json, "step": step,
             "finished": finished, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "rng_torch": torch.get_rng_state(), "rng_sampler": sampler.get_state(),
             "curve": json.dumps(result.curve), "wall_s": result.wall_s, "peak_rss_mb": peak_rss_mb(),
-        })
+        }
+        if cuda:
+            payload["rng_cuda"] = torch.cuda.get_rng_state(device)
+        save_checkpoint(checkpoint_path, payload)
+
+    def new_interval():
+        # Sums in float64 on the device: the same numbers the former per-step float() sums gave.
+        zero = torch.zeros((), dtype=torch.float64, device=device)
+        return zero, {}, torch.full((), -1, dtype=torch.int64, device=device), zero.clone(), time.perf_counter()
 
     model.train()
-    interval_loss, interval_extras, interval_start = 0.0, {}, time.perf_counter()
+    interval_loss, interval_extras, bad_step, bad_loss, interval_start = new_interval()
     while step < config.steps:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
-        loss, extras = model.loss(*sample_batch(sampler))
-        value = loss.item()
-        if not math.isfinite(value):
-            raise StageDiverged(stage, step + 1, value)
+        batch = tuple(t.to(device, non_blocking=True) for t in sample_batch(sampler))
+        with placement.autocast():
+            loss, extras = model.loss(*batch)
+        value = loss.detach().double()
+        # The first non-finite loss and its step, recorded without waiting for the device.
+        first_bad = (bad_step < 0) & ~torch.isfinite(value)
+        bad_step = torch.where(first_bad, step + 1, bad_step)
+        bad_loss = torch.where(first_bad, value, bad_loss)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -164,19 +241,24 @@ def train_stage(
         step += 1
         interval_loss += value
         for key, extra in extras.items():
+            extra = extra.detach().double() if isinstance(extra, torch.Tensor) else float(extra)
             interval_extras[key] = interval_extras.get(key, 0.0) + extra
         if step % config.log_every == 0 or step == config.steps:
+            diverged_at = int(bad_step)  # the one wait for the device per log interval
+            if diverged_at >= 0:
+                raise StageDiverged(stage, diverged_at, float(bad_loss))
             steps_in_interval = step - (result.curve[-1]["step"] if result.curve else 0)
+            total_loss = float(interval_loss)
             elapsed = time.perf_counter() - interval_start
             result.wall_s += elapsed
             result.curve.append({
-                "step": step, "loss": interval_loss / steps_in_interval, "it_per_s": steps_in_interval / elapsed,
-                **{key: total / steps_in_interval for key, total in interval_extras.items()},
+                "step": step, "loss": total_loss / steps_in_interval, "it_per_s": steps_in_interval / elapsed,
+                **{key: float(total) / steps_in_interval for key, total in interval_extras.items()},
             })
             if progress:
                 progress(step, config.steps, result.curve[-1]["loss"])
             if step % config.checkpoint_every == 0 or step == config.steps:
                 checkpoint(finished=step == config.steps)
-            interval_loss, interval_extras, interval_start = 0.0, {}, time.perf_counter()
+            interval_loss, interval_extras, bad_step, bad_loss, interval_start = new_interval()
     result.peak_rss_mb = peak_rss_mb()
     return result

@@ -1,0 +1,184 @@
+"""Device independence, checked on the CPU: no fixed-device tensors in model code, no per-step host
+syncs in the training loop, --device and precision handling, device-free checkpoints."""
+from __future__ import annotations
+
+import traceback
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from harness.cli import main
+from harness.store import Store
+from worldmodel import kernels, stages
+from worldmodel.config import WorldModelConfig
+from worldmodel.data import VideoWindows, generate
+from worldmodel.dynamics import Dynamics
+from worldmodel.lam import LatentActionModel
+from worldmodel.rollout import evaluate_rollouts, rollout_clips
+from worldmodel.tokenizer import VideoTokenizer
+from worldmodel.train import Placement, train_stage
+
+WORLDMODEL = Path(stages.__file__).parent
+VARIANTS = WORLDMODEL.parent / "variants"
+
+
+def tiny_config(encoder: str = "meanpool_concat") -> WorldModelConfig:
+    config = WorldModelConfig(frame_size=16)
+    config.rollout.clips, config.rollout.horizon = 2, 4
+    for name in ("tokenizer", "actions", "dynamics"):
+        stage = config.stage(name)
+        stage.embed_dim, stage.heads, stage.hidden, stage.blocks = 16, 4, 32, 1
+        stage.steps, stage.batch_size, stage.log_every, stage.checkpoint_every, stage.eval_batches = 12, 4, 6, 12, 1
+    config.actions.encoder = encoder
+    config.dynamics.maskgit_steps = 3
+    return config.validate()
+
+
+@pytest.fixture(scope="module")
+def data():
+    return generate("sprite_world", 8, 12, 16, seed=0)
+
+
+# ----------------------------------------------------------------------------- no fixed-device factories
+
+@pytest.mark.parametrize("encoder", ["meanpool_concat", "windowed_attention"])
+def test_model_code_creates_every_tensor_on_its_inputs_device(data, monkeypatch, encoder):
+    """Under a `meta` default device, a factory call without a device makes a meta tensor, and the
+    first op mixing it with the (CPU) model or inputs raises: so every loss, MaskGIT decoding and
+    the whole rollout evaluation passing here means none of them pins a device."""
+    monkeypatch.setenv(kernels.ENV_VAR, "torch")  # the native kernels are CPU-only by design
+    torch.manual_seed(0)
+    config = tiny_config(encoder)
+    tokenizer, lam, dynamics = VideoTokenizer(config), LatentActionModel(config), Dynamics(config)
+    frames = VideoWindows(data, config.window, "train", 0.25).batch([0, 1])[0]
+    clips = rollout_clips(data, config, 0.25)
+    codes = torch.randint(dynamics.fsq.codebook_size, (2, config.window, (16 // config.patch_size) ** 2))
+    actions = torch.randn(2, config.window - 1, config.action_dim).sign()
+    with torch.device("meta"):
+        assert torch.zeros(1).device.type == "meta"  # the trap is set
+        for loss, extras in (tokenizer.loss(frames), lam.loss(frames), dynamics.loss(codes, actions)):
+            loss.backward()
+            assert loss.device.type == "cpu" and all(v.device.type == "cpu" for v in extras.values())
+        context = dynamics.fsq.from_indices(codes[:, :-1])
+        for temperature in (0.0, 1.0):
+            predicted = dynamics.predict_next(context, actions, rounds=3, temperature=temperature)
+            assert predicted.device.type == "cpu"
+        result = evaluate_rollouts(tokenizer, lam, dynamics, clips, config)
+    assert result.ground_truth.shape[0] == clips.shape[0]
+
+
+def test_native_kernels_take_only_float32_cpu_tensors(monkeypatch):
+    monkeypatch.setenv(kernels.ENV_VAR, "native")
+    cpu = torch.zeros(2, 3)
+    assert kernels.use_native(cpu)
+    assert not kernels.use_native(torch.zeros(2, 3, device="meta"))  # stands in for cuda: any non-CPU device
+    assert not kernels.use_native(cpu, torch.zeros(2, 3, device="meta"))
+    for dtype in (torch.float64, torch.bfloat16, torch.float16):
+        assert not kernels.use_native(cpu.to(dtype))
+
+
+# ----------------------------------------------------------------------------- training loop
+
+SYNCS = ("item", "__float__", "__int__", "__bool__")
+
+
+def test_training_loop_reads_the_device_only_at_log_points(data, monkeypatch, tmp_path):
+    """Counting every tensor -> Python read made from worldmodel/variants code during training:
+    it must scale with the log points (2 here), not with the steps (12)."""
+    config = tiny_config()
+    train = VideoWindows(data, config.window, "train", 0.25)
+    reads: Counter = Counter()
+    for name in SYNCS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            caller = Path(traceback.extract_stack(limit=2)[0].filename).resolve()
+            if WORLDMODEL in caller.parents or VARIANTS in caller.parents:
+                reads[(_name, caller.name)] += 1
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    model = LatentActionModel(config)
+    result = train_stage("actions", model, config.actions, stages.sampler(train, 4),
+                         tmp_path / "a.pt", "{}", seed=0)
+    log_points = len(result.curve)
+    extras = len([key for key in result.curve[0] if key not in ("step", "loss", "it_per_s")])
+    assert log_points == 2
+    assert sum(reads.values()) <= log_points * (2 + extras), reads  # divergence check + loss + extras
+
+
+def test_checkpoints_are_moved_to_the_cpu_whole(tmp_path):
+    from worldmodel.train import to_cpu
+
+    weight = torch.ones(3, requires_grad=True)
+    moved = to_cpu({"model": {"w": weight}, "state": [{"t": torch.ones(2)}, (torch.zeros(1), 2)], "n": 1})
+    assert moved["n"] == 1 and isinstance(moved["state"][1], tuple) and moved["state"][1][1] == 2
+    assert not moved["model"]["w"].requires_grad and torch.equal(moved["model"]["w"], weight.detach())
+    with pytest.raises(NotImplementedError):  # a meta tensor holds no data: proof that every leaf is copied
+        to_cpu({"deep": [{"w": torch.zeros(3, device="meta")}]})
+
+
+def test_reduced_precision_needs_cuda():
+    with pytest.raises(Exception, match="needs a CUDA device"):
+        Placement("cpu", "bf16")
+    with pytest.raises(Exception, match="not one of: fp32, tf32, bf16"):
+        Placement("cpu", "fp8")
+    assert Placement("cpu", "fp32").autocast() is not None
+
+
+# ----------------------------------------------------------------------------- command line and store
+
+def test_device_cuda_without_cuda_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code = main(["run", "--device", "cuda", "--profile", "smoke", "--results", str(tmp_path / "r"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert "no CUDA device found; use --device cpu" in err and len(err.splitlines()) == 1, err
+    from harness.cli import resolve_device
+    assert resolve_device("auto") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda" and resolve_device("cpu") == "cpu"
+
+
+@pytest.mark.parametrize("precision, expected", [
+    ("bf16", 'profiles.p.precision = "bf16" needs a CUDA device (running on cpu)'),
+    ("fp8", "profiles.p.precision: 'fp8' is not allowed; use one of: bf16, fp32, tf32"),
+])
+def test_profile_precision_is_checked_before_any_run(tmp_path, capsys, precision, expected):
+    suite = tmp_path / "bench.toml"
+    suite.write_text(f'[profiles.p]\nprecision = "{precision}"\n')
+    code = main(["run", "--config", str(suite), "--profile", "p", "--device", "cpu",
+                 "--results", str(tmp_path / "r"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and expected in " ".join(err.split()) and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "r" / "store").exists()
+
+
+def test_precision_joins_the_stage_ids_only_when_not_fp32(tmp_path):
+    from harness.matrix import plan_runs
+    from harness.suite import build_suite
+
+    suite = build_suite({"profiles": {"a": {}, "b": {"precision": "bf16"}}})
+    plain = plan_runs(suite, "default", "sprite_world", ["meanpool_concat"], [0])[0]
+    same = plan_runs(suite, "a", "sprite_world", ["meanpool_concat"], [0])[0]
+    bf16 = plan_runs(suite, "b", "sprite_world", ["meanpool_concat"], [0])[0]
+    assert plain.stage_ids == same.stage_ids and plain.precision == "fp32"
+    assert bf16.precision == "bf16" and set(bf16.stage_ids.values()).isdisjoint(plain.stage_ids.values())
+    assert '"precision": "bf16"' in bf16.resolved_json() and "precision" not in plain.resolved_json()
+
+
+@pytest.mark.parametrize("old_key", ["0old", "zold"])  # the old part's schema read first, or the new one's
+def test_runs_recorded_before_the_precision_column_read_as_fp32(tmp_path, old_key):
+    from harness.store import TABLES
+
+    store = Store(tmp_path / "results")
+    folder = store.table_dir("runs")
+    folder.mkdir(parents=True)
+    row = {c: "" for c in TABLES["runs"]} | {"seed": 0, "diverged_step": -1, "git_dirty": False}
+    old = pd.DataFrame([row | {"run_id": "old"}]).drop(columns="precision")
+    old.to_parquet(folder / f"part-{old_key}.parquet", index=False)
+    store.append("runs", [row | {"run_id": "new", "precision": "bf16"}], "new")
+    runs = store.runs().set_index("run_id")
+    assert runs.loc["old", "precision"] == "fp32" and runs.loc["new", "precision"] == "bf16"
