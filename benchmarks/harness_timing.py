@@ -42,7 +42,8 @@ def bare_run(profile: str, variant: str, seed: int) -> float:
     config = suite.model_config(profile, variant)
     dataset = suite.dataset(suite.comparison.dataset)
     sizes = {"episodes": dataset.episodes, "episode_len": dataset.episode_len, **suite.profile(profile).data}
-    data = generate(dataset.game, sizes["episodes"], sizes["episode_len"], config.frame_size, dataset.seed)
+    data = generate(dataset.game, sizes["episodes"], sizes["episode_len"], config.frame_size, dataset.seed,
+                    dataset.repeat_prob, dataset.options)
     train, val = (VideoWindows(data, config.window, split, dataset.val_fraction) for split in ("train", "val"))
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)

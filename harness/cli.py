@@ -1,4 +1,4 @@
-"""The `bench` command line: run, list, show, report, gate.
+"""The `bench` command line: run, list, show, report, gate, validate.
 
 Every user mistake ends as one line on stderr and exit code 2; runs that did not finish ok make
 `bench run` exit 4.
@@ -7,14 +7,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from worldmodel.errors import WorldbenchError
+
+if TYPE_CHECKING:
+    from harness.validate import Validation
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INCONCLUSIVE, EXIT_CRASHED = 0, 1, 2, 3, 4
 console = Console(stderr=True)
@@ -79,6 +86,18 @@ def build_parser() -> Parser:
 
     from harness import gate  # the report/gate commands live with the verdict logic
     gate.add_commands(commands, add_config, add_results)
+
+    validate = commands.add_parser(
+        "validate", help="planted-fault suite: each fault must FAIL against the baseline, A/A must not; "
+                         "exit 0 all as expected, 1 not, 2 usage, 4 runs crashed")
+    add_config(validate)
+    validate.add_argument("--profile", help="profile (default: the comparison's, i.e. the gate's)")
+    validate.add_argument("--dataset", help="dataset (default: the comparison's)")
+    validate.add_argument("--seeds", help="seeds, e.g. 0-4 (default: the comparison's or profile's); the A/A "
+                                          "check's candidate arm takes as many seeds after them")
+    validate.add_argument("--jobs", type=positive_int, default=2, help="runs in parallel (default 2)")
+    add_results(validate)
+    validate.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
@@ -112,7 +131,8 @@ def specs_from_args(args, suite):
     from harness.suite import parse_seeds
 
     profile = args.profile or suite.comparison.profile
-    seeds = parse_seeds(args.seeds) if args.seeds else (suite.comparison.seeds or suite.profile(profile).seeds)
+    default_seeds = suite.comparison.seeds or suite.profile(profile).seeds
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else default_seeds  # "" is an error, not a default
     names = [v.strip() for v in args.variants.split(",")] if args.variants else \
         [suite.comparison.baseline, *suite.comparison.candidates]
     return plan_runs(suite, profile, args.dataset or suite.comparison.dataset, list(dict.fromkeys(names)), seeds)
@@ -124,11 +144,11 @@ def run_with_progress(suite, specs, execution, quiet: bool):
 
     if quiet or execution.executor == "ray":
         return execute(suite, specs, execution, on_recorded=lambda r: None if quiet else console.print(
-            f"[bold]{r.run['variant']}[/] seed {r.run['seed']}: {r.run['status']}"))
+            f"[bold]{escape(r.run['variant'])}[/] seed {r.run['seed']}: {r.run['status']}"))
     bars = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                     TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
     tasks: dict[tuple[str, str], int] = {}
-    labels = {spec.run_id: f"{spec.variant} s{spec.seed}" for spec in specs}
+    labels = {spec.run_id: f"{escape(spec.variant)} s{spec.seed}" for spec in specs}  # names are user text
 
     def on_progress(run_id: str, stage: str, step: int, total: int, loss: float) -> None:
         key = (run_id, stage)
@@ -165,7 +185,8 @@ def print_runs(runs) -> None:
         table.add_column(column)
     for row in runs.sort_values(["variant", "seed"]).itertuples():
         style = "green" if row.status == "ok" else "red"
-        table.add_row(row.run_id, row.variant, str(row.seed), f"[{style}]{row.status}[/]", row.error[:100])
+        table.add_row(row.run_id, escape(row.variant), str(row.seed), f"[{style}]{row.status}[/]",
+                      escape(row.error[:100]))
     out.print(table)
 
 
@@ -182,18 +203,21 @@ def command_list(args) -> int:
         for column in ("variant", "components", "overrides", "description"):
             table.add_column(column)
         for v in suite.variants.values():
-            table.add_row(v.name, json.dumps(v.components), json.dumps(v.overrides), v.description)
+            scaled = {key: f"x{factor:g}" for key, factor in v.scale.items()}  # a share of the profile's value
+            table.add_row(escape(v.name), escape(json.dumps(v.components)),
+                          escape(json.dumps({**v.overrides, **scaled})), escape(v.description))
     elif args.what == "components":
         for column in ("slot", "component", "description"):
             table.add_column(column)
         for slot, names in components().items():
             for name in names:
-                table.add_row(slot, name, describe(slot, name))
+                table.add_row(escape(slot), escape(name), escape(describe(slot, name)))
     elif args.what == "datasets":
         for column in ("dataset", "kind", "source", "description"):
             table.add_column(column)
         for d in suite.datasets.values():
-            table.add_row(d.name, d.kind, d.game if d.kind == "procedural" else d.path, d.description)
+            table.add_row(escape(d.name), d.kind, escape(d.game if d.kind == "procedural" else d.path),
+                          escape(d.description))
     elif args.what == "kpis":
         for column in ("kpi", "better", "scale", "margin", "blocking", "description"):
             table.add_column(column)
@@ -204,7 +228,8 @@ def command_list(args) -> int:
         for column in ("profile", "seeds", "model overrides", "description"):
             table.add_column(column)
         for p in suite.profiles.values():
-            table.add_row(p.name, ",".join(map(str, p.seeds)), json.dumps(p.model)[:80], p.description)
+            table.add_row(escape(p.name), ",".join(map(str, p.seeds)), escape(json.dumps(p.model)[:80]),
+                          escape(p.description))
     out.print(table)
     return EXIT_OK
 
@@ -235,7 +260,40 @@ def command_show(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": command_run, "list": command_list, "show": command_show}
+# ----------------------------------------------------------------------------- validate
+
+def command_validate(args) -> int:
+    from harness import validate
+    from harness.bench import Execution
+    from harness.store import Store
+    from harness.suite import load_suite, parse_seeds
+    from reports.validate import write_validation
+
+    suite = load_suite(args.config)
+    checks = validate.plan_checks(suite, args.profile, args.dataset, parse_seeds(args.seeds) if args.seeds is not None else None)
+    runs = run_with_progress(suite, validate.run_specs(suite, checks), Execution(args.results, args.jobs), args.quiet)
+    result = validate.validate(suite, Store(args.results), checks)
+    print_validation(result)
+    for fmt, path in write_validation(result, args.results / "report").items():
+        console.print(f"  {fmt}: {escape(str(path))}")
+    return validate.exit_code(result, crashed=bool((runs["status"] == "failed").any()))
+
+
+def print_validation(result: Validation) -> None:
+    table = Table(title=f"planted faults vs {escape(result.baseline)} ({escape(result.profile)}, "
+                        f"{escape(result.dataset)}, seeds {','.join(map(str, result.seeds))})")
+    for column in ("check", "expected", "observed", "caught by", "adjusted p", "ok"):
+        table.add_column(column, overflow="fold")  # names are long: fold them rather than cut them off
+    colours = {"PASS": "green", "FAIL": "red"}
+    for row in result.rows:
+        p_text = "—" if math.isnan(row.p_adjusted) else f"{row.p_adjusted:.2g}"
+        table.add_row(escape(row.name), row.expected,
+                      f"[{colours.get(row.observed, 'yellow')}]{row.observed}[/]", escape(row.caught_by) or "—",
+                      p_text, "[green]ok[/]" if row.ok else "[red]NOT OK[/]")
+    out.print(table)
+
+
+COMMANDS = {"run": command_run, "list": command_list, "show": command_show, "validate": command_validate}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -247,11 +305,33 @@ def main(argv: list[str] | None = None) -> int:
         handler = COMMANDS.get(args.command) or gate.COMMANDS[args.command]
         return handler(args)
     except WorldbenchError as err:
-        console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         return EXIT_USAGE
     except KeyboardInterrupt:
         console.print("interrupted; rerun the same command to resume")
         return 130
+    except Exception as err:  # a bug, not a user error: one line, the traceback in a log, never exit 1 (FAIL)
+        log = write_crash_log()
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        console.print(f"[red]internal error:[/] {type(err).__name__}: {escape(first)} (traceback: {escape(str(log))})",
+                      highlight=False, soft_wrap=True)
+        return EXIT_CRASHED
+
+
+def write_crash_log() -> Path:
+    """The current exception's traceback in a file under the user cache; returns its path."""
+    import tempfile
+    import traceback
+
+    folder = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "worldbench" / "logs"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        folder = Path(tempfile.gettempdir())
+    handle, name = tempfile.mkstemp(prefix="crash-", suffix=".log", dir=folder)
+    with os.fdopen(handle, "w") as log:
+        log.write(traceback.format_exc())
+    return Path(name)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,19 @@ class KpiDefinition:
     scale: str = "log"  # log: judged as ratios; linear: as differences
     margin: float = 0.10  # how much worse is still acceptable (fraction for log, amount for linear)
     blocking: bool = False
-    timing: bool = False  # depends on the machine's load, so not reproducible bit for bit
+    # quality | controllability: what the model learned, evidence that a planted fault was caught (bench validate);
+    # timing: depends on the machine's load, not reproducible bit for bit; regulariser, cost, data: neither.
+    role: str = "quality"
+    needs_actions: bool = False  # only measured on datasets with ground-truth actions; blocks only there
+
+    @property
+    def timing(self) -> bool:
+        return self.role == "timing"
+
+    @property
+    def evidence(self) -> bool:
+        """Whether a regression of this KPI shows a broken model (not a slower machine or a regulariser)."""
+        return self.role in ("quality", "controllability")
 
 
 def _stage_kpis(stage: str) -> list[KpiDefinition]:
@@ -32,11 +44,11 @@ def _stage_kpis(stage: str) -> list[KpiDefinition]:
                       f"trailing mean over {SMOOTHING_FRACTION:.0%} of the budget, stays <= target (censored if never)",
                       margin=0.25),
         KpiDefinition(f"{stage}.it_per_s", "median steady-state training steps/s", "higher", margin=0.10,
-                      timing=True),
-        KpiDefinition(f"{stage}.wall_s", "training wall time, seconds", margin=0.10, timing=True),
+                      role="timing"),
+        KpiDefinition(f"{stage}.wall_s", "training wall time, seconds", margin=0.10, role="timing"),
         KpiDefinition(f"{stage}.peak_rss_mb", "peak resident memory of the run's process, MB", margin=0.10,
-                      timing=True),
-        KpiDefinition(f"{stage}.params", "trainable parameters", "lower", "log", 0.10),
+                      role="timing"),
+        KpiDefinition(f"{stage}.params", "trainable parameters", "lower", "log", 0.10, role="cost"),
     ]
 
 
@@ -51,21 +63,24 @@ KPIS: dict[str, KpiDefinition] = {k.name: k for k in [
     KpiDefinition("actions.codebook_usage", "fraction of latent actions used on val", "higher", "linear", 0.10),
     KpiDefinition("actions.codebook_perplexity", "perplexity of the latent actions on val", "higher"),
     KpiDefinition("actions.variance_penalty", "the LAM's variance hinge on val, max(0, floor - batch variance of "
-                  "the pre-quantisation latents), unweighted; not part of actions.val_loss", "lower", "linear", 0.001),
+                  "the pre-quantisation latents), unweighted; not part of actions.val_loss", "lower", "linear", 0.001,
+                  role="regulariser"),
     KpiDefinition("actions.encoder_variance", "batch variance of the pre-quantisation action latents", "higher"),
     KpiDefinition("actions.decoder_variance", "variance of the LAM decoder's prediction across actions", "higher"),
-    KpiDefinition("actions.nmi", "NMI of latent vs ground-truth actions", "higher", "linear", 0.05),
+    # The controllability KPI: a LAM that stops encoding the true actions must not PASS.
+    KpiDefinition("actions.nmi", "NMI of latent vs ground-truth actions", "higher", "linear", 0.05, blocking=True,
+                  role="controllability", needs_actions=True),
     KpiDefinition("actions.majority_accuracy", "accuracy of latent -> majority true action", "higher", "linear",
-                  0.05),
+                  0.05, role="controllability", needs_actions=True),
     KpiDefinition("dynamics.val_token_accuracy", "masked-token accuracy on val", "higher", "linear", 0.02),
     KpiDefinition("rollout.ar_mse", "autoregressive rollout MSE (own predictions fed back)", blocking=True),
     KpiDefinition("rollout.tf_mse", "teacher-forced rollout MSE", blocking=True),
     KpiDefinition("rollout.ar_psnr", "autoregressive rollout PSNR, dB", "higher", "linear", 0.5),
     KpiDefinition("rollout.tf_psnr", "teacher-forced rollout PSNR, dB", "higher", "linear", 0.5),
     KpiDefinition("rollout.ar_ssim", "autoregressive rollout SSIM", "higher", "linear", 0.02),
-    KpiDefinition("rollout.copy_last_mse", "MSE of repeating the last context frame (data property)"),
+    KpiDefinition("rollout.copy_last_mse", "MSE of repeating the last context frame (data property)", role="data"),
     KpiDefinition("rollout.delta_psnr", "Genie's Delta_t PSNR at t = 4: LAM actions vs random actions",
-                  "higher", "linear", 0.5),
+                  "higher", "linear", 0.5, role="controllability"),
 ]}
 
 # Steps-to-target is computed at compare time from the curves, against a target that may

@@ -101,7 +101,7 @@ def plan_runs(suite: Suite, profile: str, dataset: str, variant_names: list[str]
         variant = suite.variant(variant_name)
         config = suite.model_config(profile, variant_name)
         data = dataset_spec(suite, profile, dataset, config.frame_size)
-        data_id = _digest(json.dumps(data, sort_keys=True))
+        data_id = _digest(json.dumps(data, sort_keys=True), source_hash(["data/*.py"]))  # game code edits regenerate data
         for seed in seeds:
             stage_ids: dict[str, str] = {}
             for stage in ("tokenizer", "actions", "dynamics"):

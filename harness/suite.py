@@ -16,6 +16,7 @@ from harness.kpis import KPIS
 from variants.registry import components as registered_components
 from worldmodel.config import WorldModelConfig
 from worldmodel.data import GAMES
+from worldmodel.data.games import check_game_options
 from worldmodel.errors import WorldbenchError
 from worldmodel.train import PRECISIONS
 
@@ -43,6 +44,7 @@ class Dataset:
     episode_len: int = 32
     seed: int = 0
     repeat_prob: float = 0.75
+    options: dict = field(default_factory=dict)  # the game's own options (e.g. sprite_world grid, distractor)
     path: str = ""
     frame_size: int = 0  # hdf5 only: resize to this size on load (0 = keep the file's size)
     val_fraction: float = 0.1
@@ -55,6 +57,8 @@ class Variant:
     description: str = ""
     components: dict[str, str] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)  # dotted model-config keys
+    scale: dict[str, float] = field(default_factory=dict)  # dotted numeric keys: factor x the profile's value
+    planted_fault: bool = False  # bench validate runs it against the baseline and expects FAIL
 
 
 @dataclass
@@ -65,7 +69,7 @@ class KpiRuleConfig:
     margin: float
     blocking: bool
     target: float | str = "auto"  # steps_to_target only: absolute loss, or "auto"
-    target_epsilon: float = 0.05  # auto target = (1 + eps) * median final loss of the baseline
+    target_epsilon: float = 0.05  # auto target = (1 + eps) * the largest final loss among the baseline's runs
 
 
 @dataclass
@@ -107,13 +111,29 @@ class Suite:
             _set_dotted(values, key, value)
         if frame_size is not None:
             values["frame_size"] = frame_size
+        if chosen.scale:  # e.g. 5% of this profile's tokenizer steps; whole numbers stay whole and >= 1
+            resolved = WorldModelConfig.from_dict(copy.deepcopy(values)).to_dict()
+            for key, factor in chosen.scale.items():
+                base = _get_dotted(resolved, key)
+                _set_dotted(values, key, max(1, round(base * factor)) if isinstance(base, int) else base * factor)
         return WorldModelConfig.from_dict(values)
+
+    def planted_faults(self) -> list[str]:
+        """The variants `bench validate` expects to FAIL against the baseline: built-in ones, then the user's."""
+        names = [name for name, variant in self.variants.items() if variant.planted_fault]
+        return sorted(names, key=lambda name: name not in BUILTIN_FAULTS)  # stable: each group keeps its order
 
 
 def _pick(table: dict, name: str, what: str):
     if name not in table:
         raise WorldbenchError(f"unknown {what} '{name}'; known {what}s: {', '.join(sorted(table)) or '(none)'}")
     return table[name]
+
+
+def _get_dotted(values: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        values = values[part]
+    return values
 
 
 def _set_dotted(values: dict, dotted: str, value: Any) -> None:
@@ -125,6 +145,10 @@ def _set_dotted(values: dict, dotted: str, value: Any) -> None:
 
 # ----------------------------------------------------------------------------- parsing
 
+MAX_SEEDS = 10_000  # a comparison trains a run per seed: more is a typo, not a plan
+MAX_SEED = 2**32 - 1  # numpy and torch seeds must fit
+
+
 def parse_seeds(text: str | list, where: str = "--seeds") -> list[int]:
     """'0-4' -> [0..4], '0,3' -> [0, 3], [1, 2] -> [1, 2]."""
     if isinstance(text, list):
@@ -132,6 +156,8 @@ def parse_seeds(text: str | list, where: str = "--seeds") -> list[int]:
             raise WorldbenchError(f"{where}: expected a non-empty list of seeds >= 0, got {text!r}")
         return list(dict.fromkeys(text))
     seeds: list[int] = []
+    if not str(text).strip():
+        raise WorldbenchError(f"{where}: empty seed list; use a range like 0-4 or a list like 0,3")
     for part in str(text).split(","):
         part = part.strip()
         try:
@@ -139,6 +165,10 @@ def parse_seeds(text: str | list, where: str = "--seeds") -> list[int]:
                 low, high = (int(x) for x in part.split("-", 1))
                 if low > high or low < 0:
                     raise ValueError
+                if high - low + 1 > MAX_SEEDS or high > MAX_SEED:
+                    raise WorldbenchError(
+                        f"{where}: '{text}' asks for {high - low + 1:,} seeds up to {high}; "
+                        f"at most {MAX_SEEDS:,} seeds, each <= {MAX_SEED}")
                 seeds.extend(range(low, high + 1))
             else:
                 if int(part) < 0:
@@ -148,6 +178,10 @@ def parse_seeds(text: str | list, where: str = "--seeds") -> list[int]:
             raise WorldbenchError(
                 f"{where}: '{text}' is not a seed list; use a range like 0-4 (low <= high) or a list like 0,3"
             ) from None
+        if len(seeds) > MAX_SEEDS or (seeds and max(seeds) > MAX_SEED):
+            raise WorldbenchError(
+                f"{where}: '{text}' asks for {len(seeds):,} seeds up to {max(seeds)}; "
+                f"at most {MAX_SEEDS:,} seeds, each <= {MAX_SEED}")
     return list(dict.fromkeys(seeds))
 
 
@@ -263,6 +297,10 @@ def build_suite(raw: dict, path: Path | None = None) -> Suite:
         _check_choice(dataset.kind, {"procedural", "hdf5"}, f"datasets.{name}.kind")
         if dataset.kind == "procedural":
             _check_choice(dataset.game, GAMES, f"datasets.{name}.game")
+            try:
+                check_game_options(dataset.game, dataset.options)
+            except WorldbenchError as err:
+                raise WorldbenchError(f"datasets.{name}.options: {err}") from None
         elif not dataset.path:
             raise WorldbenchError(f"datasets.{name}.path: an hdf5 dataset needs a path to its .h5 file")
         datasets[name] = dataset
@@ -277,6 +315,7 @@ def build_suite(raw: dict, path: Path | None = None) -> Suite:
                           f"variants.{name}.components.{slot}")
         nested = _dotted_to_nested(variant.overrides, f"variants.{name}.overrides")
         variant.overrides = {key: value for key, value in _flatten(nested).items()}
+        variant.scale = _check_scale(variant.scale, f"variants.{name}.scale")
         variants[name] = variant
 
     comparison = _fill(Comparison, _check_type(raw.get("comparison", {}), dict, "comparison"), "comparison")
@@ -295,6 +334,10 @@ def build_suite(raw: dict, path: Path | None = None) -> Suite:
             raise WorldbenchError(f"kpis.{name}.target: use \"auto\" or a number, got {rule.target!r}")
         kpis[name] = rule
 
+    if not comparison.candidates:
+        raise WorldbenchError("comparison.candidates: empty; name at least one variant to compare with the baseline")
+    if not 0 < comparison.alpha < 0.5:
+        raise WorldbenchError(f"comparison.alpha: {comparison.alpha} is not in (0, 0.5); the usual choice is 0.05")
     suite = Suite(path, profiles, datasets, variants, comparison, kpis, plugin_modules)
     # The comparison must name things that exist.
     suite.variant(comparison.baseline)
@@ -302,7 +345,31 @@ def build_suite(raw: dict, path: Path | None = None) -> Suite:
         suite.variant(candidate)
     suite.profile(comparison.profile)
     suite.dataset(comparison.dataset)
+    for name, fault in BUILTIN_FAULTS.items():
+        if name not in suite.variants:  # a variant of the same name in bench.toml replaces the built-in fault
+            suite.variants[name] = _on_baseline(suite.variant(comparison.baseline), fault)
     return suite
+
+
+def _check_scale(scale: dict, where: str) -> dict[str, float]:
+    """Scale factors must name numeric model keys and be positive numbers."""
+    defaults = _flatten(WorldModelConfig().to_dict())
+    checked = {}
+    for key, factor in scale.items():
+        if key not in defaults or isinstance(defaults[key], (bool, str)):
+            numeric = sorted(k for k, v in defaults.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+            raise WorldbenchError(f"{where}.{key}: not a numeric model key; allowed: {', '.join(numeric)}")
+        checked[key] = _check_type(factor, float, f"{where}.{key}")
+        if not checked[key] > 0:
+            raise WorldbenchError(f"{where}.{key}: the factor must be > 0, got {factor!r}")
+    return checked
+
+
+def _on_baseline(baseline: Variant, fault: Variant) -> Variant:
+    """A built-in planted fault applied to the comparison's baseline: its choices, with the fault's on top."""
+    return Variant(fault.name, f"{fault.description} (on {baseline.name})",
+                   {**baseline.components, **fault.components}, {**baseline.overrides, **fault.overrides},
+                   {**baseline.scale, **fault.scale}, planted_fault=True)
 
 
 def _flatten(nested: dict, prefix: str = "") -> dict:
@@ -330,7 +397,8 @@ def _load_plugins(modules: list) -> None:
 
 DEFAULT_PROFILES = {"default": Profile("default", "the reference hyperparameters with their default budgets")}
 DEFAULT_DATASETS = {
-    "sprite_world": Dataset("sprite_world", description="agent moved by noop/up/down/left/right, walls, "
+    "sprite_world": Dataset("sprite_world", repeat_prob=0.5,
+                            description="agent moved by noop/up/down/left/right and facing that way, walls, "
                             "a distractor moving on its own"),
     "pong": Dataset("pong", game="pong", description="a paddle moved by noop/up/down, a ball with momentum"),
 }
@@ -341,4 +409,20 @@ DEFAULT_VARIANTS = {
                                   {"lam_encoder": "windowed_attention"}),
     "query_pool": Variant("query_pool", "LAM encoder: learned-query attention pooling over frame changes",
                           {"lam_encoder": "query_pool"}),
+}
+# Planted faults for `bench validate`, each the baseline with one thing broken on purpose (_on_baseline).
+# `scale` takes a share of the profile's budget, so a fault is as undertrained on `smoke` as on `ci`.
+BUILTIN_FAULTS = {
+    "fault_tokenizer_undertrained": Variant(
+        "fault_tokenizer_undertrained", "planted fault: 5% of the profile's tokenizer steps",
+        scale={"tokenizer.steps": 0.05}, planted_fault=True),
+    "fault_lam_blind": Variant(
+        "fault_lam_blind", "planted fault: a LAM encoder that ignores the frames (one learned constant action)",
+        {"lam_encoder": "blind"}, planted_fault=True),
+    "fault_dynamics_blind": Variant(
+        "fault_dynamics_blind", "planted fault: dynamics that zeroes the actions before conditioning",
+        overrides={"dynamics.action_blind": True}, planted_fault=True),
+    "fault_dynamics_undertrained": Variant(
+        "fault_dynamics_undertrained", "planted fault: 10% of the profile's dynamics steps",
+        scale={"dynamics.steps": 0.1}, planted_fault=True),
 }

@@ -84,9 +84,12 @@ def test_sticky_policy_repeats_at_the_requested_rate() -> None:
     assert 0.7 < same < 0.88  # 0.75 + 0.25 / 5 = 0.8 expected
 
 
-def test_sprite_world_actions_move_the_agent_and_not_the_distractor() -> None:
-    size, cell = 32, 32 // games.GRID
-    data = generate("sprite_world", n_episodes=12, episode_len=24, frame_size=size, seed=1)
+CLASSIC_ROOM = {"grid": 8, "border": True, "walls": 3, "distractor": "bouncer", "facing": False, "wrap": False}
+
+
+def test_classic_room_actions_move_the_agent_and_not_the_distractor() -> None:
+    size, cell = 32, 32 // 8
+    data = generate("sprite_world", n_episodes=12, episode_len=24, frame_size=size, seed=1, options=CLASSIC_ROOM)
     moved = {a: 0 for a in range(5)}
     distractor_moves_on_noop = 0
     for start in data.episode_starts:
@@ -112,6 +115,49 @@ def test_sprite_world_actions_move_the_agent_and_not_the_distractor() -> None:
     assert moved[0] == 0
     assert all(moved[a] > 0 for a in (1, 2, 3, 4))  # up/down/left/right each moved the agent somewhere
     assert distractor_moves_on_noop > 0
+
+
+def test_default_sprite_world_shows_every_action_and_the_spinner_moves_on_its_own() -> None:
+    """The controllable design: the agent wraps around the board, faces the way it was told, and the
+    spinner circles inside its cell whatever the agent does."""
+    size, grid = 16, 4
+    cell = size // grid
+    data = generate("sprite_world", n_episodes=10, episode_len=20, frame_size=size, seed=3)
+    facing_colour = np.array(games.FACING_COLOUR, np.uint8)
+    spinner_colour = np.array(games.DISTRACTOR_COLOUR, np.uint8)
+    wrapped, spinner_moves_on_noop = 0, 0
+    for start in data.episode_starts:
+        for t in range(start, start + 19):
+            before, after, action = data.frames[t], data.frames[t + 1], int(data.actions[t])
+            agent, agent_next = sprite_cell(before, games.AGENT_COLOUR, cell), sprite_cell(after, games.AGENT_COLOUR, cell)
+            d_row, d_col = games.SPRITE_MOVES[action]
+            target = ((agent[0] + d_row) % grid, (agent[1] + d_col) % grid)
+            assert agent_next in (agent, target), (t, action)  # moved as told, or blocked by a wall/spinner
+            wrapped += agent_next == target and target != (agent[0] + d_row, agent[1] + d_col)
+            # the facing bar is on the side the action points to, and absent after a noop
+            bar = np.argwhere(np.all(after == facing_colour, axis=-1))  # [K, 2] pixels
+            if action == 0:
+                assert len(bar) == 0
+            else:
+                row0, col0 = agent_next[0] * cell, agent_next[1] * cell
+                side = {1: bar[:, 0] == row0, 2: bar[:, 0] == row0 + cell - 1,
+                        3: bar[:, 1] == col0, 4: bar[:, 1] == col0 + cell - 1}[action]
+                assert len(bar) > 0 and side.all(), (t, action)
+            spinner = np.argwhere(np.all(before == spinner_colour, axis=-1))
+            spinner_next = np.argwhere(np.all(after == spinner_colour, axis=-1))
+            assert len(spinner) and len(spinner_next) and not np.array_equal(spinner, spinner_next)
+            spinner_moves_on_noop += action == 0
+    assert wrapped > 0 and spinner_moves_on_noop > 0
+
+
+@pytest.mark.parametrize("options, needle", [
+    ({"grid": 1}, "grid"), ({"distractor": "ufo"}, "distractor"), ({"walls": 99}, "walls"),
+    ({"facing": "yes"}, "facing"), ({"colour": 3}, "no option 'colour'"),
+])
+def test_bad_game_options_get_one_line(options: dict, needle: str) -> None:
+    with pytest.raises(WorldbenchError, match=needle) as err:
+        generate("sprite_world", 2, 8, 16, seed=0, options=options)
+    assert_one_line_error(err)
 
 
 def test_pong_actions_move_the_player_paddle() -> None:

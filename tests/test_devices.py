@@ -21,20 +21,14 @@ from worldmodel.rollout import evaluate_rollouts, rollout_clips
 from worldmodel.tokenizer import VideoTokenizer
 from worldmodel.train import Placement, train_stage
 
+from tiny import tiny_config as shared_tiny_config
+
 WORLDMODEL = Path(stages.__file__).parent
 VARIANTS = WORLDMODEL.parent / "variants"
 
 
 def tiny_config(encoder: str = "meanpool_concat") -> WorldModelConfig:
-    config = WorldModelConfig(frame_size=16)
-    config.rollout.clips, config.rollout.horizon = 2, 4
-    for name in ("tokenizer", "actions", "dynamics"):
-        stage = config.stage(name)
-        stage.embed_dim, stage.heads, stage.hidden, stage.blocks = 16, 4, 32, 1
-        stage.steps, stage.batch_size, stage.log_every, stage.checkpoint_every, stage.eval_batches = 12, 4, 6, 12, 1
-    config.actions.encoder = encoder
-    config.dynamics.maskgit_steps = 3
-    return config.validate()
+    return shared_tiny_config(steps=12, log_every=6, checkpoint_every=12, maskgit_steps=3, encoder=encoder)
 
 
 @pytest.fixture(scope="module")

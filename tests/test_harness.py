@@ -199,10 +199,31 @@ def test_a_diverging_component_marks_only_its_run_and_exits_4(tmp_path, monkeypa
     ([], "[profiles.x.model.tokenizer]\nsteps = \"ten\"", "profiles.x.model.tokenizer.steps: expected an integer"),
     ([], "[profiles.x.model]\nframe_sise = 32", "profiles.x.model.frame_sise: unknown model key; allowed:"),
     ([], "[variants.v]\ncomponents = { lam_encoder = \"nope\" }",
-     "variants.v.components.lam_encoder: 'nope' is not allowed; use one of: meanpool_concat"),
+     "variants.v.components.lam_encoder: 'nope' is not allowed; use one of: blind, meanpool_concat"),
     ([], "[kpis.\"rollout.ar_mse\"]\ndirection = \"up\"", "kpis.rollout.ar_mse.direction: 'up' is not allowed"),
     (["--seeds", "3-1"], "", "--seeds: '3-1' is not a seed list"),
     (["--jobs", "0"], "", "argument --jobs: must be >= 1, got 0"),
+    # ranges checked when the suite loads, before any run trains (issue 8)
+    ([], "[profiles.x.model.tokenizer]\nheads = 0", "tokenizer.heads 0 must be >= 1"),
+    ([], "[profiles.x.model]\npatch_size = 0", "patch_size 0 must be >= 1"),
+    ([], "[profiles.x.model]\nframe_size = 0", "frame_size 0 must be >= 1"),
+    ([], "[profiles.x.model.actions]\ncheckpoint_every = 0", "actions.checkpoint_every 0 must be >= 1"),
+    ([], "[profiles.x.model.dynamics]\nhidden = -4", "dynamics.hidden -4 must be >= 1"),
+    ([], "[profiles.x.model.dynamics]\nblocks = 0", "dynamics.blocks 0 must be >= 1"),
+    ([], "[profiles.x.model.tokenizer]\nlr = nan", "tokenizer.lr nan must be a finite number > 0"),
+    ([], "[profiles.x.model.tokenizer]\nlr = -1e-3", "tokenizer.lr -0.001 must be a finite number > 0"),
+    ([], "[profiles.x.model.dynamics]\ngrad_clip = -1.0", "dynamics.grad_clip -1.0 must be a finite number > 0"),
+    ([], "[profiles.x.model.tokenizer]\neval_batches = 0", "tokenizer.eval_batches 0 must be >= 1"),
+    ([], "[profiles.x.model.dynamics]\nmaskgit_steps = 0", "dynamics.maskgit_steps 0 must be >= 1"),
+    ([], "[profiles.x.model.actions]\ndecoder_context = \"some\"", "actions.decoder_context 'some' is not one of"),
+    ([], "[comparison]\ncandidates = []", "comparison.candidates: empty"),
+    ([], "[comparison]\nalpha = 5.0", "comparison.alpha: 5.0 is not in (0, 0.5)"),
+    ([], "[datasets.mine]\noptions = { grid = 1 }", "datasets.mine.options: sprite_world option grid=1"),
+    ([], "[datasets.mine]\noptions = { colour = 1 }", "has no option 'colour'"),
+    (["--seeds", "99999999999999999999999"], "", "at most 10,000 seeds, each <= 4294967295"),
+    (["--seeds", "0-100000000"], "", "asks for 100,000,001 seeds"),
+    (["--seeds", ""], "", "--seeds: empty seed list"),
+    (["--variants", "[/]"], "", "unknown variant '[/]'"),
 ])
 def test_bad_input_gets_one_line_and_exit_2(tmp_path, capsys, args, toml, expected):
     suite = tmp_path / "bench.toml"
@@ -214,6 +235,23 @@ def test_bad_input_gets_one_line_and_exit_2(tmp_path, capsys, args, toml, expect
     assert code == 2
     assert expected in " ".join(err.split()), err
     assert len(err.splitlines()) == 1, err
+
+
+def test_an_unexpected_exception_is_exit_4_with_one_line_and_a_log(tmp_path, capsys, monkeypatch):
+    """A bug is never reported as exit 1 (the gate's FAIL) nor as a traceback on the terminal."""
+    import harness.cli
+
+    def explode(args):
+        raise RuntimeError("something deep broke\nsecond line")
+
+    monkeypatch.setitem(harness.cli.COMMANDS, "list", explode)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    code = main(["list", "variants"])
+    err = capsys.readouterr().err.strip()
+    assert code == 4
+    assert len(err.splitlines()) == 1 and "RuntimeError: something deep broke" in err, err
+    log = next((tmp_path / "worldbench" / "logs").glob("crash-*.log"))
+    assert "Traceback" in log.read_text()
 
 
 def test_a_users_hdf5_dataset_is_checked_before_any_run(tmp_path, capsys):

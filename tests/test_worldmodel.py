@@ -18,6 +18,8 @@ from worldmodel.rollout import evaluate_rollouts, infer_clip_actions, rollout_cl
 from worldmodel.tokenizer import VideoTokenizer
 from worldmodel.train import StageDiverged, load_checkpoint, train_stage
 
+from tiny import tiny_config
+
 
 class Payload:
     """An arbitrary pickled object: weights_only loading must refuse to build it."""
@@ -25,19 +27,6 @@ class Payload:
 
 def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def tiny_config(**stage_overrides) -> WorldModelConfig:
-    config = WorldModelConfig(frame_size=16)
-    config.rollout.clips, config.rollout.horizon = 2, 4
-    for name in ("tokenizer", "actions", "dynamics"):
-        stage = config.stage(name)
-        stage.embed_dim, stage.heads, stage.hidden, stage.blocks = 16, 4, 32, 1
-        stage.steps, stage.batch_size, stage.log_every, stage.checkpoint_every, stage.eval_batches = 8, 4, 2, 4, 1
-        for key, value in stage_overrides.items():
-            setattr(stage, key, value)
-    config.dynamics.maskgit_steps = 2
-    return config.validate()
 
 
 @pytest.fixture(scope="module")
@@ -219,6 +208,58 @@ def test_lam_val_loss_is_the_reconstruction_without_the_variance_hinge(tmp_path,
 
 # ----------------------------------------------------------------------------- bad input, one line each
 
+# ----------------------------------------------------------------------------- anti-collapse options
+
+def test_decoder_context_all_lets_the_lam_decoder_see_the_past_frames(windows):
+    """"first" (the anchor) masks every input frame but frame 0; "all" (Genie) shows frames 0..t."""
+    _, train, _ = windows
+    frames = train.batch(np.arange(2))[0][:, :-1]  # [2, T-1, 3, H, W]
+    changed = frames.clone()
+    changed[:, 1] = -changed[:, 1]  # a different input frame 1
+    actions = torch.ones(2, frames.shape[1], 2)
+    for context, frame_one_matters in (("first", False), ("all", True)):
+        config = tiny_config()
+        config.actions.decoder_context = context
+        torch.manual_seed(0)
+        lam = LatentActionModel(config.validate()).eval()
+        with torch.no_grad():
+            before, after = lam.decode(frames, actions), lam.decode(changed, actions)
+        assert torch.equal(before[:, 0], after[:, 0])  # causal: frame 1 never reaches the first prediction
+        assert (not torch.equal(before[:, 1:], after[:, 1:])) == frame_one_matters, context
+
+
+class NearlyConstantEncoder(torch.nn.Module):
+    """Latents all on one side of the 2-level FSQ boundary, as in the anchor's collapse."""
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return 1.0 + 1e-4 * torch.randn(frames.shape[0], frames.shape[1] - 1, 2)  # [B, T-1, A]
+
+
+def test_action_norm_splits_every_step_of_the_batch_even_from_a_near_constant_encoder(windows):
+    _, train, _ = windows
+    frames = train.batch(np.arange(8))[0]  # [8, T, 3, H, W]
+    config = tiny_config()
+    config.actions.action_norm = "batch"
+    lam = LatentActionModel(config.validate()).train()
+    lam.encoder = NearlyConstantEncoder()
+    _, quantised = lam.infer_actions(frames)  # [8, T-1, 2]
+    for step in range(quantised.shape[1]):
+        for dim in range(2):
+            assert set(quantised[:, step, dim].tolist()) == {-1.0, 1.0}, (step, dim)
+    anchor = LatentActionModel(tiny_config()).train()
+    anchor.encoder = lam.encoder
+    assert set(anchor.infer_actions(frames)[1].flatten().tolist()) == {1.0}  # the anchor's collapse
+
+
+def test_anti_collapse_options_leave_the_anchors_ids_and_parameters_alone():
+    config = tiny_config()
+    anchor_json = stages.stage_config_json(config, "actions")
+    assert "decoder_context" not in anchor_json and "action_norm" not in anchor_json
+    config.actions.decoder_context, config.actions.action_norm = "all", "batch"
+    assert stages.stage_config_json(config, "actions") != anchor_json
+    assert n_params(LatentActionModel(config)) == n_params(LatentActionModel(tiny_config()))
+
+
 def one_line(err) -> str:
     message = str(err.value)
     assert "\n" not in message
@@ -259,7 +300,7 @@ def test_model_frame_size_must_match_the_data(tmp_path, windows):
 def test_unknown_variant_lists_the_known_ones():
     config = WorldModelConfig()
     config.actions.encoder = "transformer_xl"
-    with pytest.raises(WorldbenchError, match="unknown lam_encoder 'transformer_xl'; known: meanpool_concat, "
+    with pytest.raises(WorldbenchError, match="unknown lam_encoder 'transformer_xl'; known: blind, meanpool_concat, "
                                               "query_pool, windowed_attention") as err:
         LatentActionModel(config)
     one_line(err)

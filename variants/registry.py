@@ -48,3 +48,4 @@ def describe(slot: str, name: str) -> str:
 def _load_builtin_components() -> None:
     # Imported lazily so the registry module itself has no model dependencies.
     import variants.lam_encoders  # noqa: F401
+    import variants.planted_faults  # noqa: F401

@@ -5,12 +5,14 @@ Defaults are the anchor's reference hyperparameters (64x64 frames, patch 4, T = 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 from worldmodel.errors import WorldbenchError
 from worldmodel.layers import position_code_split
 
 STAGES = ("tokenizer", "actions", "dynamics")
+OPT_IN = "opt_in"  # field metadata: a switch that is off by default and omitted from stage ids while off
 
 
 @dataclass
@@ -42,6 +44,16 @@ class ActionsConfig(StageConfig):
     encoder: str = "meanpool_concat"  # a registered `lam_encoder` variant
     variance_floor: float = 0.01  # the latent-variance hinge that keeps actions from collapsing
     variance_weight: float = 100.0
+    # Remedies for latent-action collapse (DESIGN "KPIs"; README "Controllability"). The defaults are
+    # the anchor's recipe; both are opt-in, so baseline ids and checkpoints stay as they were.
+    # decoder_context: what the LAM decoder sees of the input frames. "first": frame 0 only, the rest
+    # masked (the anchor); "all": frames 0..t, causally, as in Genie, so the action only has to explain
+    # what the past cannot.
+    decoder_context: str = field(default="first", metadata={OPT_IN: True})
+    # action_norm: "batch" standardises each transition step's pre-quantisation latents over the
+    # batch (running statistics at eval), so every step's 2-level codes split the batch instead of
+    # all falling on one side, or encoding only the time step.
+    action_norm: str = field(default="none", metadata={OPT_IN: True})
 
 
 @dataclass
@@ -50,6 +62,9 @@ class DynamicsConfig(StageConfig):
     lr: float = 1e-2
     maskgit_steps: int = 8
     temperature: float = 0.0
+    # Planted fault (bench validate): zero the actions before conditioning, in training and inference.
+    # Opt-in: left out of the stage config JSON while off, so normal runs keep their ids and checkpoints.
+    action_blind: bool = field(default=False, metadata={OPT_IN: True})
 
 
 @dataclass
@@ -99,6 +114,9 @@ class WorldModelConfig:
         return cls(**top, **parts).validate()
 
     def validate(self) -> "WorldModelConfig":
+        for name in ("frame_size", "patch_size", "window", "latent_dim", "bins", "n_actions"):
+            if getattr(self, name) < 1:
+                raise WorldbenchError(f"{name} {getattr(self, name)} must be >= 1")
         if self.frame_size % self.patch_size:
             raise WorldbenchError(
                 f"frame_size {self.frame_size} is not divisible by patch_size {self.patch_size}; "
@@ -110,13 +128,29 @@ class WorldModelConfig:
             raise WorldbenchError(f"window {self.window} is too short; a clip needs at least 2 frames")
         if self.bins < 2 or self.latent_dim < 1:
             raise WorldbenchError("bins must be >= 2 and latent_dim >= 1")
+        if self.dynamics.maskgit_steps < 1:
+            raise WorldbenchError(f"dynamics.maskgit_steps {self.dynamics.maskgit_steps} must be >= 1")
         if not 1 <= self.rollout.delta_psnr_step <= self.rollout.horizon or self.rollout.clips < 1:
             raise WorldbenchError(
                 f"rollout.delta_psnr_step {self.rollout.delta_psnr_step} must lie within rollout.horizon "
                 f"{self.rollout.horizon} (and rollout.clips >= 1); lengthen the horizon or move the step"
             )
+        if self.actions.decoder_context not in ("first", "all"):
+            raise WorldbenchError(
+                f"actions.decoder_context {self.actions.decoder_context!r} is not one of: 'first', 'all'")
+        if self.actions.action_norm not in ("none", "batch"):
+            raise WorldbenchError(f"actions.action_norm {self.actions.action_norm!r} is not one of: 'none', 'batch'")
         for name in STAGES:
             stage = self.stage(name)
+            for key in ("embed_dim", "heads", "hidden", "blocks", "steps", "batch_size", "log_every",
+                        "checkpoint_every", "eval_batches"):
+                if getattr(stage, key) < 1:
+                    raise WorldbenchError(f"{name}.{key} {getattr(stage, key)} must be >= 1")
+            for key in ("lr", "grad_clip"):
+                if not math.isfinite(getattr(stage, key)) or getattr(stage, key) <= 0:
+                    raise WorldbenchError(f"{name}.{key} {getattr(stage, key)} must be a finite number > 0")
+            if not math.isfinite(stage.weight_decay) or stage.weight_decay < 0 or stage.warmup_steps < 0:
+                raise WorldbenchError(f"{name}: weight_decay and warmup_steps must be finite and >= 0")
             if stage.embed_dim % stage.heads:
                 raise WorldbenchError(
                     f"{name}.embed_dim {stage.embed_dim} is not divisible by {name}.heads {stage.heads}; "
@@ -126,8 +160,6 @@ class WorldModelConfig:
                 position_code_split(stage.embed_dim)
             except WorldbenchError as err:
                 raise WorldbenchError(f"{name}.{err}") from None
-            if stage.steps < 1 or stage.batch_size < 1 or stage.log_every < 1:
-                raise WorldbenchError(f"{name}: steps, batch_size and log_every must be >= 1")
             if stage.checkpoint_every % stage.log_every:
                 raise WorldbenchError(
                     f"{name}.checkpoint_every {stage.checkpoint_every} is not a multiple of "

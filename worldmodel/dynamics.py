@@ -20,6 +20,7 @@ class Dynamics(nn.Module):
         stage = config.dynamics
         E, L = stage.embed_dim, config.latent_dim
         self.fsq = FSQ(L, config.bins)
+        self.action_blind = stage.action_blind  # planted fault: condition on zeros instead of the actions
         self.mask_latent = nn.Parameter(torch.zeros(L))
         self.from_latent = nn.Linear(L, E)
         self.register_buffer("spatial_code", spatial_code(config.frame_size // config.patch_size, E), persistent=False)
@@ -31,6 +32,8 @@ class Dynamics(nn.Module):
         # latents [B, T, P, L], actions [B, T-1, A], mask [B, T, P] bool -> [B, T, P, E]
         visible = torch.where(mask.unsqueeze(-1), self.mask_latent, latents)
         tokens = self.from_latent(visible) + self.spatial_code
+        if self.action_blind:
+            actions = torch.zeros_like(actions)  # [B, T-1, A]
         # Left-pad with a zero action so action t-1 conditions frame t.
         cond = F.pad(actions, (0, 0, 1, 0))  # [B, T, A]
         return self.transformer(tokens, cond)

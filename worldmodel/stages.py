@@ -6,7 +6,7 @@ codes and latent actions of the frozen upstream stages, encoded once per stage (
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worldmodel.config import STAGES, WorldModelConfig
+from worldmodel.config import OPT_IN, STAGES, WorldModelConfig
 from worldmodel.data import VideoWindows
 from worldmodel.dynamics import Dynamics
 from worldmodel.errors import WorldbenchError
@@ -46,7 +46,10 @@ def count_params(model: nn.Module) -> int:
 def stage_config_json(config: WorldModelConfig, stage: str) -> str:
     """What a stage's weights depend on: the shared shapes plus that stage's own section."""
     values = {k: v for k, v in asdict(config).items() if k not in (*STAGES, "rollout")}
-    values.update({f"{stage}.{k}": v for k, v in asdict(config.stage(stage)).items()})
+    section = config.stage(stage)
+    # Opt-in switches appear only when on: adding one leaves every existing id and checkpoint as it was.
+    values.update({f"{stage}.{f.name}": getattr(section, f.name) for f in fields(section)
+                   if not (f.metadata.get(OPT_IN) and getattr(section, f.name) == f.default)})
     return json.dumps(values, sort_keys=True)
 
 
@@ -180,7 +183,7 @@ def run_actions(config: WorldModelConfig, train: VideoWindows, val: VideoWindows
             # How much the decoder's prediction depends on the action: variance across every code.
             first = frames[:8, :-1]  # [b, T-1, 3, H, W]
             predictions = torch.stack([
-                model.decode(first, code.expand(first.shape[0], first.shape[1], -1), mask_inputs=True)
+                model.decode(first, code.expand(first.shape[0], first.shape[1], -1))
                 for code in all_codes
             ])  # [n_actions, b, T-1, 3, H, W]
             decoder_spread.append(predictions.var(dim=0).mean().item())

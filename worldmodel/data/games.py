@@ -12,6 +12,7 @@ streams, so changing `repeat_prob` does not change the level layout.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -90,64 +91,128 @@ def sticky_random_actions(
 
 
 # -----------------------------------------------------------------------------
-# sprite_world: an agent on a walled grid plus a bouncing distractor
-
-GRID = 8  # board is GRID x GRID cells; cell = frame_size / 8 pixels
-N_INTERIOR_WALLS = 3
+# sprite_world: an agent on a walled grid plus a distractor that moves on its own
+#
+# Defaults are the controllable design (README "Controllability"): at 16x16 with 4x4 patches a cell is
+# one patch, the agent turns to face the way it was told to go (a bright bar on that side, none after a
+# noop), so even a move into a wall shows its action, and the distractor is a spinner that circles inside
+# its own cell, so it moves on every step but never competes with the agent for the latent actions.
+# grid=8, border=True, walls=3, distractor="bouncer", facing=False, wrap=False gives the original room.
 
 SPRITE_BACKGROUND = (24, 28, 48)
 WALL_COLOUR = (128, 128, 140)
 AGENT_COLOUR = (240, 80, 60)
+FACING_COLOUR = (250, 230, 90)
 DISTRACTOR_COLOUR = (70, 200, 110)
+DISTRACTORS = ("spinner", "bouncer", "none")
 
 # action -> (d_row, d_col) in cells; rows grow downwards like image rows
 SPRITE_MOVES = np.array([(0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)], dtype=np.int64)
+# spinner: the quadrant of its cell the spinner's half-cell box is in, clockwise from the top left
+SPINNER_QUADRANTS = np.array([(0, 0), (0, 1), (1, 1), (1, 0)], dtype=np.int64)
 
 
-def _cell_boxes(cells: np.ndarray) -> np.ndarray:
+def _cell_boxes(cells: np.ndarray, grid: int) -> np.ndarray:
     """Integer (row, col) cells [K, 2] -> boxes [K, 4] in board units."""
     cells = cells.astype(np.float64)
-    return np.concatenate([cells, cells + 1.0], axis=1) / GRID
+    return np.concatenate([cells, cells + 1.0], axis=1) / grid
 
 
-def _play_sprite_world(world_rng: np.random.Generator, actions: np.ndarray, frame_size: int) -> np.ndarray:
-    """Simulate one episode; frame t+1 results from actions[t]. Returns uint8 [T, S, S, 3]."""
+def _facing_boxes(cells: np.ndarray, facing: np.ndarray, grid: int) -> np.ndarray:
+    """A bar a quarter of a cell thick on the side of each cell that `facing` (an action) points to.
+
+    cells [T, 2], facing [T] actions -> boxes [T, 4]; noop gets an empty box (paints nothing).
+    """
+    top, left = cells[:, 0] / grid, cells[:, 1] / grid  # [T]
+    cell, bar = 1.0 / grid, 0.25 / grid
+    boxes = np.stack([top, left, top, left], axis=1)  # [T, 4] empty
+    sides = {  # action -> (top, left, bottom, right) offsets within the cell
+        1: (0, bar, bar, cell - bar), 2: (cell - bar, bar, cell, cell - bar),
+        3: (bar, 0, cell - bar, bar), 4: (bar, cell - bar, cell - bar, cell),
+    }
+    for action, (t, l, b, r) in sides.items():
+        on = facing == action
+        boxes[on] = np.stack([top[on] + t, left[on] + l, top[on] + b, left[on] + r], axis=1)
+    return boxes
+
+
+def _play_sprite_world(world_rng: np.random.Generator, actions: np.ndarray, frame_size: int, grid: int = 4,
+                       border: bool = False, walls: int = 1, distractor: str = "spinner",
+                       facing: bool = True, wrap: bool = True) -> np.ndarray:
+    """Simulate one episode; frame t+1 results from actions[t]. Returns uint8 [T, S, S, 3].
+
+    wrap: leaving the board re-enters on the opposite side (a torus, like Pac-Man's tunnels), so only
+    walls block a move; otherwise the board's edge blocks too.
+    """
     n_frames = len(actions)
 
-    # layout: a border of walls plus a few interior blocks
-    walls = np.zeros((GRID, GRID), dtype=bool)  # [GRID, GRID]
-    walls[0, :] = walls[-1, :] = walls[:, 0] = walls[:, -1] = True
-    interior = [(r, c) for r in range(1, GRID - 1) for c in range(1, GRID - 1)]
-    picks = world_rng.choice(len(interior), size=N_INTERIOR_WALLS + 1, replace=False)
-    for p in picks[:N_INTERIOR_WALLS]:
-        walls[interior[p]] = True
-    agent = np.array(interior[picks[-1]], dtype=np.int64)  # (row, col), never on a wall
+    # layout: optional border walls, a few interior blocks, the spinner's cell and the agent's start
+    blocked = np.zeros((grid, grid), dtype=bool)  # [grid, grid]: cells the agent cannot enter
+    if border:
+        blocked[0, :] = blocked[-1, :] = blocked[:, 0] = blocked[:, -1] = True
+    free = [(r, c) for r in range(grid) for c in range(grid) if not blocked[r, c]]
+    n_picks = walls + (distractor == "spinner") + 1
+    picks = [free[p] for p in world_rng.choice(len(free), size=n_picks, replace=False)]
+    wall_cells = blocked.copy()
+    for cell in picks[:walls]:
+        wall_cells[cell] = True
+    blocked = wall_cells.copy()
+    if distractor == "spinner":
+        spinner_cell = np.array(picks[walls], dtype=np.int64)
+        blocked[tuple(spinner_cell)] = True  # a machine: the agent walks around it
+    agent = np.array(picks[-1], dtype=np.int64)  # (row, col), never on a wall
 
-    # distractor: bounces diagonally inside the border, ignoring interior walls,
-    # so it moves on every step whatever the agent does
-    distractor = world_rng.integers(1, GRID - 1, size=2)  # (row, col)
+    # bouncer: moves diagonally, bouncing off the board's edge (inside the border), ignoring walls
+    lo, hi = (1, grid - 2) if border else (0, grid - 1)
+    bouncer = world_rng.integers(lo, hi + 1, size=2)  # (row, col)
     velocity = world_rng.choice(np.array([-1, 1]), size=2)  # (d_row, d_col)
+    spinner_phase = world_rng.integers(len(SPINNER_QUADRANTS))
 
     agent_cells = np.empty((n_frames, 2), dtype=np.int64)  # [T, 2]
-    distractor_cells = np.empty((n_frames, 2), dtype=np.int64)  # [T, 2]
+    bouncer_cells = np.empty((n_frames, 2), dtype=np.int64)  # [T, 2]
     for t in range(n_frames):
         agent_cells[t] = agent
-        distractor_cells[t] = distractor
+        bouncer_cells[t] = bouncer
         target = agent + SPRITE_MOVES[actions[t]]
-        if not walls[target[0], target[1]]:
+        if wrap:
+            target %= grid
+        if (0 <= target).all() and (target < grid).all() and not blocked[target[0], target[1]]:
             agent = target
         for axis in range(2):
-            if not 1 <= distractor[axis] + velocity[axis] <= GRID - 2:
+            if not lo <= bouncer[axis] + velocity[axis] <= hi:
                 velocity[axis] = -velocity[axis]
-        distractor = distractor + velocity
+        bouncer = bouncer + velocity
 
-    # static layer once per episode, then the two sprites (agent on top)
+    # static layer once per episode, then the distractor, the agent on top, its facing bar
     background = _blank(1, frame_size, SPRITE_BACKGROUND)  # [1, S, S, 3]
-    _paint_cells(background, walls, WALL_COLOUR)
+    _paint_cells(background, wall_cells, WALL_COLOUR)
     canvas = np.repeat(background, n_frames, axis=0)  # [T, S, S, 3]
-    _paint(canvas, _cell_boxes(distractor_cells), DISTRACTOR_COLOUR)
-    _paint(canvas, _cell_boxes(agent_cells), AGENT_COLOUR)
+    if distractor == "bouncer":
+        _paint(canvas, _cell_boxes(bouncer_cells, grid), DISTRACTOR_COLOUR)
+    elif distractor == "spinner":
+        quadrant = SPINNER_QUADRANTS[(spinner_phase + np.arange(n_frames)) % len(SPINNER_QUADRANTS)]  # [T, 2]
+        top_left = (2 * spinner_cell[None] + quadrant) / (2 * grid)  # [T, 2] board units
+        _paint(canvas, np.concatenate([top_left, top_left + 0.5 / grid], axis=1), DISTRACTOR_COLOUR)
+    _paint(canvas, _cell_boxes(agent_cells, grid), AGENT_COLOUR)
+    if facing:
+        # frame t faces the way action t-1 pointed; frame 0 has no previous action
+        last_action = np.concatenate([[0], actions[:-1]])  # [T]
+        _paint(canvas, _facing_boxes(agent_cells, last_action, grid), FACING_COLOUR)
     return _to_uint8(canvas)
+
+
+def _check_sprite_options(grid: int = 4, border: bool = False, walls: int = 1, distractor: str = "spinner",
+                          facing: bool = True, wrap: bool = True) -> None:
+    inner = grid - 2 if border else grid
+    if not isinstance(grid, int) or isinstance(grid, bool) or inner < 2:
+        raise WorldbenchError(f"sprite_world option grid={grid!r} leaves no room; use grid >= 2 (>= 4 with border)")
+    if distractor not in DISTRACTORS:
+        raise WorldbenchError(f"sprite_world option distractor={distractor!r}; use one of: {', '.join(DISTRACTORS)}")
+    if not isinstance(walls, int) or isinstance(walls, bool) or not 0 <= walls <= inner * inner - 3:
+        raise WorldbenchError(f"sprite_world option walls={walls!r}; use 0..{inner * inner - 3} for this grid")
+    for name, value in (("border", border), ("facing", facing), ("wrap", wrap)):
+        if not isinstance(value, bool):
+            raise WorldbenchError(f"sprite_world option {name}={value!r} must be true or false")
 
 
 # -----------------------------------------------------------------------------
@@ -240,8 +305,10 @@ class GameSpec:
     n_actions: int
     action_names: tuple[str, ...]
     description: str
-    # (world_rng, actions [T], frame_size) -> uint8 frames [T, S, S, 3]
-    play: Callable[[np.random.Generator, np.ndarray, int], np.ndarray]
+    # (world_rng, actions [T], frame_size, **options) -> uint8 frames [T, S, S, 3]
+    play: Callable[..., np.ndarray]
+    # (**options) -> None, raising a one-line WorldbenchError for a bad option; keyword names are the options
+    check_options: Callable[..., None] = lambda: None
 
 
 GAMES: dict[str, GameSpec] = {
@@ -250,10 +317,12 @@ GAMES: dict[str, GameSpec] = {
         n_actions=5,
         action_names=("noop", "up", "down", "left", "right"),
         description=(
-            "8x8-cell room: a red agent moved one cell per action, blocked by grey walls "
-            "(border + 3 random blocks); a green distractor bounces diagonally on its own"
+            "4x4-cell torus: a red agent moved one cell per action and facing that way, blocked by "
+            "a grey wall and a green spinner that circles inside its own cell; options grid, border, walls, "
+            "distractor (spinner|bouncer|none), facing, wrap"
         ),
         play=_play_sprite_world,
+        check_options=_check_sprite_options,
     ),
     "pong": GameSpec(
         name="pong",
@@ -274,6 +343,17 @@ def get_game(game: str) -> GameSpec:
     return GAMES[game]
 
 
+def check_game_options(game: str, options: dict) -> None:
+    """One clear line for an option the game does not have or a value it cannot use."""
+    spec = get_game(game)
+    known = set(inspect.signature(spec.check_options).parameters)
+    for name in options:
+        if name not in known:
+            raise WorldbenchError(
+                f"game {game!r} has no option {name!r}; its options: {', '.join(sorted(known)) or 'none'}")
+    spec.check_options(**options)
+
+
 def generate(
     game: str,
     n_episodes: int,
@@ -281,9 +361,15 @@ def generate(
     frame_size: int,
     seed: int,
     repeat_prob: float = 0.75,
+    options: dict | None = None,
 ) -> VideoData:
-    """Play n_episodes episodes of episode_len frames each with the sticky-random policy."""
+    """Play n_episodes episodes of episode_len frames each with the sticky-random policy.
+
+    `options` are the game's own keyword options (sprite_world: grid, border, walls, distractor, facing).
+    """
     spec = get_game(game)
+    options = dict(options or {})
+    check_game_options(game, options)
     if n_episodes < 1 or episode_len < 1:
         raise WorldbenchError(
             f"game {game!r}: n_episodes and episode_len must be >= 1, got {n_episodes} and {episode_len}"
@@ -302,7 +388,7 @@ def generate(
         # the action at the last frame produces nothing, so it is recorded as 0
         actions = np.zeros(episode_len, dtype=np.int64)  # [T]
         actions[:-1] = sticky_random_actions(policy_rng, episode_len - 1, spec.n_actions, repeat_prob)
-        all_frames.append(spec.play(world_rng, actions, frame_size))  # [T, S, S, 3]
+        all_frames.append(spec.play(world_rng, actions, frame_size, **options))  # [T, S, S, 3]
         all_actions.append(actions)
 
     return VideoData(

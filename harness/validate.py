@@ -1,0 +1,119 @@
+"""`bench validate`: the planted-fault suite, which shows the gate can tell a broken model apart.
+
+Every planted fault (a variant with `planted_fault = true`: the built-in ones in harness/suite.py
+plus the user's) is compared with the baseline exactly as `bench gate` compares a candidate and
+must FAIL; the baseline against itself on disjoint seeds (A/A) must not. A fault only counts as
+caught when a blocking quality or controllability KPI regressed: not a timing KPI, not a
+regulariser, and not failed runs alone.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from harness.gate import Selection, compare_runs
+from harness.kpis import KPIS
+from harness.matrix import RunSpec
+from harness.stats import Comparison, KpiComparison
+from harness.store import Store
+from harness.suite import Suite
+
+EXPECT_FAIL, EXPECT_NOT_FAIL = "FAIL", "not FAIL"
+EXIT_AS_EXPECTED, EXIT_NOT_AS_EXPECTED, EXIT_CRASHED = 0, 1, 4  # 2 (usage) comes from the CLI
+AA_CHECK = "A/A"  # the row of the baseline against itself
+
+
+@dataclass
+class Check:
+    """One row of the suite: a candidate against the baseline, and the verdict it must get."""
+    name: str
+    expected: str  # EXPECT_FAIL | EXPECT_NOT_FAIL
+    selection: Selection
+
+
+@dataclass
+class CheckResult:
+    name: str
+    candidate: str  # the candidate variant
+    expected: str
+    observed: str  # the gate's verdict: PASS | FAIL | INCONCLUSIVE
+    caught_by: str  # the blocking evidence KPI with the smallest adjusted p among those regressed; "" if none
+    p_adjusted: float  # its Holm-adjusted p (NaN when none)
+    ok: bool
+    reasons: list[str] = field(default_factory=list)  # the gate's reasons for its verdict
+
+
+@dataclass
+class Validation:
+    profile: str
+    dataset: str
+    baseline: str
+    seeds: list[int]
+    aa_seeds: list[int]  # the A/A candidate arm's seeds, disjoint from `seeds`
+    alpha: float
+    rows: list[CheckResult]
+
+    @property
+    def ok(self) -> bool:
+        return all(row.ok for row in self.rows)
+
+
+def plan_checks(suite: Suite, profile: str | None = None, dataset: str | None = None,
+                seeds: list[int] | None = None) -> list[Check]:
+    """Each planted fault against the baseline on the same seeds (paired), then the A/A check."""
+    comparison = suite.comparison
+    profile = profile or comparison.profile
+    dataset = dataset or comparison.dataset
+    suite.profile(profile)
+    suite.dataset(dataset)
+    seeds = seeds or comparison.seeds or suite.profile(profile).seeds
+    baseline = comparison.baseline
+    checks = [Check(name, EXPECT_FAIL, Selection(profile, dataset, baseline, name, seeds, seeds))
+              for name in suite.planted_faults() if name != baseline]
+    start = max(seeds) + 1
+    aa_seeds = list(range(start, start + len(seeds)))
+    checks.append(Check(AA_CHECK, EXPECT_NOT_FAIL, Selection(profile, dataset, baseline, baseline, seeds, aa_seeds)))
+    return checks
+
+
+def run_specs(suite: Suite, checks: list[Check]) -> list[RunSpec]:
+    """Every run the checks compare, once each: the baseline's runs are shared by all rows."""
+    specs: dict[str, RunSpec] = {}
+    for check in checks:
+        for spec in check.selection.plan(suite)[0]:
+            specs.setdefault(spec.run_id, spec)
+    return list(specs.values())
+
+
+def caught_by(comparison: Comparison) -> KpiComparison | None:
+    """The evidence that a fault was caught: the most significant regressed blocking quality/controllability KPI."""
+    regressed = [k for k in comparison.kpis
+                 if k.rule.blocking and k.verdict == "regressed" and KPIS[k.name].evidence]
+    return min(regressed, key=lambda k: k.p_regressed_adjusted, default=None)
+
+
+def judge(check: Check, comparison: Comparison) -> CheckResult:
+    """A fault is caught when the gate FAILs through a regressed evidence KPI; A/A is fine unless it FAILs."""
+    culprit = caught_by(comparison)
+    if check.expected == EXPECT_FAIL:
+        ok = comparison.verdict == "FAIL" and culprit is not None
+    else:
+        ok = comparison.verdict != "FAIL"
+    return CheckResult(check.name, check.selection.candidate, check.expected, comparison.verdict,
+                       culprit.name if culprit else "", culprit.p_regressed_adjusted if culprit else math.nan, ok,
+                       list(comparison.reasons))
+
+
+def exit_code(result: Validation, crashed: bool) -> int:
+    """0 every check as expected, 1 one is not, 4 a run crashed (a crash outranks the verdicts, as in the gate)."""
+    if crashed:
+        return EXIT_CRASHED
+    return EXIT_AS_EXPECTED if result.ok else EXIT_NOT_AS_EXPECTED
+
+
+def validate(suite: Suite, store: Store, checks: list[Check]) -> Validation:
+    """Compare each check's recorded runs with the gate's statistics and judge the verdicts."""
+    rows = [judge(check, compare_runs(suite, store, check.selection, suite.comparison.alpha)[0]) for check in checks]
+    first, aa = checks[0].selection, checks[-1].selection
+    return Validation(first.profile, first.dataset, first.baseline, aa.baseline_seeds, aa.candidate_seeds,
+                      suite.comparison.alpha, rows)

@@ -1,0 +1,301 @@
+"""`bench validate`: the planted faults, the caught-by rule, actions.nmi blocking, and the command end to end."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import textwrap
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from harness.cli import main
+from harness.compat import check_compat
+from harness.gate import Selection, compare_runs, rules_for
+from harness.kpis import KPIS
+from harness.stats import Comparison, KpiComparison, KpiRule
+from harness.store import Store
+from harness.suite import load_suite
+from harness.validate import (AA_CHECK, EXPECT_FAIL, EXPECT_NOT_FAIL, Check, Validation, caught_by, exit_code, judge,
+                              plan_checks)
+from variants import registry
+from variants.planted_faults import Blind
+from worldmodel.config import WorldModelConfig
+from worldmodel.dynamics import Dynamics
+from worldmodel.stages import stage_config_json
+
+REPO = Path(__file__).resolve().parents[1]
+SUITE = str(REPO / "bench.toml")
+BUILTIN_FAULTS = ["fault_tokenizer_undertrained", "fault_lam_blind", "fault_dynamics_blind",
+                  "fault_dynamics_undertrained"]
+SMALL = {"frame_size": 16, "dynamics": {"embed_dim": 16, "heads": 4, "hidden": 32, "blocks": 1}}
+
+
+# ----------------------------------------------------------------------------- the planted components
+
+def test_blind_encoder_output_does_not_depend_on_the_frames():
+    config = WorldModelConfig.from_dict(dict(SMALL))
+    encoder = Blind(config)
+    frames = torch.rand(3, 4, 3, 16, 16) * 2 - 1  # [B, T, 3, H, W]
+    out = encoder(frames)
+    assert out.shape == (3, 3, config.action_dim)  # [B, T-1, A]
+    assert torch.equal(out, encoder(-frames)) and torch.equal(out, encoder(torch.zeros_like(frames)))
+    assert out.requires_grad and [p.shape for p in encoder.parameters()] == [(config.action_dim,)]
+
+
+def dynamics_logits(model: Dynamics, actions: torch.Tensor) -> torch.Tensor:
+    torch.manual_seed(0)
+    latents = model.fsq.from_indices(torch.randint(model.fsq.codebook_size, (2, 4, 16)))  # [B, T, P, L]
+    mask = Dynamics.training_mask(2, 4, 16)  # [B, T, P]
+    return model.to_logits(model.hidden(latents, actions, mask))  # [B, T, P, V]
+
+
+@pytest.mark.parametrize("blind", [False, True])
+def test_action_blind_dynamics_logits_do_not_depend_on_the_actions(blind):
+    config = WorldModelConfig.from_dict({**SMALL, "dynamics": {**SMALL["dynamics"], "action_blind": blind}})
+    torch.manual_seed(0)
+    model = Dynamics(config).eval()
+    for p in model.parameters():  # FiLM starts near zero: make the actions matter for the check
+        torch.nn.init.normal_(p, std=0.3)
+    actions = torch.ones(2, 3, config.action_dim)  # [B, T-1, A]
+    same = torch.equal(dynamics_logits(model, actions), dynamics_logits(model, -actions))
+    assert same == blind
+    context = model.fsq.from_indices(torch.randint(model.fsq.codebook_size, (2, 2, 16)))  # [B, Tc, P, L]
+    predicted = [model.predict_next(context, a, rounds=2) for a in (actions[:, :2], -actions[:, :2])]
+    assert not blind or torch.equal(*predicted)
+
+
+def test_action_blind_is_left_out_of_stage_ids_while_off_and_golden_checkpoints_load():
+    off = WorldModelConfig.from_dict(dict(SMALL))
+    on = WorldModelConfig.from_dict({**SMALL, "dynamics": {**SMALL["dynamics"], "action_blind": True}})
+    assert "action_blind" not in stage_config_json(off, "dynamics")
+    assert '"dynamics.action_blind": true' in stage_config_json(on, "dynamics")
+    assert check_compat().ok
+
+
+def test_builtin_faults_are_the_baseline_with_one_thing_broken():
+    suite = load_suite(SUITE)
+    assert suite.planted_faults()[:4] == BUILTIN_FAULTS
+    base = suite.model_config("smoke", suite.comparison.baseline)
+    fault = {name: suite.model_config("smoke", name) for name in BUILTIN_FAULTS}
+    assert fault["fault_tokenizer_undertrained"].tokenizer.steps == max(1, round(0.05 * base.tokenizer.steps))
+    assert suite.model_config("ci", "fault_tokenizer_undertrained").tokenizer.steps == 15  # scales with the profile
+    assert fault["fault_lam_blind"].actions.encoder == "blind"
+    assert fault["fault_dynamics_blind"].dynamics.action_blind and not base.dynamics.action_blind
+    assert fault["fault_dynamics_undertrained"].dynamics.steps == max(1, round(0.1 * base.dynamics.steps))
+    assert fault["fault_lam_blind"].dynamics == base.dynamics and fault["fault_lam_blind"].tokenizer == base.tokenizer
+    checks = plan_checks(suite, "smoke", None, [0, 1])
+    assert [c.name for c in checks] == [*suite.planted_faults(), AA_CHECK]
+    aa = checks[-1].selection
+    assert aa.candidate == aa.baseline and aa.candidate_seeds == [2, 3] and checks[-1].expected == EXPECT_NOT_FAIL
+
+
+# ----------------------------------------------------------------------------- caught by which KPI
+
+def kpi(name: str, verdict: str, p_adjusted: float = 1.0, blocking: bool = True) -> KpiComparison:
+    nan = math.nan
+    return KpiComparison(
+        name=name, rule=KpiRule(name, "lower", "log", 0.1, blocking), n_baseline=5, n_candidate=5, n_paired=5,
+        paired=True, baseline_values={}, candidate_values={}, baseline_median=nan, candidate_median=nan,
+        baseline_iqm=nan, candidate_iqm=nan, estimate=nan, ci_low=nan, ci_high=nan, margin=1.1, p_noninferior=nan,
+        p_improved=nan, p_regressed=p_adjusted, p_regressed_adjusted=p_adjusted, hedges_g=nan, prob_improvement=nan,
+        verdict=verdict, reason="", recommended_seeds=None)
+
+
+def verdict_of(kpis: list[KpiComparison], failed_runs: bool = False) -> Comparison:
+    blocking_regressed = any(k.rule.blocking and k.verdict == "regressed" for k in kpis)
+    verdict = "FAIL" if blocking_regressed or failed_runs else "INCONCLUSIVE"
+    return Comparison(verdict, ["fabricated"], kpis, None, 0.05)
+
+
+FAULT = Check("fault_x", EXPECT_FAIL, Selection("smoke", "sprite_world", "meanpool_concat", "fault_x", [0], [0]))
+AA = Check(AA_CHECK, EXPECT_NOT_FAIL, Selection("smoke", "sprite_world", "meanpool_concat", "meanpool_concat",
+                                                [0], [1]))
+
+
+def test_caught_by_is_the_most_significant_regressed_blocking_quality_or_controllability_kpi():
+    comparison = verdict_of([
+        kpi("rollout.ar_mse", "regressed", 0.03), kpi("actions.nmi", "regressed", 0.01),
+        kpi("tokenizer.val_mse", "regressed", 0.001, blocking=False),  # not blocking
+        kpi("dynamics.wall_s", "regressed", 0.0001),  # timing
+        kpi("actions.variance_penalty", "regressed", 0.0001),  # regulariser
+        kpi("dynamics.val_loss", "inconclusive", 0.0001),
+    ])
+    assert caught_by(comparison).name == "actions.nmi"
+    row = judge(FAULT, comparison)
+    assert (row.observed, row.caught_by, row.p_adjusted, row.ok) == ("FAIL", "actions.nmi", 0.01, True)
+
+
+@pytest.mark.parametrize("kpis, failed_runs", [
+    ([kpi("dynamics.it_per_s", "regressed", 0.001)], False),  # a slower machine is no evidence
+    ([kpi("actions.variance_penalty", "regressed", 0.001)], False),  # nor is a regulariser
+    ([kpi("actions.params", "regressed", 0.001)], False),  # nor a size
+    ([kpi("rollout.ar_mse", "regressed", 0.001, blocking=False)], True),  # failed runs alone
+    ([kpi("rollout.ar_mse", "inconclusive")], False),
+])
+def test_a_fault_failing_only_through_timing_regularisers_or_crashes_is_not_caught(kpis, failed_runs):
+    comparison = verdict_of(kpis, failed_runs)
+    row = judge(FAULT, comparison)
+    assert caught_by(comparison) is None and row.caught_by == "" and math.isnan(row.p_adjusted)
+    assert not row.ok
+
+
+@pytest.mark.parametrize("verdict, ok", [("PASS", True), ("INCONCLUSIVE", True), ("FAIL", False)])
+def test_the_aa_check_is_fine_unless_it_fails(verdict, ok):
+    kpis = [kpi("rollout.ar_mse", "regressed" if verdict == "FAIL" else "non-inferior", 0.02)]
+    row = judge(AA, Comparison(verdict, [], kpis, None, 0.05))
+    assert row.ok == ok and row.expected == EXPECT_NOT_FAIL
+
+
+# ----------------------------------------------------------------------------- actions.nmi blocks where actions exist
+
+def fabricate(store: Store, specs, candidate: str, nmi_drop: float, with_nmi: bool = True) -> None:
+    """ok runs whose KPIs are equal across arms except the candidate's actions.nmi, lower by nmi_drop."""
+    for spec in specs:
+        noise = 1 + 0.01 * spec.seed
+        values = {k: noise for k in KPIS if not k.endswith("steps_to_target")}
+        values["actions.nmi"] = 0.6 + 0.01 * spec.seed - (nmi_drop if spec.variant == candidate else 0.0)
+        if not with_nmi:
+            del values["actions.nmi"], values["actions.majority_accuracy"]
+        store.append("kpis", [{"run_id": spec.run_id, "kpi": k, "value": v} for k, v in values.items()], spec.run_id)
+        store.append("curves", [{"run_id": spec.run_id, "stage": stage, "step": step, "metric": "loss",
+                                 "value": noise / step} for stage in ("tokenizer", "actions", "dynamics")
+                                for step in range(1, 11)], spec.run_id)
+        store.append("runs", [{
+            "run_id": spec.run_id, "profile": spec.profile, "dataset": spec.dataset, "variant": spec.variant,
+            "seed": spec.seed, "status": "ok", "error": "", "failed_stage": "", "diverged_step": -1,
+            "git_commit": "abc", "git_dirty": False, "code_hash": "x", "config_json": "{}", "stage_ids_json": "{}",
+            "torch_version": torch.__version__, "device": "cpu", "precision": "fp32", "cpu_model": "cpu", "host": "h",
+            "executor": "local", "started_at": "t0", "finished_at": "t1"}], spec.run_id)
+
+
+def compare_fabricated(tmp_path: Path, suite_path: str, profile: str, dataset: str, nmi_drop: float,
+                       with_nmi: bool = True) -> Comparison:
+    suite = load_suite(suite_path)
+    selection = Selection(profile, dataset, "meanpool_concat", "windowed_attention", [0, 1, 2, 3], [0, 1, 2, 3])
+    store = Store(tmp_path / "results")
+    fabricate(store, selection.plan(suite)[0], "windowed_attention", nmi_drop, with_nmi)
+    return compare_runs(suite, store, selection, alpha=0.05)[0]
+
+
+@pytest.mark.parametrize("nmi_drop, verdict", [(0.3, "FAIL"), (0.02, "PASS")])
+def test_actions_nmi_blocks_on_a_dataset_with_true_actions(tmp_path, nmi_drop, verdict):
+    comparison = compare_fabricated(tmp_path, SUITE, "smoke", "sprite_world", nmi_drop)
+    assert comparison.verdict == verdict
+    nmi = next(k for k in comparison.kpis if k.name == "actions.nmi")
+    assert nmi.rule.blocking and nmi.rule.margin == 0.05 and nmi.rule.scale == "linear"
+    if verdict == "FAIL":
+        assert caught_by(comparison).name == "actions.nmi"
+
+
+def write_hdf5(path: Path, with_actions: bool) -> None:
+    with h5py.File(path, "w") as f:
+        f["frames"] = np.zeros((40, 16, 16, 3), np.uint8)
+        if with_actions:
+            f["actions"] = np.zeros(40, np.int64)
+
+
+@pytest.mark.parametrize("with_actions, verdict", [(False, "PASS"), (True, "INCONCLUSIVE")])
+def test_missing_nmi_blocks_only_where_the_dataset_has_actions(tmp_path, with_actions, verdict):
+    write_hdf5(tmp_path / "video.h5", with_actions)
+    suite_path = tmp_path / "bench.toml"
+    suite_path.write_text(f'[datasets.recorded]\nkind = "hdf5"\npath = "{tmp_path / "video.h5"}"\n')
+    suite = load_suite(suite_path)
+    nmi_rule = next(r for r in rules_for(suite, with_actions) if r.name == "actions.nmi")
+    assert nmi_rule.blocking == with_actions
+    # No actions: nmi is not measured and must not block; with actions its absence must not PASS.
+    comparison = compare_fabricated(tmp_path, str(suite_path), "default", "recorded", 0.0, with_nmi=False)
+    assert comparison.verdict == verdict
+
+
+# ----------------------------------------------------------------------------- the command
+
+CRASH_PLUGIN = '''
+from variants.lam_encoders import MeanPoolConcat
+from variants.registry import register
+
+
+@register("lam_encoder", "crashing_encoder")
+class CrashingEncoder(MeanPoolConcat):
+    """Test component: raises, so its runs fail."""
+
+    def forward(self, frames):
+        raise RuntimeError("planted crash")
+'''
+
+
+def read_rows(results: Path) -> list[dict]:
+    return json.loads((results / "report" / "validate.json").read_text())["rows"]
+
+
+def test_validate_runs_each_fault_against_the_baseline_and_a_users_fault_joins(tmp_path, monkeypatch, capsys):
+    results = tmp_path / "results"
+    args = ["--profile", "smoke", "--seeds", "0-1", "--results", str(results), "--jobs", "2", "--quiet"]
+    code = main(["validate", "--config", SUITE, *args])
+    rows = read_rows(results)
+    assert [r["name"] for r in rows] == [*BUILTIN_FAULTS, AA_CHECK]
+    assert code == (0 if all(r["ok"] for r in rows) else 1)
+    for row in rows:
+        assert row["observed"] in ("PASS", "FAIL", "INCONCLUSIVE")
+        assert row["expected"] == (EXPECT_NOT_FAIL if row["name"] == AA_CHECK else EXPECT_FAIL)
+        caught = row["caught_by"] != ""
+        assert caught == (row["p_adjusted"] is not None)
+        assert not caught or (KPIS[row["caught_by"]].evidence and row["p_adjusted"] < 0.05)
+        expected_ok = row["observed"] != "FAIL" if row["name"] == AA_CHECK else (row["observed"] == "FAIL" and caught)
+        assert row["ok"] == expected_ok
+    markdown = (results / "report" / "validate.md").read_text()
+    assert all(f"| {r['name'].replace('_', chr(92) + '_')} |" in markdown for r in rows)
+    runs = pd.read_parquet(results / "store" / "runs")
+    assert runs.groupby("variant")["seed"].apply(sorted).to_dict() == {
+        "meanpool_concat": [0, 1, 2, 3], **{name: [0, 1] for name in BUILTIN_FAULTS}}
+    assert "planted faults vs meanpool_concat" in capsys.readouterr().out
+
+    # A user's planted fault joins; its runs crash, so validate exits 4 and reuses every recorded run.
+    (tmp_path / "crash_plugin.py").write_text(CRASH_PLUGIN)
+    suite = tmp_path / "bench.toml"
+    suite.write_text(Path(SUITE).read_text() + textwrap.dedent("""
+        [plugins]
+        modules = ["crash_plugin"]
+        [variants.fault_crashes]
+        components = { lam_encoder = "crashing_encoder" }
+        planted_fault = true
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry.components()
+    monkeypatch.setitem(registry._REGISTRY, "lam_encoder", dict(registry._REGISTRY["lam_encoder"]))
+    monkeypatch.setitem(sys.modules, "crash_plugin", None)  # so teardown removes the imported plugin
+    monkeypatch.delitem(sys.modules, "crash_plugin")
+    assert main(["validate", "--config", str(suite), *args]) == 4
+    rows = {r["name"]: r for r in read_rows(results)}
+    assert list(rows) == [*BUILTIN_FAULTS, "fault_crashes", AA_CHECK]
+    crashed = rows["fault_crashes"]
+    assert crashed["observed"] == "FAIL" and crashed["caught_by"] == "" and not crashed["ok"]  # crashes alone
+    runs = pd.read_parquet(results / "store" / "runs")
+    assert len(runs) == 12 + 2 and set(runs[runs["status"] == "failed"]["variant"]) == {"fault_crashes"}
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--profile", "nope"], "unknown profile 'nope'"),
+    (["--seeds", "3-1"], "--seeds: '3-1' is not a seed list"),
+    (["--jobs", "0"], "must be >= 1"),
+])
+def test_validate_usage_errors_exit_2(tmp_path, capsys, args, expected):
+    assert main(["validate", "--config", SUITE, "--results", str(tmp_path / "r"), *args]) == 2
+    err = capsys.readouterr().err
+    assert expected in " ".join(err.split()) and err.count("\n") == 1
+
+
+def test_exit_code_crash_outranks_verdicts():
+    suite = load_suite(SUITE)
+    checks = plan_checks(suite, "smoke", None, [0, 1])
+    comparison = verdict_of([kpi("rollout.ar_mse", "regressed", 0.01)])
+    as_expected = Validation("smoke", "sprite_world", "meanpool_concat", [0, 1], [2, 3], 0.05,
+                             [judge(checks[0], comparison)])
+    assert exit_code(as_expected, crashed=False) == 0 and exit_code(as_expected, crashed=True) == 4
+    not_as_expected = Validation("smoke", "sprite_world", "meanpool_concat", [0, 1], [2, 3], 0.05,
+                                 [judge(checks[-1], comparison)])
+    assert exit_code(not_as_expected, crashed=False) == 1
