@@ -7,6 +7,7 @@ LAM therefore share the tokenizer stage of a seed: it is trained once and the se
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +31,9 @@ STAGE_SOURCES = {
 }
 
 
+KPI_SOURCE = hashlib.sha256(Path(__file__).with_name("kpis.py").read_bytes()).hexdigest()[:16]
+
+
 def _digest(*parts: str) -> str:
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
 
@@ -41,6 +45,18 @@ def source_hash(patterns: list[str]) -> str:
         for path in files:
             digest.update(path.name.encode())
             digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def plugin_hash(modules: list[str]) -> str:
+    """Hash of the source of the user's [plugins] modules: editing one retrains what it may change."""
+    digest = hashlib.sha256()
+    for name in modules:
+        spec = importlib.util.find_spec(name)  # importable: the suite loaded it already
+        origin = Path(spec.origin) if spec and spec.origin and spec.origin != "built-in" else None
+        digest.update(name.encode())
+        if origin and origin.is_file():
+            digest.update(origin.read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -92,7 +108,9 @@ def dataset_spec(suite: Suite, profile: str, dataset: str, frame_size: int) -> d
 
 def plan_runs(suite: Suite, profile: str, dataset: str, variant_names: list[str], seeds: list[int]) -> list[RunSpec]:
     """Variant-major order: parallel workers then train different seeds instead of waiting on a shared stage."""
-    sources = {stage: source_hash(SHARED_SOURCES + files) for stage, files in STAGE_SOURCES.items()}
+    # A plugin may register a component for any stage, so its source joins every stage's id.
+    plugins = [plugin_hash(suite.plugins)] if suite.plugins else []
+    sources = {stage: _digest(source_hash(SHARED_SOURCES + files), *plugins) for stage, files in STAGE_SOURCES.items()}
     precision = suite.profile(profile).precision
     # A reduced precision trains other weights: it joins the stage ids (fp32 ids are as they always were).
     numerics = [] if precision == "fp32" else [f"precision={precision}"]
@@ -108,7 +126,8 @@ def plan_runs(suite: Suite, profile: str, dataset: str, variant_names: list[str]
                 upstream = [stage_ids[u] for u in UPSTREAM[stage]]
                 stage_ids[stage] = _digest(stage, stage_config_json(config, stage), *upstream, data_id, str(seed),
                                            sources[stage], *numerics)
-            rollout = json.dumps(asdict(config.rollout), sort_keys=True) + source_hash(["rollout.py"])
+            # The run's own KPIs come from the rollouts and from harness/kpis.py: editing either re-records the run.
+            rollout = json.dumps(asdict(config.rollout), sort_keys=True) + source_hash(["rollout.py"]) + KPI_SOURCE
             run_id = _digest(profile, dataset, variant_name, str(seed), *stage_ids.values(), rollout)
             specs.append(RunSpec(run_id, profile, dataset, variant_name, seed, config.to_dict(), data, data_id,
                                  stage_ids, variant.description, precision))

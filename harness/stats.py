@@ -163,6 +163,10 @@ def _usable_values(rule: KpiRule, values: Mapping[int, float], censored: bool, a
     return _Arm(usable)
 
 
+def _count_nan(values: Mapping[int, float]) -> int:
+    return sum(math.isnan(value) for value in values.values())
+
+
 def _to_analysis_axis(rule: KpiRule, values: np.ndarray) -> np.ndarray:
     """Log for ratio KPIs (inf stays inf), unchanged for linear ones."""
     return np.log(values) if rule.scale == "log" else values
@@ -612,6 +616,7 @@ def _judge(analysis: _KpiAnalysis, p_regressed_adjusted: float, alpha: float) ->
     p = analysis.p
     # A censored KPI can only pass if the candidate misses the target no more often than the baseline.
     censoring_ok = analysis.censored_candidate <= analysis.censored_baseline
+    missing = _count_nan(analysis.given_baseline) + _count_nan(analysis.given_candidate)
     seeds_needed: int | None = None
 
     if not analysis.enough_data:
@@ -623,6 +628,12 @@ def _judge(analysis: _KpiAnalysis, p_regressed_adjusted: float, alpha: float) ->
     elif p_regressed_adjusted < alpha:
         verdict = "regressed"
         reason = f"{effect_text}, beyond the {margin_text} margin (adjusted p={p_regressed_adjusted:.2g})"
+    elif missing:
+        # A run that finished but has no value (its evaluation broke) never helps a KPI pass: missing
+        # data must not shrink the sample until what is left looks fine.
+        verdict = "inconclusive"
+        reason = (f"{effect_text}; {missing} run(s) have no value for this KPI "
+                  f"({_count_nan(analysis.given_baseline)} baseline, {_count_nan(analysis.given_candidate)} candidate)")
     elif p.improved < alpha and censoring_ok:
         verdict = "improved"
         reason = f"{effect_text}, significantly better than baseline (p={p.improved:.2g})"

@@ -39,6 +39,18 @@ TABLES: dict[str, dict[str, str]] = {
 ADDED_COLUMNS: dict[str, dict[str, object]] = {"runs": {"precision": "fp32"}}
 
 
+def read_part(part: Path) -> pd.DataFrame:
+    """One part file, or one line naming it when it cannot be read (a kill mid-copy, a full disk)."""
+    try:
+        return pd.read_parquet(part)
+    except Exception as err:  # noqa: BLE001 - ArrowInvalid, OSError, ...: all mean an unreadable part
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+        raise WorldbenchError(
+            f"store file '{part}' is unreadable ({first}); delete it and the parts of that name in the other "
+            f"store tables, then rerun `bench run` to record that run again"
+        ) from None
+
+
 class Store:
     def __init__(self, root: Path, create: bool = True):
         self.root = Path(root)
@@ -91,7 +103,8 @@ class Store:
         frame = frame[list(TABLES[table])].astype(TABLES[table])
         folder = self.table_dir(table)
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".part-{key}.parquet.tmp"  # dot-files are skipped by parquet readers
+        # dot-files are skipped by parquet readers; the pid keeps two drivers recording one run apart
+        tmp = folder / f".part-{key}.parquet.tmp{os.getpid()}"
         frame.to_parquet(tmp, index=False)
         os.replace(tmp, folder / f"part-{key}.parquet")
 
@@ -99,11 +112,14 @@ class Store:
         folder = self.table_dir(table)
         if not folder.exists() or not any(folder.glob("part-*.parquet")):
             return pd.DataFrame({c: pd.Series(dtype=t) for c, t in TABLES[table].items()})
-        frame = pd.read_parquet(folder)
+        try:
+            frame = pd.read_parquet(folder)
+        except Exception:  # noqa: BLE001 - pyarrow raises several types; find the part and name it
+            frame = pd.concat([read_part(part) for part in sorted(folder.glob("part-*.parquet"))], ignore_index=True)
         added = ADDED_COLUMNS.get(table, {})
         if any(column not in frame.columns for column in added):
             # Parts written before a column existed: parquet takes one part's schema, so read each.
-            frame = pd.concat([pd.read_parquet(part) for part in sorted(folder.glob("part-*.parquet"))],
+            frame = pd.concat([read_part(part) for part in sorted(folder.glob("part-*.parquet"))],
                               ignore_index=True)
         for column, value in added.items():
             frame[column] = frame[column].fillna(value) if column in frame.columns else value
@@ -125,7 +141,7 @@ class Store:
                      context: int, reconstructions: np.ndarray | None = None) -> None:
         path = self.frames_path(run_id)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         with h5py.File(tmp, "w") as f:
             f.create_dataset("ground_truth", data=ground_truth, compression="gzip", compression_opts=1)
             for mode, frames in predictions.items():

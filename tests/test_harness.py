@@ -17,6 +17,7 @@ from harness.cli import main
 from harness.kpis import KPIS
 from harness.store import Store
 from variants import registry
+from worldmodel.errors import WorldbenchError
 
 REPO = Path(__file__).resolve().parents[1]
 SUITE = str(REPO / "bench.toml")
@@ -302,3 +303,44 @@ def test_results_dir_that_is_unwritable_or_foreign_is_refused(tmp_path, capsys):
     code = main(["run", "--config", SUITE, "--profile", "smoke", "--results", str(target)])
     err = capsys.readouterr().err
     assert code == 2 and "cannot write results dir" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_truncated_store_part_is_named_in_one_line_and_other_runs_are_kept(tmp_path):
+    store = Store(tmp_path / "results")
+    for run in ("aaaa", "bbbb"):
+        store.append("kpis", [{"run_id": run, "kpi": "rollout.ar_mse", "value": 0.5}], key=run)
+    assert set(store.read("kpis")["run_id"]) == {"aaaa", "bbbb"}
+    part = store.table_dir("kpis") / "part-bbbb.parquet"
+    part.write_bytes(part.read_bytes()[:40])  # a kill mid-copy
+    with pytest.raises(WorldbenchError) as err:
+        store.read("kpis")
+    assert str(part) in str(err.value) and "\n" not in str(err.value)
+    part.unlink()
+    assert list(store.read("kpis")["run_id"]) == ["aaaa"]  # nothing already recorded is lost
+
+
+def test_editing_a_plugin_module_changes_the_stage_and_run_ids(tmp_path, monkeypatch):
+    """Stale numbers must never be reused: a plugin's source joins the ids, like the project's own."""
+    from harness.matrix import plan_runs
+    from harness.suite import load_suite
+
+    plugin = tmp_path / "edited_plugin.py"
+    plugin.write_text(NAN_PLUGIN.replace("nan_encoder", "edited_encoder"))
+    suite_file = tmp_path / "bench.toml"
+    suite_file.write_text('[plugins]\nmodules = ["edited_plugin"]\n[profiles.tiny]\nseeds = [0]\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry.components()
+    monkeypatch.setitem(registry._REGISTRY, "lam_encoder", dict(registry._REGISTRY["lam_encoder"]))
+    monkeypatch.setitem(sys.modules, "edited_plugin", None)
+    monkeypatch.delitem(sys.modules, "edited_plugin")
+
+    def ids() -> tuple[str, dict[str, str]]:
+        spec = plan_runs(load_suite(suite_file), "tiny", "sprite_world", ["meanpool_concat"], [0])[0]
+        return spec.run_id, spec.stage_ids
+
+    before = ids()
+    assert ids() == before  # deterministic
+    plugin.write_text(plugin.read_text() + "\n# an edit\n")
+    after = ids()
+    assert after[0] != before[0]
+    assert all(after[1][stage] != before[1][stage] for stage in before[1])

@@ -207,6 +207,16 @@ def test_missing_data_never_passes():
     assert compare([], {}, {}).verdict == "INCONCLUSIVE"  # nothing to decide on
 
 
+def test_a_few_missing_values_never_let_a_kpi_pass():
+    """Runs that finished but lost a blocking value (evaluation broke) must not just shrink the sample."""
+    baseline = by_seed([1.0, 1.1, 0.95, 1.05, 1.0])
+    identical_but_two_missing = by_seed([1.0, 1.1, float("nan"), float("nan"), 1.0])
+    assert compare([LOSS], {"loss": baseline}, {"loss": baseline}).verdict == "PASS"
+    result = compare([LOSS], {"loss": baseline}, {"loss": identical_but_two_missing})
+    assert result.verdict == "INCONCLUSIVE"
+    assert result.kpis[0].verdict == "inconclusive" and "2 run(s) have no value" in result.kpis[0].reason
+
+
 def test_candidate_failures_block_pass():
     base = by_seed([1.0, 1.1, 0.95, 1.05, 1.02])
     same = {"loss": base}

@@ -254,7 +254,8 @@ def test_validate_runs_each_fault_against_the_baseline_and_a_users_fault_joins(t
         "meanpool_concat": [0, 1, 2, 3], **{name: [0, 1] for name in BUILTIN_FAULTS}}
     assert "planted faults vs meanpool_concat" in capsys.readouterr().out
 
-    # A user's planted fault joins; its runs crash, so validate exits 4 and reuses every recorded run.
+    # A user's planted fault joins; its runs crash, so validate exits 4. A plugin's source joins every
+    # stage id (it may register a component for any stage), so the other runs are recorded anew.
     (tmp_path / "crash_plugin.py").write_text(CRASH_PLUGIN)
     suite = tmp_path / "bench.toml"
     suite.write_text(Path(SUITE).read_text() + textwrap.dedent("""
@@ -275,7 +276,7 @@ def test_validate_runs_each_fault_against_the_baseline_and_a_users_fault_joins(t
     crashed = rows["fault_crashes"]
     assert crashed["observed"] == "FAIL" and crashed["caught_by"] == "" and not crashed["ok"]  # crashes alone
     runs = pd.read_parquet(results / "store" / "runs")
-    assert len(runs) == 12 + 2 and set(runs[runs["status"] == "failed"]["variant"]) == {"fault_crashes"}
+    assert len(runs) == 12 + 12 + 2 and set(runs[runs["status"] == "failed"]["variant"]) == {"fault_crashes"}
 
 
 @pytest.mark.parametrize("args, expected", [
