@@ -128,11 +128,10 @@ def check_precision(specs, device: str) -> None:
 def specs_from_args(args, suite):
     """The run matrix `bench run` was asked for."""
     from harness.matrix import plan_runs
-    from harness.suite import parse_seeds
+    from harness.suite import seeds_option
 
     profile = args.profile or suite.comparison.profile
-    default_seeds = suite.comparison.seeds or suite.profile(profile).seeds
-    seeds = parse_seeds(args.seeds) if args.seeds is not None else default_seeds  # "" is an error, not a default
+    seeds = seeds_option(args.seeds, suite.default_seeds(profile))
     names = [v.strip() for v in args.variants.split(",")] if args.variants else \
         [suite.comparison.baseline, *suite.comparison.candidates]
     return plan_runs(suite, profile, args.dataset or suite.comparison.dataset, list(dict.fromkeys(names)), seeds)
@@ -266,11 +265,11 @@ def command_validate(args) -> int:
     from harness import validate
     from harness.bench import Execution
     from harness.store import Store
-    from harness.suite import load_suite, parse_seeds
+    from harness.suite import load_suite, seeds_option
     from reports.validate import write_validation
 
     suite = load_suite(args.config)
-    checks = validate.plan_checks(suite, args.profile, args.dataset, parse_seeds(args.seeds) if args.seeds is not None else None)
+    checks = validate.plan_checks(suite, args.profile, args.dataset, seeds_option(args.seeds, None))
     runs = run_with_progress(suite, validate.run_specs(suite, checks), Execution(args.results, args.jobs), args.quiet)
     result = validate.validate(suite, Store(args.results), checks)
     print_validation(result)

@@ -18,7 +18,7 @@ from harness import stats
 from harness.kpis import COMPARE_TIME_KPIS, KPIS
 from harness.matrix import RunSpec, plan_runs
 from harness.store import Store
-from harness.suite import Suite, load_suite, parse_seeds
+from harness.suite import Suite, load_suite, seeds_option
 from worldmodel.errors import WorldbenchError
 
 EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_INCONCLUSIVE, EXIT_CRASHED = 0, 1, 2, 3, 4
@@ -226,9 +226,8 @@ def write_report(report, out: Path, formats: list[str]) -> dict[str, Path]:
 def selection_from_args(args, suite: Suite) -> Selection:
     comparison = suite.comparison
     profile = args.profile or comparison.profile
-    seeds = parse_seeds(args.seeds) if args.seeds is not None else (comparison.seeds or suite.profile(profile).seeds)
-    candidate_seeds = (parse_seeds(args.candidate_seeds, "--candidate-seeds") if args.candidate_seeds is not None
-                       else seeds)
+    seeds = seeds_option(args.seeds, suite.default_seeds(profile))
+    candidate_seeds = seeds_option(args.candidate_seeds, seeds, "--candidate-seeds")
     selection = Selection(profile, args.dataset or comparison.dataset, args.baseline or comparison.baseline,
                           args.candidate or comparison.candidates[0], seeds, candidate_seeds)
     suite.profile(selection.profile)

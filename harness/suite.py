@@ -118,6 +118,10 @@ class Suite:
                 _set_dotted(values, key, max(1, round(base * factor)) if isinstance(base, int) else base * factor)
         return WorldModelConfig.from_dict(values)
 
+    def default_seeds(self, profile: str) -> list[int]:
+        """The seeds a command uses when it is given none: the comparison's, else the profile's."""
+        return self.comparison.seeds or self.profile(profile).seeds
+
     def planted_faults(self) -> list[str]:
         """The variants `bench validate` expects to FAIL against the baseline: built-in ones, then the user's."""
         names = [name for name, variant in self.variants.items() if variant.planted_fault]
@@ -147,6 +151,11 @@ def _set_dotted(values: dict, dotted: str, value: Any) -> None:
 
 MAX_SEEDS = 10_000  # a comparison trains a run per seed: more is a typo, not a plan
 MAX_SEED = 2**32 - 1  # numpy and torch seeds must fit
+
+
+def seeds_option(text: str | None, default: list[int] | None, where: str = "--seeds") -> list[int] | None:
+    """A --seeds style option: its seeds, or `default` when it was not given ("" is given: an error, not a default)."""
+    return default if text is None else parse_seeds(text, where)
 
 
 def parse_seeds(text: str | list, where: str = "--seeds") -> list[int]:

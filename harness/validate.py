@@ -66,7 +66,7 @@ def plan_checks(suite: Suite, profile: str | None = None, dataset: str | None = 
     dataset = dataset or comparison.dataset
     suite.profile(profile)
     suite.dataset(dataset)
-    seeds = seeds or comparison.seeds or suite.profile(profile).seeds
+    seeds = seeds or suite.default_seeds(profile)
     baseline = comparison.baseline
     checks = [Check(name, EXPECT_FAIL, Selection(profile, dataset, baseline, name, seeds, seeds))
               for name in suite.planted_faults() if name != baseline]
