@@ -147,16 +147,15 @@ def _play_sprite_world(world_rng: np.random.Generator, actions: np.ndarray, fram
     n_frames = len(actions)
 
     # layout: optional border walls, a few interior blocks, the spinner's cell and the agent's start
-    blocked = np.zeros((grid, grid), dtype=bool)  # [grid, grid]: cells the agent cannot enter
+    wall_cells = np.zeros((grid, grid), dtype=bool)  # [grid, grid]
     if border:
-        blocked[0, :] = blocked[-1, :] = blocked[:, 0] = blocked[:, -1] = True
-    free = [(r, c) for r in range(grid) for c in range(grid) if not blocked[r, c]]
+        wall_cells[0, :] = wall_cells[-1, :] = wall_cells[:, 0] = wall_cells[:, -1] = True
+    free = [(r, c) for r in range(grid) for c in range(grid) if not wall_cells[r, c]]
     n_picks = walls + (distractor == "spinner") + 1
     picks = [free[p] for p in world_rng.choice(len(free), size=n_picks, replace=False)]
-    wall_cells = blocked.copy()
     for cell in picks[:walls]:
         wall_cells[cell] = True
-    blocked = wall_cells.copy()
+    blocked = wall_cells.copy()  # [grid, grid]: cells the agent cannot enter
     if distractor == "spinner":
         spinner_cell = np.array(picks[walls], dtype=np.int64)
         blocked[tuple(spinner_cell)] = True  # a machine: the agent walks around it
@@ -201,8 +200,7 @@ def _play_sprite_world(world_rng: np.random.Generator, actions: np.ndarray, fram
     return _to_uint8(canvas)
 
 
-def _check_sprite_options(grid: int = 4, border: bool = False, walls: int = 1, distractor: str = "spinner",
-                          facing: bool = True, wrap: bool = True) -> None:
+def _check_sprite_options(grid: int, border: bool, walls: int, distractor: str, facing: bool, wrap: bool) -> None:
     inner = grid - 2 if border else grid
     if not isinstance(grid, int) or isinstance(grid, bool) or inner < 2:
         raise WorldbenchError(f"sprite_world option grid={grid!r} leaves no room; use grid >= 2 (>= 4 with border)")
@@ -305,10 +303,11 @@ class GameSpec:
     n_actions: int
     action_names: tuple[str, ...]
     description: str
-    # (world_rng, actions [T], frame_size, **options) -> uint8 frames [T, S, S, 3]
+    # (world_rng, actions [T], frame_size, **options) -> uint8 frames [T, S, S, 3]; the keyword
+    # parameters with defaults are the game's options, and those defaults are the only ones
     play: Callable[..., np.ndarray]
-    # (**options) -> None, raising a one-line WorldbenchError for a bad option; keyword names are the options
-    check_options: Callable[..., None] = lambda: None
+    # (**every option) -> None, raising a one-line WorldbenchError for a value the game cannot use
+    check_options: Callable[..., None] = lambda **options: None
 
 
 GAMES: dict[str, GameSpec] = {
@@ -346,12 +345,13 @@ def get_game(game: str) -> GameSpec:
 def check_game_options(game: str, options: dict) -> None:
     """One clear line for an option the game does not have or a value it cannot use."""
     spec = get_game(game)
-    known = set(inspect.signature(spec.check_options).parameters)
+    defaults = {name: parameter.default for name, parameter in inspect.signature(spec.play).parameters.items()
+                if parameter.default is not inspect.Parameter.empty}
     for name in options:
-        if name not in known:
+        if name not in defaults:
             raise WorldbenchError(
-                f"game {game!r} has no option {name!r}; its options: {', '.join(sorted(known)) or 'none'}")
-    spec.check_options(**options)
+                f"game {game!r} has no option {name!r}; its options: {', '.join(sorted(defaults)) or 'none'}")
+    spec.check_options(**{**defaults, **options})
 
 
 def generate(
@@ -365,7 +365,8 @@ def generate(
 ) -> VideoData:
     """Play n_episodes episodes of episode_len frames each with the sticky-random policy.
 
-    `options` are the game's own keyword options (sprite_world: grid, border, walls, distractor, facing).
+    `options` are the game's own keyword options: the defaulted parameters of its play function
+    (sprite_world: grid, border, walls, distractor, facing, wrap).
     """
     spec = get_game(game)
     options = dict(options or {})
