@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,18 +73,22 @@ def preflight(specs: list[RunSpec]) -> None:
 
 def execute(suite: Suite, specs: list[RunSpec], execution: Execution, progress: Progress | None = None,
             on_recorded=None) -> pd.DataFrame:
-    """Run whatever of `specs` is not recorded yet; return the run rows of all of them."""
-    store = Store(execution.results)
-    recorded = store.runs()
-    finished = set(recorded.loc[recorded["status"].isin(FINAL_STATUSES), "run_id"])
+    """Run whatever of `specs` is not recorded yet; return the run rows of all of them.
+
+    Nothing is written (not even the results dir) until the inputs have passed `preflight`.
+    """
+    recorded = Store(execution.results, create=False).runs() if Path(execution.results).exists() else None
+    finished = set() if recorded is None else set(recorded.loc[recorded["status"].isin(FINAL_STATUSES), "run_id"])
     todo = specs if execution.force else [spec for spec in specs if spec.run_id not in finished]
     preflight(todo)
+    store = Store(execution.results)
     if execution.force:
         for spec in todo:
             for stage, stage_id in spec.stage_ids.items():
                 shutil.rmtree(store.cache / "stages" / f"{stage}-{stage_id}", ignore_errors=True)
     commit, dirty = git_state()
-    provenance = {"git_commit": commit, "git_dirty": dirty, "code_hash": code_hash()}
+    # One batch id per call: its runs were scheduled together, interleaved seed by seed (plan order).
+    provenance = {"git_commit": commit, "git_dirty": dirty, "code_hash": code_hash(), "batch": uuid.uuid4().hex[:12]}
 
     def on_record(record: RunRecord) -> None:
         record.run.update(provenance)
@@ -99,3 +104,17 @@ def execute(suite: Suite, specs: list[RunSpec], execution: Execution, progress: 
             run_local(todo, root, execution.jobs, suite.plugins, on_record, progress, execution.device)
     runs = store.runs()
     return runs[runs["run_id"].isin([spec.run_id for spec in specs])].reset_index(drop=True)
+
+
+def timing_paired(runs: pd.DataFrame, baseline: str, candidate: str) -> bool:
+    """Whether timing KPIs were measured paired: every seed both arms finished was run by one `execute` call
+    (whose schedule puts a seed's baseline and candidate runs side by side), not e.g. reused from another day.
+
+    `runs` has an `arm` column; a run recorded before batches were, or a crashed one, has no batch.
+    """
+    ok = runs[runs["status"] == "ok"]
+    batches = {arm: dict(zip(ok.loc[ok["arm"] == arm, "seed"], ok.loc[ok["arm"] == arm, "batch"].fillna("")))
+               for arm in (baseline, candidate)}
+    common = set(batches[baseline]) & set(batches[candidate])
+    return bool(common) and all(batches[baseline][s] and batches[baseline][s] == batches[candidate][s]
+                                for s in common)

@@ -9,7 +9,10 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -293,6 +296,29 @@ def print_validation(result: Validation) -> None:
 
 
 COMMANDS = {"run": command_run, "list": command_list, "show": command_show, "validate": command_validate}
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwind like Ctrl-C, so the executors stop their workers on the way out."""
+
+
+@contextmanager
+def sigterm_unwinds():
+    """While a command runs, SIGTERM raises Terminated instead of killing the driver outright, which
+    would orphan its worker processes; the previous handler comes back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -302,13 +328,17 @@ def main(argv: list[str] | None = None) -> int:
         from harness import gate
 
         handler = COMMANDS.get(args.command) or gate.COMMANDS[args.command]
-        return handler(args)
+        with sigterm_unwinds():
+            return handler(args)
     except WorldbenchError as err:
         console.print(f"[red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         return EXIT_USAGE
     except KeyboardInterrupt:
         console.print("interrupted; rerun the same command to resume")
         return 130
+    except Terminated:
+        console.print("terminated (SIGTERM); workers stopped; rerun the same command to resume")
+        return EXIT_TERMINATED
     except Exception as err:  # a bug, not a user error: one line, the traceback in a log, never exit 1 (FAIL)
         log = write_crash_log()
         first = (str(err).strip().splitlines() or [""])[0][:200]

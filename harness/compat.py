@@ -1,8 +1,10 @@
-"""Backward compatibility: golden baseline checkpoints written by the base code must still load.
+"""Backward compatibility: baseline checkpoints written by the base code must still load and run.
 
-The golden files (smoke size, one per stage, baseline variant) live in `compat/golden/`. The
-check rebuilds each stage's model from the config stored in its checkpoint with the current
-code and loads the weights with strict key matching. Regenerate them deliberately with
+The golden files (smoke size, one per stage, baseline variant) live in `compat/golden/`; with
+`bench gate --baseline-ref REF` the checkpoints REF's code trained for the baseline arm are checked
+too. The check rebuilds each stage's model from the config stored in its checkpoint with the
+current code, loads the weights with strict key matching and computes the stage's loss on one
+batch of random inputs, which must be finite. Regenerate the golden files deliberately with
 `python -m harness.compat write` when a format change is intended.
 """
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 
 from reports.model import CompatResult
 from worldmodel import stages
-from worldmodel.config import STAGES
+from worldmodel.config import STAGES, WorldModelConfig
 from worldmodel.errors import WorldbenchError
 from worldmodel.train import CHECKPOINT_FORMAT, save_checkpoint
 
@@ -23,7 +25,7 @@ GOLDEN_DIR = Path(__file__).resolve().parents[1] / "compat" / "golden"
 
 
 def check_stage(stage: str, path: Path) -> str | None:
-    """None when the golden checkpoint loads strictly into the current code, else one line why not."""
+    """None when the checkpoint loads strictly into the current code and runs one batch, else one line why not."""
     try:
         payload = torch.load(path, weights_only=True, map_location="cpu")
         if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
@@ -40,21 +42,49 @@ def check_stage(stage: str, path: Path) -> str | None:
         problems.append(f"missing keys {', '.join(result.missing_keys[:4])}")
     if result.unexpected_keys:
         problems.append(f"unexpected keys {', '.join(result.unexpected_keys[:4])}")
-    return "; ".join(problems) or None
+    return "; ".join(problems) or forward_problem(stage, config, model)
 
 
-def check_compat(golden_dir: Path = GOLDEN_DIR) -> CompatResult:
+def one_batch(stage: str, config: WorldModelConfig) -> tuple[torch.Tensor, ...]:
+    """Random inputs of the stage's loss: frames in [-1, 1], or dynamics codes and +-1 latent actions."""
+    batch, steps, size = 2, config.window, config.frame_size
+    if stage != "dynamics":
+        return (torch.rand(batch, steps, 3, size, size) * 2 - 1,)
+    codes = torch.randint(config.codebook_size, (batch, steps, config.patches))
+    actions = torch.randint(2, (batch, steps - 1, config.action_dim)).float() * 2 - 1
+    return codes, actions
+
+
+def forward_problem(stage: str, config: WorldModelConfig, model: torch.nn.Module) -> str | None:
+    """None when the loaded model's loss on one batch is finite, else one line why not."""
+    model.eval()
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        try:
+            loss, _ = model.loss(*one_batch(stage, config))
+        except Exception as err:  # noqa: BLE001 - whatever the current code raises on these weights
+            return f"a one-batch forward raised {type(err).__name__}: {str(err).splitlines()[0][:160]}"
+    return None if bool(torch.isfinite(loss).all()) else f"a one-batch forward gave a non-finite loss ({loss.item()})"
+
+
+def check_compat(golden_dir: Path = GOLDEN_DIR, trained: dict[str, Path] | None = None,
+                 trained_by: str = "") -> CompatResult:
+    """The golden checkpoints, plus `trained` (stage -> checkpoint, e.g. the baseline arm's at REF)."""
+    checks = [(stage, "golden checkpoint", golden_dir / f"{stage}.pt") for stage in STAGES]
+    checks += [(stage, f"checkpoint trained by {trained_by}", path) for stage, path in (trained or {}).items()]
     lines, ok = [], True
-    for stage in STAGES:
-        path = golden_dir / f"{stage}.pt"
+    for stage, what, path in checks:
+        if not path.exists() and what != "golden checkpoint":  # its stage cache was deleted: nothing to load
+            lines.append(f"{stage}: {what} not checked: '{path}' is missing")
+            continue
         if not path.exists():
             ok = False
             lines.append(f"{stage}: golden checkpoint {path.name} is missing; run `python -m harness.compat write`")
             continue
         problem = check_stage(stage, path)
         ok = ok and problem is None
-        lines.append(f"{stage}: golden checkpoint loads with strict keys" if problem is None else
-                     f"{stage}: golden checkpoint does NOT load into the current code: {problem}")
+        lines.append(f"{stage}: {what} loads with strict keys and runs one batch" if problem is None else
+                     f"{stage}: {what} does NOT load into the current code: {problem}")
     return CompatResult(ok, lines)
 
 

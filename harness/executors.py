@@ -5,6 +5,9 @@ local: `jobs` worker processes (spawned, so torch state never crosses a fork), e
        depends only on its spec and seeds every RNG it uses.
 ray:   each run is a Ray task asking for that many CPUs; `address` joins an existing cluster.
 The driver alone writes the store, so both executors record identical rows for the same spec.
+
+Local workers never outlive their driver: when the driver stops early (an exception, SIGTERM through
+harness.cli) it terminates them, and each worker exits by itself once its parent is gone (kill -9).
 """
 from __future__ import annotations
 
@@ -12,6 +15,8 @@ import importlib
 import multiprocessing
 import os
 import queue as queue_module
+import threading
+import time
 from contextlib import nullcontext
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Callable
@@ -45,6 +50,29 @@ def crashed_record(spec: RunSpec, executor: str, error: str) -> RunRecord:
 
 # ----------------------------------------------------------------------------- local
 
+PARENT_POLL_S = 0.5
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Worker initializer: a daemon thread ends the worker once the driver is gone (reparented: new ppid),
+    even when the driver was killed with SIGKILL and could clean nothing up."""
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="worldbench-parent-watch", daemon=True).start()
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Cancel what has not started and terminate this driver's worker (and progress manager) processes."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    for child in multiprocessing.active_children():
+        child.terminate()
+    for child in multiprocessing.active_children():
+        child.join(timeout=5)
+
+
 def _local_worker(spec: RunSpec, results_root: str, threads: int, plugins: list[str], events,
                   device: str = "cpu") -> RunRecord:
     _import_plugins(plugins)
@@ -59,20 +87,26 @@ def run_local(specs: list[RunSpec], results_root: str, jobs: int, plugins: list[
     # A manager process carries progress events; without progress bars none is started.
     with context.Manager() if progress else nullcontext() as manager:
         events = manager.Queue() if progress else None
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-            futures = {pool.submit(_local_worker, spec, results_root, threads, plugins, events, device): spec
-                       for spec in specs}
-            while futures:
-                done, _ = wait(futures, timeout=0.2, return_when=FIRST_COMPLETED)
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_exit_with_parent,
+                                 initargs=(os.getpid(),)) as pool:
+            try:
+                futures = {pool.submit(_local_worker, spec, results_root, threads, plugins, events, device): spec
+                           for spec in specs}
+                while futures:
+                    done, _ = wait(futures, timeout=0.2, return_when=FIRST_COMPLETED)
+                    _drain(events, progress)
+                    for future in done:
+                        spec = futures.pop(future)
+                        try:
+                            record = future.result()
+                        except Exception as err:  # the worker process itself died
+                            record = crashed_record(spec, "local",
+                                                    f"worker process died: {type(err).__name__}: {err}")
+                        on_record(record)
                 _drain(events, progress)
-                for future in done:
-                    spec = futures.pop(future)
-                    try:
-                        record = future.result()
-                    except Exception as err:  # the worker process itself died
-                        record = crashed_record(spec, "local", f"worker process died: {type(err).__name__}: {err}")
-                    on_record(record)
-            _drain(events, progress)
+            except BaseException:  # SIGTERM, Ctrl-C, a store that cannot be written: no orphaned workers
+                _stop_workers(pool)
+                raise
 
 
 def _drain(events, progress: Progress | None) -> None:

@@ -5,7 +5,6 @@ gate = run (resuming) + report, exiting 0 PASS, 1 FAIL, 2 usage/config error, 3 
 """
 from __future__ import annotations
 
-import math
 import os
 import shlex
 from dataclasses import dataclass
@@ -15,10 +14,12 @@ import numpy as np
 import pandas as pd
 
 from harness import stats
+from harness.baseline_ref import BaselineRef, prepare as prepare_baseline_ref
+from harness.bench import timing_paired
 from harness.kpis import COMPARE_TIME_KPIS, KPIS
-from harness.matrix import RunSpec, plan_runs
+from harness.matrix import RunSpec, interleave, plan_runs
 from harness.store import Store
-from harness.suite import Suite, load_suite, seeds_option
+from harness.suite import DEFAULT_CONFIG_FILE, Suite, load_suite, seeds_option
 from worldmodel.errors import WorldbenchError
 
 EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_INCONCLUSIVE, EXIT_CRASHED = 0, 1, 2, 3, 4
@@ -34,25 +35,39 @@ class Selection:
     candidate: str
     baseline_seeds: list[int]
     candidate_seeds: list[int]
+    baseline_ref: BaselineRef | None = None  # bench gate --baseline-ref: the baseline arm runs this commit's code
 
     @property
     def labels(self) -> tuple[str, str]:
-        """Arm names; a variant compared with itself (on other seeds) gets its seeds in the name."""
+        """Arm names; a variant compared with itself (on other seeds) gets its seeds in the name, an arm
+        at a --baseline-ref commit its commit."""
+        if self.baseline_ref:
+            ref = self.baseline_ref
+            baseline = f"{self.baseline} @ {ref.commit[:12]}"
+            candidate = f"{self.candidate} @ {ref.head[:12]}{' + changes' if ref.changes else ''}"
+            return baseline, candidate if candidate != baseline else f"{candidate} (this checkout)"
         if self.baseline != self.candidate:
             return self.baseline, self.candidate
         return (f"{self.baseline} [seeds {seed_text(self.baseline_seeds)}]",
                 f"{self.candidate} [seeds {seed_text(self.candidate_seeds)}]")
 
-    def plan(self, suite: Suite) -> tuple[list[RunSpec], dict[str, str]]:
-        """The runs of both arms and run_id -> arm label."""
-        specs, arm_of = [], {}
-        for label, variant, seeds in zip(self.labels, (self.baseline, self.candidate),
-                                         (self.baseline_seeds, self.candidate_seeds)):
-            for spec in plan_runs(suite, self.profile, self.dataset, [variant], seeds):
-                if spec.run_id not in arm_of:
-                    specs.append(spec)
-                arm_of.setdefault(spec.run_id, label)
-        return specs, arm_of
+    def plan(self, suite: Suite) -> tuple[list[RunSpec], dict[str, list[str]]]:
+        """The runs this checkout executes, interleaved (baseline s0, candidate s0, ...), and arm label -> run ids.
+
+        A run can serve both arms. With --baseline-ref the baseline arm's ids are the ones REF's code
+        plans, and its runs are trained by REF's code (BaselineRef.train), not listed here.
+        """
+        groups, arms = [], {}
+        for arm, (label, variant, seeds) in enumerate(zip(self.labels, (self.baseline, self.candidate),
+                                                          (self.baseline_seeds, self.candidate_seeds))):
+            if arm == 0 and self.baseline_ref:
+                arms[label] = list(self.baseline_ref.run_ids(self.profile, self.dataset, variant, seeds).values())
+                continue
+            specs = plan_runs(suite, self.profile, self.dataset, [variant], seeds)
+            planned = {spec.run_id for group in groups for spec in group}
+            groups.append([spec for spec in specs if spec.run_id not in planned])
+            arms[label] = [spec.run_id for spec in specs]
+        return interleave(groups), arms
 
 
 def seed_text(seeds: list[int]) -> str:
@@ -132,30 +147,32 @@ def dataset_has_actions(suite: Suite, dataset: str) -> bool:
         return True
 
 
-def rules_for(suite: Suite, has_actions: bool = True) -> list[stats.KpiRule]:
-    """The statistics' rules; a KPI against ground-truth actions cannot block where there are none."""
+def rules_for(suite: Suite, has_actions: bool = True, timing_paired: bool = False) -> list[stats.KpiRule]:
+    """The statistics' rules; a KPI against ground-truth actions cannot block where there are none, and a
+    timing KPI (machine load) only where the arms' runs were scheduled side by side (harness.bench.timing_paired)."""
     return [stats.KpiRule(name, rule.direction, rule.scale, rule.margin,
-                          rule.blocking and (has_actions or not KPIS[name].needs_actions))
+                          rule.blocking and (has_actions or not KPIS[name].needs_actions)
+                          and (timing_paired or not KPIS[name].timing))
             for name, rule in suite.kpis.items()]
 
 
 def compare_runs(suite: Suite, store: Store, selection: Selection, alpha: float):
     """Statistics for the selected runs: (Comparison, runs with an `arm` column, kpis, curves, notes)."""
-    specs, arm_of = selection.plan(suite)
-    runs = store.runs()
-    runs = runs[runs["run_id"].isin(arm_of)].reset_index(drop=True)
-    runs["arm"] = runs["run_id"].map(arm_of)
-    kpis, curves = store.for_runs("kpis", arm_of), store.for_runs("curves", arm_of)
+    specs, arms = selection.plan(suite)
+    recorded = store.runs()
+    runs = pd.concat([recorded[recorded["run_id"].isin(ids)].assign(arm=arm) for arm, ids in arms.items()],
+                     ignore_index=True)
+    run_ids = set(runs["run_id"])
+    kpis, curves = store.for_runs("kpis", run_ids), store.for_runs("curves", run_ids)
     baseline, candidate = selection.labels
     values = {arm: arm_values(kpis, runs, arm) for arm in (baseline, candidate)}
     notes = add_steps_to_target(values, curves, runs, suite, baseline)
     notes += floor_log_scale(values, suite)
 
     def failures(arm: str) -> int:
-        planned = sum(1 for label in arm_of.values() if label == arm)
-        return planned - int(((runs["arm"] == arm) & (runs["status"] == "ok")).sum())  # missing = failed
+        return len(arms[arm]) - int(((runs["arm"] == arm) & (runs["status"] == "ok")).sum())  # missing = failed
 
-    rules = rules_for(suite, dataset_has_actions(suite, selection.dataset))
+    rules = rules_for(suite, dataset_has_actions(suite, selection.dataset), timing_paired(runs, baseline, candidate))
     comparison = stats.compare(rules, values[baseline], values[candidate],
                                failures_baseline=failures(baseline), failures_candidate=failures(candidate),
                                censored_kpis=set(COMPARE_TIME_KPIS), alpha=alpha)
@@ -194,6 +211,9 @@ def build_report_input(suite: Suite, store: Store, selection: Selection, alpha: 
         loaded = store.read_frames(row["run_id"])
         if loaded:
             frames[arm] = {"seed": int(row["seed"]), **loaded}
+    # With --baseline-ref, the checkpoints REF's code trained must load and run in this code too.
+    trained, trained_by = (selection.baseline_ref.checkpoints(store.cache, ok[ok["arm"] == baseline])
+                           if selection.baseline_ref else ({}, ""))
     provenance_columns = ["run_id", "variant", "seed", "git_commit", "git_dirty", "code_hash", "torch_version",
                           "device", "precision", "cpu_model", "host", "started_at"]
     report = ReportInput(
@@ -201,12 +221,12 @@ def build_report_input(suite: Suite, store: Store, selection: Selection, alpha: 
         descriptions={baseline: suite.variant(selection.baseline).description,
                       candidate: suite.variant(selection.candidate).description},
         comparison=comparison, runs=runs[["run_id", "variant", "seed", "status", "error"]], curves=curves,
-        rollouts=rollouts, frames=frames, speed=speed, compat=check_compat(),
+        rollouts=rollouts, frames=frames, speed=speed, compat=check_compat(trained=trained, trained_by=trained_by),
         provenance=runs[provenance_columns].to_dict("records"), reproduce_command=reproduce,
         profile=selection.profile, notes=notes)
     if not report.compat.ok:  # a PR that breaks loading the baseline's checkpoints must not merge
         comparison.verdict = "FAIL"
-        comparison.reasons.append("backward compatibility: a golden baseline checkpoint no longer loads")
+        comparison.reasons.append("backward compatibility: a baseline checkpoint no longer loads or runs")
     return report
 
 
@@ -228,8 +248,10 @@ def selection_from_args(args, suite: Suite) -> Selection:
     profile = args.profile or comparison.profile
     seeds = seeds_option(args.seeds, suite.default_seeds(profile))
     candidate_seeds = seeds_option(args.candidate_seeds, seeds, "--candidate-seeds")
-    selection = Selection(profile, args.dataset or comparison.dataset, args.baseline or comparison.baseline,
-                          args.candidate or comparison.candidates[0], seeds, candidate_seeds)
+    baseline = args.baseline or comparison.baseline
+    # Against another commit the default candidate is the same variant: only the code differs between the arms.
+    candidate = args.candidate or (baseline if getattr(args, "baseline_ref", None) else comparison.candidates[0])
+    selection = Selection(profile, args.dataset or comparison.dataset, baseline, candidate, seeds, candidate_seeds)
     suite.profile(selection.profile)
     suite.dataset(selection.dataset)
     suite.variant(selection.baseline)
@@ -251,6 +273,8 @@ def reproduce_command(args, selection: Selection) -> str:
              "--seeds", ",".join(map(str, selection.baseline_seeds))]
     if selection.candidate_seeds != selection.baseline_seeds:
         parts += ["--candidate-seeds", ",".join(map(str, selection.candidate_seeds))]
+    if selection.baseline_ref:
+        parts += ["--baseline-ref", selection.baseline_ref.commit] + (["--allow-dirty"] if args.allow_dirty else [])
     return shlex.join(parts)
 
 
@@ -273,8 +297,8 @@ def command_report(args) -> int:
     suite = load_suite(args.config)
     selection = selection_from_args(args, suite)
     store = Store(args.results, create=False)
-    _, arm_of = selection.plan(suite)
-    if not set(store.runs()["run_id"]) & set(arm_of):
+    _, arms = selection.plan(suite)
+    if not set(store.runs()["run_id"]) & set().union(*arms.values()):
         raise WorldbenchError(f"no recorded runs of {selection.baseline} or {selection.candidate} on profile "
                               f"'{selection.profile}' in '{args.results}' for this code; run `bench run` first")
     report = build_report_input(suite, store, selection, suite.comparison.alpha, reproduce_command(args, selection))
@@ -287,22 +311,29 @@ def command_gate(args) -> int:
     from harness.cli import run_with_progress
 
     formats = parse_formats(args.format)
+    config_given, args.config = args.config is not None, args.config or DEFAULT_CONFIG_FILE
     suite = load_suite(args.config)
     selection = selection_from_args(args, suite)
+    group = len(selection.baseline_seeds)
+    sizes = look_sizes(group, args.max_seeds or 2 * group) if args.sequential else [group]  # before writing
+    finished_before = finished_runs(args.results)  # also refuses a results dir that is not worldbench's
+    if args.baseline_ref:  # REF's own bench.toml unless --config was given
+        selection.baseline_ref = prepare_baseline_ref(args.baseline_ref, args.results,
+                                                      args.config if config_given else None, args.allow_dirty)
     execution = Execution(args.results, args.jobs)
     baseline_seeds, candidate_seeds = selection.baseline_seeds, selection.candidate_seeds
-    looks, alphas = 1, [suite.comparison.alpha]
+    alphas = [suite.comparison.alpha]
     if args.sequential:
-        # Each look adds another group of seeds (the size of the first) to both arms.
-        group = len(baseline_seeds)
-        max_seeds = args.max_seeds or 2 * group
-        looks = math.ceil(max_seeds / group)
-        alphas = stats.alpha_spending(looks, suite.comparison.alpha)
+        alphas = stats.alpha_spending(len(sizes), suite.comparison.alpha, [size / sizes[-1] for size in sizes])
+    looks = len(sizes)
     for look in range(looks):
         selection.baseline_seeds, selection.candidate_seeds = extend_seeds(
-            baseline_seeds, candidate_seeds, look * len(baseline_seeds))
-        specs, _ = selection.plan(suite)
-        runs = run_with_progress(suite, specs, execution, args.quiet)
+            baseline_seeds, candidate_seeds, sizes[look] - group)
+        specs, arms = selection.plan(suite)
+        if selection.baseline_ref and set(arms[selection.labels[0]]) - finished_runs(args.results):
+            selection.baseline_ref.train(args.results, selection.profile, selection.dataset, selection.baseline,
+                                         selection.baseline_seeds, args.jobs, args.quiet)
+        run_with_progress(suite, specs, execution, args.quiet)
         report = build_report_input(suite, Store(args.results), selection, alphas[look],
                                     reproduce_command(args, selection))
         if args.sequential:
@@ -310,19 +341,55 @@ def command_gate(args) -> int:
                                 f"alpha {alphas[look]:.4f} spent at this look")
         if report.comparison.verdict != "INCONCLUSIVE":
             break
+    describe_arms(report, selection, arms, finished_before)
     print_verdict(report, write_report(report, args.out or args.results / "report", formats))
-    if (runs["status"] == "failed").any():
+    if (report.runs["status"] == "failed").any():
         return EXIT_CRASHED
     return VERDICT_EXIT[report.comparison.verdict]
 
 
+def finished_runs(results: Path) -> set[str]:
+    """Ids of the runs the store holds a final result of: `execute` (and REF's `bench run`) reuse them."""
+    from harness.bench import FINAL_STATUSES
+
+    runs = Store(results).runs()
+    return set(runs.loc[runs["status"].isin(FINAL_STATUSES), "run_id"])
+
+
+def describe_arms(report, selection: Selection, arms: dict[str, list[str]], finished_before: set[str]) -> None:
+    """Add to each arm's description the code it ran and how many of its runs were reused or trained now."""
+    from harness.bench import git_state
+
+    commit, dirty = git_state()
+    here = f"commit {commit}{' with uncommitted changes' if dirty else ''} (this checkout)"
+    for role, label in zip(("baseline", "candidate"), selection.labels):
+        code = selection.baseline_ref.code(role) if selection.baseline_ref else here
+        reused = sum(run_id in finished_before for run_id in arms[label])
+        line = (f"Code: {code}. Runs: {reused} of {len(arms[label])} reused from the store, "
+                f"{len(arms[label]) - reused} trained now.")
+        report.descriptions[label] = "\n\n".join(filter(None, [report.descriptions.get(label, ""), line]))
+
+
+def look_sizes(group: int, max_seeds: int) -> list[int]:
+    """Seeds per arm at each sequential look: groups of `group`, the last one cut to `max_seeds` (5, 10, 12)."""
+    if max_seeds < group:
+        raise WorldbenchError(f"--max-seeds {max_seeds} is below the {group} seeds of the first look; "
+                              f"pass --max-seeds {group} or more, or fewer --seeds")
+    return [min(size, max_seeds) for size in range(group, max_seeds + group, group)]
+
+
 def extend_seeds(baseline: list[int], candidate: list[int], extra: int) -> tuple[list[int], list[int]]:
-    """Both arms plus `extra` unused seeds each: the same new seeds when the arms are paired."""
+    """Both arms plus `extra` unused seeds each: the same new seeds when the arms are paired.
+
+    Unpaired arms take turns from one sequence of new seeds, so a later look (more `extra`) keeps every
+    seed of an earlier look and no run is wasted.
+    """
     start = max(baseline + candidate) + 1
     if baseline == candidate:
         new = list(range(start, start + extra))
         return baseline + new, candidate + new
-    return baseline + list(range(start, start + extra)), candidate + list(range(start + extra, start + 2 * extra))
+    return (baseline + list(range(start, start + 2 * extra, 2)),
+            candidate + list(range(start + 1, start + 2 * extra, 2)))
 
 
 def add_commands(commands, add_config, add_results) -> None:
@@ -348,6 +415,13 @@ def add_commands(commands, add_config, add_results) -> None:
                                 help="add seeds in groups until decided, spending alpha per look")
             parser.add_argument("--max-seeds", type=positive_int, help="with --sequential: most seeds (default 2x)")
             parser.add_argument("--quiet", action="store_true", help="no progress bars")
+            parser.set_defaults(config=None)  # given or not decides which suite file --baseline-ref's code reads
+            parser.add_argument("--baseline-ref", metavar="REF",
+                                help="train the baseline arm with the code at this git commit (e.g. the merge base), "
+                                     "checked out under <results>/worktrees, with its own bench.toml unless --config "
+                                     "is given; the candidate (default: the same variant) runs this checkout")
+            parser.add_argument("--allow-dirty", action="store_true",
+                                help="with --baseline-ref: compare even with uncommitted changes to the code")
 
 
 COMMANDS = {"report": command_report, "gate": command_gate}

@@ -10,6 +10,7 @@ import hashlib
 import importlib.util
 import json
 from dataclasses import asdict, dataclass
+from itertools import chain, zip_longest
 from pathlib import Path
 
 import variants
@@ -106,16 +107,27 @@ def dataset_spec(suite: Suite, profile: str, dataset: str, frame_size: int) -> d
     return spec
 
 
+def interleave(groups: list[list[RunSpec]]) -> list[RunSpec]:
+    """Round robin over the groups (one per variant or arm): a0, b0, a1, b1, ...
+
+    Each seed's baseline and candidate runs are then adjacent in the schedule and, with --jobs 2,
+    run side by side under the same machine load, so their timing KPIs pair up.
+    """
+    return [spec for spec in chain.from_iterable(zip_longest(*groups)) if spec is not None]
+
+
 def plan_runs(suite: Suite, profile: str, dataset: str, variant_names: list[str], seeds: list[int]) -> list[RunSpec]:
-    """Variant-major order: parallel workers then train different seeds instead of waiting on a shared stage."""
+    """Seed-major order (see `interleave`): baseline s0, candidate s0, baseline s1, ..."""
     # A plugin may register a component for any stage, so its source joins every stage's id.
     plugins = [plugin_hash(suite.plugins)] if suite.plugins else []
     sources = {stage: _digest(source_hash(SHARED_SOURCES + files), *plugins) for stage, files in STAGE_SOURCES.items()}
     precision = suite.profile(profile).precision
     # A reduced precision trains other weights: it joins the stage ids (fp32 ids are as they always were).
     numerics = [] if precision == "fp32" else [f"precision={precision}"]
-    specs = []
+    groups: list[list[RunSpec]] = []
     for variant_name in variant_names:
+        specs: list[RunSpec] = []
+        groups.append(specs)
         variant = suite.variant(variant_name)
         config = suite.model_config(profile, variant_name)
         data = dataset_spec(suite, profile, dataset, config.frame_size)
@@ -131,4 +143,4 @@ def plan_runs(suite: Suite, profile: str, dataset: str, variant_names: list[str]
             run_id = _digest(profile, dataset, variant_name, str(seed), *stage_ids.values(), rollout)
             specs.append(RunSpec(run_id, profile, dataset, variant_name, seed, config.to_dict(), data, data_id,
                                  stage_ids, variant.description, precision))
-    return specs
+    return interleave(groups)

@@ -127,6 +127,7 @@ def execute_run(spec: RunSpec, results_root: str, threads: int, executor: str,
         "config_json": spec.resolved_json(), "stage_ids_json": json.dumps(spec.stage_ids),
         "torch_version": torch.__version__, "device": device_label(device), "precision": spec.precision,
         "cpu_model": cpu_model(), "host": socket.gethostname(), "executor": executor, "started_at": started,
+        "load_avg_1m": os.getloadavg()[0],
     })
     cache = Path(results_root) / "cache"
     current = "data"

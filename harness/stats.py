@@ -15,12 +15,19 @@ Each KPI is measured once per training seed for both arms.  For every KPI we
    ============  ===================  =======================================
 
    (plus ``p_worse``, H1: mean d > 0, "worse at all", reported for information);
-3. attach an estimate with a 95% bootstrap (BCa) confidence interval for display.
-   The verdicts come from the tests only, never from the bootstrap.
+3. attach an estimate with the confidence interval that is dual to those tests: the
+   two-sided (1 - 2 alpha) t interval of the mean effect (90% at alpha = 0.05).  Its worse
+   end lies inside the margin exactly when the non-inferiority test rejects at alpha, and it
+   excludes "no change" on the better side exactly when the improvement test does, so the
+   interval shown and the verdict never disagree (Holm only makes "regressed" stricter).
 
 Seeds are paired when both arms have them (paired t-test on ``d``); with fewer than
 two common seeds we fall back to Welch's unpaired t-test.  Steps-to-target KPIs are
 right-censored (``inf`` = never reached the target) and use rank tests instead.
+
+Bit-identical arms (every paired difference exactly zero: a shared stage, or ties in a
+quantised KPI) carry no evidence either way: they get the verdict "identical", no p values,
+and stay out of the Holm family.
 
 Multiplicity: the "regressed" claims are Holm-adjusted across the blocking KPIs,
 because a single false "regressed" fails the PR.  PASS needs *every* blocking KPI to
@@ -32,7 +39,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
@@ -40,8 +47,6 @@ import numpy as np
 from scipy import stats
 from statsmodels.stats.power import TTestPower
 
-CI_LEVEL = 0.95
-DEFAULT_N_RESAMPLES = 2000
 MIN_VALUES_PER_ARM = 2
 # Seed recommendations are capped here; a value equal to the cap means "this many or more".
 MAX_RECOMMENDED_SEEDS = 200
@@ -100,7 +105,7 @@ class KpiComparison:
     baseline_iqm: float
     candidate_iqm: float
     estimate: float  # user-facing, not sign-flipped: ratio c/b (log scale) or difference c-b (linear)
-    ci_low: float  # 95% CI of `estimate`, same scale (NaN for censored KPIs)
+    ci_low: float  # CI of `estimate` at `ci_level`, same scale (NaN for censored KPIs)
     ci_high: float
     margin: float  # non-inferiority boundary, same scale as `estimate`: e.g. 1.05 (1/1.05 if higher is better)
     p_noninferior: float  # H1: candidate not worse than the margin (raw; see module docstring)
@@ -108,12 +113,13 @@ class KpiComparison:
     p_regressed: float  # H1: candidate worse than the margin
     p_regressed_adjusted: float  # Holm-adjusted p_regressed (within blocking / non-blocking KPIs)
     hedges_g: float  # standardised (c - b) on the analysis axis, small-sample corrected
-    prob_improvement: float  # P(candidate better than baseline) over seed pairs, ties count 1/2
-    verdict: str  # "improved" | "non-inferior" | "regressed" | "inconclusive"
+    prob_improvement: float  # rliable's probability of improvement: share of all n_c x n_b run pairs, ties 1/2
+    verdict: str  # "improved" | "non-inferior" | "identical" | "regressed" | "inconclusive"
     reason: str
     recommended_seeds: int | None  # for inconclusive KPIs: seeds for 80% power (capped at 200)
     p_worse: float = NAN  # H1: candidate worse than baseline at all (ignores the margin)
     method: str = ""  # which test produced the p values
+    ci_level: float = NAN  # two-sided level of [ci_low, ci_high]: 1 - 2 alpha, dual to the one-sided tests
 
 
 @dataclass
@@ -219,15 +225,11 @@ def hedges_g_unpaired(candidate: np.ndarray, baseline: np.ndarray) -> float:
     return float((np.mean(candidate) - np.mean(baseline)) / math.sqrt(pooled_var) * _hedges_correction(n_c + n_b - 2))
 
 
-def probability_of_improvement(rule: KpiRule, candidate: np.ndarray, baseline: np.ndarray, paired: bool) -> float:
-    """Share of (candidate, baseline) pairs where the candidate is better; ties count 1/2.
-
-    Paired: the pairs are the common seeds (arrays aligned).  Unpaired: all n_c * n_b pairs.
-    """
-    if paired:
-        c, b = candidate, baseline
-    else:
-        c, b = candidate[:, None], baseline[None, :]
+def probability_of_improvement(rule: KpiRule, candidate: np.ndarray, baseline: np.ndarray) -> float:
+    """rliable's probability of improvement P(C > B): the share of all n_c * n_b (candidate run,
+    baseline run) pairs in which the candidate is better, ties counting 1/2 (the Mann-Whitney U
+    statistic over n_c * n_b).  Every pair counts, also when the seeds are paired."""
+    c, b = candidate[:, None], baseline[None, :]
     better = c < b if rule.direction == "lower" else c > b
     return float(np.mean(better + 0.5 * (c == b)))
 
@@ -268,24 +270,31 @@ def _one_sided_p_values(statistic: np.ndarray, df: np.ndarray) -> _PValues:
     return _PValues(float(less[0]), float(less[1]), float(greater[0]), float(greater[1]))
 
 
-def _paired_t_test(d: np.ndarray, margin: float) -> tuple[_PValues, tuple[float, float]]:
-    """One-sample t-tests of mean d against 0 and the margin, plus the t interval of mean d."""
+def ci_level(alpha: float) -> float:
+    """Two-sided level of the interval dual to one-sided tests at `alpha`: its ends are the one-sided bounds."""
+    return 1.0 - 2.0 * alpha
+
+
+def _paired_t_test(d: np.ndarray, margin: float, alpha: float) -> tuple[_PValues, tuple[float, float]]:
+    """One-sample t-tests of mean d against 0 and the margin, plus the dual t interval of mean d."""
     if _has_no_spread(d):
         mean = float(np.mean(d))
         return _deterministic_p(mean, margin), (mean, mean)
     result = stats.ttest_1samp(np.column_stack([d, d]), [[0.0, margin]])
-    low, high = result.confidence_interval(CI_LEVEL)
+    low, high = result.confidence_interval(ci_level(alpha))
     return _one_sided_p_values(result.statistic, result.df), (float(low[0]), float(high[0]))
 
 
-def _welch_t_test(candidate: np.ndarray, baseline: np.ndarray, margin: float) -> tuple[_PValues, tuple[float, float]]:
-    """Welch tests of mean(c) - mean(b) against 0 and the margin (the candidate shifted by it)."""
+def _welch_t_test(candidate: np.ndarray, baseline: np.ndarray, margin: float,
+                  alpha: float) -> tuple[_PValues, tuple[float, float]]:
+    """Welch tests of mean(c) - mean(b) against 0 and the margin (the candidate shifted by it), plus the dual
+    t interval."""
     if _has_no_spread(candidate, baseline):
         difference = float(np.mean(candidate) - np.mean(baseline))
         return _deterministic_p(difference, margin), (difference, difference)
     shifted = np.column_stack([candidate, candidate - margin])
     result = stats.ttest_ind(shifted, baseline[:, None], equal_var=False)
-    low, high = result.confidence_interval(CI_LEVEL)
+    low, high = result.confidence_interval(ci_level(alpha))
     return _one_sided_p_values(result.statistic, result.df), (float(low[0]), float(high[0]))
 
 
@@ -339,84 +348,6 @@ def _mann_whitney_p_values(candidate: np.ndarray, baseline: np.ndarray, margin: 
         worse=_mann_whitney_p(candidate, baseline, "greater"),
         regressed=_mann_whitney_p(shifted, baseline, "greater"),
     )
-
-
-# --------------------------------------------------------------------------- confidence intervals
-
-
-def _expanded_level(se_unbiased: float, se_plugin: float, df: float) -> float:
-    """Confidence level to request from the bootstrap so that it is as wide as a t interval.
-
-    The bootstrap distribution of a mean has the plug-in spread (divisor n, not n - 1) and
-    normal rather than t tails, so a nominal 95% BCa interval of a paired mean covers only
-    ~83% at 5 seeds, ~89% at 10 and ~92% at 20 (simulated).  Following Hesterberg's "expanded
-    percentile" interval we ask for the level whose normal quantile equals
-    t_{df} * se_unbiased / se_plugin; that gives ~92%, ~94% and ~94% coverage.
-    """
-    t_quantile = stats.t.ppf(0.5 + CI_LEVEL / 2, df)
-    expanded = 2.0 * stats.norm.cdf(t_quantile * se_unbiased / se_plugin) - 1.0
-    return float(min(max(expanded, CI_LEVEL), 0.9999))
-
-
-def _bootstrap_ci(
-    samples: tuple[np.ndarray, ...],
-    statistic: Callable[..., np.ndarray],
-    level: float,
-    seed: int,
-    n_resamples: int,
-) -> tuple[float, float]:
-    """BCa interval; percentile when BCa is degenerate; zero width when even that fails."""
-    for method in ("BCa", "percentile"):
-        try:
-            result = stats.bootstrap(
-                samples,
-                statistic,
-                method=method,
-                confidence_level=level,
-                n_resamples=n_resamples,
-                vectorized=True,
-                random_state=np.random.default_rng(seed),
-            )
-        except ValueError:
-            continue
-        low, high = result.confidence_interval
-        if math.isfinite(low) and math.isfinite(high):
-            return float(low), float(high)
-    point = float(statistic(*samples, axis=-1))
-    return point, point
-
-
-def _mean_of(values: np.ndarray, axis: int = -1) -> np.ndarray:
-    return np.mean(values, axis=axis)
-
-
-def _difference_of_means(candidate: np.ndarray, baseline: np.ndarray, axis: int = -1) -> np.ndarray:
-    return np.mean(candidate, axis=axis) - np.mean(baseline, axis=axis)
-
-
-def _paired_bootstrap_ci(d: np.ndarray, seed: int, n_resamples: int) -> tuple[float, float]:
-    """One-sample bootstrap of mean d (for n seeds the plug-in/unbiased spread ratio is sqrt((n-1)/n))."""
-    n = len(d)
-    if _has_no_spread(d):
-        return float(np.mean(d)), float(np.mean(d))
-    level = _expanded_level(se_unbiased=math.sqrt(n / (n - 1)), se_plugin=1.0, df=n - 1)
-    return _bootstrap_ci((d,), _mean_of, level, seed, n_resamples)
-
-
-def _welch_bootstrap_ci(
-    candidate: np.ndarray, baseline: np.ndarray, seed: int, n_resamples: int
-) -> tuple[float, float]:
-    """Two-sample bootstrap (each arm resampled on its own) of mean(c) - mean(b)."""
-    if _has_no_spread(candidate, baseline):
-        point = float(np.mean(candidate) - np.mean(baseline))
-        return point, point
-    n_c, n_b = len(candidate), len(baseline)
-    var_c, var_b = np.var(candidate, ddof=1) / n_c, np.var(baseline, ddof=1) / n_b
-    welch_df = (var_c + var_b) ** 2 / (var_c**2 / (n_c - 1) + var_b**2 / (n_b - 1))
-    se_unbiased = math.sqrt(var_c + var_b)
-    se_plugin = math.sqrt(var_c * (n_c - 1) / n_c + var_b * (n_b - 1) / n_b)
-    level = _expanded_level(se_unbiased, se_plugin, welch_df)
-    return _bootstrap_ci((candidate, baseline), _difference_of_means, level, seed, n_resamples)
 
 
 # --------------------------------------------------------------------------- power
@@ -483,6 +414,7 @@ class _KpiAnalysis:
     prob_improvement: float = NAN
     censored_baseline: int = 0  # runs that never reached the target, in the analysed seeds
     censored_candidate: int = 0
+    identical: bool = False  # paired and every per-seed difference exactly zero (a shared stage, or ties)
 
 
 def _analyse(
@@ -490,9 +422,7 @@ def _analyse(
     baseline: Mapping[int, float],
     candidate: Mapping[int, float],
     censored: bool,
-    bootstrap: bool,
-    seed: int,
-    n_resamples: int,
+    alpha: float,
 ) -> _KpiAnalysis:
     if censored and rule.direction != "lower":
         raise ValueError(f"KPI {rule.name!r}: censored (steps-to-target) KPIs must have direction 'lower'")
@@ -518,7 +448,11 @@ def _analyse(
         c_raw = np.array([cand_arm.by_seed[s] for s in common])
     else:
         b_raw, c_raw = base_arm.values, cand_arm.values
-    prob = probability_of_improvement(rule, c_raw, b_raw, analysis.paired)
+    prob = probability_of_improvement(rule, c_raw, b_raw)
+    if analysis.paired and np.array_equal(c_raw, b_raw):
+        # Bit-identical arms: no test, no p values (so no place in Holm's family), no interval.
+        return replace(analysis, method="none (bit-identical arms)", effect=0.0, ci=(0.0, 0.0), sd_d=0.0,
+                       prob_improvement=prob, identical=True)
     # Badness orientation: positive = candidate worse.
     b = rule.badness_sign * _to_analysis_axis(rule, b_raw)
     c = rule.badness_sign * _to_analysis_axis(rule, c_raw)
@@ -528,24 +462,24 @@ def _analyse(
         return _analyse_censored(analysis, c, b, prob, margin)
     if analysis.paired:
         d = c - b
-        p_values, t_interval = _paired_t_test(d, margin)
+        p_values, interval = _paired_t_test(d, margin, alpha)
         return replace(
             analysis,
             method="paired t-test",
             effect=float(np.mean(d)),
-            ci=_paired_bootstrap_ci(d, seed, n_resamples) if bootstrap else t_interval,
+            ci=interval,
             sd_d=float(np.std(d, ddof=1)),
             p=p_values,
             hedges_g=hedges_g_paired(rule.badness_sign * d),
             prob_improvement=prob,
         )
     # Fewer than two common seeds: compare the arms as independent samples.
-    p_values, t_interval = _welch_t_test(c, b, margin)
+    p_values, interval = _welch_t_test(c, b, margin, alpha)
     return replace(
         analysis,
         method="Welch t-test (unpaired)",
         effect=float(np.mean(c) - np.mean(b)),
-        ci=_welch_bootstrap_ci(c, b, seed, n_resamples) if bootstrap else t_interval,
+        ci=interval,
         # A future paired design would see roughly this per-seed spread (arms uncorrelated).
         sd_d=float(math.sqrt(np.var(c, ddof=1) + np.var(b, ddof=1))),
         p=p_values,
@@ -634,6 +568,10 @@ def _judge(analysis: _KpiAnalysis, p_regressed_adjusted: float, alpha: float) ->
         verdict = "inconclusive"
         reason = (f"{effect_text}; {missing} run(s) have no value for this KPI "
                   f"({_count_nan(analysis.given_baseline)} baseline, {_count_nan(analysis.given_candidate)} candidate)")
+    elif analysis.identical:
+        verdict = "identical"
+        reason = (f"identical to the baseline in all {len(analysis.common_seeds)} paired seeds "
+                  "(a shared stage, or ties): no evidence either way, left out of the Holm family")
     elif p.improved < alpha and censoring_ok:
         verdict = "improved"
         reason = f"{effect_text}, significantly better than baseline (p={p.improved:.2g})"
@@ -684,6 +622,7 @@ def _judge(analysis: _KpiAnalysis, p_regressed_adjusted: float, alpha: float) ->
         recommended_seeds=seeds_needed,
         p_worse=p.worse,
         method=analysis.method,
+        ci_level=ci_level(alpha) if math.isfinite(ci_ends[0]) else NAN,
     )
 
 
@@ -710,19 +649,11 @@ def compare_kpi(
     candidate: Mapping[int, float],
     alpha: float = 0.05,
     censored: bool = False,
-    seed: int = 0,
-    *,
-    bootstrap: bool = True,
-    n_resamples: int = DEFAULT_N_RESAMPLES,
 ) -> KpiComparison:
-    """Compare one KPI on its own (no multiplicity adjustment: p_regressed_adjusted = p_regressed).
-
-    `bootstrap=False` takes the CI from the t distribution instead (fast, for simulations);
-    verdicts are identical either way.
-    """
+    """Compare one KPI on its own (no multiplicity adjustment: p_regressed_adjusted = p_regressed)."""
     _check_alpha(alpha)
     with _quiet():
-        analysis = _analyse(rule, baseline, candidate, censored, bootstrap, seed, n_resamples)
+        analysis = _analyse(rule, baseline, candidate, censored, alpha)
         return _judge(analysis, analysis.p.regressed, alpha)
 
 
@@ -754,15 +685,12 @@ def compare(
     failures_candidate: int = 0,
     censored_kpis: set[str] | frozenset[str] = frozenset(),
     alpha: float = 0.05,
-    seed: int = 0,
-    bootstrap: bool = True,
-    n_resamples: int = DEFAULT_N_RESAMPLES,
 ) -> Comparison:
     """Decide PASS / FAIL / INCONCLUSIVE for a candidate against the baseline.
 
     FAIL: a blocking KPI regressed beyond its margin (Holm over blocking KPIs), or the
-    candidate had more failed runs than the baseline.  PASS: every blocking KPI improved
-    or non-inferior and no candidate run failed.  Otherwise INCONCLUSIVE, with the number
+    candidate had more failed runs than the baseline.  PASS: every blocking KPI improved,
+    non-inferior or identical and no candidate run failed.  Otherwise INCONCLUSIVE, with the number
     of seeds that would likely settle it.  In sequential mode pass the per-look alpha from
     `alpha_spending`.
     """
@@ -778,9 +706,7 @@ def compare(
                 baseline.get(rule.name, {}),
                 candidate.get(rule.name, {}),
                 rule.name in censored_kpis,
-                bootstrap,
-                seed,
-                n_resamples,
+                alpha,
             )
             for rule in rules
         ]
@@ -794,7 +720,7 @@ def compare(
 
     blocking_kpis = [k for k in kpis if k.rule.blocking]
     regressed = [k for k in blocking_kpis if k.verdict == "regressed"]
-    unsettled = [k for k in blocking_kpis if k.verdict not in ("improved", "non-inferior", "regressed")]
+    unsettled = [k for k in blocking_kpis if k.verdict not in ("improved", "non-inferior", "identical", "regressed")]
     more_failures = failures_candidate > failures_baseline
 
     reasons: list[str] = [f"{k.name}: {k.reason}" for k in regressed]
@@ -812,7 +738,7 @@ def compare(
             verdict = "INCONCLUSIVE"
         else:
             verdict = "PASS"
-            reasons.append(f"all {len(blocking_kpis)} blocking KPIs improved or non-inferior")
+            reasons.append(f"all {len(blocking_kpis)} blocking KPIs improved, non-inferior or identical")
 
     recommendations = [k.recommended_seeds for k in unsettled if k.recommended_seeds is not None]
     overall_seeds = max(recommendations) if verdict == "INCONCLUSIVE" and recommendations else None
@@ -865,8 +791,9 @@ def steps_to_target(steps: np.ndarray, losses: np.ndarray, target: float) -> flo
 # --------------------------------------------------------------------------- sequential looks
 
 
-def alpha_spending(looks: int, total_alpha: float = 0.05) -> list[float]:
-    """Per-look alpha for `looks` equally spaced interim analyses.
+def alpha_spending(looks: int, total_alpha: float = 0.05, information: list[float] | None = None) -> list[float]:
+    """Per-look alpha for `looks` interim analyses, equally spaced unless `information` gives each look's
+    information fraction (e.g. seeds so far / most seeds: increasing, the last 1).
 
     O'Brien-Fleming-type Lan-DeMets spending: alpha(t) = 2 - 2 Phi(z_{1-alpha/2} / sqrt(t)),
     and look k gets alpha(k/K) - alpha((k-1)/K): tiny early, most of it at the end.  Using
@@ -877,6 +804,11 @@ def alpha_spending(looks: int, total_alpha: float = 0.05) -> list[float]:
         raise ValueError(f"looks must be >= 1, got {looks}")
     if not 0 < total_alpha < 1:
         raise ValueError(f"total_alpha must be in (0, 1), got {total_alpha}")
-    information = np.arange(1, looks + 1) / looks
+    if information is None:
+        information = list(np.arange(1, looks + 1) / looks)
+    fractions = np.asarray(information, dtype=float)
+    if len(fractions) != looks or not (np.all(np.diff(fractions) > 0) and fractions[0] > 0 and fractions[-1] == 1):
+        raise ValueError(f"information must be {looks} increasing fractions in (0, 1] ending at 1, got {information}")
+    information = fractions
     spent = 2.0 * stats.norm.sf(stats.norm.isf(total_alpha / 2) / np.sqrt(information))
     return [float(a) for a in np.diff(spent, prepend=0.0)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -29,6 +30,9 @@ TABLES: dict[str, dict[str, str]] = {
         "git_commit": "string", "git_dirty": "bool", "code_hash": "string", "config_json": "string",
         "stage_ids_json": "string", "torch_version": "string", "device": "string", "precision": "string",
         "cpu_model": "string", "host": "string", "executor": "string", "started_at": "string", "finished_at": "string",
+        # load_avg_1m: the host's 1-minute load average when the run started; batch: the `execute` call that
+        # scheduled it (runs of one batch were interleaved seed by seed, see harness.matrix.interleave).
+        "load_avg_1m": "float64", "batch": "string",
     },
     "kpis": {"run_id": "string", "kpi": "string", "value": "float64"},
     "curves": {"run_id": "string", "stage": "string", "step": "int64", "metric": "string", "value": "float64"},
@@ -36,7 +40,7 @@ TABLES: dict[str, dict[str, str]] = {
                  "mse": "float64", "psnr": "float64", "ssim": "float64"},
 }
 # Columns added after a table's first release, with the value their older rows mean.
-ADDED_COLUMNS: dict[str, dict[str, object]] = {"runs": {"precision": "fp32"}}
+ADDED_COLUMNS: dict[str, dict[str, object]] = {"runs": {"precision": "fp32", "load_avg_1m": float("nan"), "batch": ""}}
 
 
 def read_part(part: Path) -> pd.DataFrame:
@@ -48,6 +52,26 @@ def read_part(part: Path) -> pd.DataFrame:
         raise WorldbenchError(
             f"store file '{part}' is unreadable ({first}); delete it and the parts of that name in the other "
             f"store tables, then rerun `bench run` to record that run again"
+        ) from None
+
+
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """`write(tmp)` then rename onto `path`: readers see the old file or the whole new one, never a part.
+
+    A failed write (a full disk, a lost mount) removes its temp file and is one line naming the file;
+    whatever was recorded before stays as it was.
+    """
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")  # dot-files are skipped by parquet readers
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as err:  # also SIGTERM mid-write: never leave the temp file behind
+        tmp.unlink(missing_ok=True)
+        if not isinstance(err, OSError):
+            raise
+        raise WorldbenchError(
+            f"cannot write '{path}' ({err.strerror or err}); free disk space or fix the results dir, then rerun "
+            f"the same command: runs recorded before are kept and the rest resume"
         ) from None
 
 
@@ -103,10 +127,8 @@ class Store:
         frame = frame[list(TABLES[table])].astype(TABLES[table])
         folder = self.table_dir(table)
         folder.mkdir(parents=True, exist_ok=True)
-        # dot-files are skipped by parquet readers; the pid keeps two drivers recording one run apart
-        tmp = folder / f".part-{key}.parquet.tmp{os.getpid()}"
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, folder / f"part-{key}.parquet")
+        # the temp name carries the pid, which keeps two drivers recording one run apart
+        write_atomic(folder / f"part-{key}.parquet", lambda tmp: frame.to_parquet(tmp, index=False))
 
     def read(self, table: str) -> pd.DataFrame:
         folder = self.table_dir(table)
@@ -141,15 +163,17 @@ class Store:
                      context: int, reconstructions: np.ndarray | None = None) -> None:
         path = self.frames_path(run_id)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("ground_truth", data=ground_truth, compression="gzip", compression_opts=1)
-            for mode, frames in predictions.items():
-                f.create_dataset(f"predictions/{mode}", data=frames, compression="gzip", compression_opts=1)
-            if reconstructions is not None:  # the tokenizer's decode(encode(ground_truth))
-                f.create_dataset("reconstructions", data=reconstructions, compression="gzip", compression_opts=1)
-            f.attrs["context"] = context
-        os.replace(tmp, path)
+
+        def write(tmp: Path) -> None:
+            with h5py.File(tmp, "w") as f:
+                f.create_dataset("ground_truth", data=ground_truth, compression="gzip", compression_opts=1)
+                for mode, frames in predictions.items():
+                    f.create_dataset(f"predictions/{mode}", data=frames, compression="gzip", compression_opts=1)
+                if reconstructions is not None:  # the tokenizer's decode(encode(ground_truth))
+                    f.create_dataset("reconstructions", data=reconstructions, compression="gzip", compression_opts=1)
+                f.attrs["context"] = context
+
+        write_atomic(path, write)
 
     def read_frames(self, run_id: str) -> dict | None:
         path = self.frames_path(run_id)

@@ -247,6 +247,14 @@ def _check_model_overrides(values: dict, where: str) -> None:
                 overrides[key] = _check_type(value, type(reference[key]), f"{path}.{key}")
 
     walk(values, defaults, where)
+    # A raw override of a component's config key (actions.encoder = "...") must name a registered component,
+    # like `components` does: otherwise it would fail only when the run builds the model.
+    slots = registered_components()
+    for slot, dotted in SLOT_CONFIG_KEYS.items():
+        section, _, key = dotted.rpartition(".")
+        chosen = values.get(section, {}).get(key) if isinstance(values.get(section), dict) else None
+        if chosen is not None:
+            _check_choice(chosen, slots.get(slot, []), f"{where}.{dotted}")
 
 
 def _dotted_to_nested(flat: dict, where: str) -> dict:
@@ -392,14 +400,44 @@ def _flatten(nested: dict, prefix: str = "") -> dict:
 
 
 def _load_plugins(modules: list) -> None:
-    """Import user modules that register their own components (`@register(slot, name)`)."""
+    """Import user modules that register their own components (`@register(slot, name)`).
+
+    A module that is not found, does not parse or raises while importing is a usage error naming
+    the plugin's file and line, never a traceback.
+    """
     import importlib
 
     for module in modules:
+        name = _check_type(module, str, "plugins.modules")
         try:
-            importlib.import_module(_check_type(module, str, "plugins.modules"))
-        except ImportError as err:
-            raise WorldbenchError(f"plugins.modules: cannot import '{module}' ({err}); check the module path") from None
+            importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name is None or not (name == err.name or name.startswith(f"{err.name}.")):
+                raise WorldbenchError(_plugin_failure(name, err)) from None
+            raise WorldbenchError(f"plugins.modules: cannot import '{name}' ({err}); check the module path") from None
+        except Exception as err:  # noqa: BLE001 - user code: SyntaxError, or anything raised at import time
+            raise WorldbenchError(_plugin_failure(name, err)) from None
+
+
+def _plugin_failure(name: str, err: BaseException) -> str:
+    """One line: the plugin, where in its source it failed (file:line) and the error's first line."""
+    import importlib.util
+    import traceback
+
+    try:
+        spec = importlib.util.find_spec(name)
+        origin = spec.origin if spec and spec.origin else ""
+    except (ImportError, ValueError):
+        origin = ""
+    if isinstance(err, SyntaxError) and err.filename:
+        where = f"{err.filename}:{err.lineno}"
+        message = err.msg
+    else:
+        frames = [f for f in traceback.extract_tb(err.__traceback__) if f.filename == origin]
+        where = f"{origin}:{frames[-1].lineno}" if frames else origin or name
+        message = (str(err).strip().splitlines() or [""])[0][:200]
+    return (f"plugins.modules: plugin '{name}' ({where}) failed to import: {type(err).__name__}: {message}; "
+            f"fix the plugin or remove it from [plugins]")
 
 
 # ----------------------------------------------------------------------------- built-in defaults

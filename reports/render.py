@@ -104,7 +104,7 @@ def _md_variants(report: ReportInput) -> str:
 
 
 # When the KPI table must be cut, the rows a maintainer has to act on come first.
-_KPI_URGENCY = {"regressed": 0, "inconclusive": 1, "non-inferior": 2, "improved": 3}
+_KPI_URGENCY = {"regressed": 0, "inconclusive": 1, "non-inferior": 2, "identical": 2, "improved": 3}
 
 
 def _md_kpis(report: ReportInput, max_rows: int | None = None) -> str:

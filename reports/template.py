@@ -43,6 +43,7 @@ HTML_TEMPLATE = r"""<!DOCTYPE html>
   .badge { display: inline-block; padding: 1px 8px; border-radius: 10px; color: #fff; font-size: 12px; white-space: nowrap; }
   .badge.improved { background: #1a7f37; }
   .badge.non_inferior { background: #2da44e; }
+  .badge.identical { background: #57606a; }
   .badge.regressed { background: #cf222e; }
   .badge.inconclusive { background: #9a6700; }
   .note { color: #57606a; font-size: 12px; margin: 2px 0 10px; }

@@ -19,6 +19,7 @@ MINUS = "−"  # typographic minus: "−2.0%" reads better than "-2.0%" next to 
 VERDICT_EMOJI = {  # markdown (GitHub renders emoji)
     "improved": "🟢",
     "non-inferior": "✅",
+    "identical": "⚪",
     "regressed": "🔴",
     "inconclusive": "🟡",
     "PASS": "✅",
@@ -28,6 +29,7 @@ VERDICT_EMOJI = {  # markdown (GitHub renders emoji)
 VERDICT_SYMBOL = {  # HTML: symbols every common font has (screenshots lack emoji fonts)
     "improved": "▲",
     "non-inferior": "✔",
+    "identical": "=",
     "regressed": "✘",
     "inconclusive": "?",
     "PASS": "✔",

@@ -127,13 +127,18 @@ def kpi_label(kpi: KpiComparison) -> str:
     return f"{kpi.name} {arrow}"
 
 
+def ci_label(alpha: float) -> str:
+    """The interval's exact name: the two-sided t interval dual to the one-sided tests at alpha."""
+    return f"{(1 - 2 * alpha) * 100:g}% t CI"
+
+
 def kpi_table(report: ReportInput) -> Table:
     columns = [
         "KPI",
         "blocking",
         "baseline median",
         "candidate median",
-        "change [95% CI]",
+        f"change [{ci_label(report.comparison.alpha)}]",
         "margin",
         "p non-inferior",
         "p regressed (Holm)",
@@ -155,10 +160,16 @@ def kpi_table(report: ReportInput) -> Table:
             ]
         )
         classes.append(kpi.verdict.replace("-", "_") + ("" if kpi.rule.blocking else " informational"))
+    alpha = report.comparison.alpha
     note = (
         "↓/↑: lower/higher is better. Change: candidate vs baseline, % change of the ratio c/b for "
-        "log-scale KPIs, difference c − b for linear ones. Margin: how far the change may go in the "
-        "worse direction and still count as non-inferior. Non-blocking KPIs are informational."
+        "log-scale KPIs, difference c − b for linear ones. "
+        f"Interval: the {ci_label(alpha)} of the mean per-seed effect (paired t, or Welch when unpaired), "
+        f"dual to the one-sided tests at α = {alpha:g}: its worse end is inside the margin exactly when the "
+        "KPI is non-inferior, and it excludes no change exactly when the KPI improved; \"regressed\" is "
+        "Holm-adjusted and so stricter than the interval. Margin: how far the change may go in the "
+        "worse direction and still count as non-inferior. Identical: the same value in every paired seed "
+        "(a shared stage, or ties); no test, not in the Holm family. Non-blocking KPIs are informational."
     )
     return Table(columns, rows, classes, note)
 
@@ -170,7 +181,7 @@ def kpi_explanations(report: ReportInput) -> list[KpiExplanation]:
         method = getattr(kpi, "method", "") or "no test (too little data)"
         detail = (
             f"{method}, {design}; Hedges' g {fmt_number(kpi.hedges_g, 3)}; "
-            f"P(candidate better) {fmt_number(kpi.prob_improvement, 3)}; "
+            f"probability of improvement (all run pairs) {fmt_number(kpi.prob_improvement, 3)}; "
             f"IQM {fmt_number(kpi.baseline_iqm)} → {fmt_number(kpi.candidate_iqm)}"
         )
         out.append(KpiExplanation(kpi.name, kpi.verdict, kpi.reason, detail))

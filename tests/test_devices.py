@@ -16,6 +16,7 @@ from worldmodel import kernels, stages
 from worldmodel.config import WorldModelConfig
 from worldmodel.data import VideoWindows, generate
 from worldmodel.dynamics import Dynamics
+from worldmodel.errors import WorldbenchError
 from worldmodel.lam import LatentActionModel
 from worldmodel.rollout import evaluate_rollouts, rollout_clips
 from worldmodel.tokenizer import VideoTokenizer
@@ -72,6 +73,56 @@ def test_native_kernels_take_only_float32_cpu_tensors(monkeypatch):
     assert not kernels.use_native(cpu, torch.zeros(2, 3, device="meta"))
     for dtype in (torch.float64, torch.bfloat16, torch.float16):
         assert not kernels.use_native(cpu.to(dtype))
+
+
+AUTOCAST_SCRIPT = """
+import sys, torch
+sys.path.insert(0, "tests")
+from tiny import tiny_config
+from worldmodel.lam import LatentActionModel
+from worldmodel.tokenizer import VideoTokenizer
+torch.manual_seed(0)
+config = tiny_config()
+frames = torch.rand(2, config.window, 3, 16, 16) * 2 - 1
+for model in (VideoTokenizer(config), LatentActionModel(config)):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = model.loss(frames)
+    loss.float().backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert torch.isfinite(loss.float()) and grads and all(torch.isfinite(g).all() for g in grads), type(model)
+print("finite")
+"""
+
+
+def test_bf16_autocast_forward_backward_on_the_cpu_is_finite_with_native_kernels(monkeypatch):
+    """Under CPU bf16 autocast a float32 input can give bf16 activations: they must take the PyTorch path,
+    never reach the native kernels (which corrupted the heap: malloc(): invalid size, exit 134).
+    Run in a subprocess so that a crash is a failed test, not a dead test runner."""
+    import subprocess
+    import sys
+
+    env = {**__import__("os").environ, kernels.ENV_VAR: "native"}
+    done = subprocess.run([sys.executable, "-c", AUTOCAST_SCRIPT], cwd=WORLDMODEL.parent, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "finite" in done.stdout, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("call", ["swiglu_bf16", "swiglu_width", "rmsnorm_shapes", "filmnorm_shapes",
+                                  "attention_heads", "attention_bf16"])
+def test_native_kernels_refuse_what_they_cannot_read_instead_of_corrupting_memory(monkeypatch, call):
+    monkeypatch.setenv(kernels.ENV_VAR, "native")
+    x = torch.randn(2, 3, 4, 16)
+    calls = {
+        "swiglu_bf16": lambda: kernels.swiglu(torch.randn(4, 32, dtype=torch.bfloat16)),
+        "swiglu_width": lambda: kernels.swiglu(torch.randn(4, 24)),
+        "rmsnorm_shapes": lambda: kernels.add_rmsnorm(x, x[..., :8], torch.ones(16), 1e-6),
+        "filmnorm_shapes": lambda: kernels.add_filmnorm(x, x, torch.randn(2, 3, 16), 1e-5),
+        "attention_heads": lambda: kernels.attention(torch.randn(2, 5, 30), 4, False, 1),
+        "attention_bf16": lambda: kernels.attention(torch.randn(2, 5, 48, dtype=torch.bfloat16), 4, False, 1),
+    }
+    with pytest.raises(WorldbenchError) as err:
+        calls[call]()
+    assert "native" in str(err.value) and "\n" not in str(err.value)
 
 
 # ----------------------------------------------------------------------------- training loop
@@ -170,9 +221,12 @@ def test_runs_recorded_before_the_precision_column_read_as_fp32(tmp_path, old_ke
     store = Store(tmp_path / "results")
     folder = store.table_dir("runs")
     folder.mkdir(parents=True)
-    row = {c: "" for c in TABLES["runs"]} | {"seed": 0, "diverged_step": -1, "git_dirty": False}
-    old = pd.DataFrame([row | {"run_id": "old"}]).drop(columns="precision")
+    row = {c: "" for c in TABLES["runs"]} | {"seed": 0, "diverged_step": -1, "git_dirty": False, "load_avg_1m": 0.5}
+    old = pd.DataFrame([row | {"run_id": "old"}]).drop(columns=["precision", "load_avg_1m", "batch"])
     old.to_parquet(folder / f"part-{old_key}.parquet", index=False)
-    store.append("runs", [row | {"run_id": "new", "precision": "bf16"}], "new")
+    store.append("runs", [row | {"run_id": "new", "precision": "bf16", "batch": "b1"}], "new")
     runs = store.runs().set_index("run_id")
     assert runs.loc["old", "precision"] == "fp32" and runs.loc["new", "precision"] == "bf16"
+    # the machine load and scheduling batch came later too: unknown for old runs (so their timing never blocks)
+    assert pd.isna(runs.loc["old", "load_avg_1m"]) and runs.loc["old", "batch"] == ""
+    assert runs.loc["new", "load_avg_1m"] == 0.5 and runs.loc["new", "batch"] == "b1"

@@ -190,6 +190,9 @@ def test_a_diverging_component_marks_only_its_run_and_exits_4(tmp_path, monkeypa
 
 # ----------------------------------------------------------------------------- bad input: one line, exit 2
 
+HDF5_DATASET = '[datasets.mine]\nkind = "hdf5"\npath = "{{tmp}}/{file}"\n'
+
+
 @pytest.mark.parametrize("args, toml, expected", [
     (["--profile", "nope"], "", "unknown profile 'nope'; known profiles:"),
     (["--variants", "meanpool_concat,nope"], "", "unknown variant 'nope'; known variants:"),
@@ -225,17 +228,93 @@ def test_a_diverging_component_marks_only_its_run_and_exits_4(tmp_path, monkeypa
     (["--seeds", "0-100000000"], "", "asks for 100,000,001 seeds"),
     (["--seeds", ""], "", "--seeds: empty seed list"),
     (["--variants", "[/]"], "", "unknown variant '[/]'"),
+    # CLI
+    (["--jobs", "abc"], "", "argument --jobs: 'abc' is not a whole number"),
+    (["--executor", "dask"], "", "argument --executor: invalid choice: 'dask'"),
+    (["list", "nope"], "", "invalid choice: 'nope'"),
+    (["gate", "--format", "pdf"], "", "--format: 'pdf' is not a list of md, html, json"),
+    (["gate", "--seeds", "0-4", "--sequential", "--max-seeds", "3"], "", "--max-seeds 3 is below the 5 seeds"),
+    (["gate", "--candidate-seeds", "x"], "", "--candidate-seeds: 'x' is not a seed list"),
+    # config: a raw component override must name a registered component (issue 8)
+    ([], "[profiles.x.model.actions]\nencoder = \"nope\"",
+     "profiles.x.model.actions.encoder: 'nope' is not allowed; use one of: blind, meanpool_concat"),
+    ([], "[variants.v]\noverrides = { \"actions.encoder\" = \"nope\" }",
+     "variants.v.overrides.actions.encoder: 'nope' is not allowed; use one of:"),
+    ([], "[comparison]\nbaseline = \"nope\"", "unknown variant 'nope'"),
+    # plugins
+    ([], "[plugins]\nmodules = [\"syntax_error_plugin\"]",
+     "plugin 'syntax_error_plugin' ({tmp}/syntax_error_plugin.py:2) failed to import: SyntaxError"),
+    ([], "[plugins]\nmodules = [\"raising_plugin\"]",
+     "plugin 'raising_plugin' ({tmp}/raising_plugin.py:3) failed to import: RuntimeError: plugin exploded"),
+    ([], "[plugins]\nmodules = [\"missing_dependency_plugin\"]",
+     "plugin 'missing_dependency_plugin' ({tmp}/missing_dependency_plugin.py:1) failed to import: "
+     "ModuleNotFoundError: No module named 'no_such_package_wb'"),
+    ([], "[plugins]\nmodules = [\"no_such_plugin_wb\"]", "plugins.modules: cannot import 'no_such_plugin_wb'"),
+    # data: a user's HDF5 file, checked before any run (and before the results dir is made)
+    (["--dataset", "mine"], HDF5_DATASET.format(file="nonsquare.h5"),
+     "frames are 16x24 (height x width), the model needs square frames"),
+    (["--dataset", "mine"], HDF5_DATASET.format(file="float_frames.h5"), "'frames' has dtype float32, must be uint8"),
+    (["--dataset", "mine"], HDF5_DATASET.format(file="no_frames.h5"), "has no 'frames' dataset (it has: video)"),
+    (["--dataset", "mine"], HDF5_DATASET.format(file="not_hdf5.h5"), "is not an HDF5 file"),
+    (["--dataset", "mine"], HDF5_DATASET.format(file="gone.h5"), "does not exist"),
+    # store
+    (["--results", "{tmp}/a_file"], "", "results path '{tmp}/a_file' is a file"),
+    (["--results", "{tmp}/foreign"], "", "was not made by worldbench"),
+    (["show", "abc", "--results", "{tmp}/nowhere"], "", "results dir '{tmp}/nowhere' does not exist"),
+    (["show", "abc", "--results", "{tmp}/truncated"], "", "store/runs/part-aaaa.parquet' is unreadable"),
+    (["report", "--results", "{tmp}/empty_results"], "", "no recorded runs of meanpool_concat or"),
 ])
-def test_bad_input_gets_one_line_and_exit_2(tmp_path, capsys, args, toml, expected):
+def test_bad_input_gets_one_line_and_exit_2(tmp_path, capsys, monkeypatch, args, toml, expected):
+    """Exit 2, exactly one line on stderr, no traceback, and nothing written anywhere."""
+    bad_input_files(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # importing a plugin must not count as writing
     suite = tmp_path / "bench.toml"
-    suite.write_text(toml)
-    code = main(["run", "--config", str(suite), "--profile", "default", "--results", str(tmp_path / "r"), *args]
-                if "--profile" not in args else
-                ["run", "--config", str(suite), "--results", str(tmp_path / "r"), *args])
+    suite.write_text(toml.replace("{tmp}", str(tmp_path)))
+    args = [arg.replace("{tmp}", str(tmp_path)) for arg in args]
+    command = args.pop(0) if args and args[0] in ("gate", "report", "show", "list") else "run"
+    argv = [command, "--config", str(suite), *args]
+    if command != "list" and "--results" not in args:
+        argv += ["--results", str(tmp_path / "r")]
+    if command in ("run", "gate") and "--profile" not in args:
+        argv += ["--profile", "default"]
+    before = snapshot(tmp_path)
+    code = main(argv)
     err = capsys.readouterr().err.strip()
-    assert code == 2
-    assert expected in " ".join(err.split()), err
+    assert code == 2, err
+    assert expected.replace("{tmp}", str(tmp_path)) in " ".join(err.split()), err
     assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in err
+    assert snapshot(tmp_path) == before, "a bad input wrote files"
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
+
+
+def bad_input_files(folder: Path) -> None:
+    """The broken plugins, data files and results dirs the bad-input table points at."""
+    import h5py
+
+    (folder / "syntax_error_plugin.py").write_text("from variants.registry import register\ndef broken(:\n")
+    (folder / "raising_plugin.py").write_text("import os\n\nraise RuntimeError('plugin exploded')\n")
+    (folder / "missing_dependency_plugin.py").write_text("import no_such_package_wb\n")
+    for name, frames in (("nonsquare.h5", np.zeros((40, 16, 24, 3), np.uint8)),
+                         ("float_frames.h5", np.zeros((40, 16, 16, 3), np.float32))):
+        with h5py.File(folder / name, "w") as f:
+            f["frames"] = frames
+    with h5py.File(folder / "no_frames.h5", "w") as f:
+        f["video"] = np.zeros((4, 16, 16, 3), np.uint8)
+    (folder / "not_hdf5.h5").write_text("not hdf5")
+    (folder / "a_file").write_text("")
+    (folder / "foreign").mkdir()
+    (folder / "foreign" / "thesis.tex").write_text("mine")
+    Store(folder / "empty_results")
+    truncated = Store(folder / "truncated")
+    truncated.append("kpis", [{"run_id": "aaaa", "kpi": "rollout.ar_mse", "value": 0.5}], "aaaa")
+    os.replace(truncated.table_dir("kpis"), truncated.table_dir("runs"))  # any parquet part will do
+    part = truncated.table_dir("runs") / "part-aaaa.parquet"
+    part.write_bytes(part.read_bytes()[:40])
 
 
 def test_an_unexpected_exception_is_exit_4_with_one_line_and_a_log(tmp_path, capsys, monkeypatch):

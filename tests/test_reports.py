@@ -66,7 +66,7 @@ def make_report(
         for values in cand_values.values():
             values[seed] = math.nan
     comparison = compare(
-        rules, base_values, cand_values, failures_candidate=len(failed_candidate_seeds), bootstrap=False
+        rules, base_values, cand_values, failures_candidate=len(failed_candidate_seeds)
     )
     variants = [BASELINE, candidate]
 
@@ -193,6 +193,24 @@ def test_estimates_show_percent_change_for_log_and_signed_difference_for_linear(
     assert md_escape("+0.0120 [−0.0030, +0.0270]", block_start=False) in md
 
 
+def test_statistics_are_labelled_exactly_in_markdown_html_and_json(report):
+    """The interval column names the level the tests use (1 - 2 alpha), the probability of improvement
+    says it is over all run pairs, and a bit-identical KPI is shown as identical."""
+    identical = dataclasses.replace(report.comparison.kpis[0], verdict="identical",
+                                    reason="identical to the baseline in all 3 paired seeds (a shared stage, or ties)")
+    comparison = dataclasses.replace(report.comparison, alpha=0.05, kpis=[identical, *report.comparison.kpis[1:]])
+    labelled = dataclasses.replace(report, comparison=comparison)
+    md, html_text = render_markdown(labelled), render_html(labelled, {})
+    for text in (md, html_text):
+        assert "90% t CI" in text and "95% CI" not in text
+        assert "probability of improvement (all run pairs)" in text and "P(candidate better)" not in text
+        assert "identical" in text
+    assert "⚪ identical" in md
+    assert _strict_json(render_json(labelled))["kpis"][1]["ci_level"] == pytest.approx(0.90)
+    narrower = dataclasses.replace(labelled, comparison=dataclasses.replace(comparison, alpha=0.025))
+    assert "95% t CI" in render_markdown(narrower)
+
+
 def test_markdown_fits_a_pr_comment_with_30_kpis_and_20_seeds():
     rules = [KpiRule(f"kpi_{i:02d}.some_long_metric_name", "lower", "log", 0.05) for i in range(30)]
     big = make_report(
@@ -311,7 +329,7 @@ def test_a_collapsed_lam_is_flagged_in_markdown_and_html(report):
     healthy, collapsed = {0: 3.1, 1: 2.8, 2: 3.4}, {0: 1.0, 1: 1.3, 2: 1.6}  # candidate median 1.3 < 1.5
 
     def with_perplexity(baseline: dict, candidate: dict) -> ReportInput:
-        comparison = compare([perplexity], {perplexity.name: baseline}, {perplexity.name: candidate}, bootstrap=False)
+        comparison = compare([perplexity], {perplexity.name: baseline}, {perplexity.name: candidate})
         return dataclasses.replace(report, comparison=comparison)
 
     flagged = with_perplexity(healthy, collapsed)

@@ -251,6 +251,35 @@ def test_action_norm_splits_every_step_of_the_batch_even_from_a_near_constant_en
     assert set(anchor.infer_actions(frames)[1].flatten().tolist()) == {1.0}  # the anchor's collapse
 
 
+class CorrelatedEncoder(torch.nn.Module):
+    """Both action dims carry nearly the same feature: standardised, they land on the same code half."""
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        feature = torch.randn(frames.shape[0], frames.shape[1] - 1, 1)  # [B, T-1, 1]
+        return torch.cat([feature, feature + 0.05 * torch.randn_like(feature)], dim=-1)  # [B, T-1, 2]
+
+
+def test_whitening_decorrelates_the_action_dims_where_standardising_does_not(windows):
+    _, train, _ = windows
+    frames = train.batch(np.arange(64) % len(train))[0]  # [64, T, 3, H, W]
+    dims_agree = {}
+    for kind in ("batch", "whiten"):
+        config = tiny_config()
+        config.actions.action_norm = kind
+        lam = LatentActionModel(config.validate()).train()
+        lam.encoder = CorrelatedEncoder()
+        torch.manual_seed(0)
+        pre, quantised = lam.infer_actions(frames)  # [64, T-1, 2] each
+        dims_agree[kind] = (quantised[..., 0] == quantised[..., 1]).float().mean().item()
+        if kind == "whiten":
+            for step in range(pre.shape[1]):
+                covariance = torch.cov(pre[:, step].T)  # [2, 2]
+                assert torch.allclose(covariance, torch.eye(2), atol=0.02), (step, covariance)
+    assert dims_agree["batch"] > 0.9 and dims_agree["whiten"] < 0.75, dims_agree  # whitened: independent bits
+    lam.eval()  # running statistics at eval: the same whitening, one clip at a time
+    assert lam.infer_actions(frames[:1])[1].shape == (1, frames.shape[1] - 1, 2)
+
+
 def test_anti_collapse_options_leave_the_anchors_ids_and_parameters_alone():
     config = tiny_config()
     anchor_json = stages.stage_config_json(config, "actions")

@@ -52,7 +52,8 @@ class ActionsConfig(StageConfig):
     decoder_context: str = field(default="first", metadata={OPT_IN: True})
     # action_norm: "batch" standardises each transition step's pre-quantisation latents over the
     # batch (running statistics at eval), so every step's 2-level codes split the batch instead of
-    # all falling on one side, or encoding only the time step.
+    # all falling on one side, or encoding only the time step. "whiten" also decorrelates the action
+    # dims, so they cannot both learn the same feature (README "Controllability").
     action_norm: str = field(default="none", metadata={OPT_IN: True})
 
 
@@ -138,8 +139,9 @@ class WorldModelConfig:
         if self.actions.decoder_context not in ("first", "all"):
             raise WorldbenchError(
                 f"actions.decoder_context {self.actions.decoder_context!r} is not one of: 'first', 'all'")
-        if self.actions.action_norm not in ("none", "batch"):
-            raise WorldbenchError(f"actions.action_norm {self.actions.action_norm!r} is not one of: 'none', 'batch'")
+        if self.actions.action_norm not in ("none", "batch", "whiten"):
+            raise WorldbenchError(
+                f"actions.action_norm {self.actions.action_norm!r} is not one of: 'none', 'batch', 'whiten'")
         for name in STAGES:
             stage = self.stage(name)
             for key in ("embed_dim", "heads", "hidden", "blocks", "steps", "batch_size", "log_every",

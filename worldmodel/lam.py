@@ -12,6 +12,58 @@ from worldmodel.fsq import FSQ
 from worldmodel.layers import PatchEmbed, STTransformer, unpatchify
 
 
+class StepBatchNorm(nn.BatchNorm1d):
+    """Standardise each (transition step, action dim) over the batch; running statistics at eval."""
+
+    def __init__(self, steps: int, action_dim: int):
+        # One (step, dim) feature per transition: [B, T-1, A] -> [B, (T-1) A] for a plain BatchNorm.
+        super().__init__(steps * action_dim, affine=False)
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        # [B, T-1, A] -> [B, T-1, A]
+        flat = super().forward(rearrange(latents, "b t a -> b (t a)"))  # [B, (T-1) A]
+        return rearrange(flat, "b (t a) -> b t a", t=latents.shape[1])
+
+
+class StepBatchWhitening(nn.Module):
+    """Whiten each transition step's latents over the batch: zero mean, identity covariance.
+
+    Standardising alone lets both action dims learn the same feature (two codes of four used, the
+    "moved or not" bit twice); whitening makes the dims uncorrelated, so the second one has to carry
+    something the first does not. Cholesky whitening: z = L^-1 (x - mean) with cov = L L^T.
+    """
+
+    def __init__(self, steps: int, action_dim: int, momentum: float = 0.1, eps: float = 1e-5):
+        super().__init__()
+        self.momentum, self.eps = momentum, eps
+        self.register_buffer("running_mean", torch.zeros(steps, action_dim))
+        self.register_buffer("running_cov", torch.eye(action_dim).repeat(steps, 1, 1))
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        # [B, T-1, A] -> [B, T-1, A]
+        if self.training:
+            mean = latents.mean(dim=0)  # [T-1, A]
+            centred = latents - mean
+            cov = torch.einsum("bti,btj->tij", centred, centred) / (latents.shape[0] - 1)  # [T-1, A, A]
+            with torch.no_grad():
+                self.running_mean.lerp_(mean, self.momentum)
+                self.running_cov.lerp_(cov, self.momentum)
+        else:
+            mean, cov = self.running_mean, self.running_cov
+            centred = latents - mean
+        cov = cov + self.eps * torch.eye(cov.shape[-1], device=cov.device, dtype=cov.dtype)
+        lower = torch.linalg.cholesky(cov)  # [T-1, A, A]
+        whitened = torch.linalg.solve_triangular(lower, rearrange(centred, "b t a -> t a b"), upper=False)
+        return rearrange(whitened, "t a b -> b t a")
+
+
+ACTION_NORMS = {"batch": StepBatchNorm, "whiten": StepBatchWhitening}  # plus "none": the anchor's raw latents
+
+
+def make_action_norm(kind: str, steps: int, action_dim: int) -> nn.Module | None:
+    return None if kind == "none" else ACTION_NORMS[kind](steps, action_dim)
+
+
 class LatentActionModel(nn.Module):
     def __init__(self, config: WorldModelConfig):
         super().__init__()
@@ -23,9 +75,7 @@ class LatentActionModel(nn.Module):
         self.fsq = FSQ(A, 2)
         self.encoder = lookup("lam_encoder", stage.encoder)(config)
         self.mask_later_frames = stage.decoder_context == "first"
-        # One (step, dim) feature per transition: [B, T-1, A] -> [B, (T-1) A] for a plain BatchNorm.
-        self.action_norm = (nn.BatchNorm1d((config.window - 1) * A, affine=False)
-                            if stage.action_norm == "batch" else None)
+        self.action_norm = make_action_norm(stage.action_norm, config.window - 1, A)
         self.embed = PatchEmbed(config.frame_size, config.patch_size, E)
         self.mask_token = nn.Parameter(torch.zeros(E))
         self.decoder = STTransformer(E, stage.heads, stage.hidden, stage.blocks, config.window, cond_dim=A)
@@ -38,10 +88,7 @@ class LatentActionModel(nn.Module):
     def _encode(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(encoder output, pre-quantisation latents, quantised actions), each [B, T-1, A]."""
         raw = self.encoder(frames)  # [B, T-1, A]
-        pre = raw
-        if self.action_norm is not None:
-            steps = raw.shape[1]
-            pre = rearrange(self.action_norm(rearrange(raw, "b t a -> b (t a)")), "b (t a) -> b t a", t=steps)
+        pre = raw if self.action_norm is None else self.action_norm(raw)
         return raw, pre, self.fsq.quantize(pre)
 
     def decode(self, frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:

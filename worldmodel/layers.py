@@ -187,7 +187,11 @@ class SwiGLU(nn.Module):
             w = torch.cat([value_w, zeros_w, gate_w, zeros_w])
             b = torch.cat([value_b, zeros_b, gate_b, zeros_b])
             w_out = torch.cat([w_out, w_out.new_zeros(w_out.shape[0], pad)], dim=1)
-        return F.linear(kernels.swiglu(F.linear(x, w, b)), w_out, self.out.bias)
+        h = F.linear(x, w, b)  # float32 x can still give bf16 h under autocast: check what the kernel gets
+        if kernels.use_native(h):
+            return F.linear(kernels.swiglu(h), w_out, self.out.bias)
+        value, gate = h.chunk(2, dim=-1)
+        return F.linear(F.silu(value) * gate, w_out, self.out.bias)
 
 
 def make_norm(dim: int, cond_dim: int | None) -> nn.Module:

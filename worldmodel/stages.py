@@ -168,7 +168,7 @@ def run_actions(config: WorldModelConfig, train: VideoWindows, val: VideoWindows
     model = LatentActionModel(config)
 
     def evaluate(model: LatentActionModel) -> dict[str, float]:
-        losses, penalties, pre_latents, codes, truths, decoder_spread = [], [], [], [], [], []
+        losses, penalties, variances, codes, truths, decoder_spread = [], [], [], [], [], []
         device = model.mask_token.device
         all_codes = model.fsq.from_indices(torch.arange(config.n_actions, device=device))  # [n_actions, A]
         for which in eval_indices(val, config, "actions"):
@@ -176,8 +176,8 @@ def run_actions(config: WorldModelConfig, train: VideoWindows, val: VideoWindows
             _, extras = model.loss(frames)
             losses.append(float(extras["reconstruction"]))  # the task loss: the variance hinge is a KPI of its own
             penalties.append(float(extras["variance_penalty"]))
-            pre, quantised = model.infer_actions(frames)
-            pre_latents.append(pre.flatten(0, 1))
+            variances.append(float(extras["encoder_variance"]))  # the training curve's definition, raw latents
+            _, quantised = model.infer_actions(frames)
             codes.append(model.fsq.to_indices(quantised).flatten())
             truths.append(true_actions.flatten())
             # How much the decoder's prediction depends on the action: variance across every code.
@@ -191,7 +191,7 @@ def run_actions(config: WorldModelConfig, train: VideoWindows, val: VideoWindows
         usage, perplexity = codebook_stats(codes_all, config.n_actions)
         metrics = {"val_loss": float(np.mean(losses)), "variance_penalty": float(np.mean(penalties)),
                    "codebook_usage": usage, "codebook_perplexity": perplexity,
-                   "encoder_variance": torch.cat(pre_latents).var(dim=0).mean().item(),
+                   "encoder_variance": float(np.mean(variances)),
                    "decoder_variance": float(np.mean(decoder_spread))}
         known = truth_all >= 0
         if known.any():

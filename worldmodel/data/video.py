@@ -62,6 +62,11 @@ def check_frames_layout(dtype: np.dtype, shape: tuple[int, ...], where: str) -> 
         raise WorldbenchError(
             f"{where}: 'frames' has shape {list(shape)}, must be [N, H, W, 3]; store RGB frames channels-last"
         )
+    if shape[1] != shape[2]:  # resizing would distort them silently
+        raise WorldbenchError(
+            f"{where}: frames are {shape[1]}x{shape[2]} (height x width), the model needs square frames; "
+            f"crop or pad them to {min(shape[1:3])}x{min(shape[1:3])} or {max(shape[1:3])}x{max(shape[1:3])}"
+        )
 
 
 def check_video(

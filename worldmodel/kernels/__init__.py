@@ -179,14 +179,35 @@ def _ptr(t: torch.Tensor) -> int:
     return t.data_ptr()
 
 
+def _checked(kernel: str, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    """The tensors as the C code reads them (contiguous float32 on the CPU), or a one-line error.
+
+    The kernels index raw pointers with the sizes they are given, so any other dtype (bf16 under
+    autocast), device or layout would read and write out of bounds: refuse it here, never in C.
+    Callers (worldmodel.layers) check `use_native` first and take the PyTorch path otherwise.
+    """
+    for t in tensors:
+        if t.device.type != "cpu" or t.dtype != torch.float32:
+            raise WorldbenchError(f"the native {kernel} takes float32 CPU tensors, got {t.dtype} on {t.device}; "
+                                  f"use the PyTorch path (or set {ENV_VAR}=torch)")
+    return [t.contiguous() for t in tensors]
+
+
+def _check_shape(kernel: str, ok: bool, detail: str) -> None:
+    if not ok:
+        raise WorldbenchError(f"the native {kernel} got mismatched shapes: {detail}")
+
+
 # ----------------------------------------------------------------------------- attention
 
 class _Attention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qkv: torch.Tensor, heads: int, causal: bool, seq_dim: int) -> torch.Tensor:
         lib = library()
-        qkv = qkv.contiguous()
+        (qkv,) = _checked("attention", qkv)
         shape = qkv.shape
+        _check_shape("attention", heads >= 1 and 0 <= seq_dim < qkv.dim() - 1 and shape[-1] % (3 * heads) == 0,
+                     f"qkv {list(shape)}, {heads} heads, sequence axis {seq_dim}")
         outer, S, inner = math.prod(shape[:seq_dim]), shape[seq_dim], math.prod(shape[seq_dim + 1 : -1])
         d = shape[-1] // (3 * heads)
         y = qkv.new_empty(*shape[:-1], heads * d)
@@ -203,7 +224,8 @@ class _Attention(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy: torch.Tensor):
         qkv, y, stats = ctx.saved_tensors
-        dy = dy.contiguous()
+        (dy,) = _checked("attention", dy)
+        _check_shape("attention", dy.shape == y.shape, f"gradient {list(dy.shape)} for output {list(y.shape)}")
         dqkv = torch.empty_like(qkv)
         library().wb_attention_backward(_ptr(qkv), _ptr(y), _ptr(dy), _ptr(stats), _ptr(dqkv), *ctx.config, _threads())
         return dqkv, None, None, None
@@ -223,7 +245,9 @@ def attention(qkv: torch.Tensor, heads: int, causal: bool, seq_dim: int) -> torc
 class _AddRMSNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, f: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        x, f, weight = x.contiguous(), f.contiguous(), weight.contiguous()
+        x, f, weight = _checked("residual RMSNorm", x, f, weight)
+        _check_shape("residual RMSNorm", x.shape == f.shape and weight.shape == x.shape[-1:],
+                     f"x {list(x.shape)}, f {list(f.shape)}, weight {list(weight.shape)}")
         E = x.shape[-1]
         N = x.numel() // E
         y, zhat = torch.empty_like(x), torch.empty_like(x)
@@ -237,7 +261,8 @@ class _AddRMSNorm(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy: torch.Tensor):
         zhat, rstd, weight = ctx.saved_tensors
-        dy = dy.contiguous()
+        (dy,) = _checked("residual RMSNorm", dy)
+        _check_shape("residual RMSNorm", dy.shape == zhat.shape, f"gradient {list(dy.shape)} for {list(zhat.shape)}")
         E = zhat.shape[-1]
         N = zhat.numel() // E
         dz = torch.empty_like(zhat)
@@ -256,7 +281,10 @@ def add_rmsnorm(x: torch.Tensor, f: torch.Tensor, weight: torch.Tensor, eps: flo
 class _AddFiLMNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, f: torch.Tensor, film: torch.Tensor, group: int, eps: float) -> torch.Tensor:
-        x, f, film = x.contiguous(), f.contiguous(), film.contiguous()
+        x, f, film = _checked("residual FiLM norm", x, f, film)
+        _check_shape("residual FiLM norm", x.dim() >= 2 and x.shape == f.shape
+                     and film.shape == (*x.shape[:-2], 2 * x.shape[-1]) and group == x.shape[-2],
+                     f"x {list(x.shape)}, f {list(f.shape)}, film {list(film.shape)}")
         E = x.shape[-1]
         N = x.numel() // E
         y, zhat = torch.empty_like(x), torch.empty_like(x)
@@ -271,7 +299,8 @@ class _AddFiLMNorm(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy: torch.Tensor):
         zhat, rstd, film = ctx.saved_tensors
-        dy = dy.contiguous()
+        (dy,) = _checked("residual FiLM norm", dy)
+        _check_shape("residual FiLM norm", dy.shape == zhat.shape, f"gradient {list(dy.shape)} for {list(zhat.shape)}")
         E = zhat.shape[-1]
         N = zhat.numel() // E
         dz = torch.empty_like(zhat)
@@ -295,7 +324,7 @@ def add_filmnorm(x: torch.Tensor, f: torch.Tensor, film: torch.Tensor, eps: floa
 class _SwiGLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: torch.Tensor) -> torch.Tensor:
-        h = h.contiguous()
+        (h,) = _checked("SwiGLU", h)
         width = h.shape[-1] // 2
         N = h.numel() // h.shape[-1]
         u = h.new_empty(*h.shape[:-1], width)
@@ -307,8 +336,9 @@ class _SwiGLU(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, du: torch.Tensor):
         (h,) = ctx.saved_tensors
-        du = du.contiguous()
+        (du,) = _checked("SwiGLU", du)
         width = h.shape[-1] // 2
+        _check_shape("SwiGLU", du.shape == (*h.shape[:-1], width), f"gradient {list(du.shape)} for {list(h.shape)}")
         N = h.numel() // h.shape[-1]
         dh = torch.empty_like(h)
         library().wb_swiglu_backward(_ptr(h), _ptr(du), _ptr(dh), N, width, _threads())

@@ -1,0 +1,161 @@
+"""`bench gate --baseline-ref REF`: the baseline arm trained by the code at a git commit.
+
+REF is resolved in the git checkout this code runs from and checked out, detached, into
+`<results>/worktrees/<sha12>`. The baseline arm is planned and trained there by REF's own code
+(`python -m harness.cli run` with that tree first on sys.path), with REF's own bench.toml unless
+--config is given, and recorded into the same store as the candidate arm. Run ids hash the
+source they run, so a commit benchmarked before (the push to the main branch, or an earlier
+gate) has its runs reused, and REF's run ids are exactly the ones its `bench run` records.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from harness.matrix import WORLDMODEL_DIR
+from worldmodel.config import STAGES
+from worldmodel.errors import WorldbenchError
+
+ROOT = WORLDMODEL_DIR.parent  # the checkout whose code runs the candidate arm
+CODE_PATHS = ("worldmodel", "variants", "harness", "bench.toml")  # what a run's numbers depend on
+
+# Runs in REF's worktree with REF's code: the run ids its `bench run` records for one arm, seed -> id.
+PLAN_SCRIPT = """
+import json, sys
+from harness.matrix import plan_runs
+from harness.suite import load_suite
+from worldmodel.errors import WorldbenchError
+config, profile, dataset, variant, seeds = sys.argv[1:6]
+try:
+    specs = plan_runs(load_suite(config), profile, dataset, [variant], [int(s) for s in seeds.split(",")])
+except WorldbenchError as err:
+    sys.exit(str(err))
+print(json.dumps({spec.seed: spec.run_id for spec in specs}))
+"""
+
+
+def git(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "no message"
+
+
+def uncommitted_code() -> list[str]:
+    """Paths under CODE_PATHS with changes no commit holds (modified, staged or new, not ignored)."""
+    status = git("status", "--porcelain", "--", *CODE_PATHS)
+    return [line[3:] for line in status.stdout.splitlines() if line.strip()]
+
+
+@dataclass
+class BaselineRef:
+    """The commit the baseline arm runs, its worktree, and the checkout the candidate arm runs."""
+    ref: str  # as given on the command line
+    commit: str  # REF resolved to a full sha
+    project: Path  # REF's project folder inside its worktree (cwd and sys.path[0] of its processes)
+    config: Path  # the suite file REF's code reads
+    head: str  # the candidate checkout's commit
+    changes: list[str]  # the candidate's uncommitted code paths (only with --allow-dirty)
+    _plans: dict = field(default_factory=dict, repr=False)
+
+    def code(self, role: str) -> str:
+        """One line naming the code the baseline or candidate arm ran."""
+        if role == "baseline":
+            return f"commit {self.commit} (--baseline-ref {self.ref})"
+        dirty = f" with uncommitted changes to {', '.join(self.changes[:3])}" if self.changes else ""
+        return f"commit {self.head}{dirty} (this checkout)"
+
+    def environment(self) -> dict[str, str]:
+        return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(self.project),
+                                                                         os.environ.get("PYTHONPATH")]))}
+
+    def run_ids(self, profile: str, dataset: str, variant: str, seeds: list[int]) -> dict[int, str]:
+        """Seed -> run id of the baseline arm as REF's code plans it; exit 2 when REF cannot run it."""
+        key = (profile, dataset, variant, tuple(seeds))
+        if key not in self._plans:
+            result = subprocess.run([sys.executable, "-c", PLAN_SCRIPT, str(self.config), profile, dataset, variant,
+                                     ",".join(map(str, seeds))], cwd=self.project, env=self.environment(),
+                                    capture_output=True, text=True)
+            if result.returncode != 0:
+                raise WorldbenchError(f"--baseline-ref {self.ref} ({self.commit[:12]}): its code cannot run variant "
+                                      f"'{variant}' on profile '{profile}', dataset '{dataset}': "
+                                      f"{last_line(result.stderr)}; pick a REF that has it, or another --baseline")
+            plan = json.loads(last_line(result.stdout))
+            self._plans[key] = {int(seed): run_id for seed, run_id in plan.items()}
+        return self._plans[key]
+
+    def train(self, results: Path, profile: str, dataset: str, variant: str, seeds: list[int], jobs: int,
+              quiet: bool) -> None:
+        """Train and record the baseline arm with REF's own CLI (it skips runs the store already has)."""
+        command = [sys.executable, "-m", "harness.cli", "run", "--config", str(self.config), "--profile", profile,
+                   "--dataset", dataset, "--variants", variant, "--seeds", ",".join(map(str, seeds)),
+                   "--results", str(results.resolve()), "--jobs", str(jobs), "--device", "cpu"]
+        code = subprocess.run(command + (["--quiet"] if quiet else []), cwd=self.project, env=self.environment(),
+                              stdout=subprocess.DEVNULL if quiet else None).returncode
+        if code not in (0, 4):  # 4: some runs crashed; they are recorded as failed and count against the arm
+            raise WorldbenchError(f"--baseline-ref {self.ref} ({self.commit[:12]}): its `bench run` of the baseline "
+                                  f"arm exited {code} (its message is above)")
+
+    def checkpoints(self, cache: Path, runs: pd.DataFrame) -> tuple[dict[str, Path], str]:
+        """REF's stage checkpoints of the baseline arm's first finished run, and which run that is."""
+        ok = runs[runs["status"] == "ok"].sort_values("seed")
+        if ok.empty:
+            return {}, ""
+        row = ok.iloc[0]
+        stage_ids = json.loads(row["stage_ids_json"] or "{}")
+        paths = {stage: cache / "stages" / f"{stage}-{stage_ids[stage]}" / "checkpoint.pt"
+                 for stage in STAGES if stage in stage_ids}
+        return paths, f"{self.commit[:12]} (baseline arm, seed {int(row['seed'])})"
+
+
+def checkout(commit: str, results: Path) -> Path:
+    """A detached worktree of `commit` under <results>/worktrees, reused when it is already there and clean."""
+    tree = (results / "worktrees" / commit[:12]).resolve()
+    if tree.exists():
+        top = git("rev-parse", "--show-toplevel", cwd=tree).stdout.strip()
+        head = git("rev-parse", "HEAD", cwd=tree).stdout.strip()
+        clean = not git("status", "--porcelain", "--untracked-files=no", cwd=tree).stdout.strip()
+        if top and Path(top).resolve() == tree and head == commit and clean:
+            return tree
+        # A stale copy, e.g. restored from a CI cache without its git metadata: check it out afresh.
+        git("worktree", "remove", "--force", str(tree))
+        shutil.rmtree(tree, ignore_errors=True)
+    git("worktree", "prune")
+    tree.parent.mkdir(parents=True, exist_ok=True)
+    added = git("worktree", "add", "--detach", str(tree), commit)
+    if added.returncode != 0:
+        raise WorldbenchError(f"cannot check out {commit[:12]} into '{tree}': {last_line(added.stderr)}")
+    return tree
+
+
+def prepare(ref: str, results: Path, config: str | None, allow_dirty: bool) -> BaselineRef:
+    """Resolve REF, refuse a dirty candidate, and check REF out; every problem is one line (exit 2)."""
+    prefix = git("rev-parse", "--show-prefix")
+    if prefix.returncode != 0:
+        raise WorldbenchError(f"--baseline-ref needs a git checkout of the project; '{ROOT}' is not in one "
+                              f"(install with `pip install -e .` from a clone)")
+    resolved = git("rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}")
+    if resolved.returncode != 0:
+        raise WorldbenchError(f"--baseline-ref: '{ref}' does not name a commit in '{ROOT}'; pass a branch, tag or sha "
+                              f"that exists locally (fetch it first; in CI check out with fetch-depth: 0)")
+    changes = uncommitted_code()
+    if changes and not allow_dirty:
+        shown = ", ".join(changes[:3]) + (f" and {len(changes) - 3} more" if len(changes) > 3 else "")
+        raise WorldbenchError(f"--baseline-ref: uncommitted changes to {shown}; the candidate arm would run code that "
+                              f"no commit names, so commit them first (or pass --allow-dirty to compare them anyway)")
+    commit = resolved.stdout.strip()
+    project = checkout(commit, results) / prefix.stdout.strip()
+    suite_file = Path(config).resolve() if config else project / "bench.toml"
+    if not suite_file.is_file():
+        raise WorldbenchError(f"--baseline-ref {ref} ({commit[:12]}) has no {suite_file.name}; pass --config FILE")
+    head = git("rev-parse", "HEAD").stdout.strip()
+    return BaselineRef(ref, commit, project, suite_file, head, changes)

@@ -1,0 +1,129 @@
+"""The run schedule: seeds interleaved across arms, timing KPIs blocking only when measured side by side,
+and sequential looks that keep every earlier seed and never exceed --max-seeds."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+from harness import gate
+from harness.bench import timing_paired
+from harness.cli import main
+from harness.gate import Selection, extend_seeds, look_sizes, rules_for
+from harness.kpis import KPIS
+from harness.matrix import plan_runs
+from harness.stats import alpha_spending
+from harness.suite import load_suite
+
+SUITE = str(Path(__file__).resolve().parents[1] / "bench.toml")
+
+
+@pytest.fixture(scope="module")
+def suite():
+    return load_suite(SUITE)
+
+
+def test_plans_put_each_seeds_baseline_and_candidate_runs_side_by_side(suite):
+    specs = plan_runs(suite, "smoke", "sprite_world", ["meanpool_concat", "windowed_attention"], [0, 1, 2])
+    assert [(s.variant, s.seed) for s in specs] == [
+        ("meanpool_concat", 0), ("windowed_attention", 0), ("meanpool_concat", 1), ("windowed_attention", 1),
+        ("meanpool_concat", 2), ("windowed_attention", 2)]
+    selection = Selection("smoke", "sprite_world", "meanpool_concat", "windowed_attention", [0, 1], [0, 1])
+    planned, arm_of = selection.plan(suite)
+    assert [(s.variant, s.seed) for s in planned] == [
+        ("meanpool_concat", 0), ("windowed_attention", 0), ("meanpool_concat", 1), ("windowed_attention", 1)]
+    assert len(planned) == 4 and len({spec.run_id for spec in planned}) == 4
+
+
+def runs_frame(batches: dict[tuple[str, int], str]) -> pd.DataFrame:
+    return pd.DataFrame([{"arm": arm, "seed": seed, "status": "ok", "batch": batch}
+                         for (arm, seed), batch in batches.items()])
+
+
+def test_timing_kpis_block_only_when_both_arms_ran_in_one_interleaved_batch(suite):
+    together = runs_frame({("b", 0): "x", ("c", 0): "x", ("b", 1): "x", ("c", 1): "x"})
+    reused = runs_frame({("b", 0): "old", ("c", 0): "new", ("b", 1): "old", ("c", 1): "new"})
+    unknown = runs_frame({("b", 0): "", ("c", 0): "", ("b", 1): "", ("c", 1): ""})
+    unpaired = runs_frame({("b", 0): "x", ("c", 5): "x"})
+    assert timing_paired(together, "b", "c")
+    assert not any(timing_paired(runs, "b", "c") for runs in (reused, unknown, unpaired))
+
+    timing = [name for name in suite.kpis if KPIS[name].timing]
+    blocking_suite = SimpleNamespace(kpis={name: SimpleNamespace(direction=KPIS[name].direction, scale="log",
+                                                                 margin=0.1, blocking=True) for name in timing})
+    assert all(rule.blocking for rule in rules_for(blocking_suite, timing_paired=True))
+    assert not any(rule.blocking for rule in rules_for(blocking_suite, timing_paired=False))
+
+
+def test_a_run_records_the_machine_load_and_its_batch(tmp_path, monkeypatch):
+    from harness import bench
+
+    recorded = []
+    monkeypatch.setattr(bench, "run_local", lambda specs, root, jobs, plugins, on_record, *rest: [
+        on_record(bench.RunRecord(run={**bench_run(spec), "load_avg_1m": os.getloadavg()[0]})) for spec in specs])
+    suite = load_suite(SUITE)
+    specs = plan_runs(suite, "smoke", "sprite_world", ["meanpool_concat", "windowed_attention"], [0])
+    runs = bench.execute(suite, specs, bench.Execution(tmp_path / "results"), on_recorded=recorded.append)
+    assert len(runs) == 2 and runs["load_avg_1m"].notna().all() and runs["load_avg_1m"].ge(0).all()
+    assert runs["batch"].nunique() == 1 and runs["batch"].iloc[0]
+
+
+def bench_run(spec) -> dict:
+    return {"run_id": spec.run_id, "profile": spec.profile, "dataset": spec.dataset, "variant": spec.variant,
+            "seed": spec.seed, "status": "ok", "error": "", "failed_stage": "", "diverged_step": -1,
+            "config_json": "{}", "stage_ids_json": "{}", "torch_version": "", "device": "cpu", "precision": "fp32",
+            "cpu_model": "", "host": "", "executor": "local", "started_at": "t0", "finished_at": "t1"}
+
+
+def test_look_sizes_never_exceed_max_seeds():
+    assert look_sizes(5, 12) == [5, 10, 12]
+    assert look_sizes(5, 10) == [5, 10]
+    assert look_sizes(5, 5) == [5]
+    assert look_sizes(3, 4) == [3, 4]
+    spent = alpha_spending(3, 0.05, [5 / 12, 10 / 12, 1.0])
+    # O'Brien-Fleming spending by information: little at 5 seeds, most by 10, the short last look the rest.
+    assert sum(spent) == pytest.approx(0.05) and 0 < spent[0] < spent[2] < spent[1]
+
+
+@pytest.mark.parametrize("baseline,candidate", [([0, 1], [0, 1]), ([0, 1], [2, 3])], ids=["paired", "unpaired"])
+def test_later_looks_keep_every_seed_of_earlier_looks(baseline, candidate):
+    looks = [extend_seeds(baseline, candidate, extra) for extra in (0, 2, 4, 5)]
+    for (b1, c1), (b2, c2) in zip(looks, looks[1:]):
+        assert b2[:len(b1)] == b1 and c2[:len(c1)] == c1  # no earlier run dropped, none wasted
+    for b, c in looks:
+        assert len(b) == len(set(b)) and len(c) == len(set(c))
+        assert (b == c) if baseline == candidate else not set(b) & set(c)  # paired stays paired, unpaired apart
+
+
+def test_sequential_gate_runs_looks_of_5_10_12_with_max_seeds_12(tmp_path, monkeypatch):
+    looks = []
+
+    def fake_build_report(suite, store, selection, alpha, reproduce):
+        looks.append((list(selection.baseline_seeds), list(selection.candidate_seeds), alpha))
+        return SimpleNamespace(comparison=SimpleNamespace(verdict="INCONCLUSIVE", reasons=[]), notes=[], title="t",
+                               runs=pd.DataFrame({"status": pd.Series([], dtype=str)}), descriptions={})
+
+    monkeypatch.setattr("harness.cli.run_with_progress",
+                        lambda *args: pd.DataFrame({"status": pd.Series([], dtype=str)}))
+    monkeypatch.setattr(gate, "build_report_input", fake_build_report)
+    monkeypatch.setattr(gate, "write_report", lambda report, out, formats: {})
+    monkeypatch.setattr(gate, "describe_arms", lambda *args: None, raising=False)
+    code = main(["gate", "--config", SUITE, "--profile", "smoke", "--baseline", "meanpool_concat",
+                 "--candidate", "windowed_attention", "--seeds", "0-4", "--candidate-seeds", "10-14",
+                 "--sequential", "--max-seeds", "12", "--results", str(tmp_path / "r"), "--quiet"])
+    assert code == 3
+    assert [len(b) for b, _, _ in looks] == [5, 10, 12] and [len(c) for _, c, _ in looks] == [5, 10, 12]
+    for (b1, c1, _), (b2, c2, _) in zip(looks, looks[1:]):
+        assert b2[:len(b1)] == b1 and c2[:len(c1)] == c1
+    assert sum(alpha for *_, alpha in looks) == pytest.approx(load_suite(SUITE).comparison.alpha)
+
+
+def test_max_seeds_below_the_first_look_is_a_usage_error(tmp_path, capsys):
+    code = main(["gate", "--config", SUITE, "--profile", "smoke", "--seeds", "0-4", "--sequential",
+                 "--max-seeds", "3", "--results", str(tmp_path / "r"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--max-seeds 3 is below the 5 seeds" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
