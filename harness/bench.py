@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.executors import run_local, run_ray
+from harness.executors import check_ray_address, run_local, run_ray
 from harness.matrix import WORLDMODEL_DIR, RunSpec, code_hash
 from harness.runner import Progress, RunRecord
 from harness.store import Store
@@ -81,6 +81,8 @@ def execute(suite: Suite, specs: list[RunSpec], execution: Execution, progress: 
     finished = set() if recorded is None else set(recorded.loc[recorded["status"].isin(FINAL_STATUSES), "run_id"])
     todo = specs if execution.force else [spec for spec in specs if spec.run_id not in finished]
     preflight(todo)
+    if todo and execution.executor == "ray" and execution.ray_address:
+        check_ray_address(execution.ray_address)
     store = Store(execution.results)
     if execution.force:
         for spec in todo:

@@ -9,6 +9,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -21,12 +22,16 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from harness.exits import (EXIT_CRASHED, EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_INTERRUPTED, EXIT_OK,  # noqa: F401
+                           EXIT_TERMINATED, EXIT_USAGE, VERDICT_EXIT)
 from worldmodel.errors import WorldbenchError
 
 if TYPE_CHECKING:
+    from harness.gate import Selection
+    from harness.suite import Suite
+    from harness.types import ReportInput
     from harness.validate import Validation
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INCONCLUSIVE, EXIT_CRASHED = 0, 1, 2, 3, 4
 console = Console(stderr=True)
 out = Console()
 
@@ -87,8 +92,7 @@ def build_parser() -> Parser:
     show.add_argument("run_id", help="run id (a unique prefix is enough)")
     add_results(show)
 
-    from harness import gate  # the report/gate commands live with the verdict logic
-    gate.add_commands(commands, add_config, add_results)
+    add_report_commands(commands)
 
     validate = commands.add_parser(
         "validate", help="planted-fault suite: each fault must FAIL against the baseline, A/A must not; "
@@ -262,6 +266,144 @@ def command_show(args) -> int:
     return EXIT_OK
 
 
+# ----------------------------------------------------------------------------- report / gate
+
+def add_report_commands(commands) -> None:
+    for name, help_text in (("report", "compare recorded runs and write the PR-acceptance report"),
+                            ("gate", "run (resuming) + report; exit 0 PASS, 1 FAIL, 2 usage, 3 INCONCLUSIVE, "
+                                     "4 runs crashed")):
+        parser = commands.add_parser(name, help=help_text, description=help_text)
+        add_config(parser)
+        parser.add_argument("--profile", help="profile (default: the comparison's)")
+        parser.add_argument("--dataset", help="dataset (default: the comparison's)")
+        parser.add_argument("--baseline", help="baseline variant (default: the comparison's)")
+        parser.add_argument("--candidate", help="candidate variant (default: the comparison's first)")
+        parser.add_argument("--seeds", help="seeds, e.g. 0-4 or 0,3 (default: the comparison's or profile's)")
+        parser.add_argument("--candidate-seeds", help="the candidate's seeds when they differ (unpaired comparison)")
+        add_results(parser)
+        parser.add_argument("--format", default="md,html,json", help="report formats (default md,html,json)")
+        parser.add_argument("--out", type=Path, help="report dir (default: <results>/report)")
+        if name == "gate":
+            parser.add_argument("--jobs", type=positive_int, default=2, help="runs in parallel (default 2)")
+            parser.add_argument("--sequential", action="store_true",
+                                help="add seeds in groups until decided, spending alpha per look")
+            parser.add_argument("--max-seeds", type=positive_int, help="with --sequential: most seeds (default 2x)")
+            parser.add_argument("--quiet", action="store_true", help="no progress bars")
+            parser.set_defaults(config=None)  # given or not decides which suite file --baseline-ref's code reads
+            parser.add_argument("--baseline-ref", metavar="REF",
+                                help="train the baseline arm with the code at this git commit (e.g. the merge base), "
+                                     "checked out under <results>/worktrees, with its own bench.toml unless --config "
+                                     "is given; the candidate (default: the same variant) runs this checkout")
+            parser.add_argument("--allow-dirty", action="store_true",
+                                help="with --baseline-ref: compare even with uncommitted changes to the code")
+
+
+def selection_from_args(args, suite: Suite) -> Selection:
+    from harness.gate import Selection
+    from harness.suite import seeds_option
+
+    comparison = suite.comparison
+    profile = args.profile or comparison.profile
+    seeds = seeds_option(args.seeds, suite.default_seeds(profile))
+    candidate_seeds = seeds_option(args.candidate_seeds, seeds, "--candidate-seeds")
+    baseline = args.baseline or comparison.baseline
+    # Against another commit the default candidate is the same variant: only the code differs between the arms.
+    candidate = args.candidate or (baseline if getattr(args, "baseline_ref", None) else comparison.candidates[0])
+    selection = Selection(profile, args.dataset or comparison.dataset, baseline, candidate, seeds, candidate_seeds)
+    suite.profile(selection.profile)
+    suite.dataset(selection.dataset)
+    suite.variant(selection.baseline)
+    suite.variant(selection.candidate)
+    return selection
+
+
+def parse_formats(text: str) -> list[str]:
+    formats = [f.strip() for f in text.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in ("md", "html", "json")]
+    if unknown or not formats:
+        raise WorldbenchError(f"--format: '{text}' is not a list of md, html, json; e.g. --format md,html")
+    return formats
+
+
+def reproduce_command(args, selection: Selection) -> str:
+    parts = ["bench", args.command, "--config", args.config, "--profile", selection.profile, "--dataset",
+             selection.dataset, "--baseline", selection.baseline, "--candidate", selection.candidate,
+             "--seeds", ",".join(map(str, selection.baseline_seeds))]
+    if selection.candidate_seeds != selection.baseline_seeds:
+        parts += ["--candidate-seeds", ",".join(map(str, selection.candidate_seeds))]
+    if selection.baseline_ref:
+        parts += ["--baseline-ref", selection.baseline_ref.commit] + (["--allow-dirty"] if args.allow_dirty else [])
+    return shlex.join(parts)
+
+
+def write_report(report: ReportInput, out: Path, formats: list[str]) -> dict[str, Path]:
+    """The report files, and the markdown appended to the GitHub job summary when there is one."""
+    from reports.render import render_markdown, write_reports
+
+    paths = write_reports(report, out, formats)
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a") as handle:
+            handle.write(render_markdown(report) + "\n")
+    return paths
+
+
+def print_verdict(report: ReportInput, paths: dict[str, Path]) -> None:
+    from reports.text import comparison_reasons
+
+    # Titles and reasons carry variant and profile names, which are user text: never rich markup.
+    colour = {"PASS": "green", "FAIL": "red"}.get(report.comparison.verdict, "yellow")
+    console.print(f"[bold {colour}]{report.comparison.verdict}[/]: {escape(report.title)}")
+    for reason in comparison_reasons(report.comparison):
+        console.print(f"  - {escape(reason)}", highlight=False)
+    for fmt, path in paths.items():
+        console.print(f"  {fmt}: {escape(str(path))}")
+
+
+def command_report(args) -> int:
+    from harness import gate
+    from harness.store import Store
+    from harness.suite import load_suite
+
+    formats = parse_formats(args.format)
+    suite = load_suite(args.config)
+    selection = selection_from_args(args, suite)
+    store = Store(args.results, create=False)
+    gate.require_recorded(suite, store, selection, args.results)
+    report = gate.build_report_input(suite, store, selection, suite.comparison.alpha,
+                                     reproduce_command(args, selection))
+    print_verdict(report, write_report(report, args.out or args.results / "report", formats))
+    return EXIT_OK
+
+
+def command_gate(args) -> int:
+    from harness import gate
+    from harness.baseline_ref import prepare as prepare_baseline_ref
+    from harness.bench import Execution
+    from harness.suite import DEFAULT_CONFIG_FILE, load_suite
+
+    formats = parse_formats(args.format)
+    config_given, args.config = args.config is not None, args.config or DEFAULT_CONFIG_FILE
+    suite = load_suite(args.config)
+    selection = selection_from_args(args, suite)
+    group = len(selection.baseline_seeds)
+    sizes = gate.look_sizes(group, args.max_seeds or 2 * group) if args.sequential else [group]  # before writing
+    finished_before = gate.finished_runs(args.results)  # also refuses a results dir that is not worldbench's
+    if args.baseline_ref:  # REF's own bench.toml unless --config was given
+        selection.baseline_ref = prepare_baseline_ref(args.baseline_ref, args.results,
+                                                      args.config if config_given else None, args.allow_dirty)
+    execution = Execution(args.results, args.jobs)
+    report, arms = gate.run_looks(
+        suite, selection, args.results, sizes, suite.comparison.alpha, args.sequential,
+        execute=lambda specs: run_with_progress(suite, specs, execution, args.quiet),
+        reproduce=lambda chosen: reproduce_command(args, chosen), jobs=args.jobs, quiet=args.quiet)
+    gate.describe_arms(report, selection, arms, finished_before)
+    print_verdict(report, write_report(report, args.out or args.results / "report", formats))
+    if (report.runs["status"] == "failed").any():
+        return EXIT_CRASHED
+    return VERDICT_EXIT[report.comparison.verdict]
+
+
 # ----------------------------------------------------------------------------- validate
 
 def command_validate(args) -> int:
@@ -295,8 +437,8 @@ def print_validation(result: Validation) -> None:
     out.print(table)
 
 
-COMMANDS = {"run": command_run, "list": command_list, "show": command_show, "validate": command_validate}
-EXIT_TERMINATED = 128 + signal.SIGTERM
+COMMANDS = {"run": command_run, "list": command_list, "show": command_show, "report": command_report,
+            "gate": command_gate, "validate": command_validate}
 
 
 class Terminated(BaseException):
@@ -325,17 +467,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
-        from harness import gate
-
-        handler = COMMANDS.get(args.command) or gate.COMMANDS[args.command]
         with sigterm_unwinds():
-            return handler(args)
+            return COMMANDS[args.command](args)
     except WorldbenchError as err:
         console.print(f"[red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         return EXIT_USAGE
     except KeyboardInterrupt:
         console.print("interrupted; rerun the same command to resume")
-        return 130
+        return EXIT_INTERRUPTED
     except Terminated:
         console.print("terminated (SIGTERM); workers stopped; rerun the same command to resume")
         return EXIT_TERMINATED

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from reports.model import CompatResult
+from harness.types import CompatResult
 from worldmodel import stages
 from worldmodel.config import STAGES, WorldModelConfig
 from worldmodel.errors import WorldbenchError

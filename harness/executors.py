@@ -15,6 +15,7 @@ import importlib
 import multiprocessing
 import os
 import queue as queue_module
+import socket
 import threading
 import time
 from contextlib import nullcontext
@@ -23,6 +24,7 @@ from typing import Callable
 
 from harness.matrix import RunSpec
 from harness.runner import Progress, RunRecord, execute_run, now
+from harness.types import RunRow
 from worldmodel.errors import WorldbenchError
 
 OnRecord = Callable[[RunRecord], None]
@@ -39,13 +41,13 @@ def _import_plugins(plugins: list[str]) -> None:
 
 def crashed_record(spec: RunSpec, executor: str, error: str) -> RunRecord:
     """A run whose worker died without reporting (killed for memory, segfault)."""
-    return RunRecord(run={
-        "run_id": spec.run_id, "profile": spec.profile, "dataset": spec.dataset, "variant": spec.variant,
-        "seed": spec.seed, "status": "failed", "error": error, "failed_stage": "", "diverged_step": -1,
-        "config_json": spec.resolved_json(), "stage_ids_json": "{}", "torch_version": "", "device": "",
-        "precision": spec.precision, "cpu_model": "", "host": "", "executor": executor, "started_at": now(),
-        "finished_at": now(),
-    })
+    return RunRecord(run=RunRow(
+        run_id=spec.run_id, profile=spec.profile, dataset=spec.dataset, variant=spec.variant,
+        seed=spec.seed, status="failed", error=error, failed_stage="", diverged_step=-1,
+        config_json=spec.resolved_json(), stage_ids_json="{}", torch_version="", device="",
+        precision=spec.precision, cpu_model="", host="", executor=executor, started_at=now(),
+        finished_at=now(),
+    ))
 
 
 # ----------------------------------------------------------------------------- local
@@ -122,6 +124,20 @@ def _drain(events, progress: Progress | None) -> None:
 def _ray_worker(spec: RunSpec, results_root: str, threads: int, plugins: list[str], device: str = "cpu") -> RunRecord:
     _import_plugins(plugins)
     return execute_run(spec, results_root, threads, "ray", device=device)
+
+
+def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
+    """Refuse an address nothing listens on: ray.init would otherwise retry for minutes, logging as it goes."""
+    if address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise WorldbenchError(f"--ray-address '{address}' is not HOST:PORT (or ray://HOST:PORT, or auto)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise WorldbenchError(f"--ray-address '{address}': nothing answers there ({err.strerror or err}); "
+                              f"start the cluster (`ray start --head`) or fix the address") from None
 
 
 def run_ray(specs: list[RunSpec], results_root: str, jobs: int, plugins: list[str], on_record: OnRecord,

@@ -1,12 +1,12 @@
-"""`bench report` and `bench gate`: recorded runs -> statistics -> verdict -> reports -> exit code.
+"""What `bench report` and `bench gate` compute: recorded runs -> statistics -> verdict -> ReportInput.
 
-gate = run (resuming) + report, exiting 0 PASS, 1 FAIL, 2 usage/config error, 3 INCONCLUSIVE,
-4 runs crashed. With --sequential, seeds are added in groups and alpha is spent per look.
+gate = run (resuming) + report. With --sequential, seeds are added in groups and alpha is spent per
+look (`run_looks`). This module returns data; harness/cli.py parses the arguments, prints, writes
+the report files and maps the verdict to an exit code (harness/exits.py).
 """
 from __future__ import annotations
 
-import os
-import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,16 +14,14 @@ import numpy as np
 import pandas as pd
 
 from harness import stats
-from harness.baseline_ref import BaselineRef, prepare as prepare_baseline_ref
+from harness.baseline_ref import BaselineRef
 from harness.bench import timing_paired
 from harness.kpis import COMPARE_TIME_KPIS, KPIS
 from harness.matrix import RunSpec, interleave, plan_runs
 from harness.store import Store
-from harness.suite import DEFAULT_CONFIG_FILE, Suite, load_suite, seeds_option
+from harness.suite import Suite
+from harness.types import Finding, KpiRule, Reason, ReportInput
 from worldmodel.errors import WorldbenchError
-
-EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_INCONCLUSIVE, EXIT_CRASHED = 0, 1, 2, 3, 4
-VERDICT_EXIT = {"PASS": EXIT_PASS, "FAIL": EXIT_FAIL, "INCONCLUSIVE": EXIT_INCONCLUSIVE}
 
 
 @dataclass
@@ -147,12 +145,13 @@ def dataset_has_actions(suite: Suite, dataset: str) -> bool:
         return True
 
 
-def rules_for(suite: Suite, has_actions: bool = True, timing_paired: bool = False) -> list[stats.KpiRule]:
-    """The statistics' rules; a KPI against ground-truth actions cannot block where there are none, and a
-    timing KPI (machine load) only where the arms' runs were scheduled side by side (harness.bench.timing_paired)."""
-    return [stats.KpiRule(name, rule.direction, rule.scale, rule.margin,
-                          rule.blocking and (has_actions or not KPIS[name].needs_actions)
-                          and (timing_paired or not KPIS[name].timing))
+def rules_for(suite: Suite, has_actions: bool = True, timing_paired: bool = False) -> list[KpiRule]:
+    """The suite's rules as the statistics judge them here: a KPI against ground-truth actions cannot block
+    where there are none, and a timing KPI (machine load) only where the arms' runs were scheduled side by
+    side (harness.bench.timing_paired)."""
+    return [KpiRule(name, rule.direction, rule.scale, rule.margin,
+                    rule.blocking and (has_actions or not KPIS[name].needs_actions)
+                    and (timing_paired or not KPIS[name].timing))
             for name, rule in suite.kpis.items()]
 
 
@@ -181,9 +180,8 @@ def compare_runs(suite: Suite, store: Store, selection: Selection, alpha: float)
 
 # ----------------------------------------------------------------------------- report input
 
-def build_report_input(suite: Suite, store: Store, selection: Selection, alpha: float, reproduce: str):
-    from harness.compat import check_compat
-    from reports.model import ReportInput
+def build_report_input(suite: Suite, store: Store, selection: Selection, alpha: float, reproduce: str) -> ReportInput:
+    from harness.compat import check_compat  # loads torch: only when a report is built
 
     comparison, runs, kpis, curves, notes = compare_runs(suite, store, selection, alpha)
     runs["variant"] = runs["arm"]  # the report shows arms; they are the variants unless one is compared to itself
@@ -226,126 +224,46 @@ def build_report_input(suite: Suite, store: Store, selection: Selection, alpha: 
         profile=selection.profile, notes=notes)
     if not report.compat.ok:  # a PR that breaks loading the baseline's checkpoints must not merge
         comparison.verdict = "FAIL"
-        comparison.reasons.append("backward compatibility: a baseline checkpoint no longer loads or runs")
+        comparison.reasons.append(Reason(Finding.COMPAT_BROKEN))
     return report
 
 
-def write_report(report, out: Path, formats: list[str]) -> dict[str, Path]:
-    from reports.render import render_markdown, write_reports
-
-    paths = write_reports(report, out, formats)
-    summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    if summary:
-        with open(summary, "a") as handle:
-            handle.write(render_markdown(report) + "\n")
-    return paths
-
-
-# ----------------------------------------------------------------------------- commands
-
-def selection_from_args(args, suite: Suite) -> Selection:
-    comparison = suite.comparison
-    profile = args.profile or comparison.profile
-    seeds = seeds_option(args.seeds, suite.default_seeds(profile))
-    candidate_seeds = seeds_option(args.candidate_seeds, seeds, "--candidate-seeds")
-    baseline = args.baseline or comparison.baseline
-    # Against another commit the default candidate is the same variant: only the code differs between the arms.
-    candidate = args.candidate or (baseline if getattr(args, "baseline_ref", None) else comparison.candidates[0])
-    selection = Selection(profile, args.dataset or comparison.dataset, baseline, candidate, seeds, candidate_seeds)
-    suite.profile(selection.profile)
-    suite.dataset(selection.dataset)
-    suite.variant(selection.baseline)
-    suite.variant(selection.candidate)
-    return selection
-
-
-def parse_formats(text: str) -> list[str]:
-    formats = [f.strip() for f in text.split(",") if f.strip()]
-    unknown = [f for f in formats if f not in ("md", "html", "json")]
-    if unknown or not formats:
-        raise WorldbenchError(f"--format: '{text}' is not a list of md, html, json; e.g. --format md,html")
-    return formats
-
-
-def reproduce_command(args, selection: Selection) -> str:
-    parts = ["bench", args.command, "--config", args.config, "--profile", selection.profile, "--dataset",
-             selection.dataset, "--baseline", selection.baseline, "--candidate", selection.candidate,
-             "--seeds", ",".join(map(str, selection.baseline_seeds))]
-    if selection.candidate_seeds != selection.baseline_seeds:
-        parts += ["--candidate-seeds", ",".join(map(str, selection.candidate_seeds))]
-    if selection.baseline_ref:
-        parts += ["--baseline-ref", selection.baseline_ref.commit] + (["--allow-dirty"] if args.allow_dirty else [])
-    return shlex.join(parts)
-
-
-def print_verdict(report, paths: dict[str, Path]) -> None:
-    from rich.markup import escape
-
-    from harness.cli import console
-
-    # Titles and reasons carry variant and profile names, which are user text: never rich markup.
-    colour = {"PASS": "green", "FAIL": "red"}.get(report.comparison.verdict, "yellow")
-    console.print(f"[bold {colour}]{report.comparison.verdict}[/]: {escape(report.title)}")
-    for reason in report.comparison.reasons:
-        console.print(f"  - {escape(reason)}", highlight=False)
-    for fmt, path in paths.items():
-        console.print(f"  {fmt}: {escape(str(path))}")
-
-
-def command_report(args) -> int:
-    formats = parse_formats(args.format)
-    suite = load_suite(args.config)
-    selection = selection_from_args(args, suite)
-    store = Store(args.results, create=False)
+def require_recorded(suite: Suite, store: Store, selection: Selection, results: Path) -> None:
+    """`bench report` needs some recorded run of the selection: a usage error names what to run first."""
     _, arms = selection.plan(suite)
     if not set(store.runs()["run_id"]) & set().union(*arms.values()):
         raise WorldbenchError(f"no recorded runs of {selection.baseline} or {selection.candidate} on profile "
-                              f"'{selection.profile}' in '{args.results}' for this code; run `bench run` first")
-    report = build_report_input(suite, store, selection, suite.comparison.alpha, reproduce_command(args, selection))
-    print_verdict(report, write_report(report, args.out or args.results / "report", formats))
-    return 0
+                              f"'{selection.profile}' in '{results}' for this code; run `bench run` first")
 
 
-def command_gate(args) -> int:
-    from harness.bench import Execution
-    from harness.cli import run_with_progress
+def run_looks(suite: Suite, selection: Selection, results: Path, sizes: list[int], alpha: float, sequential: bool,
+              execute: Callable[[list[RunSpec]], object], reproduce: Callable[[Selection], str],
+              jobs: int = 2, quiet: bool = False) -> tuple[ReportInput, dict[str, list[str]]]:
+    """The gate's looks: at each, extend both arms to `sizes[look]` seeds, train what is missing (`execute`;
+    REF's code trains the baseline arm with --baseline-ref), compare, and stop once the verdict is decided.
 
-    formats = parse_formats(args.format)
-    config_given, args.config = args.config is not None, args.config or DEFAULT_CONFIG_FILE
-    suite = load_suite(args.config)
-    selection = selection_from_args(args, suite)
+    Returns the last look's report input and its arms (label -> run ids)."""
     group = len(selection.baseline_seeds)
-    sizes = look_sizes(group, args.max_seeds or 2 * group) if args.sequential else [group]  # before writing
-    finished_before = finished_runs(args.results)  # also refuses a results dir that is not worldbench's
-    if args.baseline_ref:  # REF's own bench.toml unless --config was given
-        selection.baseline_ref = prepare_baseline_ref(args.baseline_ref, args.results,
-                                                      args.config if config_given else None, args.allow_dirty)
-    execution = Execution(args.results, args.jobs)
     baseline_seeds, candidate_seeds = selection.baseline_seeds, selection.candidate_seeds
-    alphas = [suite.comparison.alpha]
-    if args.sequential:
-        alphas = stats.alpha_spending(len(sizes), suite.comparison.alpha, [size / sizes[-1] for size in sizes])
+    alphas = [alpha]
+    if sequential:
+        alphas = stats.alpha_spending(len(sizes), alpha, [size / sizes[-1] for size in sizes])
     looks = len(sizes)
     for look in range(looks):
         selection.baseline_seeds, selection.candidate_seeds = extend_seeds(
             baseline_seeds, candidate_seeds, sizes[look] - group)
         specs, arms = selection.plan(suite)
-        if selection.baseline_ref and set(arms[selection.labels[0]]) - finished_runs(args.results):
-            selection.baseline_ref.train(args.results, selection.profile, selection.dataset, selection.baseline,
-                                         selection.baseline_seeds, args.jobs, args.quiet)
-        run_with_progress(suite, specs, execution, args.quiet)
-        report = build_report_input(suite, Store(args.results), selection, alphas[look],
-                                    reproduce_command(args, selection))
-        if args.sequential:
+        if selection.baseline_ref and set(arms[selection.labels[0]]) - finished_runs(results):
+            selection.baseline_ref.train(results, selection.profile, selection.dataset, selection.baseline,
+                                         selection.baseline_seeds, jobs, quiet)
+        execute(specs)
+        report = build_report_input(suite, Store(results), selection, alphas[look], reproduce(selection))
+        if sequential:
             report.notes.append(f"sequential look {look + 1} of {looks}: {len(selection.baseline_seeds)} seeds, "
                                 f"alpha {alphas[look]:.4f} spent at this look")
         if report.comparison.verdict != "INCONCLUSIVE":
             break
-    describe_arms(report, selection, arms, finished_before)
-    print_verdict(report, write_report(report, args.out or args.results / "report", formats))
-    if (report.runs["status"] == "failed").any():
-        return EXIT_CRASHED
-    return VERDICT_EXIT[report.comparison.verdict]
+    return report, arms
 
 
 def finished_runs(results: Path) -> set[str]:
@@ -390,38 +308,3 @@ def extend_seeds(baseline: list[int], candidate: list[int], extra: int) -> tuple
         return baseline + new, candidate + new
     return (baseline + list(range(start, start + 2 * extra, 2)),
             candidate + list(range(start + 1, start + 2 * extra, 2)))
-
-
-def add_commands(commands, add_config, add_results) -> None:
-    for name, help_text in (("report", "compare recorded runs and write the PR-acceptance report"),
-                            ("gate", "run (resuming) + report; exit 0 PASS, 1 FAIL, 2 usage, 3 INCONCLUSIVE, "
-                                     "4 runs crashed")):
-        parser = commands.add_parser(name, help=help_text, description=help_text)
-        add_config(parser)
-        parser.add_argument("--profile", help="profile (default: the comparison's)")
-        parser.add_argument("--dataset", help="dataset (default: the comparison's)")
-        parser.add_argument("--baseline", help="baseline variant (default: the comparison's)")
-        parser.add_argument("--candidate", help="candidate variant (default: the comparison's first)")
-        parser.add_argument("--seeds", help="seeds, e.g. 0-4 or 0,3 (default: the comparison's or profile's)")
-        parser.add_argument("--candidate-seeds", help="the candidate's seeds when they differ (unpaired comparison)")
-        add_results(parser)
-        parser.add_argument("--format", default="md,html,json", help="report formats (default md,html,json)")
-        parser.add_argument("--out", type=Path, help="report dir (default: <results>/report)")
-        if name == "gate":
-            from harness.cli import positive_int
-
-            parser.add_argument("--jobs", type=positive_int, default=2, help="runs in parallel (default 2)")
-            parser.add_argument("--sequential", action="store_true",
-                                help="add seeds in groups until decided, spending alpha per look")
-            parser.add_argument("--max-seeds", type=positive_int, help="with --sequential: most seeds (default 2x)")
-            parser.add_argument("--quiet", action="store_true", help="no progress bars")
-            parser.set_defaults(config=None)  # given or not decides which suite file --baseline-ref's code reads
-            parser.add_argument("--baseline-ref", metavar="REF",
-                                help="train the baseline arm with the code at this git commit (e.g. the merge base), "
-                                     "checked out under <results>/worktrees, with its own bench.toml unless --config "
-                                     "is given; the candidate (default: the same variant) runs this checkout")
-            parser.add_argument("--allow-dirty", action="store_true",
-                                help="with --baseline-ref: compare even with uncommitted changes to the code")
-
-
-COMMANDS = {"report": command_report, "gate": command_gate}

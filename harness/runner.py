@@ -22,6 +22,7 @@ import torch
 
 from harness.kpis import stage_kpis
 from harness.matrix import RunSpec
+from harness.types import RunRow
 from worldmodel import stages
 from worldmodel.config import WorldModelConfig
 from worldmodel.data import VideoData, VideoWindows, generate, load_hdf5, save_hdf5
@@ -34,7 +35,7 @@ Progress = Callable[[str, str, int, int, float], None]  # (run_id, stage, step, 
 
 @dataclass
 class RunRecord:
-    run: dict
+    run: RunRow  # the store's runs row, less the provenance harness.bench adds
     kpis: list[dict] = field(default_factory=list)
     curves: list[dict] = field(default_factory=list)
     rollouts: list[dict] = field(default_factory=list)
@@ -121,14 +122,14 @@ def execute_run(spec: RunSpec, results_root: str, threads: int, executor: str,
     torch.set_num_threads(threads)
     reset_peak_rss()
     started = now()
-    record = RunRecord(run={
-        "run_id": spec.run_id, "profile": spec.profile, "dataset": spec.dataset, "variant": spec.variant,
-        "seed": spec.seed, "status": "ok", "error": "", "failed_stage": "", "diverged_step": -1,
-        "config_json": spec.resolved_json(), "stage_ids_json": json.dumps(spec.stage_ids),
-        "torch_version": torch.__version__, "device": device_label(device), "precision": spec.precision,
-        "cpu_model": cpu_model(), "host": socket.gethostname(), "executor": executor, "started_at": started,
-        "load_avg_1m": os.getloadavg()[0],
-    })
+    record = RunRecord(run=RunRow(
+        run_id=spec.run_id, profile=spec.profile, dataset=spec.dataset, variant=spec.variant,
+        seed=spec.seed, status="ok", error="", failed_stage="", diverged_step=-1,
+        config_json=spec.resolved_json(), stage_ids_json=json.dumps(spec.stage_ids),
+        torch_version=torch.__version__, device=device_label(device), precision=spec.precision,
+        cpu_model=cpu_model(), host=socket.gethostname(), executor=executor, started_at=started,
+        load_avg_1m=os.getloadavg()[0],
+    ))
     cache = Path(results_root) / "cache"
     current = "data"
     try:

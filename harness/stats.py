@@ -47,90 +47,15 @@ import numpy as np
 from scipy import stats
 from statsmodels.stats.power import TTestPower
 
+from harness.types import NAN, Comparison, Finding, KpiComparison, KpiRule, Reason, Why
+
+__all__ = ["Comparison", "KpiComparison", "KpiRule", "alpha_spending", "compare", "compare_kpi", "holm_adjust",
+           "recommended_seeds", "smoothed_loss", "steps_to_target"]
+
 MIN_VALUES_PER_ARM = 2
 # Seed recommendations are capped here; a value equal to the cap means "this many or more".
 MAX_RECOMMENDED_SEEDS = 200
 TARGET_POWER = 0.8
-
-NAN = float("nan")
-
-
-# --------------------------------------------------------------------------- rules
-
-
-@dataclass(frozen=True)
-class KpiRule:
-    name: str
-    direction: str  # "lower" or "higher": which is better
-    scale: str  # "log": compare ratios c/b; "linear": compare differences c-b
-    margin: float  # how much worse is still fine: fraction (log) or absolute amount (linear)
-    blocking: bool = True
-
-    def __post_init__(self) -> None:
-        if self.direction not in ("lower", "higher"):
-            raise ValueError(f"KPI {self.name!r}: direction must be 'lower' or 'higher', got {self.direction!r}")
-        if self.scale not in ("log", "linear"):
-            raise ValueError(f"KPI {self.name!r}: scale must be 'log' or 'linear', got {self.scale!r}")
-        if not (math.isfinite(self.margin) and self.margin >= 0):
-            raise ValueError(f"KPI {self.name!r}: margin must be a finite number >= 0, got {self.margin!r}")
-
-    @property
-    def badness_sign(self) -> float:
-        """+1 when larger values are worse, -1 when larger values are better."""
-        return 1.0 if self.direction == "lower" else -1.0
-
-    @property
-    def analysis_margin(self) -> float:
-        """The margin on the axis the tests use: log(1 + margin) for ratios."""
-        return math.log1p(self.margin) if self.scale == "log" else self.margin
-
-
-# --------------------------------------------------------------------------- results
-
-
-@dataclass
-class KpiComparison:
-    """The comparison of one KPI.  Floats are plain Python floats; NaN where undefined."""
-
-    name: str
-    rule: KpiRule
-    n_baseline: int  # usable values per arm (missing values excluded)
-    n_candidate: int
-    n_paired: int  # seeds present in both arms
-    paired: bool  # True: paired test over common seeds; False: unpaired (Welch / Mann-Whitney)
-    baseline_values: dict[int, float]  # as given, per seed (NaN = missing)
-    candidate_values: dict[int, float]
-    baseline_median: float  # medians and IQMs over all usable values of the arm
-    candidate_median: float
-    baseline_iqm: float
-    candidate_iqm: float
-    estimate: float  # user-facing, not sign-flipped: ratio c/b (log scale) or difference c-b (linear)
-    ci_low: float  # CI of `estimate` at `ci_level`, same scale (NaN for censored KPIs)
-    ci_high: float
-    margin: float  # non-inferiority boundary, same scale as `estimate`: e.g. 1.05 (1/1.05 if higher is better)
-    p_noninferior: float  # H1: candidate not worse than the margin (raw; see module docstring)
-    p_improved: float  # H1: candidate better than baseline
-    p_regressed: float  # H1: candidate worse than the margin
-    p_regressed_adjusted: float  # Holm-adjusted p_regressed (within blocking / non-blocking KPIs)
-    hedges_g: float  # standardised (c - b) on the analysis axis, small-sample corrected
-    prob_improvement: float  # rliable's probability of improvement: share of all n_c x n_b run pairs, ties 1/2
-    verdict: str  # "improved" | "non-inferior" | "identical" | "regressed" | "inconclusive"
-    reason: str
-    recommended_seeds: int | None  # for inconclusive KPIs: seeds for 80% power (capped at 200)
-    p_worse: float = NAN  # H1: candidate worse than baseline at all (ignores the margin)
-    method: str = ""  # which test produced the p values
-    ci_level: float = NAN  # two-sided level of [ci_low, ci_high]: 1 - 2 alpha, dual to the one-sided tests
-
-
-@dataclass
-class Comparison:
-    """The merge decision over all KPIs."""
-
-    verdict: str  # "PASS" | "FAIL" | "INCONCLUSIVE"
-    reasons: list[str]
-    kpis: list[KpiComparison]
-    recommended_seeds: int | None
-    alpha: float
 
 
 # --------------------------------------------------------------------------- data preparation
@@ -519,34 +444,13 @@ def _analyse_censored(
     )
 
 
-# --------------------------------------------------------------------------- verdicts and wording
-
-
-def _format_margin(rule: KpiRule) -> str:
-    return f"{rule.margin * 100:g}%" if rule.scale == "log" else f"{rule.margin:g}"
-
-
-def _describe_effect(rule: KpiRule, estimate: float, effect: float) -> str:
-    """E.g. 'candidate 12.0% higher (worse)' or 'candidate 0.031 lower (better)'."""
-    if math.isnan(estimate):
-        return "candidate effect undefined"
-    change = estimate - 1.0 if rule.scale == "log" else estimate
-    if change == 0:
-        return "candidate equal to baseline"
-    side = "higher" if change > 0 else "lower"
-    quality = "worse" if effect > 0 else "better"
-    if math.isinf(change):  # censored runs dominate the median
-        return f"candidate {side} ({quality}), driven by runs that never reached the target"
-    size = f"{abs(change):.1%}" if rule.scale == "log" else f"{abs(change):.3g}"
-    return f"candidate {size} {side} ({quality})"
+# --------------------------------------------------------------------------- verdicts
 
 
 def _judge(analysis: _KpiAnalysis, p_regressed_adjusted: float, alpha: float) -> KpiComparison:
     rule = analysis.rule
     estimate = _to_user_scale(rule, analysis.effect) if not math.isnan(analysis.effect) else NAN
     ci_ends = sorted(_to_user_scale(rule, end) for end in analysis.ci) if not math.isnan(analysis.ci[0]) else [NAN, NAN]
-    effect_text = _describe_effect(rule, estimate, analysis.effect)
-    margin_text = _format_margin(rule)
     p = analysis.p
     # A censored KPI can only pass if the candidate misses the target no more often than the baseline.
     censoring_ok = analysis.censored_candidate <= analysis.censored_baseline
@@ -554,45 +458,22 @@ def _judge(analysis: _KpiAnalysis, p_regressed_adjusted: float, alpha: float) ->
     seeds_needed: int | None = None
 
     if not analysis.enough_data:
-        verdict = "inconclusive"
-        reason = (
-            f"missing data: {analysis.baseline.n} usable baseline and {analysis.candidate.n} "
-            f"candidate values (need {MIN_VALUES_PER_ARM} each)"
-        )
+        verdict, why = "inconclusive", Why.TOO_FEW_VALUES
     elif p_regressed_adjusted < alpha:
-        verdict = "regressed"
-        reason = f"{effect_text}, beyond the {margin_text} margin (adjusted p={p_regressed_adjusted:.2g})"
+        verdict, why = "regressed", Why.REGRESSED
     elif missing:
         # A run that finished but has no value (its evaluation broke) never helps a KPI pass: missing
         # data must not shrink the sample until what is left looks fine.
-        verdict = "inconclusive"
-        reason = (f"{effect_text}; {missing} run(s) have no value for this KPI "
-                  f"({_count_nan(analysis.given_baseline)} baseline, {_count_nan(analysis.given_candidate)} candidate)")
+        verdict, why = "inconclusive", Why.NO_VALUE
     elif analysis.identical:
-        verdict = "identical"
-        reason = (f"identical to the baseline in all {len(analysis.common_seeds)} paired seeds "
-                  "(a shared stage, or ties): no evidence either way, left out of the Holm family")
+        verdict, why = "identical", Why.IDENTICAL
     elif p.improved < alpha and censoring_ok:
-        verdict = "improved"
-        reason = f"{effect_text}, significantly better than baseline (p={p.improved:.2g})"
+        verdict, why = "improved", Why.IMPROVED
     elif p.noninferior < alpha and censoring_ok:
-        verdict = "non-inferior"
-        reason = f"{effect_text}, confidently within the {margin_text} margin (p={p.noninferior:.2g})"
+        verdict, why = "non-inferior", Why.NON_INFERIOR
     else:
-        verdict = "inconclusive"
-        n_used = len(analysis.common_seeds) if analysis.paired else min(analysis.baseline.n, analysis.candidate.n)
-        reason = f"{effect_text}; {n_used} seeds cannot tell whether it is within the {margin_text} margin"
-        if not censoring_ok:
-            reason += (
-                f"; candidate missed the target in {analysis.censored_candidate} runs"
-                f" vs {analysis.censored_baseline} for baseline"
-            )
+        verdict, why = "inconclusive", Why.UNSETTLED
         seeds_needed = _seeds_to_settle(analysis.effect, analysis.sd_d, rule.analysis_margin, alpha)
-        if seeds_needed is not None:
-            if seeds_needed >= MAX_RECOMMENDED_SEEDS:
-                reason += f"; at least {MAX_RECOMMENDED_SEEDS} seeds would be needed"
-            else:
-                reason += f"; about {seeds_needed} seeds would settle it with {TARGET_POWER:.0%} power"
 
     return KpiComparison(
         name=rule.name,
@@ -618,11 +499,13 @@ def _judge(analysis: _KpiAnalysis, p_regressed_adjusted: float, alpha: float) ->
         hedges_g=analysis.hedges_g,
         prob_improvement=analysis.prob_improvement,
         verdict=verdict,
-        reason=reason,
+        why=why,
         recommended_seeds=seeds_needed,
         p_worse=p.worse,
         method=analysis.method,
         ci_level=ci_level(alpha) if math.isfinite(ci_ends[0]) else NAN,
+        censored_baseline=analysis.censored_baseline,
+        censored_candidate=analysis.censored_candidate,
     )
 
 
@@ -723,26 +606,27 @@ def compare(
     unsettled = [k for k in blocking_kpis if k.verdict not in ("improved", "non-inferior", "identical", "regressed")]
     more_failures = failures_candidate > failures_baseline
 
-    reasons: list[str] = [f"{k.name}: {k.reason}" for k in regressed]
+    reasons = [Reason(Finding.KPI, k.name) for k in regressed]
     if more_failures:
-        reasons.append(f"candidate failed in {failures_candidate} runs vs {failures_baseline} for baseline")
+        reasons.append(Reason(Finding.MORE_FAILURES))
     if regressed or more_failures:
         verdict = "FAIL"
     else:
-        reasons += [f"{k.name}: {k.reason}" for k in unsettled]
+        reasons += [Reason(Finding.KPI, k.name) for k in unsettled]
         if failures_candidate > 0:
-            reasons.append(f"candidate failed in {failures_candidate} runs; any candidate failure prevents PASS")
+            reasons.append(Reason(Finding.CANDIDATE_FAILURES))
         if not blocking_kpis:
-            reasons.append("no blocking KPI to decide on")
+            reasons.append(Reason(Finding.NO_BLOCKING_KPI))
         if reasons:
             verdict = "INCONCLUSIVE"
         else:
             verdict = "PASS"
-            reasons.append(f"all {len(blocking_kpis)} blocking KPIs improved, non-inferior or identical")
+            reasons.append(Reason(Finding.ALL_BLOCKING_OK))
 
     recommendations = [k.recommended_seeds for k in unsettled if k.recommended_seeds is not None]
     overall_seeds = max(recommendations) if verdict == "INCONCLUSIVE" and recommendations else None
-    return Comparison(verdict=verdict, reasons=reasons, kpis=kpis, recommended_seeds=overall_seeds, alpha=float(alpha))
+    return Comparison(verdict=verdict, reasons=reasons, kpis=kpis, recommended_seeds=overall_seeds, alpha=float(alpha),
+                      failures_baseline=failures_baseline, failures_candidate=failures_candidate)
 
 
 # --------------------------------------------------------------------------- steps to target

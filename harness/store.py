@@ -18,22 +18,14 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from harness.types import RunRow, column_types
 from worldmodel.errors import WorldbenchError
 
 MARKER_FILE = "worldbench.json"
 SCHEMA_VERSION = 1
 
 TABLES: dict[str, dict[str, str]] = {
-    "runs": {
-        "run_id": "string", "profile": "string", "dataset": "string", "variant": "string", "seed": "int64",
-        "status": "string", "error": "string", "failed_stage": "string", "diverged_step": "int64",
-        "git_commit": "string", "git_dirty": "bool", "code_hash": "string", "config_json": "string",
-        "stage_ids_json": "string", "torch_version": "string", "device": "string", "precision": "string",
-        "cpu_model": "string", "host": "string", "executor": "string", "started_at": "string", "finished_at": "string",
-        # load_avg_1m: the host's 1-minute load average when the run started; batch: the `execute` call that
-        # scheduled it (runs of one batch were interleaved seed by seed, see harness.matrix.interleave).
-        "load_avg_1m": "float64", "batch": "string",
-    },
+    "runs": column_types(RunRow),  # harness/types.py spells the run row once
     "kpis": {"run_id": "string", "kpi": "string", "value": "float64"},
     "curves": {"run_id": "string", "stage": "string", "step": "int64", "metric": "string", "value": "float64"},
     "rollouts": {"run_id": "string", "mode": "string", "clip": "int64", "horizon_step": "int64",

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import tomllib
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from harness.kpis import KPIS
+from harness.types import KpiRule
 from variants.registry import components as registered_components
 from worldmodel.config import WorldModelConfig
 from worldmodel.data import GAMES
@@ -62,17 +65,6 @@ class Variant:
 
 
 @dataclass
-class KpiRuleConfig:
-    name: str
-    direction: str
-    scale: str
-    margin: float
-    blocking: bool
-    target: float | str = "auto"  # steps_to_target only: absolute loss, or "auto"
-    target_epsilon: float = 0.05  # auto target = (1 + eps) * the largest final loss among the baseline's runs
-
-
-@dataclass
 class Comparison:
     baseline: str = "meanpool_concat"
     candidates: list[str] = field(default_factory=lambda: ["windowed_attention"])
@@ -89,7 +81,7 @@ class Suite:
     datasets: dict[str, Dataset]
     variants: dict[str, Variant]
     comparison: Comparison
-    kpis: dict[str, KpiRuleConfig]
+    kpis: dict[str, KpiRule]  # bench.toml's [kpis."name"] over harness/kpis.py's defaults
     plugins: list[str]
 
     def profile(self, name: str) -> Profile:
@@ -209,28 +201,38 @@ def _check_type(value: Any, expected: type, where: str) -> Any:
 
 def _fill(cls, values: dict, where: str, **fixed):
     """Build dataclass `cls` from a TOML table, checking keys and types."""
+    return cls(**_checked_fields(cls, values, where, **fixed))
+
+
+def _checked_fields(cls, values: dict, where: str, **fixed) -> dict:
+    """The keyword arguments of dataclass `cls` from a TOML table: known keys, values of the declared types."""
     if not isinstance(values, dict):
         raise WorldbenchError(f"{where}: expected a table, got {values!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in fixed}
+    hints = get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.name not in fixed}
     kwargs = dict(fixed)
     for key, value in values.items():
         if key not in fields:
             raise WorldbenchError(f"{where}.{key}: unknown key; allowed: {', '.join(sorted(fields))}")
-        kwargs[key] = _coerce(value, fields[key].type, f"{where}.{key}")
-    return cls(**kwargs)
+        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
+    return kwargs
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    text = str(annotation)
-    if text.startswith("list[int]") or text.startswith("list[int] | None"):
+    """`value` as the field's declared type: list[int] is a seed list, `float | str` keeps a string as given."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin in (Union, types.UnionType):  # list[int] | None, float | str
+        options = [arg for arg in args if arg is not type(None)]
+        if str in options and isinstance(value, str):
+            return value
+        return _coerce(value, options[0], where)
+    if annotation == list[int]:
         return parse_seeds(value, where)
-    if text.startswith("list"):
+    if list in (origin, annotation):
         return _check_type(value, list, where)
-    if text.startswith("dict"):
+    if dict in (origin, annotation):
         return _check_type(value, dict, where)
-    if text == "float | str":
-        return value if isinstance(value, str) else _check_type(value, float, where)
-    return _check_type(value, {"int": int, "float": float, "str": str, "bool": bool}[text], where)
+    return _check_type(value, annotation, where)
 
 
 def _check_model_overrides(values: dict, where: str) -> None:
@@ -285,78 +287,98 @@ def load_suite(path: str | Path | None = DEFAULT_CONFIG_FILE) -> Suite:
     return build_suite(raw, path)
 
 
-def build_suite(raw: dict, path: Path | None = None) -> Suite:
-    known_sections = {"profiles", "datasets", "variants", "comparison", "kpis", "plugins"}
-    for key in raw:
-        if key not in known_sections:
-            raise WorldbenchError(f"{key}: unknown section; allowed: {', '.join(sorted(known_sections))}")
+SECTIONS = ("profiles", "datasets", "variants", "comparison", "kpis", "plugins")
 
+
+def build_suite(raw: dict, path: Path | None = None) -> Suite:
+    """A Suite from a parsed bench.toml: each section over its defaults, checked, then cross-checked."""
+    for key in raw:
+        if key not in SECTIONS:
+            raise WorldbenchError(f"{key}: unknown section; allowed: {', '.join(sorted(SECTIONS))}")
     plugins = raw.get("plugins", {})
     plugin_modules = _check_type(_check_type(plugins, dict, "plugins").get("modules", []), list, "plugins.modules")
-    _load_plugins(plugin_modules)
-
-    profiles = dict(DEFAULT_PROFILES)
-    for name, values in _check_type(raw.get("profiles", {}), dict, "profiles").items():
-        profile = _fill(Profile, values, f"profiles.{name}", name=name)
-        _check_model_overrides(profile.model, f"profiles.{name}.model")
-        for key in profile.data:
-            _check_choice(key, {"episodes", "episode_len"}, f"profiles.{name}.data.{key}")
-        _check_choice(profile.precision, PRECISIONS, f"profiles.{name}.precision")
-        try:
-            WorldModelConfig.from_dict(copy.deepcopy(profile.model))
-        except WorldbenchError as err:
-            raise WorldbenchError(f"profiles.{name}.model: {err}") from None
-        profiles[name] = profile
-
-    datasets = dict(DEFAULT_DATASETS)
-    for name, values in _check_type(raw.get("datasets", {}), dict, "datasets").items():
-        dataset = _fill(Dataset, values, f"datasets.{name}", name=name)
-        _check_choice(dataset.kind, {"procedural", "hdf5"}, f"datasets.{name}.kind")
-        if dataset.kind == "procedural":
-            _check_choice(dataset.game, GAMES, f"datasets.{name}.game")
-            try:
-                check_game_options(dataset.game, dataset.options)
-            except WorldbenchError as err:
-                raise WorldbenchError(f"datasets.{name}.options: {err}") from None
-        elif not dataset.path:
-            raise WorldbenchError(f"datasets.{name}.path: an hdf5 dataset needs a path to its .h5 file")
-        datasets[name] = dataset
-
+    _load_plugins(plugin_modules)  # first: a plugin's components are choosable in the sections below
+    profiles = {**DEFAULT_PROFILES, **_section(raw, "profiles", _parse_profile)}
+    datasets = {**DEFAULT_DATASETS, **_section(raw, "datasets", _parse_dataset)}
     slots = registered_components()
-    variants = dict(DEFAULT_VARIANTS)
-    for name, values in _check_type(raw.get("variants", {}), dict, "variants").items():
-        variant = _fill(Variant, values, f"variants.{name}", name=name)
-        for slot, component in variant.components.items():
-            _check_choice(slot, SLOT_CONFIG_KEYS, f"variants.{name}.components.{slot}")
-            _check_choice(_check_type(component, str, f"variants.{name}.components.{slot}"), slots.get(slot, []),
-                          f"variants.{name}.components.{slot}")
-        nested = _dotted_to_nested(variant.overrides, f"variants.{name}.overrides")
-        variant.overrides = {key: value for key, value in _flatten(nested).items()}
-        variant.scale = _check_scale(variant.scale, f"variants.{name}.scale")
-        variants[name] = variant
-
+    variants = {**DEFAULT_VARIANTS, **_section(raw, "variants", lambda name, values: _parse_variant(name, values, slots))}
     comparison = _fill(Comparison, _check_type(raw.get("comparison", {}), dict, "comparison"), "comparison")
-    kpis = {name: KpiRuleConfig(name, d.direction, d.scale, d.margin, d.blocking) for name, d in KPIS.items()}
+    kpis = {name: KpiRule(name, d.direction, d.scale, d.margin, d.blocking) for name, d in KPIS.items()}
     for name, values in _check_type(raw.get("kpis", {}), dict, "kpis").items():
         _check_choice(name, KPIS, "kpis")
-        base = dataclasses.asdict(kpis[name])
-        base.pop("name")
-        base.update(_check_type(values, dict, f"kpis.{name}"))
-        rule = _fill(KpiRuleConfig, base, f"kpis.{name}", name=name)
-        _check_choice(rule.direction, {"lower", "higher"}, f"kpis.{name}.direction")
-        _check_choice(rule.scale, {"log", "linear"}, f"kpis.{name}.scale")
-        if rule.margin < 0:
-            raise WorldbenchError(f"kpis.{name}.margin: must be >= 0, got {rule.margin}")
-        if isinstance(rule.target, str) and rule.target != "auto":
-            raise WorldbenchError(f"kpis.{name}.target: use \"auto\" or a number, got {rule.target!r}")
-        kpis[name] = rule
+        kpis[name] = _parse_kpi_rule(kpis[name], values)
+    return _cross_checked(Suite(path, profiles, datasets, variants, comparison, kpis, plugin_modules))
 
+
+def _section(raw: dict, section: str, parse) -> dict:
+    """name -> parse(name, values) for each table of a section, in file order."""
+    return {name: parse(name, values) for name, values in _check_type(raw.get(section, {}), dict, section).items()}
+
+
+def _parse_profile(name: str, values: dict) -> Profile:
+    profile = _fill(Profile, values, f"profiles.{name}", name=name)
+    _check_model_overrides(profile.model, f"profiles.{name}.model")
+    for key in profile.data:
+        _check_choice(key, {"episodes", "episode_len"}, f"profiles.{name}.data.{key}")
+    _check_choice(profile.precision, PRECISIONS, f"profiles.{name}.precision")
+    try:
+        WorldModelConfig.from_dict(copy.deepcopy(profile.model))
+    except WorldbenchError as err:
+        raise WorldbenchError(f"profiles.{name}.model: {err}") from None
+    return profile
+
+
+def _parse_dataset(name: str, values: dict) -> Dataset:
+    dataset = _fill(Dataset, values, f"datasets.{name}", name=name)
+    _check_choice(dataset.kind, {"procedural", "hdf5"}, f"datasets.{name}.kind")
+    if dataset.kind == "procedural":
+        _check_choice(dataset.game, GAMES, f"datasets.{name}.game")
+        try:
+            check_game_options(dataset.game, dataset.options)
+        except WorldbenchError as err:
+            raise WorldbenchError(f"datasets.{name}.options: {err}") from None
+    elif not dataset.path:
+        raise WorldbenchError(f"datasets.{name}.path: an hdf5 dataset needs a path to its .h5 file")
+    return dataset
+
+
+def _parse_variant(name: str, values: dict, slots: dict[str, list[str]]) -> Variant:
+    variant = _fill(Variant, values, f"variants.{name}", name=name)
+    for slot, component in variant.components.items():
+        _check_choice(slot, SLOT_CONFIG_KEYS, f"variants.{name}.components.{slot}")
+        _check_choice(_check_type(component, str, f"variants.{name}.components.{slot}"), slots.get(slot, []),
+                      f"variants.{name}.components.{slot}")
+    nested = _dotted_to_nested(variant.overrides, f"variants.{name}.overrides")
+    variant.overrides = {key: value for key, value in _flatten(nested).items()}
+    variant.scale = _check_scale(variant.scale, f"variants.{name}.scale")
+    return variant
+
+
+def _parse_kpi_rule(default: KpiRule, values: dict) -> KpiRule:
+    """bench.toml's [kpis."name"] table over the KPI's default rule."""
+    name = default.name
+    base = dataclasses.asdict(default)
+    base.pop("name")
+    base.update(_check_type(values, dict, f"kpis.{name}"))
+    rule = _checked_fields(KpiRule, base, f"kpis.{name}", name=name)
+    _check_choice(rule["direction"], {"lower", "higher"}, f"kpis.{name}.direction")
+    _check_choice(rule["scale"], {"log", "linear"}, f"kpis.{name}.scale")
+    if rule["margin"] < 0:
+        raise WorldbenchError(f"kpis.{name}.margin: must be >= 0, got {rule['margin']}")
+    if not math.isfinite(rule["margin"]):  # KpiRule refuses it too; here it is a config error, not a crash
+        raise WorldbenchError(f"kpis.{name}.margin: must be a finite number, got {rule['margin']}")
+    if isinstance(rule["target"], str) and rule["target"] != "auto":
+        raise WorldbenchError(f"kpis.{name}.target: use \"auto\" or a number, got {rule['target']!r}")
+    return KpiRule(**rule)
+
+
+def _cross_checked(suite: Suite) -> Suite:
+    """The comparison must name things that exist; the built-in planted faults join on its baseline."""
+    comparison = suite.comparison
     if not comparison.candidates:
         raise WorldbenchError("comparison.candidates: empty; name at least one variant to compare with the baseline")
     if not 0 < comparison.alpha < 0.5:
         raise WorldbenchError(f"comparison.alpha: {comparison.alpha} is not in (0, 0.5); the usual choice is 0.05")
-    suite = Suite(path, profiles, datasets, variants, comparison, kpis, plugin_modules)
-    # The comparison must name things that exist.
     suite.variant(comparison.baseline)
     for candidate in comparison.candidates:
         suite.variant(candidate)

@@ -9,17 +9,18 @@ regulariser, and not failed runs alone.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from harness.exits import EXIT_CRASHED, EXIT_FAIL, EXIT_OK
 from harness.gate import Selection, compare_runs
 from harness.kpis import KPIS
 from harness.matrix import RunSpec
-from harness.stats import Comparison, KpiComparison
 from harness.store import Store
 from harness.suite import Suite
+from harness.types import Comparison, KpiComparison
 
 EXPECT_FAIL, EXPECT_NOT_FAIL = "FAIL", "not FAIL"
-EXIT_AS_EXPECTED, EXIT_NOT_AS_EXPECTED, EXIT_CRASHED = 0, 1, 4  # 2 (usage) comes from the CLI
+EXIT_AS_EXPECTED, EXIT_NOT_AS_EXPECTED = EXIT_OK, EXIT_FAIL  # 2 (usage) comes from the CLI
 AA_CHECK = "A/A"  # the row of the baseline against itself
 
 
@@ -40,7 +41,7 @@ class CheckResult:
     caught_by: str  # the blocking evidence KPI with the smallest adjusted p among those regressed; "" if none
     p_adjusted: float  # its Holm-adjusted p (NaN when none)
     ok: bool
-    reasons: list[str] = field(default_factory=list)  # the gate's reasons for its verdict
+    comparison: Comparison | None = None  # the gate's decision (reports/validate.py words its reasons)
 
 
 @dataclass
@@ -101,7 +102,7 @@ def judge(check: Check, comparison: Comparison) -> CheckResult:
         ok = comparison.verdict != "FAIL"
     return CheckResult(check.name, check.selection.candidate, check.expected, comparison.verdict,
                        culprit.name if culprit else "", culprit.p_regressed_adjusted if culprit else math.nan, ok,
-                       list(comparison.reasons))
+                       comparison)
 
 
 def exit_code(result: Validation, crashed: bool) -> int:

@@ -19,7 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure as MplFigure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
-from reports.model import ReportInput
+from harness.types import ReportInput
 from reports.view import MODE_LABELS, STAGE_ORDER, has_columns, ordered, role_of
 
 DPI = 90

@@ -18,11 +18,11 @@ import jinja2
 import numpy as np
 import pandas as pd
 
+from harness.types import ReportInput
 from reports import view
 from reports.figures import Figure, plan_figures
-from reports.model import ReportInput
 from reports.template import HTML_TEMPLATE
-from reports.text import VERDICT_EMOJI, VERDICT_SYMBOL, md_escape, truncate
+from reports.text import VERDICT_EMOJI, VERDICT_SYMBOL, comparison_reasons, kpi_reason, md_escape, truncate
 
 MARKER = "<!-- worldbench-report -->"  # first line of the markdown: a bot finds and updates its PR comment by it
 FORMATS = ("md", "html", "json")
@@ -364,8 +364,12 @@ def report_data(report: ReportInput) -> dict:
     comparison = report.comparison
     kpis = []
     for kpi in comparison.kpis:
-        entry = dataclasses.asdict(kpi)
-        entry.pop("rule")
+        fields = dataclasses.asdict(kpi)
+        for name in ("rule", "censored_baseline", "censored_candidate"):
+            fields.pop(name)
+        # the statistics' `why`, worded, where the schema has always had the reason
+        entry = {("reason" if key == "why" else key): (kpi_reason(kpi) if key == "why" else value)
+                 for key, value in fields.items()}
         entry.update(
             direction=kpi.rule.direction,
             scale=kpi.rule.scale,
@@ -382,7 +386,7 @@ def report_data(report: ReportInput) -> dict:
             "candidate": report.candidate,
             "descriptions": report.descriptions,
             "verdict": comparison.verdict,
-            "reasons": comparison.reasons,
+            "reasons": comparison_reasons(comparison),
             "recommended_seeds": comparison.recommended_seeds,
             "alpha": comparison.alpha,
             "kpis": kpis,

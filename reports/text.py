@@ -1,7 +1,9 @@
-"""Number formatting and escaping shared by the markdown and HTML renderers.
+"""Wording, number formatting and escaping shared by the markdown, HTML and JSON renderers and the CLI.
 
 Every formatter returns plain text ("—" for a missing number).  Escaping is the renderer's
-job: HTML escapes through Jinja's autoescape, markdown through `md_escape` below.
+job: HTML escapes through Jinja's autoescape, markdown through `md_escape` below.  The
+statistics (harness.stats) return numbers and enums; the sentences that explain a verdict are
+written here (`kpi_reason`, `comparison_reasons`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import math
 import re
 from collections.abc import Iterable
 
-from harness.stats import KpiComparison
+from harness.stats import MAX_RECOMMENDED_SEEDS, MIN_VALUES_PER_ARM, TARGET_POWER
+from harness.types import Comparison, Finding, KpiComparison, KpiRule, Why
 
 MISSING = "—"
 MINUS = "−"  # typographic minus: "−2.0%" reads better than "-2.0%" next to "+8.4%"
@@ -153,6 +156,81 @@ def truncate(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
     return f"{text[:limit].rstrip()}… ({len(text) - limit} more characters)"
+
+
+# --------------------------------------------------------------------------- reasons
+
+
+def fmt_rule_margin(rule: KpiRule) -> str:
+    """The rule's margin as bench.toml states it: "5%" (log scale) or "0.5" (linear); cf. `fmt_margin`."""
+    return f"{rule.margin * 100:g}%" if rule.scale == "log" else f"{rule.margin:g}"
+
+
+def describe_effect(kpi: KpiComparison) -> str:
+    """E.g. 'candidate 12.0% higher (worse)' or 'candidate 0.031 lower (better)'."""
+    rule, estimate = kpi.rule, kpi.estimate
+    if math.isnan(estimate):
+        return "candidate effect undefined"
+    change = estimate - 1.0 if rule.scale == "log" else estimate
+    if change == 0:
+        return "candidate equal to baseline"
+    side = "higher" if change > 0 else "lower"
+    quality = "worse" if (change > 0) == (rule.direction == "lower") else "better"
+    if math.isinf(change):  # censored runs dominate the median
+        return f"candidate {side} ({quality}), driven by runs that never reached the target"
+    size = f"{abs(change):.1%}" if rule.scale == "log" else f"{abs(change):.3g}"
+    return f"candidate {size} {side} ({quality})"
+
+
+def _count_nan(values: dict[int, float]) -> int:
+    return sum(math.isnan(value) for value in values.values())
+
+
+def kpi_reason(kpi: KpiComparison) -> str:
+    """Why the KPI got its verdict, in one sentence (kpi.why says which rule decided it)."""
+    effect, margin = describe_effect(kpi), fmt_rule_margin(kpi.rule)
+    if kpi.why == Why.TOO_FEW_VALUES:
+        return (f"missing data: {kpi.n_baseline} usable baseline and {kpi.n_candidate} "
+                f"candidate values (need {MIN_VALUES_PER_ARM} each)")
+    if kpi.why == Why.REGRESSED:
+        return f"{effect}, beyond the {margin} margin (adjusted p={kpi.p_regressed_adjusted:.2g})"
+    if kpi.why == Why.NO_VALUE:
+        missing_baseline, missing_candidate = _count_nan(kpi.baseline_values), _count_nan(kpi.candidate_values)
+        return (f"{effect}; {missing_baseline + missing_candidate} run(s) have no value for this KPI "
+                f"({missing_baseline} baseline, {missing_candidate} candidate)")
+    if kpi.why == Why.IDENTICAL:
+        return (f"identical to the baseline in all {kpi.n_paired} paired seeds "
+                "(a shared stage, or ties): no evidence either way, left out of the Holm family")
+    if kpi.why == Why.IMPROVED:
+        return f"{effect}, significantly better than baseline (p={kpi.p_improved:.2g})"
+    if kpi.why == Why.NON_INFERIOR:
+        return f"{effect}, confidently within the {margin} margin (p={kpi.p_noninferior:.2g})"
+    n_used = kpi.n_paired if kpi.paired else min(kpi.n_baseline, kpi.n_candidate)
+    reason = f"{effect}; {n_used} seeds cannot tell whether it is within the {margin} margin"
+    if kpi.censored_candidate > kpi.censored_baseline:
+        reason += f"; candidate missed the target in {kpi.censored_candidate} runs vs {kpi.censored_baseline} for baseline"
+    if kpi.recommended_seeds is not None:
+        if kpi.recommended_seeds >= MAX_RECOMMENDED_SEEDS:
+            reason += f"; at least {MAX_RECOMMENDED_SEEDS} seeds would be needed"
+        else:
+            reason += f"; about {kpi.recommended_seeds} seeds would settle it with {TARGET_POWER:.0%} power"
+    return reason
+
+
+def comparison_reasons(comparison: Comparison) -> list[str]:
+    """The merge verdict's reasons, one line each, in the order the statistics found them."""
+    kpis = {kpi.name: kpi for kpi in comparison.kpis}
+    failed, baseline_failed = comparison.failures_candidate, comparison.failures_baseline
+    words = {
+        Finding.MORE_FAILURES: f"candidate failed in {failed} runs vs {baseline_failed} for baseline",
+        Finding.CANDIDATE_FAILURES: f"candidate failed in {failed} runs; any candidate failure prevents PASS",
+        Finding.NO_BLOCKING_KPI: "no blocking KPI to decide on",
+        Finding.ALL_BLOCKING_OK: (f"all {sum(kpi.rule.blocking for kpi in comparison.kpis)} blocking KPIs improved, "
+                                  "non-inferior or identical"),
+        Finding.COMPAT_BROKEN: "backward compatibility: a baseline checkpoint no longer loads or runs",
+    }
+    return [f"{reason.kpi}: {kpi_reason(kpis[reason.kpi])}" if reason.finding == Finding.KPI else words[reason.finding]
+            for reason in comparison.reasons]
 
 
 # --------------------------------------------------------------------------- markdown escaping

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from harness.validate import Validation
-from reports.text import md_escape
+from reports.text import comparison_reasons, md_escape
 
 FILENAMES = {"md": "validate.md", "json": "validate.json"}
 
@@ -36,10 +36,12 @@ def render_markdown(result: Validation) -> str:
 
 
 def render_json(result: Validation) -> str:
-    data = asdict(result)
+    data = asdict(replace(result, rows=[replace(row, comparison=None) for row in result.rows]))
     data["ok"] = result.ok
-    for row in data["rows"]:
+    for row, check in zip(data["rows"], result.rows):
         row["p_adjusted"] = None if math.isnan(row["p_adjusted"]) else row["p_adjusted"]
+        del row["comparison"]  # its wording instead, where the schema has always had it
+        row["reasons"] = comparison_reasons(check.comparison) if check.comparison else []
     return json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from harness.stats import KpiComparison
-from reports.model import ReportInput
+from harness.types import KpiComparison, ReportInput
 from reports.text import (
     MISSING,
+    comparison_reasons,
     fmt_estimate,
     fmt_margin,
     fmt_number,
@@ -24,6 +24,7 @@ from reports.text import (
     fmt_seconds,
     fmt_seeds,
     is_missing,
+    kpi_reason,
     to_float,
     truncate,
 )
@@ -116,7 +117,7 @@ def banner(report: ReportInput) -> Banner:
         f"{seed_text} · α = {comparison.alpha:g}"
     )
     recommended = comparison.recommended_seeds if comparison.verdict == "INCONCLUSIVE" else None
-    return Banner(comparison.verdict, list(comparison.reasons), recommended, context)
+    return Banner(comparison.verdict, comparison_reasons(comparison), recommended, context)
 
 
 # --------------------------------------------------------------------------- KPIs
@@ -184,7 +185,7 @@ def kpi_explanations(report: ReportInput) -> list[KpiExplanation]:
             f"probability of improvement (all run pairs) {fmt_number(kpi.prob_improvement, 3)}; "
             f"IQM {fmt_number(kpi.baseline_iqm)} → {fmt_number(kpi.candidate_iqm)}"
         )
-        out.append(KpiExplanation(kpi.name, kpi.verdict, kpi.reason, detail))
+        out.append(KpiExplanation(kpi.name, kpi.verdict, kpi_reason(kpi), detail))
     return out
 
 
@@ -380,7 +381,7 @@ def _provenance_value(key: str, value: object) -> str:
     return str(value)
 
 
-def _summarise_field(report: ReportInput, records: list[dict], key: str) -> str:
+def _summarise_field(records: list[dict], key: str) -> str:
     values = [_provenance_value(key, r.get(key)) for r in records]
     counts = Counter(values)
     if len(counts) == 1:
@@ -401,12 +402,8 @@ def provenance_table(report: ReportInput) -> Table:
     records = [dict(r) for r in report.provenance]
     if not records:
         return Table([], [])
-    rows = [[label, _summarise_field(report, records, key)] for key, label in PROVENANCE_FIELDS]
-    classes = [""] * len(rows)
-    for i, (key, _) in enumerate(PROVENANCE_FIELDS):
-        distinct = {_provenance_value(key, r.get(key)) for r in records}
-        if (key == "git_dirty" and "yes" in distinct) or (key in ("git_commit", "code_hash", "torch_version") and len(distinct) > 1):
-            classes[i] = "warn"  # results from different code are not comparable
+    rows = [[label, _summarise_field(records, key)] for key, label in PROVENANCE_FIELDS]
+    classes = ["warn" if _not_comparable(records, key) else "" for key, _ in PROVENANCE_FIELDS]
     seeds: dict[str, set[int]] = {}
     for record in records:
         if not is_missing(record.get("seed")):
@@ -418,9 +415,17 @@ def provenance_table(report: ReportInput) -> Table:
     return Table(["property", "value"], rows, classes, f"Summarised over {len(records)} runs.")
 
 
+def _not_comparable(records: list[dict], key: str) -> bool:
+    """Whether this property shows results from different code, which are not comparable."""
+    distinct = {_provenance_value(key, r.get(key)) for r in records}
+    return (key == "git_dirty" and "yes" in distinct) or (key in ("git_commit", "code_hash", "torch_version")
+                                                          and len(distinct) > 1)
+
+
 def provenance_warnings(report: ReportInput) -> list[str]:
-    table = provenance_table(report)
-    return [f"{row[0]}: {row[1]}" for row, cls in zip(table.rows, table.row_classes) if cls == "warn"]
+    records = [dict(r) for r in report.provenance]
+    return [f"{label}: {_summarise_field(records, key)}" for key, label in PROVENANCE_FIELDS
+            if records and _not_comparable(records, key)]
 
 
 def collapsed_lam_warnings(report: ReportInput) -> list[str]:

@@ -54,6 +54,24 @@ def grads(fn, *inputs: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, list[
     return out.detach(), list(torch.autograd.grad((out * weight).sum(), inputs))
 
 
+def native_equals_torch_path(fn, inputs: list[torch.Tensor], params: list[torch.Tensor], tol: float = TOL) -> None:
+    """fn(*inputs) and the gradients of sum(fn * R) (fixed random R) for inputs and params: the native
+    path equals the pure-PyTorch path."""
+    def run(backend):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv(kernels.ENV_VAR, backend)
+            leaves = [t.clone().requires_grad_(True) for t in inputs]
+            out = fn(*leaves)
+            weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(0))
+            return out.detach(), torch.autograd.grad((out * weight).sum(), leaves + params)
+
+    out, gradients = run("native")
+    ref, ref_gradients = run("torch")
+    close(out, ref, tol)
+    for a, b in zip(gradients, ref_gradients, strict=True):
+        close(a, b, tol)
+
+
 # ----------------------------------------------------------------------------- attention
 
 ATTENTION_CASES = {
@@ -148,42 +166,13 @@ def test_residual_filmnorm_matches_torch_path(dim):
         norm.to_scale_shift.weight.normal_()
         norm.to_scale_shift.bias.normal_()
     x, f, cond = torch.randn(2, 4, 64, dim), torch.randn(2, 4, 64, dim), torch.randn(2, 4, 2)
-    params = list(norm.parameters())
-
-    def run(backend):
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setenv(kernels.ENV_VAR, backend)
-            inputs = [t.clone().requires_grad_(True) for t in (x, f, cond)]
-            out = norm.residual(*inputs)
-            weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(0))
-            return out.detach(), torch.autograd.grad((out * weight).sum(), inputs + params)
-
-    out, g = run("native")
-    ref, rg = run("torch")
-    close(out, ref)
-    for a, b in zip(g, rg):
-        close(a, b)
+    native_equals_torch_path(norm.residual, [x, f, cond], list(norm.parameters()))
 
 
 def test_swiglu_matches_torch_path():
     torch.manual_seed(7)
     ffn = SwiGLU(32, 128)  # inner width 85: the native path pads it to 88
-    x = torch.randn(2, 4, 64, 32)
-    params = list(ffn.parameters())
-
-    def run(backend):
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setenv(kernels.ENV_VAR, backend)
-            inp = x.clone().requires_grad_(True)
-            out = ffn(inp)
-            weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(0))
-            return out.detach(), torch.autograd.grad((out * weight).sum(), [inp] + params)
-
-    out, g = run("native")
-    ref, rg = run("torch")
-    close(out, ref)
-    for a, b in zip(g, rg):
-        close(a, b)
+    native_equals_torch_path(ffn, [torch.randn(2, 4, 64, 32)], list(ffn.parameters()))
     silu_ref = F.silu(torch.linspace(-100, 100, 4001))
     h = torch.cat([torch.linspace(-100, 100, 4001).view(-1, 1).expand(-1, 8), torch.ones(4001, 8)], dim=1)
     close(kernels.swiglu(h)[:, 0], silu_ref)
@@ -197,21 +186,7 @@ def test_st_block_native_equals_torch_path(cond_dim):
     block = STBlock(32, 8, 128, cond_dim)
     x = torch.randn(2, 4, 64, 32)
     cond = torch.randn(2, 4, 2) if cond_dim else None
-    params = list(block.parameters())
-
-    def run(backend):
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setenv(kernels.ENV_VAR, backend)
-            inp = x.clone().requires_grad_(True)
-            out = block(inp, cond)
-            weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(0))
-            return out.detach(), torch.autograd.grad((out * weight).sum(), [inp] + params)
-
-    out, g = run("native")
-    ref, rg = run("torch")
-    close(out, ref, tol=1e-4)
-    for a, b in zip(g, rg):
-        close(a, b, tol=1e-4)
+    native_equals_torch_path(lambda inp: block(inp, cond), [x], list(block.parameters()), tol=1e-4)
 
 
 def test_st_transformer_is_causal_in_time():

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from harness.stats import KpiRule, compare
+from harness.types import Why
 from reports import MARKER, CompatResult, ReportInput, render_html, render_json, render_markdown, write_reports
 from reports.figures import curve_bands, horizon_columns, plan_figures, rollout_grid
 from reports.text import fmt_estimate, md_escape
@@ -196,8 +197,7 @@ def test_estimates_show_percent_change_for_log_and_signed_difference_for_linear(
 def test_statistics_are_labelled_exactly_in_markdown_html_and_json(report):
     """The interval column names the level the tests use (1 - 2 alpha), the probability of improvement
     says it is over all run pairs, and a bit-identical KPI is shown as identical."""
-    identical = dataclasses.replace(report.comparison.kpis[0], verdict="identical",
-                                    reason="identical to the baseline in all 3 paired seeds (a shared stage, or ties)")
+    identical = dataclasses.replace(report.comparison.kpis[0], verdict="identical", why=Why.IDENTICAL)
     comparison = dataclasses.replace(report.comparison, alpha=0.05, kpis=[identical, *report.comparison.kpis[1:]])
     labelled = dataclasses.replace(report, comparison=comparison)
     md, html_text = render_markdown(labelled), render_html(labelled, {})

@@ -16,6 +16,7 @@ from harness.gate import Selection, extend_seeds, look_sizes, rules_for
 from harness.kpis import KPIS
 from harness.matrix import plan_runs
 from harness.stats import alpha_spending
+from harness.types import Comparison
 from harness.suite import load_suite
 
 SUITE = str(Path(__file__).resolve().parents[1] / "bench.toml")
@@ -103,14 +104,14 @@ def test_sequential_gate_runs_looks_of_5_10_12_with_max_seeds_12(tmp_path, monke
 
     def fake_build_report(suite, store, selection, alpha, reproduce):
         looks.append((list(selection.baseline_seeds), list(selection.candidate_seeds), alpha))
-        return SimpleNamespace(comparison=SimpleNamespace(verdict="INCONCLUSIVE", reasons=[]), notes=[], title="t",
+        return SimpleNamespace(comparison=Comparison("INCONCLUSIVE", [], [], None, alpha), notes=[], title="t",
                                runs=pd.DataFrame({"status": pd.Series([], dtype=str)}), descriptions={})
 
     monkeypatch.setattr("harness.cli.run_with_progress",
                         lambda *args: pd.DataFrame({"status": pd.Series([], dtype=str)}))
     monkeypatch.setattr(gate, "build_report_input", fake_build_report)
-    monkeypatch.setattr(gate, "write_report", lambda report, out, formats: {})
-    monkeypatch.setattr(gate, "describe_arms", lambda *args: None, raising=False)
+    monkeypatch.setattr("harness.cli.write_report", lambda report, out, formats: {})
+    monkeypatch.setattr(gate, "describe_arms", lambda *args: None)
     code = main(["gate", "--config", SUITE, "--profile", "smoke", "--baseline", "meanpool_concat",
                  "--candidate", "windowed_attention", "--seeds", "0-4", "--candidate-seeds", "10-14",
                  "--sequential", "--max-seeds", "12", "--results", str(tmp_path / "r"), "--quiet"])

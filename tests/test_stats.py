@@ -27,6 +27,7 @@ from harness.stats import (
     steps_to_target,
 )
 from harness.kpis import final_loss
+from reports.text import comparison_reasons, kpi_reason  # the statistics return numbers; reports/ words them
 
 LOSS = KpiRule("loss", "lower", "log", 0.05)
 LOG_MARGIN = math.log(1.05)
@@ -151,7 +152,7 @@ def test_bit_identical_arms_are_identical_and_left_out_of_the_holm_family():
     rules = [KpiRule("shared", "lower", "log", 0.05), KpiRule("loss", "lower", "log", 0.05)]
     result = compare(rules, {"shared": base, "loss": base}, {"shared": dict(base), "loss": worse})
     shared, loss = result.kpis
-    assert shared.verdict == "identical" and "identical to the baseline in all 4 paired seeds" in shared.reason
+    assert shared.verdict == "identical" and "identical to the baseline in all 4 paired seeds" in kpi_reason(shared)
     assert math.isnan(shared.p_regressed_adjusted) and math.isnan(shared.p_noninferior)
     assert shared.ci_low == shared.ci_high == pytest.approx(1.0)
     # Holm over a family of one: the adjusted p is the raw one, not doubled by the identical KPI.
@@ -206,7 +207,7 @@ def test_worse_by_less_than_the_margin_is_not_regressed():
     k = compare_kpi(LOSS, by_seed(base), by_seed(cand))
     assert k.p_worse < 0.001  # clearly worse than baseline ...
     assert k.verdict == "non-inferior"  # ... but within the margin
-    assert "within the 5% margin" in k.reason
+    assert "within the 5% margin" in kpi_reason(k)
     assert compare([LOSS], {"loss": by_seed(base)}, {"loss": by_seed(cand)}).verdict == "PASS"
 
 
@@ -216,7 +217,7 @@ def test_clear_regression_fails_with_a_readable_reason():
     result = compare([LOSS], {"loss": by_seed(base)}, {"loss": by_seed(cand)})
     assert result.verdict == "FAIL"
     assert result.kpis[0].verdict == "regressed"
-    assert "12.4% higher (worse), beyond the 5% margin" in result.reasons[0]
+    assert "12.4% higher (worse), beyond the 5% margin" in comparison_reasons(result)[0]
 
 
 def test_missing_data_never_passes():
@@ -224,10 +225,10 @@ def test_missing_data_never_passes():
     missing = by_seed([float("nan")] * 4)
     result = compare([LOSS], {"loss": good}, {"loss": missing})
     assert result.verdict == "INCONCLUSIVE"
-    assert result.kpis[0].verdict == "inconclusive" and "missing data" in result.kpis[0].reason
+    assert result.kpis[0].verdict == "inconclusive" and "missing data" in kpi_reason(result.kpis[0])
     assert compare([LOSS], {"loss": good}, {}).verdict == "INCONCLUSIVE"  # KPI absent altogether
     one_value = compare([LOSS], {"loss": good}, {"loss": by_seed([1.0])})
-    assert one_value.verdict == "INCONCLUSIVE" and "missing data" in one_value.kpis[0].reason
+    assert one_value.verdict == "INCONCLUSIVE" and "missing data" in kpi_reason(one_value.kpis[0])
     assert compare([], {}, {}).verdict == "INCONCLUSIVE"  # nothing to decide on
 
 
@@ -238,7 +239,7 @@ def test_a_few_missing_values_never_let_a_kpi_pass():
     assert compare([LOSS], {"loss": baseline}, {"loss": baseline}).verdict == "PASS"
     result = compare([LOSS], {"loss": baseline}, {"loss": identical_but_two_missing})
     assert result.verdict == "INCONCLUSIVE"
-    assert result.kpis[0].verdict == "inconclusive" and "2 run(s) have no value" in result.kpis[0].reason
+    assert result.kpis[0].verdict == "inconclusive" and "2 run(s) have no value" in kpi_reason(result.kpis[0])
 
 
 def test_candidate_failures_block_pass():
@@ -248,7 +249,7 @@ def test_candidate_failures_block_pass():
     assert compare([LOSS], same, same, failures_baseline=1, failures_candidate=2).verdict == "FAIL"
     equal_failures = compare([LOSS], same, same, failures_baseline=1, failures_candidate=1)
     assert equal_failures.verdict == "INCONCLUSIVE"
-    assert any("failed" in r for r in equal_failures.reasons)
+    assert any("failed" in r for r in comparison_reasons(equal_failures))
     assert compare([LOSS], same, same, failures_baseline=1, failures_candidate=0).verdict == "PASS"
 
 
@@ -265,7 +266,7 @@ def test_inconclusive_recommends_seeds():
     power = TTestPower()
     assert power.power(effect, n, 0.05, alternative="larger") >= 0.8
     assert power.power(effect, n - 1, 0.05, alternative="larger") < 0.8
-    assert f"about {n} seeds" in k.reason
+    assert f"about {n} seeds" in kpi_reason(k)
 
 
 def test_invalid_inputs_raise_clear_errors():
@@ -377,7 +378,7 @@ def test_censored_candidate_cannot_pass_with_more_censored_runs():
     k = compare_kpi(steps, base, faster_but_one_never, censored=True)
     assert k.p_improved < 0.05  # nine of ten seeds much faster ...
     assert k.verdict == "inconclusive"  # ... but one run never got there
-    assert "missed the target in 1 runs vs 0" in k.reason
+    assert "missed the target in 1 runs vs 0" in kpi_reason(k)
     all_faster = compare_kpi(steps, base, {s: v * 0.5 for s, v in base.items()}, censored=True)
     assert all_faster.verdict == "improved" and all_faster.estimate == pytest.approx(0.5)
 

@@ -18,6 +18,7 @@ from harness.compat import check_compat
 from harness.gate import Selection, compare_runs, rules_for
 from harness.kpis import KPIS
 from harness.stats import Comparison, KpiComparison, KpiRule
+from harness.types import Finding, Reason, Why
 from harness.store import Store
 from harness.suite import load_suite
 from harness.validate import (AA_CHECK, EXPECT_FAIL, EXPECT_NOT_FAIL, Check, Validation, caught_by, exit_code, judge,
@@ -103,13 +104,13 @@ def kpi(name: str, verdict: str, p_adjusted: float = 1.0, blocking: bool = True)
         paired=True, baseline_values={}, candidate_values={}, baseline_median=nan, candidate_median=nan,
         baseline_iqm=nan, candidate_iqm=nan, estimate=nan, ci_low=nan, ci_high=nan, margin=1.1, p_noninferior=nan,
         p_improved=nan, p_regressed=p_adjusted, p_regressed_adjusted=p_adjusted, hedges_g=nan, prob_improvement=nan,
-        verdict=verdict, reason="", recommended_seeds=None)
+        verdict=verdict, why=Why.REGRESSED if verdict == "regressed" else Why.UNSETTLED, recommended_seeds=None)
 
 
 def verdict_of(kpis: list[KpiComparison], failed_runs: bool = False) -> Comparison:
     blocking_regressed = any(k.rule.blocking and k.verdict == "regressed" for k in kpis)
     verdict = "FAIL" if blocking_regressed or failed_runs else "INCONCLUSIVE"
-    return Comparison(verdict, ["fabricated"], kpis, None, 0.05)
+    return Comparison(verdict, [Reason(Finding.KPI, k.name) for k in kpis if k.verdict == "regressed"], kpis, None, 0.05)
 
 
 FAULT = Check("fault_x", EXPECT_FAIL, Selection("smoke", "sprite_world", "meanpool_concat", "fault_x", [0], [0]))

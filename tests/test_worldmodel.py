@@ -87,13 +87,23 @@ def test_fsq_round_trip_and_straight_through_gradient():
     assert torch.allclose(z.grad, expected)
 
 
-def test_maskgit_decoding_fills_every_position(windows):
+UNFILLED = -1  # a code no position can decode to
+
+
+@pytest.mark.parametrize("rounds", [1, 3, 8])
+def test_maskgit_decoding_fills_every_position(windows, monkeypatch, rounds):
     torch.manual_seed(0)
     config = tiny_config()
     dynamics = Dynamics(config).eval()
     context = dynamics.fsq.from_indices(torch.randint(1024, (2, 3, 16)))
-    codes = dynamics.predict_next(context, torch.randn(2, 3, 2).sign(), rounds=3)
+    # predict_next starts from torch.zeros codes, and 0 is a valid code: start from a sentinel instead,
+    # so a position the decoding never fills shows up.
+    zeros = torch.zeros
+    monkeypatch.setattr(torch, "zeros", lambda *shape, dtype=None, **kw: zeros(*shape, dtype=dtype, **kw).fill_(
+        UNFILLED) if dtype == torch.long else zeros(*shape, dtype=dtype, **kw))
+    codes = dynamics.predict_next(context, torch.randn(2, 3, 2).sign(), rounds=rounds)
     assert codes.shape == (2, 16) and codes.dtype == torch.long
+    assert not (codes == UNFILLED).any(), f"positions left unfilled: {(codes == UNFILLED).nonzero().tolist()}"
     assert codes.min() >= 0 and codes.max() < 1024
 
 

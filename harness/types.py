@@ -1,0 +1,223 @@
+"""The data that crosses layers: KPI rules, the statistics' results, and what a report is drawn from.
+
+A leaf module: it imports nothing of the project, so `harness.stats` (which fills these types),
+`harness.gate` (which assembles a ReportInput) and `reports/` (which renders one) all import it
+and none of them imports the others for a type.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, TypedDict, get_type_hints
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+NAN = float("nan")
+
+
+# --------------------------------------------------------------------------- runs
+
+
+class RunRow(TypedDict, total=False):
+    """One run as the store's runs table holds it (harness/store.py takes its columns and types from here).
+
+    harness/runner.py fills it in the worker, harness/executors.py for a worker that died, and
+    harness/bench.py adds the provenance (git_commit, git_dirty, code_hash, batch) when recording it.
+    """
+
+    run_id: str
+    profile: str
+    dataset: str
+    variant: str
+    seed: int
+    status: str  # ok | diverged | failed
+    error: str
+    failed_stage: str
+    diverged_step: int  # -1 unless diverged
+    git_commit: str
+    git_dirty: bool
+    code_hash: str
+    config_json: str
+    stage_ids_json: str
+    torch_version: str
+    device: str
+    precision: str
+    cpu_model: str
+    host: str
+    executor: str
+    started_at: str
+    finished_at: str
+    # the host's 1-minute load average when the run started; batch: the `execute` call that scheduled it
+    # (runs of one batch were interleaved seed by seed, see harness.matrix.interleave).
+    load_avg_1m: float
+    batch: str
+
+
+_DTYPES = {str: "string", int: "int64", float: "float64", bool: "bool"}
+
+
+def column_types(row: type) -> dict[str, str]:
+    """A TypedDict's keys as pandas dtypes, in declaration order."""
+    return {name: _DTYPES[kind] for name, kind in get_type_hints(row).items()}
+
+
+# --------------------------------------------------------------------------- rules
+
+
+@dataclass(frozen=True)
+class KpiRule:
+    name: str
+    direction: str  # "lower" or "higher": which is better
+    scale: str  # "log": compare ratios c/b; "linear": compare differences c-b
+    margin: float  # how much worse is still fine: fraction (log) or absolute amount (linear)
+    blocking: bool = True
+    # steps_to_target KPIs only (harness.gate.add_steps_to_target), from bench.toml:
+    target: float | str = "auto"  # absolute loss, or "auto"
+    target_epsilon: float = 0.05  # auto target = (1 + eps) * the largest final loss among the baseline's runs
+
+    def __post_init__(self) -> None:
+        if self.direction not in ("lower", "higher"):
+            raise ValueError(f"KPI {self.name!r}: direction must be 'lower' or 'higher', got {self.direction!r}")
+        if self.scale not in ("log", "linear"):
+            raise ValueError(f"KPI {self.name!r}: scale must be 'log' or 'linear', got {self.scale!r}")
+        if not (math.isfinite(self.margin) and self.margin >= 0):
+            raise ValueError(f"KPI {self.name!r}: margin must be a finite number >= 0, got {self.margin!r}")
+
+    @property
+    def badness_sign(self) -> float:
+        """+1 when larger values are worse, -1 when larger values are better."""
+        return 1.0 if self.direction == "lower" else -1.0
+
+    @property
+    def analysis_margin(self) -> float:
+        """The margin on the axis the tests use: log(1 + margin) for ratios."""
+        return math.log1p(self.margin) if self.scale == "log" else self.margin
+
+
+# --------------------------------------------------------------------------- results
+
+
+class Why(StrEnum):
+    """Why a KPI got its verdict: the branch of harness.stats._judge that decided it."""
+
+    TOO_FEW_VALUES = "too few values"  # inconclusive: fewer than MIN_VALUES_PER_ARM usable values in an arm
+    REGRESSED = "regressed"  # worse than the margin (Holm-adjusted)
+    NO_VALUE = "runs without a value"  # inconclusive: a finished run has no value for the KPI
+    IDENTICAL = "identical"  # every paired value equal
+    IMPROVED = "improved"
+    NON_INFERIOR = "non-inferior"
+    UNSETTLED = "unsettled"  # inconclusive: too few seeds to tell (see recommended_seeds)
+
+
+class Finding(StrEnum):
+    """One line of the explanation of a merge verdict."""
+
+    KPI = "kpi"  # the blocking KPI Reason.kpi decided it (regressed, or not settled)
+    MORE_FAILURES = "more failures"  # the candidate failed in more runs than the baseline: FAIL
+    CANDIDATE_FAILURES = "candidate failures"  # any candidate failure prevents PASS
+    NO_BLOCKING_KPI = "no blocking KPI"
+    ALL_BLOCKING_OK = "all blocking KPIs ok"  # PASS
+    COMPAT_BROKEN = "compat broken"  # a baseline checkpoint no longer loads or runs (harness.gate): FAIL
+
+
+@dataclass(frozen=True)
+class Reason:
+    finding: Finding
+    kpi: str = ""  # Finding.KPI: the KPI's name
+
+
+@dataclass
+class KpiComparison:
+    """The comparison of one KPI.  Floats are plain Python floats; NaN where undefined."""
+
+    name: str
+    rule: KpiRule
+    n_baseline: int  # usable values per arm (missing values excluded)
+    n_candidate: int
+    n_paired: int  # seeds present in both arms
+    paired: bool  # True: paired test over common seeds; False: unpaired (Welch / Mann-Whitney)
+    baseline_values: dict[int, float]  # as given, per seed (NaN = missing)
+    candidate_values: dict[int, float]
+    baseline_median: float  # medians and IQMs over all usable values of the arm
+    candidate_median: float
+    baseline_iqm: float
+    candidate_iqm: float
+    estimate: float  # user-facing, not sign-flipped: ratio c/b (log scale) or difference c-b (linear)
+    ci_low: float  # CI of `estimate` at `ci_level`, same scale (NaN for censored KPIs)
+    ci_high: float
+    margin: float  # non-inferiority boundary, same scale as `estimate`: e.g. 1.05 (1/1.05 if higher is better)
+    p_noninferior: float  # H1: candidate not worse than the margin (raw; see module docstring)
+    p_improved: float  # H1: candidate better than baseline
+    p_regressed: float  # H1: candidate worse than the margin
+    p_regressed_adjusted: float  # Holm-adjusted p_regressed (within blocking / non-blocking KPIs)
+    hedges_g: float  # standardised (c - b) on the analysis axis, small-sample corrected
+    prob_improvement: float  # rliable's probability of improvement: share of all n_c x n_b run pairs, ties 1/2
+    verdict: str  # "improved" | "non-inferior" | "identical" | "regressed" | "inconclusive"
+    why: Why  # which rule of harness.stats._judge gave the verdict; reports/text.py words it (kpi_reason)
+    recommended_seeds: int | None  # for inconclusive KPIs: seeds for 80% power (capped at 200)
+    p_worse: float = NAN  # H1: candidate worse than baseline at all (ignores the margin)
+    method: str = ""  # which test produced the p values
+    ci_level: float = NAN  # two-sided level of [ci_low, ci_high]: 1 - 2 alpha, dual to the one-sided tests
+    censored_baseline: int = 0  # steps-to-target runs that never reached the target, in the analysed seeds
+    censored_candidate: int = 0
+
+
+@dataclass
+class Comparison:
+    """The merge decision over all KPIs."""
+
+    verdict: str  # "PASS" | "FAIL" | "INCONCLUSIVE"
+    reasons: list[Reason]  # what decided it, in order; reports/text.py words them (comparison_reasons)
+    kpis: list[KpiComparison]
+    recommended_seeds: int | None
+    alpha: float
+    failures_baseline: int = 0  # failed (or missing) runs per arm
+    failures_candidate: int = 0
+
+
+# --------------------------------------------------------------------------- reports
+
+
+@dataclass
+class CompatResult:
+    """Backward-compatibility check: do golden checkpoints still load and behave?"""
+
+    ok: bool
+    lines: list[str]  # e.g. "tokenizer: golden checkpoint loads (strict keys)", or the failure line
+
+
+@dataclass
+class ReportInput:
+    """What the report renderer needs: the statistical decision plus the raw material to show it.
+
+    Plain data: the renderers never recompute statistics; they only summarise, format and plot
+    what `harness` measured.
+    """
+
+    title: str
+    baseline: str  # variant names (untrusted text: escaped wherever shown)
+    candidate: str
+    descriptions: dict[str, str]  # variant -> free text from the user's config (untrusted)
+    comparison: Comparison
+    runs: pd.DataFrame  # run_id, variant, seed, status ("ok"/"diverged"/"failed"), error
+    curves: pd.DataFrame  # variant, seed, stage, step, metric, value
+    rollouts: pd.DataFrame  # variant, seed, mode, clip, horizon_step (1-based), mse, psnr, ssim
+    # variant -> {"seed": int, "context": int, "ground_truth": uint8 [clips, context+horizon, H, W, 3],
+    #             "predictions": {mode: uint8 [clips, horizon, H, W, 3]},
+    #             "reconstructions" (optional): the tokenizer's uint8 [clips, context+horizon, H, W, 3]};
+    # same clips and seed for all variants
+    frames: dict[str, dict]
+    speed: pd.DataFrame  # variant, stage, it_per_s, wall_s (medians over seeds)
+    compat: CompatResult | None  # None: not checked
+    provenance: list[dict]  # one per run: run_id, variant, seed, git_commit, git_dirty, code_hash, ...
+    reproduce_command: str
+    profile: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def variants(self) -> list[str]:
+        """Baseline first, then candidate (deduplicated if someone compares a variant to itself)."""
+        return list(dict.fromkeys([self.baseline, self.candidate]))
