@@ -134,15 +134,15 @@ def test_default_sprite_world_shows_every_action_and_the_spinner_moves_on_its_ow
             target = ((agent[0] + d_row) % grid, (agent[1] + d_col) % grid)
             assert agent_next in (agent, target), (t, action)  # moved as told, or blocked by a wall/spinner
             wrapped += agent_next == target and target != (agent[0] + d_row, agent[1] + d_col)
-            # the facing bar is on the side the action points to, and absent after a noop
-            bar = np.argwhere(np.all(after == facing_colour, axis=-1))  # [K, 2] pixels
+            # the agent's front half lights up on the side the action points to, and nothing after a noop
+            front = np.argwhere(np.all(after == facing_colour, axis=-1))  # [K, 2] pixels
             if action == 0:
-                assert len(bar) == 0
+                assert len(front) == 0
             else:
-                row0, col0 = agent_next[0] * cell, agent_next[1] * cell
-                side = {1: bar[:, 0] == row0, 2: bar[:, 0] == row0 + cell - 1,
-                        3: bar[:, 1] == col0, 4: bar[:, 1] == col0 + cell - 1}[action]
-                assert len(bar) > 0 and side.all(), (t, action)
+                middle_row, middle_col = agent_next[0] * cell + cell // 2, agent_next[1] * cell + cell // 2
+                side = {1: front[:, 0] < middle_row, 2: front[:, 0] >= middle_row,
+                        3: front[:, 1] < middle_col, 4: front[:, 1] >= middle_col}[action]
+                assert len(front) == cell * cell // 2 and side.all(), (t, action)
             spinner = np.argwhere(np.all(before == spinner_colour, axis=-1))
             spinner_next = np.argwhere(np.all(after == spinner_colour, axis=-1))
             assert len(spinner) and len(spinner_next) and not np.array_equal(spinner, spinner_next)

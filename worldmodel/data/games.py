@@ -119,16 +119,17 @@ def _cell_boxes(cells: np.ndarray, grid: int) -> np.ndarray:
 
 
 def _facing_boxes(cells: np.ndarray, facing: np.ndarray, grid: int) -> np.ndarray:
-    """A bar a quarter of a cell thick on the side of each cell that `facing` (an action) points to.
+    """The half of each cell on the side that `facing` (an action) points to: the agent's front.
 
-    cells [T, 2], facing [T] actions -> boxes [T, 4]; noop gets an empty box (paints nothing).
+    Half a cell, not a thin bar: at 16x16 a thin bar is 2 pixels, too little of the loss for the LAM
+    to learn the direction from (NMI 0.19-0.22 with a quarter-cell bar, 0.27-0.30 with a half cell,
+    LAM alone, 1,000 steps). cells [T, 2], facing [T] actions -> boxes [T, 4]; noop gets an empty box.
     """
     top, left = cells[:, 0] / grid, cells[:, 1] / grid  # [T]
-    cell, bar = 1.0 / grid, 0.25 / grid
+    cell, half = 1.0 / grid, 0.5 / grid
     boxes = np.stack([top, left, top, left], axis=1)  # [T, 4] empty
     sides = {  # action -> (top, left, bottom, right) offsets within the cell
-        1: (0, bar, bar, cell - bar), 2: (cell - bar, bar, cell, cell - bar),
-        3: (bar, 0, cell - bar, bar), 4: (bar, cell - bar, cell - bar, cell),
+        1: (0, 0, half, cell), 2: (half, 0, cell, cell), 3: (0, 0, cell, half), 4: (0, half, cell, cell),
     }
     for action, (t, l, b, r) in sides.items():
         on = facing == action
@@ -182,7 +183,7 @@ def _play_sprite_world(world_rng: np.random.Generator, actions: np.ndarray, fram
                 velocity[axis] = -velocity[axis]
         bouncer = bouncer + velocity
 
-    # static layer once per episode, then the distractor, the agent on top, its facing bar
+    # static layer once per episode, then the distractor, the agent on top, its lit front half
     background = _blank(1, frame_size, SPRITE_BACKGROUND)  # [1, S, S, 3]
     _paint_cells(background, wall_cells, WALL_COLOUR)
     canvas = np.repeat(background, n_frames, axis=0)  # [T, S, S, 3]
