@@ -15,24 +15,14 @@ import pandas as pd
 import pytest
 
 from harness.cli import EXIT_CRASHED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, main
+from tiny import tiny_suite
 
-KILL_SUITE = """
-[profiles.faulty]
-seeds = [0]
-data = { episodes = 12, episode_len = 16 }
-[profiles.faulty.model]
-frame_size = 16
-rollout = { clips = 2, horizon = 4 }
-tokenizer = { embed_dim = 16, heads = 4, hidden = 32, blocks = 1, steps = STEPS, batch_size = 8, log_every = 4, checkpoint_every = 8, eval_batches = 1 }
-actions = { embed_dim = 16, heads = 4, hidden = 32, blocks = 1, steps = 8, batch_size = 8, log_every = 4, checkpoint_every = 8, eval_batches = 1 }
-dynamics = { embed_dim = 16, heads = 4, hidden = 32, blocks = 1, steps = 8, batch_size = 8, log_every = 4, checkpoint_every = 8, eval_batches = 1, maskgit_steps = 2 }
-"""
 TABLES = ("runs", "kpis", "curves", "rollouts")
 
 
 def write_suite(folder: Path, steps: int) -> Path:
     suite = folder / "bench.toml"
-    suite.write_text(KILL_SUITE.replace("STEPS", str(steps)))
+    suite.write_text(tiny_suite("faulty", tokenizer_steps=steps, actions_steps=8, dynamics_steps=8))
     return suite
 
 

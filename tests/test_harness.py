@@ -19,6 +19,7 @@ from harness.kpis import KPIS
 from harness.store import Store
 from variants import registry
 from worldmodel.errors import WorldbenchError
+from tiny import tiny_suite
 
 REPO = Path(__file__).resolve().parents[1]
 SUITE = str(REPO / "bench.toml")
@@ -101,17 +102,7 @@ def test_ray_executor_gives_the_same_kpis_as_local(smoke_results, tmp_path):
 
 # ----------------------------------------------------------------------------- kill and resume
 
-KILL_SUITE = """
-[profiles.killable]
-seeds = [0]
-data = { episodes = 12, episode_len = 16 }
-[profiles.killable.model]
-frame_size = 16
-rollout = { clips = 2, horizon = 4 }
-tokenizer = { embed_dim = 16, heads = 4, hidden = 32, blocks = 1, steps = 60, batch_size = 8, log_every = 4, checkpoint_every = 8, eval_batches = 1 }
-actions = { embed_dim = 16, heads = 4, hidden = 32, blocks = 1, steps = 16, batch_size = 8, log_every = 4, checkpoint_every = 8, eval_batches = 1 }
-dynamics = { embed_dim = 16, heads = 4, hidden = 32, blocks = 1, steps = 16, batch_size = 8, log_every = 4, checkpoint_every = 8, eval_batches = 1, maskgit_steps = 2 }
-"""
+KILL_SUITE = tiny_suite("killable", tokenizer_steps=60, actions_steps=16, dynamics_steps=16)
 
 
 def bench_command(*args: str) -> list[str]:

@@ -19,3 +19,20 @@ def tiny_config(steps: int = 8, log_every: int = 2, checkpoint_every: int = 4, m
     config.actions.encoder = encoder
     config.dynamics.maskgit_steps = maskgit_steps
     return config.validate()
+
+
+def tiny_suite(profile: str, tokenizer_steps: int, actions_steps: int, dynamics_steps: int) -> str:
+    """A bench.toml with one profile of tiny stages, for tests that drive the CLI and kill or resume it."""
+    stage = "embed_dim = 16, heads = 4, hidden = 32, blocks = 1, batch_size = 8, log_every = 4, " \
+            "checkpoint_every = 8, eval_batches = 1"
+    return f"""
+[profiles.{profile}]
+seeds = [0]
+data = {{ episodes = 12, episode_len = 16 }}
+[profiles.{profile}.model]
+frame_size = 16
+rollout = {{ clips = 2, horizon = 4 }}
+tokenizer = {{ {stage}, steps = {tokenizer_steps} }}
+actions = {{ {stage}, steps = {actions_steps} }}
+dynamics = {{ {stage}, steps = {dynamics_steps}, maskgit_steps = 2 }}
+"""

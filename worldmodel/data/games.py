@@ -94,9 +94,10 @@ def sticky_random_actions(
 # sprite_world: an agent on a walled grid plus a distractor that moves on its own
 #
 # Defaults are the controllable design (README "Controllability"): at 16x16 with 4x4 patches a cell is
-# one patch, the agent turns to face the way it was told to go (a bright bar on that side, none after a
-# noop), so even a move into a wall shows its action, and the distractor is a spinner that circles inside
-# its own cell, so it moves on every step but never competes with the agent for the latent actions.
+# one patch, the agent turns to face the way it was told to go (the half of its cell on that side lights
+# up, nothing after a noop), so even a move into a wall shows its action, and the distractor is a
+# spinner that circles inside its own cell, so it moves on every step but never competes with the
+# agent for the latent actions.
 # grid=8, border=True, walls=3, distractor="bouncer", facing=False, wrap=False gives the original room.
 
 SPRITE_BACKGROUND = (24, 28, 48)
