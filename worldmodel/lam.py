@@ -101,6 +101,11 @@ class LatentActionModel(nn.Module):
         return unpatchify(self.to_pixels(self.decoder(tokens, actions)), self.patch_size)
 
     def loss(self, frames: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss, extras, _ = self.loss_and_actions(frames)
+        return loss, extras
+
+    def loss_and_actions(self, frames: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """`loss`, plus the quantised actions [B, T-1, A] it decoded with (evaluation reads both from one pass)."""
         raw, _, actions = self._encode(frames)
         predicted = self.decode(frames[:, :-1], actions)
         reconstruction = F.smooth_l1_loss(predicted, frames[:, 1:])
@@ -111,4 +116,5 @@ class LatentActionModel(nn.Module):
         variance_penalty = F.relu(self.variance_floor - variance)
         loss = reconstruction + self.variance_weight * variance_penalty
         extras = {"encoder_variance": variance, "reconstruction": reconstruction, "variance_penalty": variance_penalty}
-        return loss, {name: value.detach() for name, value in extras.items()}  # tensors: read at log points only
+        # tensors: read at log points only
+        return loss, {name: value.detach() for name, value in extras.items()}, actions

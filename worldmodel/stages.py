@@ -173,11 +173,10 @@ def run_actions(config: WorldModelConfig, train: VideoWindows, val: VideoWindows
         all_codes = model.fsq.from_indices(torch.arange(config.n_actions, device=device))  # [n_actions, A]
         for which in eval_indices(val, config, "actions"):
             frames, true_actions = val.batch(which)
-            _, extras = model.loss(frames)
+            _, extras, quantised = model.loss_and_actions(frames)
             losses.append(float(extras["reconstruction"]))  # the task loss: the variance hinge is a KPI of its own
             penalties.append(float(extras["variance_penalty"]))
             variances.append(float(extras["encoder_variance"]))  # the training curve's definition, raw latents
-            _, quantised = model.infer_actions(frames)
             codes.append(model.fsq.to_indices(quantised).flatten())
             truths.append(true_actions.flatten())
             # How much the decoder's prediction depends on the action: variance across every code.
