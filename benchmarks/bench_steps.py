@@ -17,6 +17,7 @@ from worldmodel.config import WorldModelConfig
 from worldmodel.dynamics import Dynamics
 from worldmodel.lam import LatentActionModel
 from worldmodel.tokenizer import VideoTokenizer
+from worldmodel.train import make_optimizer, update
 
 BATCH = 16
 ROUNDS = {64: 3, 32: 8}  # 64x64 steps take about a second each
@@ -35,14 +36,11 @@ def make_step(stage: str, frame_size: int):
         actions = torch.randint(2, (BATCH, config.window - 1, config.action_dim)).float() * 2 - 1
         model, batch = Dynamics(config), (indices, actions)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    optimizer = make_optimizer(model, lr=1e-3, weight_decay=1e-4)
 
     def step() -> float:
         loss, _ = model.loss(*batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        update(model, optimizer, loss, grad_clip=1.0)
         return loss.item()
 
     return step

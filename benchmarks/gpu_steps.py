@@ -23,7 +23,7 @@ from worldmodel.config import WorldModelConfig
 from worldmodel.dynamics import Dynamics
 from worldmodel.lam import LatentActionModel
 from worldmodel.tokenizer import VideoTokenizer
-from worldmodel.train import Placement
+from worldmodel.train import Placement, make_optimizer, update
 
 STAGES = ("tokenizer", "actions", "dynamics")
 
@@ -51,16 +51,13 @@ def time_stage(stage: str, config: WorldModelConfig, batch: int, placement: Plac
     placement.apply()
     model, inputs = build(stage, config, batch, device)
     model.to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    optimizer = make_optimizer(model, lr=1e-3, weight_decay=1e-4)
     loss_fn = torch.compile(model.loss) if compile_model else model.loss
 
     def step() -> torch.Tensor:
         with placement.autocast():
             loss, _ = loss_fn(*inputs)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        update(model, optimizer, loss, grad_clip=1.0)
         return loss.detach()
 
     if device.type == "cuda":

@@ -19,11 +19,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.matrix import WORLDMODEL_DIR
+from harness.git import ROOT, git  # ROOT: the checkout whose code runs the candidate arm
 from worldmodel.config import STAGES
 from worldmodel.errors import WorldbenchError
 
-ROOT = WORLDMODEL_DIR.parent  # the checkout whose code runs the candidate arm
 CODE_PATHS = ("worldmodel", "variants", "harness", "bench.toml")  # what a run's numbers depend on
 
 # Runs in REF's worktree with REF's code: the run ids its `bench run` records for one arm, seed -> id.
@@ -39,10 +38,6 @@ except WorldbenchError as err:
     sys.exit(str(err))
 print(json.dumps({spec.seed: spec.run_id for spec in specs}))
 """
-
-
-def git(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
 
 
 def last_line(text: str) -> str:

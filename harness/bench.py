@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +9,8 @@ from pathlib import Path
 import pandas as pd
 
 from harness.executors import check_ray_address, run_local, run_ray
-from harness.matrix import WORLDMODEL_DIR, RunSpec, code_hash
+from harness.git import git_state
+from harness.matrix import RunSpec, code_hash
 from harness.runner import Progress, RunRecord
 from harness.store import Store
 from harness.suite import Suite
@@ -29,18 +29,6 @@ class Execution:
     ray_address: str | None = None
     force: bool = False
     device: str = "cpu"  # resolved: "cpu" or "cuda"
-
-
-def git_state() -> tuple[str, bool]:
-    root = WORLDMODEL_DIR.parent
-    try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10).stdout.strip()
-        dirty = bool(subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                                    capture_output=True, text=True, timeout=10).stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        return "unknown", False
-    return commit or "unknown", dirty
 
 
 def record_run(store: Store, record: RunRecord) -> None:

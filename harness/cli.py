@@ -199,9 +199,8 @@ def print_runs(runs) -> None:
 # ----------------------------------------------------------------------------- list / show
 
 def command_list(args) -> int:
-    from harness.kpis import KPIS
     from harness.suite import load_suite
-    from variants.registry import components, describe
+    from variants import components, describe
 
     suite = load_suite(args.config)
     table = Table(title=args.what)
@@ -229,7 +228,7 @@ def command_list(args) -> int:
             table.add_column(column)
         for name, rule in suite.kpis.items():
             table.add_row(name, rule.direction, rule.scale, f"{rule.margin:g}", "yes" if rule.blocking else "",
-                          KPIS[name].description)
+                          rule.description)
     else:
         for column in ("profile", "seeds", "model overrides", "description"):
             table.add_column(column)

@@ -7,7 +7,7 @@ the report files and maps the verdict to an exit code (harness/exits.py).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,8 @@ import pandas as pd
 from harness import stats
 from harness.baseline_ref import BaselineRef
 from harness.bench import timing_paired
-from harness.kpis import COMPARE_TIME_KPIS, KPIS
+from harness.git import git_state
+from harness.kpis import COMPARE_TIME_KPIS
 from harness.matrix import RunSpec, interleave, plan_runs
 from harness.store import Store
 from harness.suite import Suite
@@ -116,18 +117,15 @@ def add_steps_to_target(values: dict[str, dict[str, dict[int, float]]], curves: 
     return notes
 
 
-LOG_SCALE_FLOOR = 1e-12  # a log-scale KPI at 0 (a collapsed encoder's variance) is read as this
-
-
-def floor_log_scale(values: dict[str, dict[str, dict[int, float]]], suite: Suite) -> list[str]:
-    """Values <= 0 have no ratio: read them as LOG_SCALE_FLOOR so a collapse shows as a huge change."""
+def floor_values(values: dict[str, dict[str, dict[int, float]]], suite: Suite) -> list[str]:
+    """Read each arm's log-scale values <= 0 as harness.stats.floor_log_scale says; returns a note per arm and KPI."""
     notes = []
     for arm, arm_kpis in values.items():
         for name, by_seed in arm_kpis.items():
-            low = [seed for seed, value in by_seed.items() if value <= 0]
-            if low and suite.kpis[name].scale == "log":
-                by_seed.update({seed: LOG_SCALE_FLOOR for seed in low})
-                notes.append(f"{name}: {arm} has {len(low)} values <= 0, read as {LOG_SCALE_FLOOR:g} on its log scale")
+            arm_kpis[name], floored = stats.floor_log_scale(suite.kpis[name], by_seed)
+            if floored:
+                notes.append(f"{name}: {arm} has {floored} values <= 0, read as {stats.LOG_SCALE_FLOOR:g} "
+                             "on its log scale")
     return notes
 
 
@@ -149,10 +147,9 @@ def rules_for(suite: Suite, has_actions: bool = True, timing_paired: bool = Fals
     """The suite's rules as the statistics judge them here: a KPI against ground-truth actions cannot block
     where there are none, and a timing KPI (machine load) only where the arms' runs were scheduled side by
     side (harness.bench.timing_paired)."""
-    return [KpiRule(name, rule.direction, rule.scale, rule.margin,
-                    rule.blocking and (has_actions or not KPIS[name].needs_actions)
-                    and (timing_paired or not KPIS[name].timing))
-            for name, rule in suite.kpis.items()]
+    return [replace(rule, blocking=rule.blocking and (has_actions or not rule.needs_actions)
+                    and (timing_paired or not rule.timing))
+            for rule in suite.kpis.values()]
 
 
 def compare_runs(suite: Suite, store: Store, selection: Selection, alpha: float):
@@ -166,7 +163,7 @@ def compare_runs(suite: Suite, store: Store, selection: Selection, alpha: float)
     baseline, candidate = selection.labels
     values = {arm: arm_values(kpis, runs, arm) for arm in (baseline, candidate)}
     notes = add_steps_to_target(values, curves, runs, suite, baseline)
-    notes += floor_log_scale(values, suite)
+    notes += floor_values(values, suite)
 
     def failures(arm: str) -> int:
         return len(arms[arm]) - int(((runs["arm"] == arm) & (runs["status"] == "ok")).sum())  # missing = failed
@@ -276,8 +273,6 @@ def finished_runs(results: Path) -> set[str]:
 
 def describe_arms(report, selection: Selection, arms: dict[str, list[str]], finished_before: set[str]) -> None:
     """Add to each arm's description the code it ran and how many of its runs were reused or trained now."""
-    from harness.bench import git_state
-
     commit, dirty = git_state()
     here = f"commit {commit}{' with uncommitted changes' if dirty else ''} (this checkout)"
     for role, label in zip(("baseline", "candidate"), selection.labels):

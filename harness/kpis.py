@@ -4,83 +4,71 @@ Rules (direction, scale, margin, blocking) can be overridden per KPI in bench.to
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from harness.stats import SMOOTHING_FRACTION, smoothed_loss
+from harness.types import KpiRule
 from worldmodel.config import STAGES
 
 
-@dataclass(frozen=True)
-class KpiDefinition:
-    name: str
-    description: str
-    direction: str = "lower"  # which way is better
-    scale: str = "log"  # log: judged as ratios; linear: as differences
-    margin: float = 0.10  # how much worse is still acceptable (fraction for log, amount for linear)
-    blocking: bool = False
-    # quality | controllability: what the model learned, evidence that a planted fault was caught (bench validate);
-    # timing: depends on the machine's load, not reproducible bit for bit; regulariser, cost, data: neither.
-    role: str = "quality"
-    needs_actions: bool = False  # only measured on datasets with ground-truth actions; blocks only there
-
-    @property
-    def timing(self) -> bool:
-        return self.role == "timing"
-
-    @property
-    def evidence(self) -> bool:
-        """Whether a regression of this KPI shows a broken model (not a slower machine or a regulariser)."""
-        return self.role in ("quality", "controllability")
+def _kpi(name: str, description: str, direction: str = "lower", scale: str = "log", margin: float = 0.10,
+         blocking: bool = False, role: str = "quality", needs_actions: bool = False) -> KpiRule:
+    """One KPI as the table below reads: what it is first, then its rule; informational unless it says blocking."""
+    return KpiRule(name, direction, scale, margin, blocking, description=description, role=role,
+                   needs_actions=needs_actions)
 
 
-def _stage_kpis(stage: str) -> list[KpiDefinition]:
+def _stage_kpis(stage: str) -> list[KpiRule]:
     return [
-        KpiDefinition(f"{stage}.final_loss", f"mean of the logged train losses over the last {SMOOTHING_FRACTION:.0%} "
-                      "of the budget (the smoothed loss at the last step)"),
-        KpiDefinition(f"{stage}.val_loss", "the stage's task loss on the val split (no regularisers)", blocking=True),
-        KpiDefinition(f"{stage}.steps_to_target", "first logged step from which the train loss, smoothed by a "
-                      f"trailing mean over {SMOOTHING_FRACTION:.0%} of the budget, stays <= target (censored if never)",
-                      margin=0.25),
-        KpiDefinition(f"{stage}.it_per_s", "median steady-state training steps/s", "higher", margin=0.10,
-                      role="timing"),
-        KpiDefinition(f"{stage}.wall_s", "training wall time, seconds", margin=0.10, role="timing"),
-        KpiDefinition(f"{stage}.peak_rss_mb", "peak resident memory of the run's process, MB", margin=0.10,
-                      role="timing"),
-        KpiDefinition(f"{stage}.params", "trainable parameters", "lower", "log", 0.10, role="cost"),
+        _kpi(f"{stage}.final_loss", f"mean of the logged train losses over the last {SMOOTHING_FRACTION:.0%} "
+             "of the budget (the smoothed loss at the last step)"),
+        _kpi(f"{stage}.val_loss", "the stage's task loss on the val split (no regularisers)", blocking=True),
+        _kpi(f"{stage}.steps_to_target", "first logged step from which the train loss, smoothed by a "
+             f"trailing mean over {SMOOTHING_FRACTION:.0%} of the budget, stays <= target (censored if never)",
+             margin=0.25),
+        _kpi(f"{stage}.it_per_s", "median steady-state training steps/s", "higher", margin=0.10,
+             role="timing"),
+        _kpi(f"{stage}.wall_s", "training wall time, seconds", margin=0.10, role="timing"),
+        _kpi(f"{stage}.peak_rss_mb", "peak resident memory of the run's process, MB", margin=0.10,
+             role="timing"),
+        _kpi(f"{stage}.params", "trainable parameters", "lower", "log", 0.10, role="cost"),
     ]
 
 
-KPIS: dict[str, KpiDefinition] = {k.name: k for k in [
+KPIS: dict[str, KpiRule] = {k.name: k for k in [
     *(kpi for stage in STAGES for kpi in _stage_kpis(stage)),
-    KpiDefinition("tokenizer.val_mse", "reconstruction MSE on val, pixels in [0, 1]"),
-    KpiDefinition("tokenizer.val_psnr", "reconstruction PSNR on val, dB", "higher", "linear", 0.5),
-    KpiDefinition("tokenizer.val_moving_psnr", "reconstruction PSNR on val, dB, over only the pixels that change "
-                  "between consecutive ground-truth frames (the moving sprites)", "higher", "linear", 0.5),
-    KpiDefinition("tokenizer.codebook_usage", "fraction of codes used on val", "higher", "linear", 0.05),
-    KpiDefinition("tokenizer.codebook_perplexity", "perplexity of the code distribution on val", "higher"),
-    KpiDefinition("actions.codebook_usage", "fraction of latent actions used on val", "higher", "linear", 0.10),
-    KpiDefinition("actions.codebook_perplexity", "perplexity of the latent actions on val", "higher"),
-    KpiDefinition("actions.variance_penalty", "the LAM's variance hinge on val, max(0, floor - batch variance of "
-                  "the pre-quantisation latents), unweighted; not part of actions.val_loss", "lower", "linear", 0.001,
-                  role="regulariser"),
-    KpiDefinition("actions.encoder_variance", "batch variance of the pre-quantisation action latents", "higher"),
-    KpiDefinition("actions.decoder_variance", "variance of the LAM decoder's prediction across actions", "higher"),
+    _kpi("tokenizer.val_mse", "reconstruction MSE on val, pixels in [0, 1]"),
+    _kpi("tokenizer.val_psnr", "reconstruction PSNR on val, dB", "higher", "linear", 0.5),
+    _kpi("tokenizer.val_moving_psnr", "reconstruction PSNR on val, dB, over only the pixels that change "
+         "between consecutive ground-truth frames (the moving sprites)", "higher", "linear", 0.5),
+    _kpi("tokenizer.codebook_usage", "fraction of codes used on val", "higher", "linear", 0.05),
+    _kpi("tokenizer.codebook_perplexity", "perplexity of the code distribution on val", "higher"),
+    _kpi("actions.codebook_usage", "fraction of latent actions used on val", "higher", "linear", 0.10),
+    _kpi("actions.codebook_perplexity", "perplexity of the latent actions on val", "higher"),
+    _kpi("actions.variance_penalty", "the LAM's variance hinge on val, max(0, floor - batch variance of "
+         "the pre-quantisation latents), unweighted; not part of actions.val_loss", "lower", "linear", 0.001,
+         role="regulariser"),
+    _kpi("actions.encoder_variance", "batch variance of the pre-quantisation action latents", "higher"),
+    _kpi("actions.decoder_variance", "variance of the LAM decoder's prediction across actions", "higher"),
     # The controllability KPI: a LAM that stops encoding the true actions must not PASS.
-    KpiDefinition("actions.nmi", "NMI of latent vs ground-truth actions", "higher", "linear", 0.05, blocking=True,
-                  role="controllability", needs_actions=True),
-    KpiDefinition("actions.majority_accuracy", "accuracy of latent -> majority true action", "higher", "linear",
-                  0.05, role="controllability", needs_actions=True),
-    KpiDefinition("dynamics.val_token_accuracy", "masked-token accuracy on val", "higher", "linear", 0.02),
-    KpiDefinition("rollout.ar_mse", "autoregressive rollout MSE (own predictions fed back)", blocking=True),
-    KpiDefinition("rollout.tf_mse", "teacher-forced rollout MSE", blocking=True),
-    KpiDefinition("rollout.ar_psnr", "autoregressive rollout PSNR, dB", "higher", "linear", 0.5),
-    KpiDefinition("rollout.tf_psnr", "teacher-forced rollout PSNR, dB", "higher", "linear", 0.5),
-    KpiDefinition("rollout.ar_ssim", "autoregressive rollout SSIM", "higher", "linear", 0.02),
-    KpiDefinition("rollout.copy_last_mse", "MSE of repeating the last context frame (data property)", role="data"),
-    KpiDefinition("rollout.delta_psnr", "Genie's Delta_t PSNR at t = 4: LAM actions vs random actions",
-                  "higher", "linear", 0.5, role="controllability"),
+    _kpi("actions.nmi", "NMI of latent vs ground-truth actions", "higher", "linear", 0.05, blocking=True,
+         role="controllability", needs_actions=True),
+    _kpi("actions.majority_accuracy", "accuracy of latent -> majority true action", "higher", "linear",
+         0.05, role="controllability", needs_actions=True),
+    _kpi("dynamics.val_token_accuracy", "masked-token accuracy on val", "higher", "linear", 0.02),
+    _kpi("rollout.ar_mse", "autoregressive rollout MSE (own predictions fed back)", blocking=True),
+    _kpi("rollout.tf_mse", "teacher-forced rollout MSE", blocking=True),
+    _kpi("rollout.ar_psnr", "autoregressive rollout PSNR, dB", "higher", "linear", 0.5),
+    _kpi("rollout.tf_psnr", "teacher-forced rollout PSNR, dB", "higher", "linear", 0.5),
+    _kpi("rollout.ar_ssim", "autoregressive rollout SSIM", "higher", "linear", 0.02),
+    _kpi("rollout.copy_last_mse", "MSE of repeating the last context frame (data property)", role="data"),
+    _kpi("rollout.delta_psnr", "Genie's Delta_t PSNR at t = 4: LAM actions vs random actions",
+         "higher", "linear", 0.5, role="controllability"),
+    # Blocking: a dynamics that stops reading its actions (bench validate's fault_dynamics_blind) must not PASS,
+    # and delta_psnr is too noisy across seeds to show it while the LAM's actions are weak.
+    _kpi("rollout.action_response", "MSE between the autoregressive rollouts under the LAM's actions "
+         "and under random actions: how much the predictions depend on the actions (0 = action-blind)",
+         "higher", "log", 0.5, blocking=True, role="controllability"),
 ]}
 
 # Steps-to-target is computed at compare time from the curves, against a target that may

@@ -23,11 +23,11 @@ UPSTREAM = {"tokenizer": (), "actions": (), "dynamics": ("tokenizer", "actions")
 WORLDMODEL_DIR = Path(worldmodel.__file__).parent
 VARIANTS_DIR = Path(variants.__file__).parent
 # Source each stage runs; a change to any of these files retrains that stage.
-SHARED_SOURCES = ["config.py", "layers.py", "fsq.py", "train.py", "stages.py", "metrics.py", "errors.py", "data/*.py",
-                  "kernels/*.py", "kernels/*.cpp", "kernels/*.h"]
+SHARED_SOURCES = ["config.py", "layers.py", "norms.py", "fused.py", "fsq.py", "train.py", "stages.py", "metrics.py",
+                  "errors.py", "data/*.py", "kernels/*.py", "kernels/*.cpp", "kernels/*.h"]
 STAGE_SOURCES = {
     "tokenizer": ["tokenizer.py"],
-    "actions": ["lam.py", "VARIANTS"],
+    "actions": ["lam.py", "registry.py", "VARIANTS"],  # lam.py holds the baseline encoder, variants/ the others
     "dynamics": ["dynamics.py"],
 }
 

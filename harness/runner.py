@@ -27,7 +27,7 @@ from worldmodel import stages
 from worldmodel.config import WorldModelConfig
 from worldmodel.data import VideoData, VideoWindows, generate, load_hdf5, save_hdf5
 from worldmodel.errors import WorldbenchError
-from worldmodel.rollout import evaluate_rollouts, rollout_clips
+from worldmodel.rollout import RolloutResult, evaluate_rollouts, rollout_clips
 from worldmodel.train import Placement, StageDiverged, reset_peak_rss
 
 Progress = Callable[[str, str, int, int, float], None]  # (run_id, stage, step, total, loss)
@@ -121,17 +121,9 @@ def execute_run(spec: RunSpec, results_root: str, threads: int, executor: str,
     """
     torch.set_num_threads(threads)
     reset_peak_rss()
-    started = now()
-    record = RunRecord(run=RunRow(
-        run_id=spec.run_id, profile=spec.profile, dataset=spec.dataset, variant=spec.variant,
-        seed=spec.seed, status="ok", error="", failed_stage="", diverged_step=-1,
-        config_json=spec.resolved_json(), stage_ids_json=json.dumps(spec.stage_ids),
-        torch_version=torch.__version__, device=device_label(device), precision=spec.precision,
-        cpu_model=cpu_model(), host=socket.gethostname(), executor=executor, started_at=started,
-        load_avg_1m=os.getloadavg()[0],
-    ))
+    record = RunRecord(run=run_row(spec, executor, device))
     cache = Path(results_root) / "cache"
-    current = "data"
+    current = "data"  # the step under way: a failure names it
     try:
         placement = Placement(device, spec.precision)
         config = spec.config
@@ -139,24 +131,10 @@ def execute_run(spec: RunSpec, results_root: str, threads: int, executor: str,
         val_fraction = spec.data["val_fraction"]
         train = VideoWindows(data, config.window, "train", val_fraction)
         val = VideoWindows(data, config.window, "val", val_fraction)
-
-        def hook(stage: str):
-            return (lambda step, total, loss: progress(spec.run_id, stage, step, total, loss)) if progress else None
-
         models, outputs = {}, {}
         for current in ("tokenizer", "actions", "dynamics"):
-            def train_fn(checkpoint: Path, stage=current):
-                if stage == "tokenizer":
-                    return stages.run_tokenizer(config, train, val, checkpoint, spec.seed, hook(stage), placement)
-                if stage == "actions":
-                    return stages.run_actions(config, train, val, checkpoint, spec.seed, hook(stage), placement)
-                return stages.run_dynamics(config, train, val, models["tokenizer"], models["actions"], checkpoint,
-                                           spec.seed, hook(stage), placement)
-            model, outputs[current] = cached_stage(current, spec.stage_ids[current], cache, config, train_fn)
-            models[current] = model.to(placement.torch_device)  # a cached stage loads onto the CPU
-            if progress:
-                progress(spec.run_id, current, config.stage(current).steps, config.stage(current).steps, float("nan"))
-
+            models[current], outputs[current] = train_stage(spec, current, train, val, models, cache, placement,
+                                                            progress)
         current = "rollout"
         clips = rollout_clips(data, config, val_fraction).to(placement.torch_device)
         result = evaluate_rollouts(models["tokenizer"], models["actions"], models["dynamics"], clips, config)
@@ -169,21 +147,61 @@ def execute_run(spec: RunSpec, results_root: str, threads: int, executor: str,
         record.run.update(status="failed", failed_stage=current,
                           error=f"{type(err).__name__}: {err} ({Path(last.filename).name}:{last.lineno})")
     else:
-        for stage, output in outputs.items():
-            values = stage_kpis(stage, output["curve"], output["metrics"], output["params"], output["wall_s"],
-                                output["peak_rss_mb"])
-            record.kpis += [{"run_id": spec.run_id, "kpi": k, "value": v} for k, v in values.items()]
-            record.curves += [{"run_id": spec.run_id, "stage": stage, "step": row["step"], "metric": metric,
-                               "value": value}
-                              for row in output["curve"] for metric, value in row.items() if metric != "step"]
-        record.kpis += [{"run_id": spec.run_id, "kpi": f"rollout.{k}", "value": v} for k, v in result.kpis.items()]
-        for mode, scores in result.scores.items():
-            clips_count, horizon = scores["mse"].shape
-            record.rollouts += [{"run_id": spec.run_id, "mode": mode, "clip": c, "horizon_step": h + 1,
-                                 "mse": float(scores["mse"][c, h]), "psnr": float(scores["psnr"][c, h]),
-                                 "ssim": float(scores["ssim"][c, h])}
-                                for c in range(clips_count) for h in range(horizon)]
-        record.frames = {"ground_truth": result.ground_truth, "predictions": result.predictions,
-                         "reconstructions": result.reconstructions, "context": config.window - 1}
+        add_results(record, spec, outputs, result)
     record.run["finished_at"] = now()
     return record
+
+
+def run_row(spec: RunSpec, executor: str, device: str) -> RunRow:
+    """The run's row as it starts: status ok until something fails."""
+    started = now()
+    return RunRow(
+        run_id=spec.run_id, profile=spec.profile, dataset=spec.dataset, variant=spec.variant,
+        seed=spec.seed, status="ok", error="", failed_stage="", diverged_step=-1,
+        config_json=spec.resolved_json(), stage_ids_json=json.dumps(spec.stage_ids),
+        torch_version=torch.__version__, device=device_label(device), precision=spec.precision,
+        cpu_model=cpu_model(), host=socket.gethostname(), executor=executor, started_at=started,
+        load_avg_1m=os.getloadavg()[0],
+    )
+
+
+def train_stage(spec: RunSpec, stage: str, train: VideoWindows, val: VideoWindows, models: dict, cache: Path,
+                placement: Placement, progress: Progress | None) -> tuple[torch.nn.Module, dict]:
+    """One stage's model, on the run's device, and its output: trained through the stage cache, or loaded from it
+    (`models` holds the stages before this one)."""
+    config, seed = spec.config, spec.seed
+    hook = (lambda step, total, loss: progress(spec.run_id, stage, step, total, loss)) if progress else None
+
+    def train_fn(checkpoint: Path):
+        if stage == "tokenizer":
+            return stages.run_tokenizer(config, train, val, checkpoint, seed, hook, placement)
+        if stage == "actions":
+            return stages.run_actions(config, train, val, checkpoint, seed, hook, placement)
+        return stages.run_dynamics(config, train, val, models["tokenizer"], models["actions"], checkpoint, seed, hook,
+                                   placement)
+
+    model, output = cached_stage(stage, spec.stage_ids[stage], cache, config, train_fn)
+    model = model.to(placement.torch_device)  # a cached stage loads onto the CPU
+    if progress:
+        progress(spec.run_id, stage, config.stage(stage).steps, config.stage(stage).steps, float("nan"))
+    return model, output
+
+
+def add_results(record: RunRecord, spec: RunSpec, outputs: dict[str, dict], result: RolloutResult) -> None:
+    """A finished run's KPIs, loss curves, per-clip rollout scores and rollout frames, into its record."""
+    for stage, output in outputs.items():
+        values = stage_kpis(stage, output["curve"], output["metrics"], output["params"], output["wall_s"],
+                            output["peak_rss_mb"])
+        record.kpis += [{"run_id": spec.run_id, "kpi": k, "value": v} for k, v in values.items()]
+        record.curves += [{"run_id": spec.run_id, "stage": stage, "step": row["step"], "metric": metric,
+                           "value": value}
+                          for row in output["curve"] for metric, value in row.items() if metric != "step"]
+    record.kpis += [{"run_id": spec.run_id, "kpi": f"rollout.{k}", "value": v} for k, v in result.kpis.items()]
+    for mode, scores in result.scores.items():
+        clips_count, horizon = scores["mse"].shape
+        record.rollouts += [{"run_id": spec.run_id, "mode": mode, "clip": c, "horizon_step": h + 1,
+                             "mse": float(scores["mse"][c, h]), "psnr": float(scores["psnr"][c, h]),
+                             "ssim": float(scores["ssim"][c, h])}
+                            for c in range(clips_count) for h in range(horizon)]
+    record.frames = {"ground_truth": result.ground_truth, "predictions": result.predictions,
+                     "reconstructions": result.reconstructions, "context": spec.config.window - 1}

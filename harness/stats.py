@@ -47,10 +47,21 @@ import numpy as np
 from scipy import stats
 from statsmodels.stats.power import TTestPower
 
-from harness.types import NAN, Comparison, Finding, KpiComparison, KpiRule, Reason, Why
+from harness.types import (
+    NAN,
+    ArmSummary,
+    Comparison,
+    Effect,
+    Finding,
+    HypothesisTest,
+    KpiComparison,
+    KpiRule,
+    Reason,
+    Why,
+)
 
-__all__ = ["Comparison", "KpiComparison", "KpiRule", "alpha_spending", "compare", "compare_kpi", "holm_adjust",
-           "recommended_seeds", "smoothed_loss", "steps_to_target"]
+__all__ = ["Comparison", "KpiComparison", "KpiRule", "alpha_spending", "compare", "compare_kpi", "floor_log_scale",
+           "holm_adjust", "recommended_seeds", "smoothed_loss", "steps_to_target"]
 
 MIN_VALUES_PER_ARM = 2
 # Seed recommendations are capped here; a value equal to the cap means "this many or more".
@@ -92,6 +103,16 @@ def _usable_values(rule: KpiRule, values: Mapping[int, float], censored: bool, a
             )
         usable[int(seed)] = value
     return _Arm(usable)
+
+
+LOG_SCALE_FLOOR = 1e-12  # a log-scale KPI at 0 (a collapsed encoder's variance) is read as this
+
+
+def floor_log_scale(rule: KpiRule, values: Mapping[int, float]) -> tuple[dict[int, float], int]:
+    """The values as the KPI's scale can compare them, and how many were floored: on a log scale a value <= 0
+    has no ratio, so it is read as LOG_SCALE_FLOOR and a collapse shows as a huge change (linear: unchanged)."""
+    low = [seed for seed, value in values.items() if value <= 0] if rule.scale == "log" else []
+    return {**values, **dict.fromkeys(low, LOG_SCALE_FLOOR)}, len(low)
 
 
 def _count_nan(values: Mapping[int, float]) -> int:
@@ -349,12 +370,35 @@ def _analyse(
     censored: bool,
     alpha: float,
 ) -> _KpiAnalysis:
+    """Prepare the arms, then test them: rank tests when censored, else a paired or an unpaired t-test."""
+    analysis = _prepare(rule, baseline, candidate, censored)
+    if not analysis.enough_data:
+        return analysis
+    b_raw, c_raw = _tested_values(analysis)
+    prob = probability_of_improvement(rule, c_raw, b_raw)
+    if analysis.paired and np.array_equal(c_raw, b_raw):
+        # Bit-identical arms: no test, no p values (so no place in Holm's family), no interval.
+        return replace(analysis, method="none (bit-identical arms)", effect=0.0, ci=(0.0, 0.0), sd_d=0.0,
+                       prob_improvement=prob, identical=True)
+    # Badness orientation: positive = candidate worse.
+    b = rule.badness_sign * _to_analysis_axis(rule, b_raw)
+    c = rule.badness_sign * _to_analysis_axis(rule, c_raw)
+    if censored:
+        return _analyse_censored(analysis, c, b, prob, rule.analysis_margin)
+    if analysis.paired:
+        return _analyse_paired(analysis, c, b, prob, alpha)
+    return _analyse_unpaired(analysis, c, b, prob, alpha)
+
+
+def _prepare(rule: KpiRule, baseline: Mapping[int, float], candidate: Mapping[int, float],
+             censored: bool) -> _KpiAnalysis:
+    """The usable values of both arms, and whether they are paired and enough to test."""
     if censored and rule.direction != "lower":
         raise ValueError(f"KPI {rule.name!r}: censored (steps-to-target) KPIs must have direction 'lower'")
     base_arm = _usable_values(rule, baseline, censored, "baseline")
     cand_arm = _usable_values(rule, candidate, censored, "candidate")
     common = sorted(set(base_arm.by_seed) & set(cand_arm.by_seed))
-    analysis = _KpiAnalysis(
+    return _KpiAnalysis(
         rule=rule,
         given_baseline={int(s): float(v) for s, v in baseline.items()},
         given_candidate={int(s): float(v) for s, v in candidate.items()},
@@ -365,41 +409,39 @@ def _analyse(
         censored=censored,
         enough_data=min(base_arm.n, cand_arm.n) >= MIN_VALUES_PER_ARM,
     )
-    if not analysis.enough_data:
-        return analysis
 
-    if analysis.paired:
-        b_raw = np.array([base_arm.by_seed[s] for s in common])
-        c_raw = np.array([cand_arm.by_seed[s] for s in common])
-    else:
-        b_raw, c_raw = base_arm.values, cand_arm.values
-    prob = probability_of_improvement(rule, c_raw, b_raw)
-    if analysis.paired and np.array_equal(c_raw, b_raw):
-        # Bit-identical arms: no test, no p values (so no place in Holm's family), no interval.
-        return replace(analysis, method="none (bit-identical arms)", effect=0.0, ci=(0.0, 0.0), sd_d=0.0,
-                       prob_improvement=prob, identical=True)
-    # Badness orientation: positive = candidate worse.
-    b = rule.badness_sign * _to_analysis_axis(rule, b_raw)
-    c = rule.badness_sign * _to_analysis_axis(rule, c_raw)
-    margin = rule.analysis_margin
 
-    if censored:
-        return _analyse_censored(analysis, c, b, prob, margin)
+def _tested_values(analysis: _KpiAnalysis) -> tuple[np.ndarray, np.ndarray]:
+    """(baseline, candidate) raw values the tests use: the common seeds, in order, when paired; else every value."""
     if analysis.paired:
-        d = c - b
-        p_values, interval = _paired_t_test(d, margin, alpha)
-        return replace(
-            analysis,
-            method="paired t-test",
-            effect=float(np.mean(d)),
-            ci=interval,
-            sd_d=float(np.std(d, ddof=1)),
-            p=p_values,
-            hedges_g=hedges_g_paired(rule.badness_sign * d),
-            prob_improvement=prob,
-        )
-    # Fewer than two common seeds: compare the arms as independent samples.
-    p_values, interval = _welch_t_test(c, b, margin, alpha)
+        seeds = analysis.common_seeds
+        return (np.array([analysis.baseline.by_seed[s] for s in seeds]),
+                np.array([analysis.candidate.by_seed[s] for s in seeds]))
+    return analysis.baseline.values, analysis.candidate.values
+
+
+def _analyse_paired(analysis: _KpiAnalysis, c: np.ndarray, b: np.ndarray, prob: float, alpha: float) -> _KpiAnalysis:
+    """A paired t-test of the per-seed effects d = c - b (badness axis)."""
+    rule = analysis.rule
+    d = c - b
+    p_values, interval = _paired_t_test(d, rule.analysis_margin, alpha)
+    return replace(
+        analysis,
+        method="paired t-test",
+        effect=float(np.mean(d)),
+        ci=interval,
+        sd_d=float(np.std(d, ddof=1)),
+        p=p_values,
+        hedges_g=hedges_g_paired(rule.badness_sign * d),
+        prob_improvement=prob,
+    )
+
+
+def _analyse_unpaired(analysis: _KpiAnalysis, c: np.ndarray, b: np.ndarray, prob: float,
+                      alpha: float) -> _KpiAnalysis:
+    """Fewer than two common seeds: Welch's t-test of the arms as independent samples (badness axis)."""
+    rule = analysis.rule
+    p_values, interval = _welch_t_test(c, b, rule.analysis_margin, alpha)
     return replace(
         analysis,
         method="Welch t-test (unpaired)",
@@ -447,66 +489,100 @@ def _analyse_censored(
 # --------------------------------------------------------------------------- verdicts
 
 
-def _judge(analysis: _KpiAnalysis, p_regressed_adjusted: float, alpha: float) -> KpiComparison:
-    rule = analysis.rule
-    estimate = _to_user_scale(rule, analysis.effect) if not math.isnan(analysis.effect) else NAN
-    ci_ends = sorted(_to_user_scale(rule, end) for end in analysis.ci) if not math.isnan(analysis.ci[0]) else [NAN, NAN]
+def _verdict(analysis: _KpiAnalysis, p_regressed_adjusted: float, alpha: float) -> tuple[str, Why]:
+    """The KPI's verdict and the rule that gave it, in the order the rules apply."""
     p = analysis.p
     # A censored KPI can only pass if the candidate misses the target no more often than the baseline.
     censoring_ok = analysis.censored_candidate <= analysis.censored_baseline
     missing = _count_nan(analysis.given_baseline) + _count_nan(analysis.given_candidate)
-    seeds_needed: int | None = None
-
     if not analysis.enough_data:
-        verdict, why = "inconclusive", Why.TOO_FEW_VALUES
-    elif p_regressed_adjusted < alpha:
-        verdict, why = "regressed", Why.REGRESSED
-    elif missing:
+        return "inconclusive", Why.TOO_FEW_VALUES
+    if p_regressed_adjusted < alpha:
+        return "regressed", Why.REGRESSED
+    if missing:
         # A run that finished but has no value (its evaluation broke) never helps a KPI pass: missing
         # data must not shrink the sample until what is left looks fine.
-        verdict, why = "inconclusive", Why.NO_VALUE
-    elif analysis.identical:
-        verdict, why = "identical", Why.IDENTICAL
-    elif p.improved < alpha and censoring_ok:
-        verdict, why = "improved", Why.IMPROVED
-    elif p.noninferior < alpha and censoring_ok:
-        verdict, why = "non-inferior", Why.NON_INFERIOR
-    else:
-        verdict, why = "inconclusive", Why.UNSETTLED
-        seeds_needed = _seeds_to_settle(analysis.effect, analysis.sd_d, rule.analysis_margin, alpha)
+        return "inconclusive", Why.NO_VALUE
+    if analysis.identical:
+        return "identical", Why.IDENTICAL
+    if p.improved < alpha and censoring_ok:
+        return "improved", Why.IMPROVED
+    if p.noninferior < alpha and censoring_ok:
+        return "non-inferior", Why.NON_INFERIOR
+    return "inconclusive", Why.UNSETTLED
 
-    return KpiComparison(
-        name=rule.name,
-        rule=rule,
-        n_baseline=analysis.baseline.n,
-        n_candidate=analysis.candidate.n,
-        n_paired=len(analysis.common_seeds),
-        paired=analysis.paired,
-        baseline_values=analysis.given_baseline,
-        candidate_values=analysis.given_candidate,
-        baseline_median=_median(analysis.baseline.values),
-        candidate_median=_median(analysis.candidate.values),
-        baseline_iqm=interquartile_mean(analysis.baseline.values),
-        candidate_iqm=interquartile_mean(analysis.candidate.values),
+
+def _arm_summary(given: dict[int, float], arm: _Arm, censored: int) -> ArmSummary:
+    return ArmSummary(values=given, n=arm.n, median=_median(arm.values), iqm=interquartile_mean(arm.values),
+                      censored=censored)
+
+
+def _effect(analysis: _KpiAnalysis, alpha: float) -> Effect:
+    """The analysis' effect and interval mapped back from the badness axis to the user's scale."""
+    rule = analysis.rule
+    estimate = _to_user_scale(rule, analysis.effect) if not math.isnan(analysis.effect) else NAN
+    ci_ends = sorted(_to_user_scale(rule, end) for end in analysis.ci) if not math.isnan(analysis.ci[0]) else [NAN, NAN]
+    return Effect(
         estimate=estimate,
         ci_low=float(ci_ends[0]),
         ci_high=float(ci_ends[1]),
+        ci_level=ci_level(alpha) if math.isfinite(ci_ends[0]) else NAN,
         margin=_to_user_scale(rule, rule.analysis_margin),
-        p_noninferior=p.noninferior,
-        p_improved=p.improved,
-        p_regressed=p.regressed,
-        p_regressed_adjusted=float(p_regressed_adjusted),
         hedges_g=analysis.hedges_g,
         prob_improvement=analysis.prob_improvement,
+    )
+
+
+def _judge(analysis: _KpiAnalysis, p_regressed_adjusted: float, alpha: float) -> KpiComparison:
+    rule, p = analysis.rule, analysis.p
+    verdict, why = _verdict(analysis, p_regressed_adjusted, alpha)
+    seeds_needed = (_seeds_to_settle(analysis.effect, analysis.sd_d, rule.analysis_margin, alpha)
+                    if why == Why.UNSETTLED else None)
+    return KpiComparison(
+        name=rule.name,
+        rule=rule,
+        baseline=_arm_summary(analysis.given_baseline, analysis.baseline, analysis.censored_baseline),
+        candidate=_arm_summary(analysis.given_candidate, analysis.candidate, analysis.censored_candidate),
+        effect=_effect(analysis, alpha),
+        test=HypothesisTest(
+            method=analysis.method,
+            paired=analysis.paired,
+            n_paired=len(analysis.common_seeds),
+            p_noninferior=p.noninferior,
+            p_improved=p.improved,
+            p_regressed=p.regressed,
+            p_regressed_adjusted=float(p_regressed_adjusted),
+            p_worse=p.worse,
+        ),
         verdict=verdict,
         why=why,
         recommended_seeds=seeds_needed,
-        p_worse=p.worse,
-        method=analysis.method,
-        ci_level=ci_level(alpha) if math.isfinite(ci_ends[0]) else NAN,
-        censored_baseline=analysis.censored_baseline,
-        censored_candidate=analysis.censored_candidate,
     )
+
+
+def _merge_verdict(kpis: list[KpiComparison], failures_baseline: int,
+                   failures_candidate: int) -> tuple[str, list[Reason], int | None]:
+    """The merge verdict from the blocking KPIs and the failed runs: (verdict, its reasons in order, and for
+    INCONCLUSIVE the most seeds any unsettled blocking KPI asks for)."""
+    blocking_kpis = [k for k in kpis if k.rule.blocking]
+    regressed = [k for k in blocking_kpis if k.verdict == "regressed"]
+    unsettled = [k for k in blocking_kpis if k.verdict not in ("improved", "non-inferior", "identical", "regressed")]
+    more_failures = failures_candidate > failures_baseline
+
+    reasons = [Reason(Finding.KPI, k.name) for k in regressed]
+    if more_failures:
+        reasons.append(Reason(Finding.MORE_FAILURES))
+    if regressed or more_failures:
+        return "FAIL", reasons, None
+    reasons += [Reason(Finding.KPI, k.name) for k in unsettled]
+    if failures_candidate > 0:
+        reasons.append(Reason(Finding.CANDIDATE_FAILURES))
+    if not blocking_kpis:
+        reasons.append(Reason(Finding.NO_BLOCKING_KPI))
+    if not reasons:
+        return "PASS", [Reason(Finding.ALL_BLOCKING_OK)], None
+    recommendations = [k.recommended_seeds for k in unsettled if k.recommended_seeds is not None]
+    return "INCONCLUSIVE", reasons, max(recommendations, default=None)
 
 
 @contextmanager
@@ -559,6 +635,16 @@ def holm_adjust(p_values: list[float]) -> list[float]:
     return [float(x) for x in adjusted]
 
 
+def _holm_within_families(rules: list[KpiRule], p_regressed: list[float]) -> list[float]:
+    """Holm within the blocking KPIs (they gate the merge); informational KPIs form their own family."""
+    adjusted = [NAN] * len(rules)
+    for blocking in (True, False):
+        family = [i for i, rule in enumerate(rules) if rule.blocking == blocking]
+        for i, p in zip(family, holm_adjust([p_regressed[i] for i in family])):
+            adjusted[i] = p
+    return adjusted
+
+
 def compare(
     rules: list[KpiRule],
     baseline: Mapping[str, Mapping[int, float]],
@@ -583,49 +669,12 @@ def compare(
     _check_alpha(alpha)
 
     with _quiet():
-        analyses = [
-            _analyse(
-                rule,
-                baseline.get(rule.name, {}),
-                candidate.get(rule.name, {}),
-                rule.name in censored_kpis,
-                alpha,
-            )
-            for rule in rules
-        ]
-        # Holm within the blocking KPIs (they gate the merge); informational KPIs form their own family.
-        adjusted = [NAN] * len(rules)
-        for blocking in (True, False):
-            family = [i for i, rule in enumerate(rules) if rule.blocking == blocking]
-            for i, p in zip(family, holm_adjust([analyses[i].p.regressed for i in family])):
-                adjusted[i] = p
-        kpis = [_judge(a, p_adj, alpha) for a, p_adj in zip(analyses, adjusted)]
-
-    blocking_kpis = [k for k in kpis if k.rule.blocking]
-    regressed = [k for k in blocking_kpis if k.verdict == "regressed"]
-    unsettled = [k for k in blocking_kpis if k.verdict not in ("improved", "non-inferior", "identical", "regressed")]
-    more_failures = failures_candidate > failures_baseline
-
-    reasons = [Reason(Finding.KPI, k.name) for k in regressed]
-    if more_failures:
-        reasons.append(Reason(Finding.MORE_FAILURES))
-    if regressed or more_failures:
-        verdict = "FAIL"
-    else:
-        reasons += [Reason(Finding.KPI, k.name) for k in unsettled]
-        if failures_candidate > 0:
-            reasons.append(Reason(Finding.CANDIDATE_FAILURES))
-        if not blocking_kpis:
-            reasons.append(Reason(Finding.NO_BLOCKING_KPI))
-        if reasons:
-            verdict = "INCONCLUSIVE"
-        else:
-            verdict = "PASS"
-            reasons.append(Reason(Finding.ALL_BLOCKING_OK))
-
-    recommendations = [k.recommended_seeds for k in unsettled if k.recommended_seeds is not None]
-    overall_seeds = max(recommendations) if verdict == "INCONCLUSIVE" and recommendations else None
-    return Comparison(verdict=verdict, reasons=reasons, kpis=kpis, recommended_seeds=overall_seeds, alpha=float(alpha),
+        analyses = [_analyse(rule, baseline.get(rule.name, {}), candidate.get(rule.name, {}), rule.name in censored_kpis,
+                             alpha) for rule in rules]
+        adjusted = _holm_within_families(rules, [analysis.p.regressed for analysis in analyses])
+        kpis = [_judge(analysis, p_adjusted, alpha) for analysis, p_adjusted in zip(analyses, adjusted)]
+    verdict, reasons, seeds = _merge_verdict(kpis, failures_baseline, failures_candidate)
+    return Comparison(verdict=verdict, reasons=reasons, kpis=kpis, recommended_seeds=seeds, alpha=float(alpha),
                       failures_baseline=failures_baseline, failures_candidate=failures_candidate)
 
 

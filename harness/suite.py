@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import tomllib
 import types
 from dataclasses import dataclass, field
@@ -15,8 +14,8 @@ from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from harness.kpis import KPIS
-from harness.types import KpiRule
-from variants.registry import components as registered_components
+from harness.types import OVERRIDABLE, KpiRule, RuleError
+from variants import components as registered_components  # importing variants registers the built-in ones
 from worldmodel.config import WorldModelConfig
 from worldmodel.data import GAMES
 from worldmodel.data.games import check_game_options
@@ -303,7 +302,7 @@ def build_suite(raw: dict, path: Path | None = None) -> Suite:
     slots = registered_components()
     variants = {**DEFAULT_VARIANTS, **_section(raw, "variants", lambda name, values: _parse_variant(name, values, slots))}
     comparison = _fill(Comparison, _check_type(raw.get("comparison", {}), dict, "comparison"), "comparison")
-    kpis = {name: KpiRule(name, d.direction, d.scale, d.margin, d.blocking) for name, d in KPIS.items()}
+    kpis = dict(KPIS)
     for name, values in _check_type(raw.get("kpis", {}), dict, "kpis").items():
         _check_choice(name, KPIS, "kpis")
         kpis[name] = _parse_kpi_rule(kpis[name], values)
@@ -355,21 +354,16 @@ def _parse_variant(name: str, values: dict, slots: dict[str, list[str]]) -> Vari
 
 
 def _parse_kpi_rule(default: KpiRule, values: dict) -> KpiRule:
-    """bench.toml's [kpis."name"] table over the KPI's default rule."""
-    name = default.name
-    base = dataclasses.asdict(default)
-    base.pop("name")
-    base.update(_check_type(values, dict, f"kpis.{name}"))
-    rule = _checked_fields(KpiRule, base, f"kpis.{name}", name=name)
-    _check_choice(rule["direction"], {"lower", "higher"}, f"kpis.{name}.direction")
-    _check_choice(rule["scale"], {"log", "linear"}, f"kpis.{name}.scale")
-    if rule["margin"] < 0:
-        raise WorldbenchError(f"kpis.{name}.margin: must be >= 0, got {rule['margin']}")
-    if not math.isfinite(rule["margin"]):  # KpiRule refuses it too; here it is a config error, not a crash
-        raise WorldbenchError(f"kpis.{name}.margin: must be a finite number, got {rule['margin']}")
-    if isinstance(rule["target"], str) and rule["target"] != "auto":
-        raise WorldbenchError(f"kpis.{name}.target: use \"auto\" or a number, got {rule['target']!r}")
-    return KpiRule(**rule)
+    """bench.toml's [kpis."name"] table: a copy of the KPI's default with the table's OVERRIDABLE fields replaced.
+
+    Keys and TOML types are checked here; what a rule's values may be, once, by KpiRule itself.
+    """
+    where = f"kpis.{default.name}"
+    fixed = {f.name: getattr(default, f.name) for f in dataclasses.fields(KpiRule) if f.name not in OVERRIDABLE}
+    try:
+        return dataclasses.replace(default, **_checked_fields(KpiRule, values, where, **fixed))
+    except RuleError as err:
+        raise WorldbenchError(f"{where}.{err.field}: {err.problem}") from None
 
 
 def _cross_checked(suite: Suite) -> Suite:

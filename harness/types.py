@@ -66,25 +66,53 @@ def column_types(row: type) -> dict[str, str]:
 
 # --------------------------------------------------------------------------- rules
 
+DIRECTIONS = ("lower", "higher")  # which way is better
+SCALES = ("log", "linear")  # log: compare ratios c/b; linear: compare differences c-b
+# quality | controllability: what the model learned, evidence that a planted fault was caught (bench validate);
+# timing: depends on the machine's load, not reproducible bit for bit; regulariser, cost, data: neither.
+ROLES = ("quality", "controllability", "timing", "regulariser", "cost", "data")
+# The fields of a KpiRule that bench.toml [kpis."name"] may override (harness/suite.py); the rest say what the KPI is.
+OVERRIDABLE = ("direction", "scale", "margin", "blocking", "target", "target_epsilon")
+
+
+class RuleError(ValueError):
+    """A KPI rule field the statistics cannot use; harness/suite.py reports it as `kpis.<name>.<field>: <problem>`."""
+
+    def __init__(self, name: str, field: str, problem: str) -> None:
+        super().__init__(f"KPI {name!r}, {field}: {problem}")
+        self.field, self.problem = field, problem
+
 
 @dataclass(frozen=True)
 class KpiRule:
+    """One KPI: what it measures and the rule the gate judges it by.
+
+    harness/kpis.py holds every KPI's default; bench.toml overrides the OVERRIDABLE fields in a copy
+    (dataclasses.replace), so the checks below are the only ones, for defaults and overrides alike.
+    """
+
     name: str
-    direction: str  # "lower" or "higher": which is better
-    scale: str  # "log": compare ratios c/b; "linear": compare differences c-b
+    direction: str  # DIRECTIONS
+    scale: str  # SCALES
     margin: float  # how much worse is still fine: fraction (log) or absolute amount (linear)
     blocking: bool = True
     # steps_to_target KPIs only (harness.gate.add_steps_to_target), from bench.toml:
     target: float | str = "auto"  # absolute loss, or "auto"
     target_epsilon: float = 0.05  # auto target = (1 + eps) * the largest final loss among the baseline's runs
+    # what the KPI is (harness/kpis.py; not OVERRIDABLE):
+    description: str = ""
+    role: str = "quality"  # ROLES
+    needs_actions: bool = False  # only measured on datasets with ground-truth actions; blocks only there
 
     def __post_init__(self) -> None:
-        if self.direction not in ("lower", "higher"):
-            raise ValueError(f"KPI {self.name!r}: direction must be 'lower' or 'higher', got {self.direction!r}")
-        if self.scale not in ("log", "linear"):
-            raise ValueError(f"KPI {self.name!r}: scale must be 'log' or 'linear', got {self.scale!r}")
+        for field_name, allowed in (("direction", DIRECTIONS), ("scale", SCALES), ("role", ROLES)):
+            if (value := getattr(self, field_name)) not in allowed:
+                choices = ", ".join(sorted(allowed))
+                raise RuleError(self.name, field_name, f"'{value}' is not allowed; use one of: {choices}")
         if not (math.isfinite(self.margin) and self.margin >= 0):
-            raise ValueError(f"KPI {self.name!r}: margin must be a finite number >= 0, got {self.margin!r}")
+            raise RuleError(self.name, "margin", f"must be a finite number >= 0, got {self.margin!r}")
+        if isinstance(self.target, str) and self.target != "auto":
+            raise RuleError(self.name, "target", f'use "auto" or a number, got {self.target!r}')
 
     @property
     def badness_sign(self) -> float:
@@ -96,12 +124,21 @@ class KpiRule:
         """The margin on the axis the tests use: log(1 + margin) for ratios."""
         return math.log1p(self.margin) if self.scale == "log" else self.margin
 
+    @property
+    def timing(self) -> bool:
+        return self.role == "timing"
+
+    @property
+    def evidence(self) -> bool:
+        """Whether a regression of this KPI shows a broken model (not a slower machine or a regulariser)."""
+        return self.role in ("quality", "controllability")
+
 
 # --------------------------------------------------------------------------- results
 
 
 class Why(StrEnum):
-    """Why a KPI got its verdict: the branch of harness.stats._judge that decided it."""
+    """Why a KPI got its verdict: the branch of harness.stats._verdict that decided it."""
 
     TOO_FEW_VALUES = "too few values"  # inconclusive: fewer than MIN_VALUES_PER_ARM usable values in an arm
     REGRESSED = "regressed"  # worse than the margin (Holm-adjusted)
@@ -130,39 +167,56 @@ class Reason:
 
 
 @dataclass
+class ArmSummary:
+    """One arm of one KPI: its values and what the statistics used of them."""
+
+    values: dict[int, float]  # as given, per seed (NaN = missing)
+    n: int  # usable values (missing excluded)
+    median: float  # median and IQM over the usable values
+    iqm: float
+    censored: int = 0  # steps-to-target runs that never reached the target, in the analysed seeds
+
+
+@dataclass
+class Effect:
+    """How the candidate differs, on the user's scale: the ratio c/b (log) or the difference c-b (linear)."""
+
+    estimate: float  # not sign-flipped
+    ci_low: float  # the interval of `estimate` at `ci_level` (NaN for censored KPIs)
+    ci_high: float
+    ci_level: float  # two-sided: 1 - 2 alpha, dual to the one-sided tests
+    margin: float  # the non-inferiority boundary on the same scale: e.g. 1.05 (1/1.05 if higher is better)
+    hedges_g: float  # standardised (c - b) on the analysis axis, small-sample corrected
+    prob_improvement: float  # rliable's probability of improvement: share of all n_c x n_b run pairs, ties 1/2
+
+
+@dataclass
+class HypothesisTest:
+    """The one-sided tests of the candidate's badness d against 0 and the margin m (harness.stats docstring)."""
+
+    method: str  # which test produced the p values ("" when there were too few values)
+    paired: bool  # True: paired test over common seeds; False: unpaired (Welch / Mann-Whitney)
+    n_paired: int  # seeds present in both arms
+    p_noninferior: float  # H1: d < m (raw; see harness.stats)
+    p_improved: float  # H1: d < 0
+    p_regressed: float  # H1: d > m
+    p_regressed_adjusted: float  # Holm-adjusted p_regressed (within blocking / non-blocking KPIs)
+    p_worse: float  # H1: d > 0, worse at all (ignores the margin)
+
+
+@dataclass
 class KpiComparison:
     """The comparison of one KPI.  Floats are plain Python floats; NaN where undefined."""
 
     name: str
     rule: KpiRule
-    n_baseline: int  # usable values per arm (missing values excluded)
-    n_candidate: int
-    n_paired: int  # seeds present in both arms
-    paired: bool  # True: paired test over common seeds; False: unpaired (Welch / Mann-Whitney)
-    baseline_values: dict[int, float]  # as given, per seed (NaN = missing)
-    candidate_values: dict[int, float]
-    baseline_median: float  # medians and IQMs over all usable values of the arm
-    candidate_median: float
-    baseline_iqm: float
-    candidate_iqm: float
-    estimate: float  # user-facing, not sign-flipped: ratio c/b (log scale) or difference c-b (linear)
-    ci_low: float  # CI of `estimate` at `ci_level`, same scale (NaN for censored KPIs)
-    ci_high: float
-    margin: float  # non-inferiority boundary, same scale as `estimate`: e.g. 1.05 (1/1.05 if higher is better)
-    p_noninferior: float  # H1: candidate not worse than the margin (raw; see module docstring)
-    p_improved: float  # H1: candidate better than baseline
-    p_regressed: float  # H1: candidate worse than the margin
-    p_regressed_adjusted: float  # Holm-adjusted p_regressed (within blocking / non-blocking KPIs)
-    hedges_g: float  # standardised (c - b) on the analysis axis, small-sample corrected
-    prob_improvement: float  # rliable's probability of improvement: share of all n_c x n_b run pairs, ties 1/2
+    baseline: ArmSummary
+    candidate: ArmSummary
+    effect: Effect
+    test: HypothesisTest
     verdict: str  # "improved" | "non-inferior" | "identical" | "regressed" | "inconclusive"
-    why: Why  # which rule of harness.stats._judge gave the verdict; reports/text.py words it (kpi_reason)
+    why: Why  # which rule of harness.stats._verdict gave the verdict; reports/text.py words it (kpi_reason)
     recommended_seeds: int | None  # for inconclusive KPIs: seeds for 80% power (capped at 200)
-    p_worse: float = NAN  # H1: candidate worse than baseline at all (ignores the margin)
-    method: str = ""  # which test produced the p values
-    ci_level: float = NAN  # two-sided level of [ci_low, ci_high]: 1 - 2 alpha, dual to the one-sided tests
-    censored_baseline: int = 0  # steps-to-target runs that never reached the target, in the analysed seeds
-    censored_candidate: int = 0
 
 
 @dataclass

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 from harness.exits import EXIT_CRASHED, EXIT_FAIL, EXIT_OK
 from harness.gate import Selection, compare_runs
-from harness.kpis import KPIS
 from harness.matrix import RunSpec
 from harness.store import Store
 from harness.suite import Suite
@@ -88,9 +87,8 @@ def run_specs(suite: Suite, checks: list[Check]) -> list[RunSpec]:
 
 def caught_by(comparison: Comparison) -> KpiComparison | None:
     """The evidence that a fault was caught: the most significant regressed blocking quality/controllability KPI."""
-    regressed = [k for k in comparison.kpis
-                 if k.rule.blocking and k.verdict == "regressed" and KPIS[k.name].evidence]
-    return min(regressed, key=lambda k: k.p_regressed_adjusted, default=None)
+    regressed = [k for k in comparison.kpis if k.rule.blocking and k.verdict == "regressed" and k.rule.evidence]
+    return min(regressed, key=lambda k: k.test.p_regressed_adjusted, default=None)
 
 
 def judge(check: Check, comparison: Comparison) -> CheckResult:
@@ -101,7 +99,7 @@ def judge(check: Check, comparison: Comparison) -> CheckResult:
     else:
         ok = comparison.verdict != "FAIL"
     return CheckResult(check.name, check.selection.candidate, check.expected, comparison.verdict,
-                       culprit.name if culprit else "", culprit.p_regressed_adjusted if culprit else math.nan, ok,
+                       culprit.name if culprit else "", culprit.test.p_regressed_adjusted if culprit else math.nan, ok,
                        comparison)
 
 

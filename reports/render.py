@@ -18,7 +18,7 @@ import jinja2
 import numpy as np
 import pandas as pd
 
-from harness.types import ReportInput
+from harness.types import KpiComparison, ReportInput
 from reports import view
 from reports.figures import Figure, plan_figures
 from reports.template import HTML_TEMPLATE
@@ -359,24 +359,47 @@ def _records(frame: pd.DataFrame | None) -> list[dict]:
     return [] if frame is None or frame.empty else frame.to_dict("records")
 
 
+def _kpi_data(kpi: KpiComparison) -> dict:
+    """One KPI as the schema (worldbench-report/1) has it: flat keys, in this order."""
+    baseline, candidate, effect, test, rule = kpi.baseline, kpi.candidate, kpi.effect, kpi.test, kpi.rule
+    return {
+        "name": kpi.name,
+        "n_baseline": baseline.n,
+        "n_candidate": candidate.n,
+        "n_paired": test.n_paired,
+        "paired": test.paired,
+        "baseline_values": baseline.values,
+        "candidate_values": candidate.values,
+        "baseline_median": baseline.median,
+        "candidate_median": candidate.median,
+        "baseline_iqm": baseline.iqm,
+        "candidate_iqm": candidate.iqm,
+        "estimate": effect.estimate,
+        "ci_low": effect.ci_low,
+        "ci_high": effect.ci_high,
+        "margin": effect.margin,
+        "p_noninferior": test.p_noninferior,
+        "p_improved": test.p_improved,
+        "p_regressed": test.p_regressed,
+        "p_regressed_adjusted": test.p_regressed_adjusted,
+        "hedges_g": effect.hedges_g,
+        "prob_improvement": effect.prob_improvement,
+        "verdict": kpi.verdict,
+        "reason": kpi_reason(kpi),  # the statistics' `why`, worded
+        "recommended_seeds": kpi.recommended_seeds,
+        "p_worse": test.p_worse,
+        "method": test.method,
+        "ci_level": effect.ci_level,
+        "direction": rule.direction,
+        "scale": rule.scale,
+        "blocking": rule.blocking,
+        "margin_rule": rule.margin,
+    }
+
+
 def report_data(report: ReportInput) -> dict:
     """Everything a machine needs to act on the report (no pictures, no curves)."""
     comparison = report.comparison
-    kpis = []
-    for kpi in comparison.kpis:
-        fields = dataclasses.asdict(kpi)
-        for name in ("rule", "censored_baseline", "censored_candidate"):
-            fields.pop(name)
-        # the statistics' `why`, worded, where the schema has always had the reason
-        entry = {("reason" if key == "why" else key): (kpi_reason(kpi) if key == "why" else value)
-                 for key, value in fields.items()}
-        entry.update(
-            direction=kpi.rule.direction,
-            scale=kpi.rule.scale,
-            blocking=kpi.rule.blocking,
-            margin_rule=kpi.rule.margin,
-        )
-        kpis.append(entry)
     return _jsonable(
         {
             "schema": "worldbench-report/1",
@@ -389,7 +412,7 @@ def report_data(report: ReportInput) -> dict:
             "reasons": comparison_reasons(comparison),
             "recommended_seeds": comparison.recommended_seeds,
             "alpha": comparison.alpha,
-            "kpis": kpis,
+            "kpis": [_kpi_data(kpi) for kpi in comparison.kpis],
             "runs": _records(report.runs),
             "speed": _records(report.speed),
             "compat": None if report.compat is None else dataclasses.asdict(report.compat),

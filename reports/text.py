@@ -103,7 +103,8 @@ def _change_cell(kpi: KpiComparison, values: list[float]) -> list[str]:
 
 def fmt_estimate(kpi: KpiComparison) -> str:
     """E.g. "+3.1% [−2.0%, +8.4%]" (log scale) or "+0.012 [−0.003, +0.027]" (linear)."""
-    est, low, high = _change_cell(kpi, [kpi.estimate, kpi.ci_low, kpi.ci_high])
+    effect = kpi.effect
+    est, low, high = _change_cell(kpi, [effect.estimate, effect.ci_low, effect.ci_high])
     if est == MISSING:
         return MISSING
     if low == MISSING or high == MISSING:
@@ -113,7 +114,7 @@ def fmt_estimate(kpi: KpiComparison) -> str:
 
 def fmt_margin(kpi: KpiComparison) -> str:
     """The non-inferiority boundary on the estimate's scale: "≤ +5.0%" or "≥ −0.05"."""
-    bound = fmt_change(kpi, kpi.margin)
+    bound = fmt_change(kpi, kpi.effect.margin)
     if bound == MISSING:
         return MISSING
     return f"≤ {bound}" if kpi.rule.direction == "lower" else f"≥ {bound}"
@@ -168,7 +169,7 @@ def fmt_rule_margin(rule: KpiRule) -> str:
 
 def describe_effect(kpi: KpiComparison) -> str:
     """E.g. 'candidate 12.0% higher (worse)' or 'candidate 0.031 lower (better)'."""
-    rule, estimate = kpi.rule, kpi.estimate
+    rule, estimate = kpi.rule, kpi.effect.estimate
     if math.isnan(estimate):
         return "candidate effect undefined"
     change = estimate - 1.0 if rule.scale == "log" else estimate
@@ -189,26 +190,27 @@ def _count_nan(values: dict[int, float]) -> int:
 def kpi_reason(kpi: KpiComparison) -> str:
     """Why the KPI got its verdict, in one sentence (kpi.why says which rule decided it)."""
     effect, margin = describe_effect(kpi), fmt_rule_margin(kpi.rule)
+    baseline, candidate, test = kpi.baseline, kpi.candidate, kpi.test
     if kpi.why == Why.TOO_FEW_VALUES:
-        return (f"missing data: {kpi.n_baseline} usable baseline and {kpi.n_candidate} "
+        return (f"missing data: {baseline.n} usable baseline and {candidate.n} "
                 f"candidate values (need {MIN_VALUES_PER_ARM} each)")
     if kpi.why == Why.REGRESSED:
-        return f"{effect}, beyond the {margin} margin (adjusted p={kpi.p_regressed_adjusted:.2g})"
+        return f"{effect}, beyond the {margin} margin (adjusted p={test.p_regressed_adjusted:.2g})"
     if kpi.why == Why.NO_VALUE:
-        missing_baseline, missing_candidate = _count_nan(kpi.baseline_values), _count_nan(kpi.candidate_values)
+        missing_baseline, missing_candidate = _count_nan(baseline.values), _count_nan(candidate.values)
         return (f"{effect}; {missing_baseline + missing_candidate} run(s) have no value for this KPI "
                 f"({missing_baseline} baseline, {missing_candidate} candidate)")
     if kpi.why == Why.IDENTICAL:
-        return (f"identical to the baseline in all {kpi.n_paired} paired seeds "
+        return (f"identical to the baseline in all {test.n_paired} paired seeds "
                 "(a shared stage, or ties): no evidence either way, left out of the Holm family")
     if kpi.why == Why.IMPROVED:
-        return f"{effect}, significantly better than baseline (p={kpi.p_improved:.2g})"
+        return f"{effect}, significantly better than baseline (p={test.p_improved:.2g})"
     if kpi.why == Why.NON_INFERIOR:
-        return f"{effect}, confidently within the {margin} margin (p={kpi.p_noninferior:.2g})"
-    n_used = kpi.n_paired if kpi.paired else min(kpi.n_baseline, kpi.n_candidate)
+        return f"{effect}, confidently within the {margin} margin (p={test.p_noninferior:.2g})"
+    n_used = test.n_paired if test.paired else min(baseline.n, candidate.n)
     reason = f"{effect}; {n_used} seeds cannot tell whether it is within the {margin} margin"
-    if kpi.censored_candidate > kpi.censored_baseline:
-        reason += f"; candidate missed the target in {kpi.censored_candidate} runs vs {kpi.censored_baseline} for baseline"
+    if candidate.censored > baseline.censored:
+        reason += f"; candidate missed the target in {candidate.censored} runs vs {baseline.censored} for baseline"
     if kpi.recommended_seeds is not None:
         if kpi.recommended_seeds >= MAX_RECOMMENDED_SEEDS:
             reason += f"; at least {MAX_RECOMMENDED_SEEDS} seeds would be needed"

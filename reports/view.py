@@ -100,8 +100,8 @@ def seeds_by_variant(report: ReportInput) -> dict[str, list[int]]:
                 seeds[variant].add(int(seed))
     else:
         for kpi in report.comparison.kpis:
-            seeds[report.baseline].update(kpi.baseline_values)
-            seeds[report.candidate].update(kpi.candidate_values)
+            seeds[report.baseline].update(kpi.baseline.values)
+            seeds[report.candidate].update(kpi.candidate.values)
     return {v: sorted(s) for v, s in seeds.items()}
 
 
@@ -151,12 +151,12 @@ def kpi_table(report: ReportInput) -> Table:
             [
                 kpi_label(kpi),
                 "yes" if kpi.rule.blocking else "no",
-                fmt_number(kpi.baseline_median),
-                fmt_number(kpi.candidate_median),
+                fmt_number(kpi.baseline.median),
+                fmt_number(kpi.candidate.median),
                 fmt_estimate(kpi),
                 fmt_margin(kpi),
-                fmt_p(kpi.p_noninferior),
-                fmt_p(kpi.p_regressed_adjusted),
+                fmt_p(kpi.test.p_noninferior),
+                fmt_p(kpi.test.p_regressed_adjusted),
                 kpi.verdict,
             ]
         )
@@ -178,12 +178,14 @@ def kpi_table(report: ReportInput) -> Table:
 def kpi_explanations(report: ReportInput) -> list[KpiExplanation]:
     out = []
     for kpi in report.comparison.kpis:
-        design = f"{kpi.n_paired} paired seeds" if kpi.paired else f"unpaired, n = {kpi.n_baseline} vs {kpi.n_candidate}"
-        method = getattr(kpi, "method", "") or "no test (too little data)"
+        test, effect = kpi.test, kpi.effect
+        design = (f"{test.n_paired} paired seeds" if test.paired
+                  else f"unpaired, n = {kpi.baseline.n} vs {kpi.candidate.n}")
+        method = test.method or "no test (too little data)"
         detail = (
-            f"{method}, {design}; Hedges' g {fmt_number(kpi.hedges_g, 3)}; "
-            f"probability of improvement (all run pairs) {fmt_number(kpi.prob_improvement, 3)}; "
-            f"IQM {fmt_number(kpi.baseline_iqm)} → {fmt_number(kpi.candidate_iqm)}"
+            f"{method}, {design}; Hedges' g {fmt_number(effect.hedges_g, 3)}; "
+            f"probability of improvement (all run pairs) {fmt_number(effect.prob_improvement, 3)}; "
+            f"IQM {fmt_number(kpi.baseline.iqm)} → {fmt_number(kpi.candidate.iqm)}"
         )
         out.append(KpiExplanation(kpi.name, kpi.verdict, kpi_reason(kpi), detail))
     return out
@@ -192,8 +194,8 @@ def kpi_explanations(report: ReportInput) -> list[KpiExplanation]:
 def kpi_seeds(report: ReportInput) -> list[int]:
     seeds: set[int] = set()
     for kpi in report.comparison.kpis:
-        seeds.update(int(s) for s in kpi.baseline_values)
-        seeds.update(int(s) for s in kpi.candidate_values)
+        seeds.update(int(s) for s in kpi.baseline.values)
+        seeds.update(int(s) for s in kpi.candidate.values)
     return sorted(seeds)
 
 
@@ -206,8 +208,8 @@ def seed_table(report: ReportInput, max_seeds: int | None = None) -> Table:
     for kpi in report.comparison.kpis:
         row = [kpi.name]
         for seed in seeds:
-            b = kpi.baseline_values.get(seed, math.nan)
-            c = kpi.candidate_values.get(seed, math.nan)
+            b = kpi.baseline.values.get(seed, math.nan)
+            c = kpi.candidate.values.get(seed, math.nan)
             row.append(f"{fmt_number(b)} / {fmt_number(c)}")
         rows.append(row)
     note = "Each cell: baseline / candidate. — = missing (run failed or value not measured); ∞ = never reached."
@@ -434,7 +436,7 @@ def collapsed_lam_warnings(report: ReportInput) -> list[str]:
     perplexity = next((k for k in report.comparison.kpis if k.name == "actions.codebook_perplexity"), None)
     if perplexity is None:
         return []
-    medians = {report.baseline: perplexity.baseline_median, report.candidate: perplexity.candidate_median}
+    medians = {report.baseline: perplexity.baseline.median, report.candidate: perplexity.candidate.median}
     return [
         f"{role_of(report, variant)} {variant}: the LAM has collapsed (median actions.codebook_perplexity "
         f"{fmt_number(median, 3)} < {COLLAPSED_LAM_PERPLEXITY:g}), so rollout.delta_psnr (ΔtPSNR) and actions.nmi "

@@ -12,6 +12,7 @@ import torch
 
 from harness.cli import main
 from harness.store import Store
+import variants  # noqa: F401  (registers windowed_attention)
 from worldmodel import kernels, stages
 from worldmodel.config import WorldModelConfig
 from worldmodel.data import VideoWindows, generate

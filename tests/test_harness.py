@@ -17,7 +17,8 @@ import pytest
 from harness.cli import main
 from harness.kpis import KPIS
 from harness.store import Store
-from variants import registry
+import variants  # noqa: F401  (registers the built-in components)
+from worldmodel import registry
 from worldmodel.errors import WorldbenchError
 from tiny import tiny_suite
 
@@ -143,8 +144,8 @@ def test_sigkilled_run_resumes_to_identical_kpis_without_duplicate_rows(tmp_path
 NAN_PLUGIN = '''
 import torch
 from torch import nn
-from variants.registry import register
-from variants.lam_encoders import MeanPoolConcat
+from variants import register
+from worldmodel.lam import MeanPoolConcat
 
 
 @register("lam_encoder", "nan_encoder")
@@ -292,7 +293,7 @@ def bad_input_files(folder: Path) -> None:
     """The broken plugins, data files and results dirs the bad-input table points at."""
     import h5py
 
-    (folder / "syntax_error_plugin.py").write_text("from variants.registry import register\ndef broken(:\n")
+    (folder / "syntax_error_plugin.py").write_text("from variants import register\ndef broken(:\n")
     (folder / "raising_plugin.py").write_text("import os\n\nraise RuntimeError('plugin exploded')\n")
     (folder / "missing_dependency_plugin.py").write_text("import no_such_package_wb\n")
     for name, frames in (("nonsquare.h5", np.zeros((40, 16, 24, 3), np.uint8)),

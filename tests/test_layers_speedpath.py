@@ -1,4 +1,4 @@
-"""The fast paths of worldmodel.layers equal the straightforward math.
+"""The fast paths of worldmodel.fused (what worldmodel.layers runs) equal the straightforward math.
 
 The native kernels (worldmodel.kernels: attention, residual + norm, SwiGLU) are checked against
 references written naively (explicit softmax in float64, the norms' formulas) and against the
@@ -8,6 +8,7 @@ gradients; plus causality over time, bit-determinism and the build-failure messa
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import pytest
 import torch
@@ -15,7 +16,9 @@ import torch.nn.functional as F
 
 from worldmodel import kernels
 from worldmodel.errors import WorldbenchError
-from worldmodel.layers import Attention, FiLMNorm, RMSNorm, STBlock, STTransformer, SwiGLU, attend
+from worldmodel.fused import add_norm, attend
+from worldmodel.layers import Attention, STBlock, STTransformer, SwiGLU
+from worldmodel.norms import FiLMNorm, RMSNorm
 
 TOL = 2e-5  # float32 rounding, relative to the largest magnitude of the compared tensor
 
@@ -148,7 +151,7 @@ def test_residual_rmsnorm_matches_formula(dim):
     x = torch.randn(2, 4, 64, dim, requires_grad=True)
     f = torch.randn(2, 4, 64, dim, requires_grad=True)
     weight = torch.randn(2, 4, 64, dim)
-    out = norm.residual(x, f)
+    out = add_norm(norm, x, f)
     native = torch.autograd.grad((out * weight).sum(), [x, f, norm.norm.weight])
     z = (x + f).double()
     ref = z / (z.pow(2).mean(-1, keepdim=True) + 1e-6).sqrt() * norm.norm.weight.double()
@@ -166,7 +169,7 @@ def test_residual_filmnorm_matches_torch_path(dim):
         norm.to_scale_shift.weight.normal_()
         norm.to_scale_shift.bias.normal_()
     x, f, cond = torch.randn(2, 4, 64, dim), torch.randn(2, 4, 64, dim), torch.randn(2, 4, 2)
-    native_equals_torch_path(norm.residual, [x, f, cond], list(norm.parameters()))
+    native_equals_torch_path(lambda *inputs: add_norm(norm, *inputs), [x, f, cond], list(norm.parameters()))
 
 
 def test_swiglu_matches_torch_path():
@@ -187,6 +190,26 @@ def test_st_block_native_equals_torch_path(cond_dim):
     x = torch.randn(2, 4, 64, 32)
     cond = torch.randn(2, 4, 2) if cond_dim else None
     native_equals_torch_path(lambda inp: block(inp, cond), [x], list(block.parameters()), tol=1e-4)
+
+
+@pytest.mark.parametrize("cond_dim, norm_kernel", [(None, "add_rmsnorm"), (2, "add_filmnorm")], ids=["rmsnorm", "film"])
+def test_st_block_runs_every_sub_layer_natively(monkeypatch, cond_dim, norm_kernel):
+    """For float32 CPU tensors worldmodel.fused takes the native path: 2 attentions, 3 residual norms, 1 SwiGLU."""
+    calls = Counter()
+
+    def counted(name):
+        kernel = getattr(kernels, name)
+
+        def call(*args):
+            calls[name] += 1
+            return kernel(*args)
+        return call
+
+    for name in ("attention", norm_kernel, "swiglu"):
+        monkeypatch.setattr(kernels, name, counted(name))
+    block = STBlock(32, 8, 128, cond_dim)
+    block(torch.randn(2, 4, 64, 32), torch.randn(2, 4, 2) if cond_dim else None).sum().backward()
+    assert calls == {"attention": 2, norm_kernel: 3, "swiglu": 1}
 
 
 def test_st_transformer_is_causal_in_time():

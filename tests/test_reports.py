@@ -181,11 +181,14 @@ def test_markdown_starts_with_marker_and_has_verdict_and_every_kpi(report, writt
 def test_estimates_show_percent_change_for_log_and_signed_difference_for_linear(report):
     log_kpi, linear_kpi = report.comparison.kpis[0], report.comparison.kpis[2]
     assert log_kpi.rule.scale == "log" and linear_kpi.rule.scale == "linear"
-    log_kpi = dataclasses.replace(log_kpi, estimate=1.031, ci_low=0.98, ci_high=1.084)
-    linear_kpi = dataclasses.replace(linear_kpi, estimate=0.012, ci_low=-0.003, ci_high=0.027)
+    def with_effect(kpi, **interval):
+        return dataclasses.replace(kpi, effect=dataclasses.replace(kpi.effect, **interval))
+
+    log_kpi = with_effect(log_kpi, estimate=1.031, ci_low=0.98, ci_high=1.084)
+    linear_kpi = with_effect(linear_kpi, estimate=0.012, ci_low=-0.003, ci_high=0.027)
     assert fmt_estimate(log_kpi) == "+3.1% [−2.0%, +8.4%]"
     assert fmt_estimate(linear_kpi) == "+0.0120 [−0.0030, +0.0270]"
-    assert fmt_estimate(dataclasses.replace(log_kpi, estimate=math.nan)) == "—"
+    assert fmt_estimate(with_effect(log_kpi, estimate=math.nan)) == "—"
 
     comparison = dataclasses.replace(report.comparison, kpis=[log_kpi, linear_kpi])
     md = render_markdown(dataclasses.replace(report, comparison=comparison))
@@ -264,10 +267,10 @@ def test_json_is_strict_and_has_verdict_estimates_and_per_seed_values(report, wr
     assert data["verdict"] == report.comparison.verdict
     assert [k["name"] for k in data["kpis"]] == [k.name for k in report.comparison.kpis]
     for entry, kpi in zip(data["kpis"], report.comparison.kpis):
-        assert entry["estimate"] == pytest.approx(kpi.estimate)
-        assert entry["ci_low"] == pytest.approx(kpi.ci_low)
+        assert entry["estimate"] == pytest.approx(kpi.effect.estimate)
+        assert entry["ci_low"] == pytest.approx(kpi.effect.ci_low)
         assert entry["verdict"] == kpi.verdict
-        assert entry["baseline_values"]["0"] == pytest.approx(kpi.baseline_values[0])
+        assert entry["baseline_values"]["0"] == pytest.approx(kpi.baseline.values[0])
 
 
 def test_json_turns_nan_into_null():

@@ -3,6 +3,7 @@ and sequential looks that keep every earlier seed and never exceed --max-seeds."
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -53,8 +54,7 @@ def test_timing_kpis_block_only_when_both_arms_ran_in_one_interleaved_batch(suit
     assert not any(timing_paired(runs, "b", "c") for runs in (reused, unknown, unpaired))
 
     timing = [name for name in suite.kpis if KPIS[name].timing]
-    blocking_suite = SimpleNamespace(kpis={name: SimpleNamespace(direction=KPIS[name].direction, scale="log",
-                                                                 margin=0.1, blocking=True) for name in timing})
+    blocking_suite = SimpleNamespace(kpis={name: replace(KPIS[name], blocking=True) for name in timing})
     assert all(rule.blocking for rule in rules_for(blocking_suite, timing_paired=True))
     assert not any(rule.blocking for rule in rules_for(blocking_suite, timing_paired=False))
 

@@ -15,12 +15,13 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 
 from harness.stats import (
+    LOG_SCALE_FLOOR,
     Comparison,
-    KpiComparison,
     KpiRule,
     alpha_spending,
     compare,
     compare_kpi,
+    floor_log_scale,
     holm_adjust,
     recommended_seeds,
     smoothed_loss,
@@ -51,15 +52,15 @@ def test_paired_t_matches_hand_formula_and_scipy():
 
     k = compare_kpi(LOSS, PAIRED_BASE, PAIRED_CAND)
 
-    assert k.paired and k.n_paired == 4 and k.method == "paired t-test"
-    assert k.p_noninferior == pytest.approx(stats.t.cdf(t_vs_margin, n - 1), rel=1e-9)
-    assert k.p_noninferior == pytest.approx(stats.ttest_1samp(d, LOG_MARGIN, alternative="less").pvalue, rel=1e-9)
-    assert k.p_regressed == pytest.approx(stats.t.sf(t_vs_margin, n - 1), rel=1e-9)
-    assert k.p_improved == pytest.approx(stats.t.cdf(t_vs_zero, n - 1), rel=1e-9)
-    assert k.p_worse == pytest.approx(stats.t.sf(t_vs_zero, n - 1), rel=1e-9)
-    assert k.estimate == pytest.approx(math.exp(mean))  # geometric-mean ratio c/b
-    assert k.margin == pytest.approx(1.05)
-    assert k.ci_low <= k.estimate <= k.ci_high
+    assert k.test.paired and k.test.n_paired == 4 and k.test.method == "paired t-test"
+    assert k.test.p_noninferior == pytest.approx(stats.t.cdf(t_vs_margin, n - 1), rel=1e-9)
+    assert k.test.p_noninferior == pytest.approx(stats.ttest_1samp(d, LOG_MARGIN, alternative="less").pvalue, rel=1e-9)
+    assert k.test.p_regressed == pytest.approx(stats.t.sf(t_vs_margin, n - 1), rel=1e-9)
+    assert k.test.p_improved == pytest.approx(stats.t.cdf(t_vs_zero, n - 1), rel=1e-9)
+    assert k.test.p_worse == pytest.approx(stats.t.sf(t_vs_zero, n - 1), rel=1e-9)
+    assert k.effect.estimate == pytest.approx(math.exp(mean))  # geometric-mean ratio c/b
+    assert k.effect.margin == pytest.approx(1.05)
+    assert k.effect.ci_low <= k.effect.estimate <= k.effect.ci_high
 
 
 def test_higher_is_better_flips_the_claims_but_not_the_estimate():
@@ -67,13 +68,13 @@ def test_higher_is_better_flips_the_claims_but_not_the_estimate():
     higher = compare_kpi(KpiRule("acc", "higher", "log", 0.05), PAIRED_BASE, PAIRED_CAND)
     d = [math.log(PAIRED_CAND[s] / PAIRED_BASE[s]) for s in PAIRED_BASE]
 
-    assert higher.estimate == pytest.approx(lower.estimate)  # user-facing ratio, not sign-flipped
-    assert higher.p_improved == pytest.approx(lower.p_worse)
-    assert higher.p_worse == pytest.approx(lower.p_improved)
+    assert higher.effect.estimate == pytest.approx(lower.effect.estimate)  # user-facing ratio, not sign-flipped
+    assert higher.test.p_improved == pytest.approx(lower.test.p_worse)
+    assert higher.test.p_worse == pytest.approx(lower.test.p_improved)
     # Badness for "higher" is -d; not worse than a 5% drop means -d < log(1.05).
     expected = stats.ttest_1samp(-np.array(d), LOG_MARGIN, alternative="less").pvalue
-    assert higher.p_noninferior == pytest.approx(expected, rel=1e-9)
-    assert higher.margin == pytest.approx(1 / 1.05)
+    assert higher.test.p_noninferior == pytest.approx(expected, rel=1e-9)
+    assert higher.effect.margin == pytest.approx(1 / 1.05)
 
 
 def test_welch_fallback_when_fewer_than_two_common_seeds():
@@ -84,15 +85,15 @@ def test_welch_fallback_when_fewer_than_two_common_seeds():
 
     k = compare_kpi(LOSS, base, cand)
 
-    assert not k.paired and k.n_paired == 1 and k.n_baseline == 4 and k.n_candidate == 5
+    assert not k.test.paired and k.test.n_paired == 1 and k.baseline.n == 4 and k.candidate.n == 5
     var_c, var_b = lc.var(ddof=1) / len(lc), lb.var(ddof=1) / len(lb)
     t = (lc.mean() - LOG_MARGIN - lb.mean()) / math.sqrt(var_c + var_b)
     df = (var_c + var_b) ** 2 / (var_c**2 / (len(lc) - 1) + var_b**2 / (len(lb) - 1))
-    assert k.p_noninferior == pytest.approx(stats.t.cdf(t, df), rel=1e-9)
+    assert k.test.p_noninferior == pytest.approx(stats.t.cdf(t, df), rel=1e-9)
     scipy_p = stats.ttest_ind(lc - LOG_MARGIN, lb, equal_var=False, alternative="less").pvalue
-    assert k.p_noninferior == pytest.approx(scipy_p, rel=1e-9)
-    assert k.p_regressed == pytest.approx(stats.t.sf(t, df), rel=1e-9)
-    assert k.estimate == pytest.approx(math.exp(lc.mean() - lb.mean()))  # ratio of geometric means
+    assert k.test.p_noninferior == pytest.approx(scipy_p, rel=1e-9)
+    assert k.test.p_regressed == pytest.approx(stats.t.sf(t, df), rel=1e-9)
+    assert k.effect.estimate == pytest.approx(math.exp(lc.mean() - lb.mean()))  # ratio of geometric means
 
 
 def test_holm_adjustment_by_hand():
@@ -112,7 +113,7 @@ LATENCY = KpiRule("latency", "lower", "linear", 0.1)
 
 def test_holm_applies_across_blocking_kpis_in_compare():
     alone = compare_kpi(LATENCY, BORDERLINE_BASE, BORDERLINE_CAND)
-    assert 0.025 < alone.p_regressed < 0.05 and alone.verdict == "regressed"
+    assert 0.025 < alone.test.p_regressed < 0.05 and alone.verdict == "regressed"
 
     rules = [
         LATENCY,
@@ -129,17 +130,17 @@ def test_holm_applies_across_blocking_kpis_in_compare():
         {"latency": BORDERLINE_CAND, "loss": slightly_better, "fvd": {**same, 3: 1.06}, "info": BORDERLINE_BASE},
     )
     kpis = {k.name: k for k in result.kpis}
-    blocking_raw = [kpis[name].p_regressed for name in ("latency", "loss", "fvd")]
+    blocking_raw = [kpis[name].test.p_regressed for name in ("latency", "loss", "fvd")]
     hand = sorted(blocking_raw)
     hand = [min(1.0, p * factor) for p, factor in zip(hand, (3, 2, 1))]
     hand = [max(hand[: i + 1]) for i in range(3)]  # running maximum keeps the order
     expected = {p: h for p, h in zip(sorted(blocking_raw), hand)}
     for name in ("latency", "loss", "fvd"):
-        assert kpis[name].p_regressed_adjusted == pytest.approx(expected[kpis[name].p_regressed])
+        assert kpis[name].test.p_regressed_adjusted == pytest.approx(expected[kpis[name].test.p_regressed])
     # The non-blocking KPI is its own family of one: unadjusted.
-    assert kpis["info"].p_regressed_adjusted == pytest.approx(kpis["info"].p_regressed)
+    assert kpis["info"].test.p_regressed_adjusted == pytest.approx(kpis["info"].test.p_regressed)
     # After Holm (x3) the borderline latency regression is no longer claimed.
-    assert kpis["latency"].p_regressed_adjusted > 0.05
+    assert kpis["latency"].test.p_regressed_adjusted > 0.05
     assert kpis["latency"].verdict == "inconclusive"
     assert result.verdict != "FAIL"
 
@@ -153,32 +154,32 @@ def test_bit_identical_arms_are_identical_and_left_out_of_the_holm_family():
     result = compare(rules, {"shared": base, "loss": base}, {"shared": dict(base), "loss": worse})
     shared, loss = result.kpis
     assert shared.verdict == "identical" and "identical to the baseline in all 4 paired seeds" in kpi_reason(shared)
-    assert math.isnan(shared.p_regressed_adjusted) and math.isnan(shared.p_noninferior)
-    assert shared.ci_low == shared.ci_high == pytest.approx(1.0)
+    assert math.isnan(shared.test.p_regressed_adjusted) and math.isnan(shared.test.p_noninferior)
+    assert shared.effect.ci_low == shared.effect.ci_high == pytest.approx(1.0)
     # Holm over a family of one: the adjusted p is the raw one, not doubled by the identical KPI.
-    assert loss.p_regressed_adjusted == pytest.approx(loss.p_regressed)
+    assert loss.test.p_regressed_adjusted == pytest.approx(loss.test.p_regressed)
     # Identical blocking KPIs never prevent a PASS.
     assert compare(rules[:1], {"shared": base}, {"shared": dict(base)}).verdict == "PASS"
     # Ties in a quantised KPI count too; one differing seed makes it an ordinary comparison.
     one_off = compare_kpi(rules[0], base, {**base, 3: 1.06})
-    assert one_off.verdict != "identical" and not math.isnan(one_off.p_noninferior)
+    assert one_off.verdict != "identical" and not math.isnan(one_off.test.p_noninferior)
 
 
 def test_median_iqm_and_hedges_g_by_hand():
     linear = KpiRule("x", "lower", "linear", 1.0)
     k = compare_kpi(linear, by_seed([1, 2, 3, 4, 10, 20, 30, 100]), by_seed([1, 2, 3, 4, 10, 20, 30, 101]))
-    assert k.baseline_median == pytest.approx(7.0)
-    assert k.baseline_iqm == pytest.approx((3 + 4 + 10 + 20) / 4)
+    assert k.baseline.median == pytest.approx(7.0)
+    assert k.baseline.iqm == pytest.approx((3 + 4 + 10 + 20) / 4)
 
     # Paired: c - b = [1, 2, 3]: mean 2, sd 1, J = 1 - 3/(4*3 - 5) = 4/7.
     paired = compare_kpi(linear, by_seed([10, 10, 10]), by_seed([11, 12, 13]))
-    assert paired.paired and paired.hedges_g == pytest.approx(2 * 4 / 7)
+    assert paired.test.paired and paired.effect.hedges_g == pytest.approx(2 * 4 / 7)
     # Unpaired: means differ by 2, pooled sd 1, df 4, J = 1 - 3/(4*4 - 1) = 0.8.
     unpaired = compare_kpi(linear, by_seed([1, 2, 3]), by_seed([3, 4, 5], first_seed=10))
-    assert not unpaired.paired and unpaired.hedges_g == pytest.approx(2 * 0.8)
+    assert not unpaired.test.paired and unpaired.effect.hedges_g == pytest.approx(2 * 0.8)
     # Effect size is on the user orientation (c - b), whatever the direction.
     flipped = compare_kpi(KpiRule("x", "higher", "linear", 1.0), by_seed([10, 10, 10]), by_seed([11, 12, 13]))
-    assert flipped.hedges_g == pytest.approx(paired.hedges_g)
+    assert flipped.effect.hedges_g == pytest.approx(paired.effect.hedges_g)
 
 
 def test_probability_of_improvement_is_rliables_all_pairs_statistic():
@@ -187,14 +188,15 @@ def test_probability_of_improvement_is_rliables_all_pairs_statistic():
     cand = by_seed([0.5, 2.0, 2.5])  # per seed: better, tie, better when lower is better (matched share 5/6)
     linear_lower = KpiRule("x", "lower", "linear", 0.1)
     # All 9 pairs: 0.5 beats 1, 2, 3 (3); 2.0 ties 2, beats 3 (1.5); 2.5 beats 3 (1) -> 5.5 / 9.
-    assert compare_kpi(linear_lower, base, cand).prob_improvement == pytest.approx(5.5 / 9)
+    assert compare_kpi(linear_lower, base, cand).effect.prob_improvement == pytest.approx(5.5 / 9)
     mann_whitney = stats.mannwhitneyu([0.5, 2.0, 2.5], [1.0, 2.0, 3.0], alternative="less")
-    assert compare_kpi(linear_lower, base, cand).prob_improvement == pytest.approx(1 - mann_whitney.statistic / 9)
+    assert compare_kpi(linear_lower, base, cand).effect.prob_improvement == pytest.approx(
+        1 - mann_whitney.statistic / 9)
     linear_higher = KpiRule("x", "higher", "linear", 0.1)
-    assert compare_kpi(linear_higher, base, cand).prob_improvement == pytest.approx(3.5 / 9)
+    assert compare_kpi(linear_higher, base, cand).effect.prob_improvement == pytest.approx(3.5 / 9)
     # Unpaired: all 2 x 3 pairs. 2.0 beats 3, ties 2 -> 1.5; 2.5 beats 3 -> 1.
     unpaired = compare_kpi(linear_lower, base, by_seed([2.0, 2.5], first_seed=10))
-    assert unpaired.prob_improvement == pytest.approx(2.5 / 6)
+    assert unpaired.effect.prob_improvement == pytest.approx(2.5 / 6)
 
 
 # --------------------------------------------------------------------------- decision rules
@@ -205,7 +207,7 @@ def test_worse_by_less_than_the_margin_is_not_regressed():
     base = np.exp(rng.normal(0, 0.05, 8))
     cand = base * 1.03 * np.exp(rng.normal(0, 0.003, 8))  # consistently 3% worse, margin 5%
     k = compare_kpi(LOSS, by_seed(base), by_seed(cand))
-    assert k.p_worse < 0.001  # clearly worse than baseline ...
+    assert k.test.p_worse < 0.001  # clearly worse than baseline ...
     assert k.verdict == "non-inferior"  # ... but within the margin
     assert "within the 5% margin" in kpi_reason(k)
     assert compare([LOSS], {"loss": by_seed(base)}, {"loss": by_seed(cand)}).verdict == "PASS"
@@ -280,6 +282,16 @@ def test_invalid_inputs_raise_clear_errors():
         compare([LOSS, LOSS], {}, {})
 
 
+def test_a_log_scale_value_at_or_below_zero_is_read_as_the_floor():
+    """A collapsed encoder's variance of 0 has no ratio: floored, it shows as a huge change instead of an error."""
+    floored, count = floor_log_scale(LOSS, {0: 0.0, 1: -1.0, 2: 0.5})
+    assert floored == {0: LOG_SCALE_FLOOR, 1: LOG_SCALE_FLOOR, 2: 0.5} and count == 2
+    assert floor_log_scale(LATENCY, {0: 0.0, 1: -1.0}) == ({0: 0.0, 1: -1.0}, 0)  # a difference needs no floor
+    variance = KpiRule("variance", "higher", "log", 0.1)
+    collapsed, _ = floor_log_scale(variance, by_seed([0.0, 0.0, 0.0]))
+    assert compare_kpi(variance, by_seed([1.0, 1.1, 0.9]), collapsed).verdict == "regressed"
+
+
 def test_degenerate_data_gives_no_crash_and_no_warnings():
     base = by_seed([1.0, 1.1, 0.95, 1.05])
     with warnings.catch_warnings():
@@ -289,10 +301,11 @@ def test_degenerate_data_gives_no_crash_and_no_warnings():
         constant_ratio = compare_kpi(LOSS, base, {s: v * 1.2 for s, v in base.items()})
         unpaired_constant = compare_kpi(LOSS, by_seed([1.0, 1.0]), by_seed([1.0, 1.0], first_seed=5))
     # A bit-for-bit identical candidate is certainly within the margin.
-    assert identical.verdict == "identical" and identical.ci_low == identical.ci_high == pytest.approx(1.0)
-    assert math.isfinite(two_seeds.ci_low) and math.isfinite(two_seeds.ci_high)
-    assert constant_ratio.verdict == "regressed" and constant_ratio.ci_low == pytest.approx(1.2)
-    assert unpaired_constant.verdict == "non-inferior" and math.isnan(unpaired_constant.hedges_g)
+    assert identical.verdict == "identical"
+    assert identical.effect.ci_low == identical.effect.ci_high == pytest.approx(1.0)
+    assert math.isfinite(two_seeds.effect.ci_low) and math.isfinite(two_seeds.effect.ci_high)
+    assert constant_ratio.verdict == "regressed" and constant_ratio.effect.ci_low == pytest.approx(1.2)
+    assert unpaired_constant.verdict == "non-inferior" and math.isnan(unpaired_constant.effect.hedges_g)
 
 
 def test_results_are_plain_json_floats_and_deterministic():
@@ -300,14 +313,17 @@ def test_results_are_plain_json_floats_and_deterministic():
     cand = {"loss": by_seed([1.03, 1.08, 1.0, 1.1, float("nan")])}
     first = compare([LOSS], base, cand)
     again = compare([LOSS], base, cand)
-    assert (first.kpis[0].ci_low, first.kpis[0].ci_high) == (again.kpis[0].ci_low, again.kpis[0].ci_high)
+    assert (first.kpis[0].effect.ci_low, first.kpis[0].effect.ci_high) == (again.kpis[0].effect.ci_low,
+                                                                           again.kpis[0].effect.ci_high)
 
     json.dumps(dataclasses.asdict(first))
-    for field in dataclasses.fields(KpiComparison):
-        value = getattr(first.kpis[0], field.name)
-        if isinstance(value, (float, np.floating)):
-            assert type(value) is float, field.name
-    for value in first.kpis[0].candidate_values.values():
+    kpi = first.kpis[0]
+    for group in (kpi, kpi.baseline, kpi.candidate, kpi.effect, kpi.test):
+        for field in dataclasses.fields(group):
+            value = getattr(group, field.name)
+            if isinstance(value, (float, np.floating)):
+                assert type(value) is float, field.name
+    for value in kpi.candidate.values.values():
         assert type(value) is float
     assert isinstance(first, Comparison) and type(first.alpha) is float
 
@@ -365,10 +381,10 @@ def test_censored_candidate_that_never_reaches_target_regresses():
     result = compare([steps], {steps.name: base}, {steps.name: never}, censored_kpis={steps.name})
     k = result.kpis[0]
     assert k.verdict == "regressed" and result.verdict == "FAIL"
-    assert "Wilcoxon" in k.method and k.prob_improvement == 0.0
+    assert "Wilcoxon" in k.test.method and k.effect.prob_improvement == 0.0
     # Unpaired (different seeds): Mann-Whitney, same conclusion.
     unpaired = compare_kpi(steps, base, by_seed([math.inf] * 6, first_seed=50), censored=True)
-    assert unpaired.verdict == "regressed" and "Mann-Whitney" in unpaired.method
+    assert unpaired.verdict == "regressed" and "Mann-Whitney" in unpaired.test.method
 
 
 def test_censored_candidate_cannot_pass_with_more_censored_runs():
@@ -376,11 +392,11 @@ def test_censored_candidate_cannot_pass_with_more_censored_runs():
     base = by_seed(1000 + 10 * np.arange(10))
     faster_but_one_never = {s: (v * 0.5 if s else math.inf) for s, v in base.items()}
     k = compare_kpi(steps, base, faster_but_one_never, censored=True)
-    assert k.p_improved < 0.05  # nine of ten seeds much faster ...
+    assert k.test.p_improved < 0.05  # nine of ten seeds much faster ...
     assert k.verdict == "inconclusive"  # ... but one run never got there
     assert "missed the target in 1 runs vs 0" in kpi_reason(k)
     all_faster = compare_kpi(steps, base, {s: v * 0.5 for s, v in base.items()}, censored=True)
-    assert all_faster.verdict == "improved" and all_faster.estimate == pytest.approx(0.5)
+    assert all_faster.verdict == "improved" and all_faster.effect.estimate == pytest.approx(0.5)
 
 
 # --------------------------------------------------------------------------- sequential looks
@@ -393,7 +409,7 @@ def test_alpha_spending_obrien_fleming():
     assert alpha_spending(1, 0.05) == pytest.approx([0.05])
     # At the first look the tiny alpha keeps a modest result from passing.
     k = compare_kpi(LOSS, PAIRED_BASE, PAIRED_CAND)
-    assert k.p_noninferior < 0.05
+    assert k.test.p_noninferior < 0.05
     assert compare_kpi(LOSS, PAIRED_BASE, PAIRED_CAND, alpha=spend[0]).verdict == "inconclusive"
 
 
@@ -462,7 +478,7 @@ def test_recommended_seeds_give_80_percent_power():
         base = np.exp(rng.normal(0, 0.04, n))
         cand = base * np.exp(rng.normal(LOG_MARGIN, sd_d, n))  # planted effect = margin
         k = compare_kpi(LOSS, by_seed(base), by_seed(cand))
-        caught += k.p_worse < 0.05
+        caught += k.test.p_worse < 0.05
         not_passed += k.verdict not in ("improved", "non-inferior")
     assert caught / sims >= 0.80
     assert not_passed / sims >= 0.80
@@ -480,8 +496,8 @@ def test_ci_has_the_coverage_of_its_label():
             noise = np.exp(rng.normal(math.log(true_ratio), 0.03, 5))
             cand = base * noise if paired else np.exp(rng.normal(math.log(true_ratio), 0.04, 5))
             k = compare_kpi(LOSS, by_seed(base), by_seed(cand, first_seed=0 if paired else 100))
-            assert k.paired == paired and k.ci_level == pytest.approx(0.90)
-            hits += k.ci_low <= true_ratio <= k.ci_high
+            assert k.test.paired == paired and k.effect.ci_level == pytest.approx(0.90)
+            hits += k.effect.ci_low <= true_ratio <= k.effect.ci_high
         assert 0.875 <= hits / sims <= 0.925
 
 
@@ -504,11 +520,12 @@ def test_interval_shown_and_verdict_never_disagree(rule):
             base = rng.normal(0.5, 0.03, n)
             cand = base + effect / 2 + rng.normal(0, 0.02, n) if paired else rng.normal(0.5 + effect / 2, 0.03, n)
         k = compare_kpi(rule, by_seed(base), by_seed(cand, first_seed=0 if paired else 50))
-        worse, better = max(orient(k.ci_low), orient(k.ci_high)), min(orient(k.ci_low), orient(k.ci_high))
-        margin = orient(k.margin)
-        assert (k.p_noninferior < 0.05) == (worse < margin)
-        assert (k.p_improved < 0.05) == (worse < no_change)
-        assert (k.p_regressed < 0.05) == (better > margin)
+        ends = orient(k.effect.ci_low), orient(k.effect.ci_high)
+        worse, better = max(ends), min(ends)
+        margin = orient(k.effect.margin)
+        assert (k.test.p_noninferior < 0.05) == (worse < margin)
+        assert (k.test.p_improved < 0.05) == (worse < no_change)
+        assert (k.test.p_regressed < 0.05) == (better > margin)
         expected = {"improved": worse < no_change, "non-inferior": no_change <= worse < margin,
                     "regressed": better > margin, "inconclusive": worse >= margin and better <= margin}
-        assert expected[k.verdict], (i, k.verdict, k.ci_low, k.ci_high, k.margin)
+        assert expected[k.verdict], (i, k.verdict, k.effect.ci_low, k.effect.ci_high, k.effect.margin)

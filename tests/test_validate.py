@@ -1,6 +1,7 @@
 """`bench validate`: the planted faults, the caught-by rule, actions.nmi blocking, and the command end to end."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -17,14 +18,14 @@ from harness.cli import main
 from harness.compat import check_compat
 from harness.gate import Selection, compare_runs, rules_for
 from harness.kpis import KPIS
-from harness.stats import Comparison, KpiComparison, KpiRule
-from harness.types import Finding, Reason, Why
+from harness.stats import Comparison, KpiComparison
+from harness.types import ArmSummary, Effect, Finding, HypothesisTest, Reason, Why
 from harness.store import Store
 from harness.suite import load_suite
 from harness.validate import (AA_CHECK, EXPECT_FAIL, EXPECT_NOT_FAIL, Check, Validation, caught_by, exit_code, judge,
                               plan_checks)
-from variants import registry
 from variants.planted_faults import Blind
+from worldmodel import registry
 from worldmodel.config import WorldModelConfig
 from worldmodel.dynamics import Dynamics
 from worldmodel.stages import stage_config_json
@@ -98,12 +99,15 @@ def test_builtin_faults_are_the_baseline_with_one_thing_broken():
 # ----------------------------------------------------------------------------- caught by which KPI
 
 def kpi(name: str, verdict: str, p_adjusted: float = 1.0, blocking: bool = True) -> KpiComparison:
+    """The comparison of the KPI `name` (its own rule and role), reduced to what caught_by reads."""
     nan = math.nan
+    arm = ArmSummary(values={}, n=5, median=nan, iqm=nan)
     return KpiComparison(
-        name=name, rule=KpiRule(name, "lower", "log", 0.1, blocking), n_baseline=5, n_candidate=5, n_paired=5,
-        paired=True, baseline_values={}, candidate_values={}, baseline_median=nan, candidate_median=nan,
-        baseline_iqm=nan, candidate_iqm=nan, estimate=nan, ci_low=nan, ci_high=nan, margin=1.1, p_noninferior=nan,
-        p_improved=nan, p_regressed=p_adjusted, p_regressed_adjusted=p_adjusted, hedges_g=nan, prob_improvement=nan,
+        name=name, rule=dataclasses.replace(KPIS[name], blocking=blocking), baseline=arm, candidate=arm,
+        effect=Effect(estimate=nan, ci_low=nan, ci_high=nan, ci_level=nan, margin=1.1, hedges_g=nan,
+                      prob_improvement=nan),
+        test=HypothesisTest(method="paired t-test", paired=True, n_paired=5, p_noninferior=nan, p_improved=nan,
+                            p_regressed=p_adjusted, p_regressed_adjusted=p_adjusted, p_worse=nan),
         verdict=verdict, why=Why.REGRESSED if verdict == "regressed" else Why.UNSETTLED, recommended_seeds=None)
 
 
@@ -216,8 +220,8 @@ def test_missing_nmi_blocks_only_where_the_dataset_has_actions(tmp_path, with_ac
 # ----------------------------------------------------------------------------- the command
 
 CRASH_PLUGIN = '''
-from variants.lam_encoders import MeanPoolConcat
-from variants.registry import register
+from variants import register
+from worldmodel.lam import MeanPoolConcat
 
 
 @register("lam_encoder", "crashing_encoder")

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import variants  # noqa: F401  (registers the built-in encoders the tests build)
 from worldmodel import metrics, stages
 from worldmodel.config import WorldModelConfig
 from worldmodel.data import VideoWindows, generate
@@ -187,6 +188,25 @@ def test_rollouts_score_predicted_frames_and_copy_last(windows):
     # 7 frames, windows of 4: frames 0-3 from the first window, 4-6 from the last one (frames 3-6).
     assert np.array_equal(result.reconstructions[:, :4], to_uint8(tokenizer(clips[:, :4])[0]))
     assert np.array_equal(result.reconstructions[:, 4:], to_uint8(tokenizer(clips[:, 3:])[0][:, 1:]))
+
+
+def test_action_response_is_zero_exactly_when_the_dynamics_ignores_its_actions(windows):
+    data, _, _ = windows
+    config = tiny_config()
+    clips = rollout_clips(data, config, 0.25)
+    responses = {}
+    for blind in (False, True):
+        torch.manual_seed(0)  # the same weights: only the blindness differs
+        config.dynamics.action_blind = blind
+        tokenizer, lam, dynamics = VideoTokenizer(config), LatentActionModel(config), Dynamics(config)
+        for norm in dynamics.modules():  # untrained FiLM starts near 0: give the actions a visible effect
+            if hasattr(norm, "to_scale_shift"):
+                torch.nn.init.normal_(norm.to_scale_shift.weight, std=1.0)
+        result = evaluate_rollouts(tokenizer, lam, dynamics, clips, config)
+        ar, random = (result.predictions[mode].astype(np.float64) / 255 for mode in ("ar", "random"))
+        assert np.isclose(result.kpis["action_response"], ((ar - random) ** 2).mean(), atol=1e-4)  # uint8 rounding
+        responses[blind] = result.kpis["action_response"]
+    assert responses[True] == 0.0 and responses[False] > 1e-4
 
 
 def test_moving_psnr_sees_a_small_sprite_that_plain_psnr_hides():

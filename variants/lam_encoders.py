@@ -1,7 +1,8 @@
 """`lam_encoder` variants: frames [B, T, 3, H, W] -> pre-quantisation actions [B, T-1, A].
 
-All three share the trunk (patch embed -> causal ST-transformer) and differ in how the
-tokens of frames t and t+1 become the latent action of transition t.
+They share the anchor encoder's trunk (patch embed -> causal ST-transformer) and action head
+(worldmodel/lam.py, where the baseline `meanpool_concat` lives) and differ in how the tokens of
+frames t and t+1 become the latent action of transition t.
 """
 from __future__ import annotations
 
@@ -9,42 +10,11 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from variants.registry import register
 from worldmodel.config import WorldModelConfig
-from worldmodel.layers import Attention, PatchEmbed, RMSNorm, STTransformer
-
-
-def action_head(in_dim: int, action_dim: int) -> nn.Sequential:
-    """LayerNorm -> Linear(in, 4A) -> GELU -> Linear(4A, A)."""
-    return nn.Sequential(
-        nn.LayerNorm(in_dim), nn.Linear(in_dim, 4 * action_dim), nn.GELU(), nn.Linear(4 * action_dim, action_dim)
-    )
-
-
-class EncoderTrunk(nn.Module):
-    def __init__(self, config: WorldModelConfig):
-        super().__init__()
-        stage = config.actions
-        self.embed = PatchEmbed(config.frame_size, config.patch_size, stage.embed_dim)
-        self.transformer = STTransformer(stage.embed_dim, stage.heads, stage.hidden, stage.blocks, config.window)
-
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.transformer(self.embed(frames))  # [B, T, P, E]
-
-
-@register("lam_encoder", "meanpool_concat")
-class MeanPoolConcat(nn.Module):
-    """Baseline: mean over patches, then concat(frame t, frame t+1) -> MLP."""
-
-    def __init__(self, config: WorldModelConfig):
-        super().__init__()
-        self.trunk = EncoderTrunk(config)
-        self.head = action_head(2 * config.actions.embed_dim, config.action_dim)
-
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        pooled = self.trunk(frames).mean(dim=2)  # [B, T, E]
-        pairs = torch.cat([pooled[:, :-1], pooled[:, 1:]], dim=-1)  # [B, T-1, 2E]
-        return self.head(pairs)  # [B, T-1, A]
+from worldmodel.lam import EncoderTrunk, action_head
+from worldmodel.layers import Attention
+from worldmodel.norms import RMSNorm
+from worldmodel.registry import register
 
 
 @register("lam_encoder", "windowed_attention")

@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from variants.registry import register
 from worldmodel.config import WorldModelConfig
+from worldmodel.registry import register
 
 
 @register("lam_encoder", "blind")

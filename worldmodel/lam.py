@@ -1,4 +1,9 @@
-"""Latent action model: infer a discrete action per transition, trained by predicting the next frame."""
+"""Latent action model: infer a discrete action per transition, trained by predicting the next frame.
+
+The encoder (frames -> one latent action per transition) is a swappable component, looked up by
+name in the registry (`actions.encoder`). The anchor's encoder, `meanpool_concat`, is defined and
+registered here; the other built-in encoders are in variants/lam_encoders.py.
+"""
 from __future__ import annotations
 
 import torch
@@ -6,10 +11,52 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from variants.registry import lookup
 from worldmodel.config import WorldModelConfig
 from worldmodel.fsq import FSQ
 from worldmodel.layers import PatchEmbed, STTransformer, unpatchify
+from worldmodel.registry import lookup, register
+
+
+# ----------------------------------------------------------------------------- the anchor's encoder
+#
+# Every `lam_encoder` maps frames [B, T, 3, H, W] -> pre-quantisation actions [B, T-1, A]. The
+# built-in ones share the trunk (patch embed -> causal ST-transformer) and the action head, and
+# differ in how the tokens of frames t and t+1 become the latent action of transition t.
+
+def action_head(in_dim: int, action_dim: int) -> nn.Sequential:
+    """LayerNorm -> Linear(in, 4A) -> GELU -> Linear(4A, A)."""
+    return nn.Sequential(
+        nn.LayerNorm(in_dim), nn.Linear(in_dim, 4 * action_dim), nn.GELU(), nn.Linear(4 * action_dim, action_dim)
+    )
+
+
+class EncoderTrunk(nn.Module):
+    def __init__(self, config: WorldModelConfig):
+        super().__init__()
+        stage = config.actions
+        self.embed = PatchEmbed(config.frame_size, config.patch_size, stage.embed_dim)
+        self.transformer = STTransformer(stage.embed_dim, stage.heads, stage.hidden, stage.blocks, config.window)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.transformer(self.embed(frames))  # [B, T, P, E]
+
+
+@register("lam_encoder", "meanpool_concat")
+class MeanPoolConcat(nn.Module):
+    """Baseline: mean over patches, then concat(frame t, frame t+1) -> MLP."""
+
+    def __init__(self, config: WorldModelConfig):
+        super().__init__()
+        self.trunk = EncoderTrunk(config)
+        self.head = action_head(2 * config.actions.embed_dim, config.action_dim)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        pooled = self.trunk(frames).mean(dim=2)  # [B, T, E]
+        pairs = torch.cat([pooled[:, :-1], pooled[:, 1:]], dim=-1)  # [B, T-1, 2E]
+        return self.head(pairs)  # [B, T-1, A]
+
+
+# ----------------------------------------------------------------------------- action norms
 
 
 class StepBatchNorm(nn.BatchNorm1d):
@@ -64,6 +111,8 @@ def make_action_norm(kind: str, steps: int, action_dim: int) -> nn.Module | None
     return None if kind == "none" else ACTION_NORMS[kind](steps, action_dim)
 
 
+# ----------------------------------------------------------------------------- the model
+
 class LatentActionModel(nn.Module):
     def __init__(self, config: WorldModelConfig):
         super().__init__()
@@ -73,7 +122,7 @@ class LatentActionModel(nn.Module):
         self.variance_floor = stage.variance_floor
         self.variance_weight = stage.variance_weight
         self.fsq = FSQ(A, 2)
-        self.encoder = lookup("lam_encoder", stage.encoder)(config)
+        self.encoder = lookup("lam_encoder", stage.encoder)(config)  # built before the decoder: the seeded init order
         self.mask_later_frames = stage.decoder_context == "first"
         self.action_norm = make_action_norm(stage.action_norm, config.window - 1, A)
         self.embed = PatchEmbed(config.frame_size, config.patch_size, E)

@@ -21,8 +21,6 @@ from worldmodel.lam import LatentActionModel
 from worldmodel.metrics import mse_per_frame, psnr_per_frame, ssim_per_frame, to_unit
 from worldmodel.tokenizer import VideoTokenizer
 
-MODES = ("ar", "tf", "random", "copy_last")
-METRICS = ("mse", "psnr", "ssim")
 RANDOM_ACTION_SEED = 1234  # the same random actions for every variant and seed
 
 
@@ -141,6 +139,9 @@ def evaluate_rollouts(tokenizer: VideoTokenizer, lam: LatentActionModel, dynamic
         "ar_psnr": float(scores["ar"]["psnr"].mean()), "tf_psnr": float(scores["tf"]["psnr"].mean()),
         "ar_ssim": float(scores["ar"]["ssim"].mean()), "copy_last_mse": float(scores["copy_last"]["mse"].mean()),
         "delta_psnr": float(scores["ar"]["psnr"][:, step].mean() - scores["random"]["psnr"][:, step].mean()),
+        # How far the rollout moves when the actions change: exactly 0 for a dynamics that ignores them.
+        # Unlike delta_psnr it needs no correct actions, so it is steady across seeds where delta_psnr is not.
+        "action_response": float(mse_per_frame(to_unit(predictions["ar"]), to_unit(predictions["random"])).mean()),
     }
     reconstructions = reconstruct_clips(tokenizer, clips, config.window)  # deterministic: after the sampling
     return RolloutResult(scores, to_uint8(clips), {m: to_uint8(f) for m, f in predictions.items()}, kpis,

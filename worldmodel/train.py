@@ -161,6 +161,20 @@ def load_weights(model: nn.Module, path: Path, stage: str, config_json: str) -> 
 
 # ----------------------------------------------------------------------------- training loop
 
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    # foreach: one multi-tensor update instead of a loop over ~100 small tensors, bit-identical to it
+    # (PyTorch picks it by itself only on CUDA); on the CPU the loop was a quarter of a LAM step.
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, foreach=True)
+
+
+def update(model: nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, grad_clip: float) -> None:
+    """One optimiser step: backward, clip the global gradient norm, AdamW (the benchmarks time this too)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=True)
+    optimizer.step()
+
+
 def learning_rate(config: StageConfig, step: int) -> float:
     if config.warmup_steps and step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
@@ -186,7 +200,7 @@ def train_stage(
     cuda = device.type == "cuda"
     placement.apply()
     model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(model, config.lr, config.weight_decay)
     sampler = torch.Generator().manual_seed(seed)
     result = TrainResult()
     step = 0
@@ -234,10 +248,7 @@ def train_stage(
         first_bad = (bad_step < 0) & ~torch.isfinite(value)
         bad_step = torch.where(first_bad, step + 1, bad_step)
         bad_loss = torch.where(first_bad, value, bad_loss)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
+        update(model, optimizer, loss, config.grad_clip)
         step += 1
         interval_loss += value
         for key, extra in extras.items():

@@ -232,11 +232,12 @@ def split_segments(data: VideoData, split: str, val_fraction: float) -> np.ndarr
     return bounds[: len(bounds) - n_val] if split == "train" else bounds[len(bounds) - n_val :]
 
 
-class VideoWindows(torch.utils.data.Dataset):
+class VideoWindows:
     """Fixed-length clips of `window` frames that never cross an episode boundary.
 
-    Item i is a dict: frames float32 [T, 3, H, W] in [-1, 1], actions int64 [T-1]
-    (ground truth, or -1 where unknown).
+    Training samples whole batches (`batch`), not items through a DataLoader. Item i (the
+    definition `batch` is tested against) is a dict: frames float32 [T, 3, H, W] in [-1, 1],
+    actions int64 [T-1] (ground truth, or -1 where unknown).
     """
 
     def __init__(

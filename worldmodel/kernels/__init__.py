@@ -184,7 +184,7 @@ def _checked(kernel: str, *tensors: torch.Tensor) -> list[torch.Tensor]:
 
     The kernels index raw pointers with the sizes they are given, so any other dtype (bf16 under
     autocast), device or layout would read and write out of bounds: refuse it here, never in C.
-    Callers (worldmodel.layers) check `use_native` first and take the PyTorch path otherwise.
+    The caller (worldmodel/fused.py) checks `use_native` first and takes the PyTorch path otherwise.
     """
     for t in tensors:
         if t.device.type != "cpu" or t.dtype != torch.float32:

@@ -2,6 +2,10 @@
 
 A slot is a swappable part of the model (`lam_encoder` today; `ffn`, `norm`, `mask_schedule`,
 `optimizer` can join). Components are looked up by name; unknown names fail with the list.
+
+It lives at the bottom of the stack because the LAM looks its encoder up here. A component is
+known once the module that registers it has been imported: the anchor's `meanpool_concat` with
+worldmodel/lam.py, the other built-in ones with the `variants` package, a user's with its plugin.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ _REGISTRY: dict[str, dict[str, Callable]] = {}
 
 
 def register(slot: str, name: str) -> Callable:
+    """Decorator: file the component (a class or factory taking the WorldModelConfig) under slot/name."""
     def add(component: Callable) -> Callable:
         components = _REGISTRY.setdefault(slot, {})
         if name in components and components[name] is not component:
@@ -23,29 +28,21 @@ def register(slot: str, name: str) -> Callable:
 
 
 def lookup(slot: str, name: str) -> Callable:
-    _load_builtin_components()
     if slot not in _REGISTRY:
         raise WorldbenchError(f"unknown component slot '{slot}'; known slots: {', '.join(sorted(_REGISTRY))}")
     components = _REGISTRY[slot]
     if name not in components:
-        raise WorldbenchError(
-            f"unknown {slot} '{name}'; known: {', '.join(sorted(components))}"
-        )
+        raise WorldbenchError(f"unknown {slot} '{name}'; known: {', '.join(sorted(components))} (a component is "
+                              f"known once its module is imported: `import variants` for the built-in ones)")
     return components[name]
 
 
 def components() -> dict[str, list[str]]:
     """slot -> sorted component names."""
-    _load_builtin_components()
     return {slot: sorted(names) for slot, names in sorted(_REGISTRY.items())}
 
 
 def describe(slot: str, name: str) -> str:
+    """The first line of the component's docstring."""
     doc = (lookup(slot, name).__doc__ or "").strip()
     return doc.splitlines()[0] if doc else ""
-
-
-def _load_builtin_components() -> None:
-    # Imported lazily so the registry module itself has no model dependencies.
-    import variants.lam_encoders  # noqa: F401
-    import variants.planted_faults  # noqa: F401

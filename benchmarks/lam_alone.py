@@ -1,0 +1,104 @@
+"""The LAM stage alone on a built-in game, for the controllability experiments in README "Controllability".
+
+    python benchmarks/lam_alone.py --steps 1000 --seed 0                     # the ci profile's LAM
+    python benchmarks/lam_alone.py --steps 1000 --feed true --moves-only     # the decoder's oracle check
+    python benchmarks/lam_alone.py --steps 1000 --feed constant --moves-only
+    python benchmarks/lam_alone.py --steps 3000 --game pong
+
+--feed encoder trains the LAM as a run does (worldmodel.stages.run_actions, the ci profile's LAM
+settings) and prints its KPIs. --feed true / constant trains the LAM decoder alone, conditioned on the
+true action (coded on the same 2-level grid) or on one constant action, and prints its val loss:
+if the decoder cannot use even the true actions, no encoder can teach it to. --moves-only drops the
+noop, so the four moves and the four codes match one to one. One thread, as a run under --jobs 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from worldmodel import stages
+from worldmodel.config import WorldModelConfig
+from worldmodel.data import VideoWindows, generate
+from worldmodel.data import games
+from worldmodel.lam import LatentActionModel
+from worldmodel.train import make_optimizer, update
+
+
+def ci_config(steps: int, frame_size: int = 16) -> WorldModelConfig:
+    """The ci profile's LAM (bench.toml) with `steps` steps."""
+    config = WorldModelConfig(frame_size=frame_size)
+    lam = config.actions
+    lam.steps, lam.lr, lam.log_every, lam.checkpoint_every = steps, 1e-3, 50, steps
+    lam.decoder_context, lam.action_norm = "all", "whiten"
+    config.validate()
+    return config
+
+
+def moves_only(policy: callable) -> callable:
+    """The sticky-random policy over the four moves only: actions 1..4, never 0 (noop)."""
+    return lambda rng, n_steps, n_actions, repeat_prob: 1 + policy(rng, n_steps, n_actions - 1, repeat_prob)
+
+
+def train_decoder(config: WorldModelConfig, train: VideoWindows, val: VideoWindows, feed: str, seed: int) -> float:
+    """Train the LAM decoder on given actions; returns its val reconstruction loss."""
+    torch.manual_seed(seed)
+    lam = LatentActionModel(config)
+    stage = config.actions
+    optimizer = make_optimizer(lam, stage.lr, stage.weight_decay)
+    generator = np.random.default_rng(seed)
+
+    def given_actions(actions: torch.Tensor) -> torch.Tensor:
+        # true actions 1..4 -> codes 0..3 on the FSQ grid [B, T-1, A]; "constant": code 0 throughout
+        codes = actions - 1 if feed == "true" else torch.zeros_like(actions)
+        return lam.fsq.from_indices(codes.clamp(min=0))
+
+    def loss(frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        predicted = lam.decode(frames[:, :-1], given_actions(actions))  # [B, T-1, 3, H, W]
+        return F.smooth_l1_loss(predicted, frames[:, 1:])
+
+    lam.train()
+    for _ in range(stage.steps):
+        update(lam, optimizer, loss(*train.batch(generator.integers(len(train), size=stage.batch_size))),
+               stage.grad_clip)
+    lam.eval()
+    with torch.no_grad():
+        return float(loss(*val.batch(np.arange(len(val)))))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, default=16, help="frame size (ci: 16)")
+    parser.add_argument("--feed", choices=["encoder", "true", "constant"], default="encoder")
+    parser.add_argument("--moves-only", action="store_true", help="no noop: the four moves only")
+    parser.add_argument("--game", choices=sorted(games.GAMES), default="sprite_world")
+    parser.add_argument("--options", default="{}", help='the game\'s options as JSON, e.g. \'{"wrap": false}\'')
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if args.moves_only:
+        games.sticky_random_actions = moves_only(games.sticky_random_actions)
+    config = ci_config(args.steps, args.size)
+    # the ci profile's data: 120 episodes of 32 frames, sticky actions repeated with probability 0.5
+    data = generate(args.game, 120, 32, args.size, seed=0, repeat_prob=0.5, options=json.loads(args.options))
+    train, val = VideoWindows(data, config.window, "train"), VideoWindows(data, config.window, "val")
+    started = time.perf_counter()
+    if args.feed == "encoder":
+        with tempfile.TemporaryDirectory() as scratch:
+            _, out = stages.run_actions(config, train, val, Path(scratch) / "lam.pt", args.seed)
+        result = {name: round(out.metrics[name], 4) for name in
+                  ("nmi", "codebook_perplexity", "majority_accuracy", "val_loss") if name in out.metrics}
+    else:
+        result = {"val_loss": round(train_decoder(config, train, val, args.feed, args.seed), 5)}
+    print(json.dumps({**vars(args), **result, "wall_s": round(time.perf_counter() - started, 1)}))
+
+
+if __name__ == "__main__":
+    main()
