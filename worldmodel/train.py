@@ -181,6 +181,71 @@ def learning_rate(config: StageConfig, step: int) -> float:
     return config.lr
 
 
+class LogInterval:
+    """Sums over the steps since the last log point, kept on the device so that no step waits for it."""
+
+    def __init__(self, device: torch.device):
+        # float64 sums: the same numbers per-step float() sums would give
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.extras: dict[str, torch.Tensor | float] = {}
+        self.bad_step = torch.full((), -1, dtype=torch.int64, device=device)  # first non-finite loss, 1-based
+        self.bad_loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.started = time.perf_counter()
+
+    def add(self, step: int, loss: torch.Tensor, extras: dict) -> None:
+        value = loss.detach().double()
+        first_bad = (self.bad_step < 0) & ~torch.isfinite(value)
+        self.bad_step = torch.where(first_bad, step, self.bad_step)
+        self.bad_loss = torch.where(first_bad, value, self.bad_loss)
+        self.loss += value
+        for key, extra in extras.items():
+            extra = extra.detach().double() if isinstance(extra, torch.Tensor) else float(extra)
+            self.extras[key] = self.extras.get(key, 0.0) + extra
+
+    def close(self, stage: str, step: int, last_logged: int) -> tuple[dict, float]:
+        """(the curve row for steps last_logged+1..step, seconds they took); StageDiverged on a bad loss."""
+        diverged_at = int(self.bad_step)  # the one wait for the device per log interval
+        if diverged_at >= 0:
+            raise StageDiverged(stage, diverged_at, float(self.bad_loss))
+        steps = step - last_logged
+        total_loss = float(self.loss)
+        elapsed = time.perf_counter() - self.started
+        row = {"step": step, "loss": total_loss / steps, "it_per_s": steps / elapsed,
+               **{key: float(total) / steps for key, total in self.extras.items()}}
+        return row, elapsed
+
+
+def restore(payload: dict, model: nn.Module, optimizer: torch.optim.Optimizer, sampler: torch.Generator,
+            result: TrainResult, device: torch.device) -> int:
+    """Put a checkpoint's weights, optimiser, RNG states and curve back; returns its step."""
+    model.load_state_dict(payload["model"], strict=True)
+    optimizer.load_state_dict(payload["optimizer"])
+    torch.set_rng_state(payload["rng_torch"])
+    if device.type == "cuda" and "rng_cuda" in payload:
+        torch.cuda.set_rng_state(payload["rng_cuda"], device)
+    sampler.set_state(payload["rng_sampler"])
+    result.curve = json.loads(payload["curve"])
+    result.wall_s = float(payload["wall_s"])
+    if payload["finished"]:
+        result.peak_rss_mb = float(payload["peak_rss_mb"])
+    return int(payload["step"])
+
+
+def snapshot(stage: str, config_json: str, step: int, finished: bool, model: nn.Module,
+             optimizer: torch.optim.Optimizer, sampler: torch.Generator, result: TrainResult,
+             device: torch.device) -> dict:
+    """Everything a resumed run needs to continue bit for bit."""
+    payload = {
+        "format": CHECKPOINT_FORMAT, "stage": stage, "config": config_json, "step": step,
+        "finished": finished, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "rng_torch": torch.get_rng_state(), "rng_sampler": sampler.get_state(),
+        "curve": json.dumps(result.curve), "wall_s": result.wall_s, "peak_rss_mb": peak_rss_mb(),
+    }
+    if device.type == "cuda":
+        payload["rng_cuda"] = torch.cuda.get_rng_state(device)
+    return payload
+
+
 def train_stage(
     stage: str,
     model: nn.Module,
@@ -197,79 +262,37 @@ def train_stage(
     The model is moved to `placement`'s device (before the optimiser is built); batches follow it.
     """
     device = placement.torch_device
-    cuda = device.type == "cuda"
     placement.apply()
     model.to(device)
     optimizer = make_optimizer(model, config.lr, config.weight_decay)
     sampler = torch.Generator().manual_seed(seed)
-    result = TrainResult()
-    step = 0
+    result, step = TrainResult(), 0
     if checkpoint_path.exists():
         payload = load_checkpoint(checkpoint_path, stage, config_json)
-        model.load_state_dict(payload["model"], strict=True)
-        optimizer.load_state_dict(payload["optimizer"])
-        torch.set_rng_state(payload["rng_torch"])
-        if cuda and "rng_cuda" in payload:
-            torch.cuda.set_rng_state(payload["rng_cuda"], device)
-        sampler.set_state(payload["rng_sampler"])
-        step = int(payload["step"])
-        result.curve = json.loads(payload["curve"])
-        result.wall_s = float(payload["wall_s"])
+        step = restore(payload, model, optimizer, sampler, result, device)
         if payload["finished"]:
-            result.peak_rss_mb = float(payload["peak_rss_mb"])
             return result
 
-    def checkpoint(finished: bool) -> None:
-        payload = {
-            "format": CHECKPOINT_FORMAT, "stage": stage, "config": config_json, "step": step,
-            "finished": finished, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "rng_torch": torch.get_rng_state(), "rng_sampler": sampler.get_state(),
-            "curve": json.dumps(result.curve), "wall_s": result.wall_s, "peak_rss_mb": peak_rss_mb(),
-        }
-        if cuda:
-            payload["rng_cuda"] = torch.cuda.get_rng_state(device)
-        save_checkpoint(checkpoint_path, payload)
-
-    def new_interval():
-        # Sums in float64 on the device: the same numbers the former per-step float() sums gave.
-        zero = torch.zeros((), dtype=torch.float64, device=device)
-        return zero, {}, torch.full((), -1, dtype=torch.int64, device=device), zero.clone(), time.perf_counter()
-
     model.train()
-    interval_loss, interval_extras, bad_step, bad_loss, interval_start = new_interval()
+    interval = LogInterval(device)
     while step < config.steps:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
         batch = tuple(t.to(device, non_blocking=True) for t in sample_batch(sampler))
         with placement.autocast():
             loss, extras = model.loss(*batch)
-        value = loss.detach().double()
-        # The first non-finite loss and its step, recorded without waiting for the device.
-        first_bad = (bad_step < 0) & ~torch.isfinite(value)
-        bad_step = torch.where(first_bad, step + 1, bad_step)
-        bad_loss = torch.where(first_bad, value, bad_loss)
+        interval.add(step + 1, loss, extras)
         update(model, optimizer, loss, config.grad_clip)
         step += 1
-        interval_loss += value
-        for key, extra in extras.items():
-            extra = extra.detach().double() if isinstance(extra, torch.Tensor) else float(extra)
-            interval_extras[key] = interval_extras.get(key, 0.0) + extra
         if step % config.log_every == 0 or step == config.steps:
-            diverged_at = int(bad_step)  # the one wait for the device per log interval
-            if diverged_at >= 0:
-                raise StageDiverged(stage, diverged_at, float(bad_loss))
-            steps_in_interval = step - (result.curve[-1]["step"] if result.curve else 0)
-            total_loss = float(interval_loss)
-            elapsed = time.perf_counter() - interval_start
+            row, elapsed = interval.close(stage, step, result.curve[-1]["step"] if result.curve else 0)
+            result.curve.append(row)
             result.wall_s += elapsed
-            result.curve.append({
-                "step": step, "loss": total_loss / steps_in_interval, "it_per_s": steps_in_interval / elapsed,
-                **{key: float(total) / steps_in_interval for key, total in interval_extras.items()},
-            })
             if progress:
-                progress(step, config.steps, result.curve[-1]["loss"])
+                progress(step, config.steps, row["loss"])
             if step % config.checkpoint_every == 0 or step == config.steps:
-                checkpoint(finished=step == config.steps)
-            interval_loss, interval_extras, bad_step, bad_loss, interval_start = new_interval()
+                save_checkpoint(checkpoint_path, snapshot(stage, config_json, step, step == config.steps, model,
+                                                          optimizer, sampler, result, device))
+            interval = LogInterval(device)
     result.peak_rss_mb = peak_rss_mb()
     return result

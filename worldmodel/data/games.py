@@ -138,6 +138,28 @@ def _facing_boxes(cells: np.ndarray, facing: np.ndarray, grid: int) -> np.ndarra
     return boxes
 
 
+def _walk(actions: np.ndarray, agent: np.ndarray, blocked: np.ndarray, wrap: bool, bouncer: np.ndarray,
+          velocity: np.ndarray, bounds: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The agent's and the bouncer's cells per frame, each [T, 2]; frame t+1 results from actions[t]."""
+    grid = blocked.shape[0]
+    lo, hi = bounds
+    agent_cells = np.empty((len(actions), 2), dtype=np.int64)  # [T, 2]
+    bouncer_cells = np.empty((len(actions), 2), dtype=np.int64)  # [T, 2]
+    for t, action in enumerate(actions):
+        agent_cells[t] = agent
+        bouncer_cells[t] = bouncer
+        target = agent + SPRITE_MOVES[action]
+        if wrap:
+            target %= grid
+        if (0 <= target).all() and (target < grid).all() and not blocked[target[0], target[1]]:
+            agent = target
+        for axis in range(2):
+            if not lo <= bouncer[axis] + velocity[axis] <= hi:
+                velocity[axis] = -velocity[axis]
+        bouncer = bouncer + velocity
+    return agent_cells, bouncer_cells
+
+
 def _play_sprite_world(world_rng: np.random.Generator, actions: np.ndarray, frame_size: int, grid: int = 4,
                        border: bool = False, walls: int = 1, distractor: str = "spinner",
                        facing: bool = True, wrap: bool = True) -> np.ndarray:
@@ -169,20 +191,7 @@ def _play_sprite_world(world_rng: np.random.Generator, actions: np.ndarray, fram
     velocity = world_rng.choice(np.array([-1, 1]), size=2)  # (d_row, d_col)
     spinner_phase = world_rng.integers(len(SPINNER_QUADRANTS))
 
-    agent_cells = np.empty((n_frames, 2), dtype=np.int64)  # [T, 2]
-    bouncer_cells = np.empty((n_frames, 2), dtype=np.int64)  # [T, 2]
-    for t in range(n_frames):
-        agent_cells[t] = agent
-        bouncer_cells[t] = bouncer
-        target = agent + SPRITE_MOVES[actions[t]]
-        if wrap:
-            target %= grid
-        if (0 <= target).all() and (target < grid).all() and not blocked[target[0], target[1]]:
-            agent = target
-        for axis in range(2):
-            if not lo <= bouncer[axis] + velocity[axis] <= hi:
-                velocity[axis] = -velocity[axis]
-        bouncer = bouncer + velocity
+    agent_cells, bouncer_cells = _walk(actions, agent, blocked, wrap, bouncer, velocity, (lo, hi))  # [T, 2] each
 
     # static layer once per episode, then the distractor, the agent on top, its lit front half
     background = _blank(1, frame_size, SPRITE_BACKGROUND)  # [1, S, S, 3]
