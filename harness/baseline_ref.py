@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.git import ROOT, git  # ROOT: the checkout whose code runs the candidate arm
+from harness.types import ArmProvenance
 from worldmodel.config import STAGES
 from worldmodel.errors import WorldbenchError
 
@@ -62,12 +63,11 @@ class BaselineRef:
     changes: list[str]  # the candidate's uncommitted code paths (only with --allow-dirty)
     _plans: dict = field(default_factory=dict, repr=False)
 
-    def code(self, role: str) -> str:
-        """One line naming the code the baseline or candidate arm ran."""
+    def code(self, role: str) -> ArmProvenance:
+        """The code the baseline or candidate arm ran (reports/text.py words it)."""
         if role == "baseline":
-            return f"commit {self.commit} (--baseline-ref {self.ref})"
-        dirty = f" with uncommitted changes to {', '.join(self.changes[:3])}" if self.changes else ""
-        return f"commit {self.head}{dirty} (this checkout)"
+            return ArmProvenance(self.commit, ref=self.ref)
+        return ArmProvenance(self.head, dirty=bool(self.changes), changes=tuple(self.changes))
 
     def environment(self) -> dict[str, str]:
         return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(self.project),

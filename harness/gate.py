@@ -21,7 +21,8 @@ from harness.kpis import COMPARE_TIME_KPIS
 from harness.matrix import RunSpec, interleave, plan_runs
 from harness.store import Store
 from harness.suite import Suite
-from harness.types import Finding, KpiRule, Reason, ReportInput
+from harness.types import (ArmProvenance, Finding, FloorNote, KpiRule, LookNote, Note, Reason, ReportInput,
+                           TargetNote, TargetSource)
 from worldmodel.errors import WorldbenchError
 
 
@@ -87,8 +88,8 @@ def arm_values(kpis: pd.DataFrame, runs: pd.DataFrame, arm: str) -> dict[str, di
 
 
 def add_steps_to_target(values: dict[str, dict[str, dict[int, float]]], curves: pd.DataFrame, runs: pd.DataFrame,
-                        suite: Suite, baseline: str) -> list[str]:
-    """Compute <stage>.steps_to_target for every arm from the loss curves; returns notes on the targets."""
+                        suite: Suite, baseline: str) -> list[TargetNote]:
+    """Compute <stage>.steps_to_target for every arm from the loss curves; returns the targets used."""
     notes = []
     losses = curves[curves["metric"] == "loss"].merge(runs[["run_id", "arm", "seed", "status"]], on="run_id")
     losses = losses[losses["status"] == "ok"]
@@ -104,10 +105,10 @@ def add_steps_to_target(values: dict[str, dict[str, dict[int, float]]], curves: 
             # every baseline run reaches this target and the KPI measures speed rather than censoring
             # half the baseline (seeds differ by far more than a few percent at gate budgets).
             target = (1 + rule.target_epsilon) * float(np.max(list(finals.values())))
-            how = f"auto = (1 + {rule.target_epsilon:g}) x the largest baseline final loss"
+            notes.append(TargetNote(name, target, TargetSource.AUTO, rule.target_epsilon))
         else:
-            target, how = float(rule.target), "from bench.toml"
-        notes.append(f"{name}: target loss {target:.5g} ({how})")
+            target = float(rule.target)
+            notes.append(TargetNote(name, target, TargetSource.CONFIG))
         for arm, arm_kpis in values.items():
             arm_kpis[name] = {}
             for seed, curve in stage_losses[stage_losses["arm"] == arm].groupby("seed"):
@@ -117,15 +118,14 @@ def add_steps_to_target(values: dict[str, dict[str, dict[int, float]]], curves: 
     return notes
 
 
-def floor_values(values: dict[str, dict[str, dict[int, float]]], suite: Suite) -> list[str]:
+def floor_values(values: dict[str, dict[str, dict[int, float]]], suite: Suite) -> list[FloorNote]:
     """Read each arm's log-scale values <= 0 as harness.stats.floor_log_scale says; returns a note per arm and KPI."""
     notes = []
     for arm, arm_kpis in values.items():
         for name, by_seed in arm_kpis.items():
             arm_kpis[name], floored = stats.floor_log_scale(suite.kpis[name], by_seed)
             if floored:
-                notes.append(f"{name}: {arm} has {floored} values <= 0, read as {stats.LOG_SCALE_FLOOR:g} "
-                             "on its log scale")
+                notes.append(FloorNote(name, arm, floored, stats.LOG_SCALE_FLOOR))
     return notes
 
 
@@ -162,7 +162,7 @@ def compare_runs(suite: Suite, store: Store, selection: Selection, alpha: float)
     kpis, curves = store.for_runs("kpis", run_ids), store.for_runs("curves", run_ids)
     baseline, candidate = selection.labels
     values = {arm: arm_values(kpis, runs, arm) for arm in (baseline, candidate)}
-    notes = add_steps_to_target(values, curves, runs, suite, baseline)
+    notes: list[Note] = list(add_steps_to_target(values, curves, runs, suite, baseline))
     notes += floor_values(values, suite)
 
     def failures(arm: str) -> int:
@@ -256,8 +256,7 @@ def run_looks(suite: Suite, selection: Selection, results: Path, sizes: list[int
         execute(specs)
         report = build_report_input(suite, Store(results), selection, alphas[look], reproduce(selection))
         if sequential:
-            report.notes.append(f"sequential look {look + 1} of {looks}: {len(selection.baseline_seeds)} seeds, "
-                                f"alpha {alphas[look]:.4f} spent at this look")
+            report.notes.append(LookNote(look + 1, looks, len(selection.baseline_seeds), alphas[look]))
         if report.comparison.verdict != "INCONCLUSIVE":
             break
     return report, arms
@@ -272,15 +271,14 @@ def finished_runs(results: Path) -> set[str]:
 
 
 def describe_arms(report, selection: Selection, arms: dict[str, list[str]], finished_before: set[str]) -> None:
-    """Add to each arm's description the code it ran and how many of its runs were reused or trained now."""
+    """Record for each arm the code it ran and how many of its runs were reused or trained now
+    (report.arm_provenance; reports/text.py words it after the arm's description)."""
     commit, dirty = git_state()
-    here = f"commit {commit}{' with uncommitted changes' if dirty else ''} (this checkout)"
+    here = ArmProvenance(commit, dirty=dirty)
     for role, label in zip(("baseline", "candidate"), selection.labels):
         code = selection.baseline_ref.code(role) if selection.baseline_ref else here
         reused = sum(run_id in finished_before for run_id in arms[label])
-        line = (f"Code: {code}. Runs: {reused} of {len(arms[label])} reused from the store, "
-                f"{len(arms[label]) - reused} trained now.")
-        report.descriptions[label] = "\n\n".join(filter(None, [report.descriptions.get(label, ""), line]))
+        report.arm_provenance[label] = replace(code, reused=reused, total=len(arms[label]))
 
 
 def look_sizes(group: int, max_seeds: int) -> list[int]:

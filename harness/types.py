@@ -243,6 +243,58 @@ class CompatResult:
     lines: list[str]  # e.g. "tokenizer: golden checkpoint loads (strict keys)", or the failure line
 
 
+class TargetSource(StrEnum):
+    """How a steps_to_target KPI's target loss was chosen (harness.gate.add_steps_to_target)."""
+
+    AUTO = "auto"  # (1 + epsilon) x the largest final loss among the baseline's runs
+    CONFIG = "bench.toml"  # an absolute loss from bench.toml
+
+
+@dataclass(frozen=True)
+class TargetNote:
+    """The target loss a steps_to_target KPI counted steps to; reports/text.py words it (note_text)."""
+
+    kpi: str
+    target: float
+    source: TargetSource
+    epsilon: float = 0.0  # TargetSource.AUTO: the rule's target_epsilon
+
+
+@dataclass(frozen=True)
+class FloorNote:
+    """An arm's values <= 0 of a log-scale KPI, read as `floor` (harness.stats.floor_log_scale)."""
+
+    kpi: str
+    arm: str
+    count: int
+    floor: float
+
+
+@dataclass(frozen=True)
+class LookNote:
+    """One look of a sequential gate (harness.gate.run_looks)."""
+
+    look: int  # 1-based
+    looks: int
+    seeds: int  # per arm at this look
+    alpha: float  # spent at this look
+
+
+Note = TargetNote | FloorNote | LookNote
+
+
+@dataclass(frozen=True)
+class ArmProvenance:
+    """The code an arm of `bench gate` ran and how many of its runs were reused (harness.gate.describe_arms)."""
+
+    commit: str
+    ref: str = ""  # the --baseline-ref REF this arm's code came from; "" = this checkout
+    dirty: bool = False  # this checkout had uncommitted changes
+    changes: tuple[str, ...] = ()  # the changed files, where known (--baseline-ref)
+    reused: int = 0  # runs found finished in the store
+    total: int = 0  # runs of the arm
+
+
 @dataclass
 class ReportInput:
     """What the report renderer needs: the statistical decision plus the raw material to show it.
@@ -269,7 +321,9 @@ class ReportInput:
     provenance: list[dict]  # one per run: run_id, variant, seed, git_commit, git_dirty, code_hash, ...
     reproduce_command: str
     profile: str
-    notes: list[str] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)  # reports/text.py words them (note_text)
+    # variant -> the code it ran and its reused runs (bench gate only); reports/text.py words it (arm_code_text)
+    arm_provenance: dict[str, ArmProvenance] = field(default_factory=dict)
 
     @property
     def variants(self) -> list[str]:

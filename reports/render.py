@@ -206,7 +206,8 @@ def _md_reproduce(report: ReportInput) -> str:
 def _md_notes(report: ReportInput) -> str:
     if not report.notes:
         return ""
-    return "### Notes\n\n" + "\n".join(f"- {md_escape(truncate(note, MD_REASON_CHARS))}" for note in report.notes)
+    return "### Notes\n\n" + "\n".join(f"- {md_escape(truncate(note, MD_REASON_CHARS))}"
+                                       for note in view.notes(report))
 
 
 @dataclasses.dataclass
@@ -322,7 +323,7 @@ def render_html(report: ReportInput, pngs: dict[str, bytes] | None = None) -> st
         all_runs=view.all_runs(report, error_limit=300),
         provenance=view.provenance_table(report),
         reproduce_command=report.reproduce_command,
-        notes=report.notes,
+        notes=view.notes(report),
     )
 
 
@@ -407,7 +408,7 @@ def report_data(report: ReportInput) -> dict:
             "profile": report.profile,
             "baseline": report.baseline,
             "candidate": report.candidate,
-            "descriptions": report.descriptions,
+            "descriptions": view.descriptions(report),
             "verdict": comparison.verdict,
             "reasons": comparison_reasons(comparison),
             "recommended_seeds": comparison.recommended_seeds,
@@ -418,7 +419,7 @@ def report_data(report: ReportInput) -> dict:
             "compat": None if report.compat is None else dataclasses.asdict(report.compat),
             "provenance": report.provenance,
             "reproduce_command": report.reproduce_command,
-            "notes": report.notes,
+            "notes": view.notes(report),
         }
     )
 

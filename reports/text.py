@@ -3,7 +3,8 @@
 Every formatter returns plain text ("—" for a missing number).  Escaping is the renderer's
 job: HTML escapes through Jinja's autoescape, markdown through `md_escape` below.  The
 statistics (harness.stats) return numbers and enums; the sentences that explain a verdict are
-written here (`kpi_reason`, `comparison_reasons`).
+written here (`kpi_reason`, `comparison_reasons`), and so are the report's notes (`note_text`) and
+the line on the code each arm of `bench gate` ran (`arm_description`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import re
 from collections.abc import Iterable
 
 from harness.stats import MAX_RECOMMENDED_SEEDS, MIN_VALUES_PER_ARM, TARGET_POWER
-from harness.types import Comparison, Finding, KpiComparison, KpiRule, Why
+from harness.types import (ArmProvenance, Comparison, Finding, FloorNote, KpiComparison, KpiRule, LookNote, Note,
+                           TargetNote, TargetSource, Why)
 
 MISSING = "—"
 MINUS = "−"  # typographic minus: "−2.0%" reads better than "-2.0%" next to "+8.4%"
@@ -233,6 +235,44 @@ def comparison_reasons(comparison: Comparison) -> list[str]:
     }
     return [f"{reason.kpi}: {kpi_reason(kpis[reason.kpi])}" if reason.finding == Finding.KPI else words[reason.finding]
             for reason in comparison.reasons]
+
+
+def note_text(note: Note) -> str:
+    """One note of the report (harness.gate returns them as data), in one line."""
+    if isinstance(note, TargetNote):
+        how = (f"auto = (1 + {note.epsilon:g}) x the largest baseline final loss"
+               if note.source == TargetSource.AUTO else "from bench.toml")
+        return f"{note.kpi}: target loss {note.target:.5g} ({how})"
+    if isinstance(note, FloorNote):
+        return f"{note.kpi}: {note.arm} has {note.count} values <= 0, read as {note.floor:g} on its log scale"
+    if isinstance(note, LookNote):
+        return (f"sequential look {note.look} of {note.looks}: {note.seeds} seeds, "
+                f"alpha {note.alpha:.4f} spent at this look")
+    raise TypeError(f"not a report note: {note!r}")
+
+
+def arm_code_text(provenance: ArmProvenance) -> str:
+    """The code an arm ran: "commit <sha> (--baseline-ref REF)" or "commit <sha>[ with ...] (this checkout)"."""
+    if provenance.ref:
+        return f"commit {provenance.commit} (--baseline-ref {provenance.ref})"
+    if provenance.changes:
+        dirty = f" with uncommitted changes to {', '.join(provenance.changes[:3])}"
+    else:
+        dirty = " with uncommitted changes" if provenance.dirty else ""
+    return f"commit {provenance.commit}{dirty} (this checkout)"
+
+
+def arm_provenance_text(provenance: ArmProvenance) -> str:
+    """The line `bench gate` adds to an arm's description: its code and its reused and newly trained runs."""
+    return (f"Code: {arm_code_text(provenance)}. Runs: {provenance.reused} of {provenance.total} reused from the "
+            f"store, {provenance.total - provenance.reused} trained now.")
+
+
+def arm_description(description: str | None, provenance: ArmProvenance | None) -> str | None:
+    """An arm's description from the config, followed by its provenance line where there is one."""
+    if provenance is None:
+        return description
+    return "\n\n".join(filter(None, [description or "", arm_provenance_text(provenance)]))
 
 
 # --------------------------------------------------------------------------- markdown escaping

@@ -16,6 +16,7 @@ import pandas as pd
 from harness.types import KpiComparison, ReportInput
 from reports.text import (
     MISSING,
+    arm_description,
     comparison_reasons,
     fmt_estimate,
     fmt_margin,
@@ -25,6 +26,7 @@ from reports.text import (
     fmt_seeds,
     is_missing,
     kpi_reason,
+    note_text,
     to_float,
     truncate,
 )
@@ -77,8 +79,22 @@ def has_columns(frame: pd.DataFrame | None, columns: tuple[str, ...]) -> bool:
     return frame is not None and not frame.empty and all(c in frame.columns for c in columns)
 
 
+def descriptions(report: ReportInput) -> dict[str, str]:
+    """Variant -> its description, followed by the code it ran and its reused runs (bench gate) where known."""
+    provenance = getattr(report, "arm_provenance", None) or {}
+    shown = dict(report.descriptions or {})
+    for variant, arm in provenance.items():
+        shown[variant] = arm_description(shown.get(variant), arm)
+    return shown
+
+
 def description_of(report: ReportInput, variant: str) -> str:
-    return str((report.descriptions or {}).get(variant) or "")
+    return str(descriptions(report).get(variant) or "")
+
+
+def notes(report: ReportInput) -> list[str]:
+    """The report's notes, worded (reports/text.py note_text)."""
+    return [note_text(note) for note in report.notes]
 
 
 def role_of(report: ReportInput, variant: str) -> str:

@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 
 from harness.stats import KpiRule, compare
-from harness.types import Why
+from harness.types import ArmProvenance, FloorNote, LookNote, TargetNote, TargetSource, Why
 from reports import MARKER, CompatResult, ReportInput, render_html, render_json, render_markdown, write_reports
 from reports.figures import curve_bands, horizon_columns, plan_figures, rollout_grid
-from reports.text import fmt_estimate, md_escape
+from reports.text import arm_description, fmt_estimate, md_escape, note_text
 
 BASELINE, CANDIDATE = "meanpool_concat", "windowed_attention"
 STAGES = ("tokenizer", "actions", "dynamics")
@@ -141,7 +141,7 @@ def make_report(
         provenance=provenance,
         reproduce_command=f"bench gate --profile ci --baseline {BASELINE} --candidate {candidate} --seeds 0-{n_seeds - 1}",
         profile="ci",
-        notes=["steps-to-target: tokenizer loss 0.2"],
+        notes=[TargetNote("tokenizer.steps_to_target", 0.2, TargetSource.CONFIG)],
     )
 
 
@@ -438,3 +438,28 @@ def _screenshot(html: Path, tmp_path: Path) -> np.ndarray:
     result = subprocess.run(command, capture_output=True, text=True, timeout=90)
     assert png.exists(), f"chromium wrote no screenshot (rc {result.returncode}): {result.stderr[-2000:]}"
     return imread(png)
+
+
+def test_notes_and_arm_provenance_are_worded_in_reports():
+    """harness.gate returns notes and each arm's code as data; reports/text.py words them."""
+    assert note_text(TargetNote("tokenizer.steps_to_target", 0.185321, TargetSource.AUTO, 0.05)) == (
+        "tokenizer.steps_to_target: target loss 0.18532 (auto = (1 + 0.05) x the largest baseline final loss)")
+    assert note_text(TargetNote("dynamics.steps_to_target", 2.0, TargetSource.CONFIG)) == (
+        "dynamics.steps_to_target: target loss 2 (from bench.toml)")
+    assert note_text(FloorNote("actions.val_loss", "base", 2, 1e-12)) == (
+        "actions.val_loss: base has 2 values <= 0, read as 1e-12 on its log scale")
+    assert note_text(LookNote(2, 2, 4, 0.04444)) == "sequential look 2 of 2: 4 seeds, alpha 0.0444 spent at this look"
+    here = ArmProvenance("abc123", dirty=True, reused=3, total=4)
+    assert arm_description("Mean-pool.", here) == (
+        "Mean-pool.\n\nCode: commit abc123 with uncommitted changes (this checkout). "
+        "Runs: 3 of 4 reused from the store, 1 trained now.")
+    assert arm_description("", ArmProvenance("def456", ref="main", total=2)) == (
+        "Code: commit def456 (--baseline-ref main). Runs: 0 of 2 reused from the store, 2 trained now.")
+    assert arm_description("x", ArmProvenance("def456", dirty=True, changes=("a.py", "b.py", "c.py", "d.py"))) == (
+        "x\n\nCode: commit def456 with uncommitted changes to a.py, b.py, c.py (this checkout). "
+        "Runs: 0 of 0 reused from the store, 0 trained now.")
+    report = dataclasses.replace(make_report(), arm_provenance={BASELINE: here})
+    data = json.loads(render_json(report))
+    assert data["notes"] == ["tokenizer.steps_to_target: target loss 0.2 (from bench.toml)"]
+    assert data["descriptions"][BASELINE].endswith("Runs: 3 of 4 reused from the store, 1 trained now.")
+    assert "Runs: 3 of 4 reused from the store" in render_markdown(report)
