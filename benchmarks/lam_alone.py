@@ -25,8 +25,7 @@ import torch.nn.functional as F
 
 from worldmodel import stages
 from worldmodel.config import WorldModelConfig
-from worldmodel.data import VideoWindows, generate
-from worldmodel.data import games
+from worldmodel.data import VideoWindows, games, generate
 from worldmodel.lam import LatentActionModel
 from worldmodel.train import make_optimizer, update
 

@@ -81,7 +81,7 @@ def has_columns(frame: pd.DataFrame | None, columns: tuple[str, ...]) -> bool:
 
 def descriptions(report: ReportInput) -> dict[str, str]:
     """Variant -> its description, followed by the code it ran and its reused runs (bench gate) where known."""
-    provenance = getattr(report, "arm_provenance", None) or {}
+    provenance = report.arm_provenance
     shown = dict(report.descriptions or {})
     for variant, arm in provenance.items():
         shown[variant] = arm_description(shown.get(variant), arm)

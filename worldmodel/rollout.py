@@ -127,9 +127,9 @@ def evaluate_rollouts(tokenizer: VideoTokenizer, lam: LatentActionModel, dynamic
         "copy_last": clips[:, context - 1 : context].expand(-1, horizon, -1, -1, -1),
     }
     truth = to_unit(clips[:, context:])
+    unit = {mode: to_unit(frames) for mode, frames in predictions.items()}  # [B, horizon, 3, H, W] in [0, 1]
     scores = {}
-    for mode, frames in predictions.items():
-        pred = to_unit(frames)
+    for mode, pred in unit.items():
         scores[mode] = {"mse": mse_per_frame(pred, truth).cpu().numpy(),
                         "psnr": psnr_per_frame(pred, truth).cpu().numpy(),
                         "ssim": ssim_per_frame(pred, truth).cpu().numpy()}
@@ -141,7 +141,7 @@ def evaluate_rollouts(tokenizer: VideoTokenizer, lam: LatentActionModel, dynamic
         "delta_psnr": float(scores["ar"]["psnr"][:, step].mean() - scores["random"]["psnr"][:, step].mean()),
         # How far the rollout moves when the actions change: exactly 0 for a dynamics that ignores them.
         # Unlike delta_psnr it needs no correct actions, so it is steady across seeds where delta_psnr is not.
-        "action_response": float(mse_per_frame(to_unit(predictions["ar"]), to_unit(predictions["random"])).mean()),
+        "action_response": float(mse_per_frame(unit["ar"], unit["random"]).mean()),
     }
     reconstructions = reconstruct_clips(tokenizer, clips, config.window)  # deterministic: after the sampling
     return RolloutResult(scores, to_uint8(clips), {m: to_uint8(f) for m, f in predictions.items()}, kpis,
