@@ -23,21 +23,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from harness.suite import load_suite
 from worldmodel import stages
 from worldmodel.config import WorldModelConfig
 from worldmodel.data import VideoWindows, games, generate
 from worldmodel.lam import LatentActionModel
 from worldmodel.train import make_optimizer, update
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def ci_config(steps: int, frame_size: int = 16) -> WorldModelConfig:
-    """The ci profile's LAM (bench.toml) with `steps` steps."""
-    config = WorldModelConfig(frame_size=frame_size)
+    """The ci profile's LAM, as bench.toml sets it, with `steps` steps."""
+    config = load_suite(REPO / "bench.toml").model_config("ci", "meanpool_concat", frame_size)
     lam = config.actions
-    lam.steps, lam.lr, lam.log_every, lam.checkpoint_every = steps, 1e-3, 50, steps
-    lam.decoder_context, lam.action_norm = "all", "whiten"
-    config.validate()
-    return config
+    lam.steps, lam.log_every, lam.checkpoint_every = steps, 50, steps
+    return config.validate()
 
 
 def moves_only(policy: callable) -> callable:
@@ -71,6 +72,17 @@ def train_decoder(config: WorldModelConfig, train: VideoWindows, val: VideoWindo
         return float(loss(*val.batch(np.arange(len(val)))))
 
 
+@torch.no_grad()
+def confusion(lam: LatentActionModel, val: VideoWindows, n_actions: int) -> list[list[int]]:
+    """Counts of (latent code, true action) over the val windows: one row per code, one column per action."""
+    lam.eval()
+    frames, true_actions = val.batch(np.arange(len(val)))
+    codes = lam.fsq.to_indices(lam.infer_actions(frames)[1]).flatten()  # [N (T-1)]
+    table = np.zeros((n_actions, int(true_actions.max()) + 1), dtype=int)
+    np.add.at(table, (codes.numpy(), true_actions.flatten().numpy()), 1)
+    return table.tolist()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1000)
@@ -80,20 +92,27 @@ def main() -> None:
     parser.add_argument("--moves-only", action="store_true", help="no noop: the four moves only")
     parser.add_argument("--game", choices=sorted(games.GAMES), default="sprite_world")
     parser.add_argument("--options", default="{}", help='the game\'s options as JSON, e.g. \'{"wrap": false}\'')
+    parser.add_argument("--repeat-prob", type=float, default=0.5, help="sticky actions (ci: 0.5)")
+    parser.add_argument("--lam", default="{}", help='LAM settings over the ci profile\'s, as JSON, e.g. \'{"rotary": true}\'')
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.moves_only:
         games.sticky_random_actions = moves_only(games.sticky_random_actions)
     config = ci_config(args.steps, args.size)
+    for key, value in json.loads(args.lam).items():
+        setattr(config.actions, key, value)
+    config.validate()
     # the ci profile's data: 120 episodes of 32 frames, sticky actions repeated with probability 0.5
-    data = generate(args.game, 120, 32, args.size, seed=0, repeat_prob=0.5, options=json.loads(args.options))
+    data = generate(args.game, 120, 32, args.size, seed=0, repeat_prob=args.repeat_prob,
+                    options=json.loads(args.options))
     train, val = VideoWindows(data, config.window, "train"), VideoWindows(data, config.window, "val")
     started = time.perf_counter()
     if args.feed == "encoder":
         with tempfile.TemporaryDirectory() as scratch:
-            _, out = stages.run_actions(config, train, val, Path(scratch) / "lam.pt", args.seed)
+            lam, out = stages.run_actions(config, train, val, Path(scratch) / "lam.pt", args.seed)
         result = {name: round(out.metrics[name], 4) for name in
                   ("nmi", "codebook_perplexity", "majority_accuracy", "val_loss") if name in out.metrics}
+        result["confusion"] = confusion(lam, val, config.n_actions)
     else:
         result = {"val_loss": round(train_decoder(config, train, val, args.feed, args.seed), 5)}
     print(json.dumps({**vars(args), **result, "wall_s": round(time.perf_counter() - started, 1)}))

@@ -48,6 +48,9 @@ KPIS: dict[str, KpiRule] = {k.name: k for k in [
     _kpi("actions.variance_penalty", "the LAM's variance hinge on val, max(0, floor - batch variance of "
          "the pre-quantisation latents), unweighted; not part of actions.val_loss", "lower", "linear", 0.001,
          role="regulariser"),
+    _kpi("actions.entropy_penalty", "the LAM's code-entropy term on val, mean entropy of each transition's "
+         "soft code minus the entropy of the batch's mean code, nats, unweighted; not part of actions.val_loss",
+         "lower", "linear", 0.05, role="regulariser"),
     _kpi("actions.encoder_variance", "batch variance of the pre-quantisation action latents", "higher"),
     _kpi("actions.decoder_variance", "variance of the LAM decoder's prediction across actions", "higher"),
     # The controllability KPI: a LAM that stops encoding the true actions must not PASS.

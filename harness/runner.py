@@ -68,6 +68,19 @@ def file_lock(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def lock_held_elsewhere(path: Path) -> bool:
+    """Whether another process holds the file lock at `path` now (a hint for ordering, not a guarantee)."""
+    if not path.exists():
+        return False
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
 def write_json_atomic(path: Path, values: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(values))
@@ -90,9 +103,26 @@ def load_dataset(spec: RunSpec, cache: Path) -> VideoData:
 
 # ----------------------------------------------------------------------------- stages through the cache
 
+def stage_folder(cache: Path, stage: str, stage_id: str) -> Path:
+    return cache / "stages" / f"{stage}-{stage_id}"
+
+
+def stage_order(spec: RunSpec, cache: Path) -> tuple[str, ...]:
+    """The order to train a run's stages in: the LAM first while another worker trains the shared tokenizer.
+
+    The LAM learns from frames, not tokens, so a run that would wait for the tokenizer (the other
+    variant of the same seed, under --jobs 2) trains its LAM meanwhile. Each stage seeds its own RNG,
+    so the order changes no number, only the wall time.
+    """
+    tokenizer_lock = stage_folder(cache, "tokenizer", spec.stage_ids["tokenizer"]).with_suffix(".lock")
+    if lock_held_elsewhere(tokenizer_lock):
+        return ("actions", "tokenizer", "dynamics")
+    return ("tokenizer", "actions", "dynamics")
+
+
 def cached_stage(stage: str, stage_id: str, cache: Path, config: WorldModelConfig, train_fn) -> tuple:
     """Return (model, output dict) for a stage, training it (resumably) unless already finished."""
-    folder = cache / "stages" / f"{stage}-{stage_id}"
+    folder = stage_folder(cache, stage, stage_id)
     output_file = folder / "output.json"
     with file_lock(folder.with_suffix(".lock")):
         if output_file.exists():
@@ -132,7 +162,7 @@ def execute_run(spec: RunSpec, results_root: str, threads: int, executor: str,
         train = VideoWindows(data, config.window, "train", val_fraction)
         val = VideoWindows(data, config.window, "val", val_fraction)
         models, outputs = {}, {}
-        for current in ("tokenizer", "actions", "dynamics"):
+        for current in stage_order(spec, cache):
             models[current], outputs[current] = train_stage(spec, current, train, val, models, cache, placement,
                                                             progress)
         current = "rollout"

@@ -101,6 +101,28 @@ def test_ray_executor_gives_the_same_kpis_as_local(smoke_results, tmp_path):
     pd.testing.assert_series_equal(reproducible_kpis(results), reproducible_kpis(smoke_results))
 
 
+def test_a_run_trains_its_lam_first_while_another_worker_holds_the_shared_tokenizer(smoke_results, tmp_path,
+                                                                                   monkeypatch):
+    import fcntl
+    from types import SimpleNamespace
+    from harness import runner
+
+    spec = SimpleNamespace(stage_ids={"tokenizer": "abc"})
+    lock = tmp_path / "cache" / "stages" / "tokenizer-abc.lock"
+    assert runner.stage_order(spec, tmp_path / "cache") == ("tokenizer", "actions", "dynamics")
+    lock.parent.mkdir(parents=True)
+    with open(lock, "w") as holder:  # another open file: flock conflicts as with another process
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        assert runner.stage_order(spec, tmp_path / "cache") == ("actions", "tokenizer", "dynamics")
+    assert runner.stage_order(spec, tmp_path / "cache") == ("tokenizer", "actions", "dynamics")
+
+    # The order changes no number: every run trained LAM first gives the KPIs of the smoke runs.
+    monkeypatch.setattr(runner, "stage_order", lambda spec, cache: ("actions", "tokenizer", "dynamics"))
+    results = tmp_path / "lam_first"
+    assert main(["run", "--config", SUITE, "--profile", "smoke", "--results", str(results), "--quiet"]) == 0
+    pd.testing.assert_series_equal(reproducible_kpis(results), reproducible_kpis(smoke_results))
+
+
 # ----------------------------------------------------------------------------- kill and resume
 
 KILL_SUITE = tiny_suite("killable", tokenizer_steps=60, actions_steps=16, dynamics_steps=16)
@@ -215,6 +237,9 @@ HDF5_DATASET = '[datasets.mine]\nkind = "hdf5"\npath = "{{tmp}}/{file}"\n'
     ([], "[profiles.x.model.tokenizer]\neval_batches = 0", "tokenizer.eval_batches 0 must be >= 1"),
     ([], "[profiles.x.model.dynamics]\nmaskgit_steps = 0", "dynamics.maskgit_steps 0 must be >= 1"),
     ([], "[profiles.x.model.actions]\ndecoder_context = \"some\"", "actions.decoder_context 'some' is not one of"),
+    ([], "[profiles.x.model.dynamics]\nlr_decay = \"linear\"", "dynamics.lr_decay 'linear' is not one of"),
+    ([], "[profiles.x.model.actions]\nrotary = true\nheads = 16", "actions.rotary needs a head dim"),
+    ([], "[profiles.x.model.actions]\nentropy_weight = -0.1", "actions.entropy_weight -0.1 must be a finite number >= 0"),
     ([], "[comparison]\ncandidates = []", "comparison.candidates: empty"),
     ([], "[comparison]\nalpha = 5.0", "comparison.alpha: 5.0 is not in (0, 0.5)"),
     ([], "[datasets.mine]\noptions = { grid = 1 }", "datasets.mine.options: sprite_world option grid=1"),

@@ -6,6 +6,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from einops import rearrange
 
 import variants  # noqa: F401  (registers the built-in encoders the tests build)
 from worldmodel import metrics, stages
@@ -14,10 +15,11 @@ from worldmodel.data import VideoWindows, generate
 from worldmodel.dynamics import Dynamics
 from worldmodel.errors import WorldbenchError
 from worldmodel.fsq import FSQ
-from worldmodel.lam import LatentActionModel
+from worldmodel.lam import LatentActionModel, code_entropies
 from worldmodel.rollout import evaluate_rollouts, infer_clip_actions, rollout_clips, to_uint8
 from worldmodel.tokenizer import VideoTokenizer
-from worldmodel.train import StageDiverged, load_checkpoint, train_stage
+from worldmodel.layers import rotate
+from worldmodel.train import StageDiverged, learning_rate, load_checkpoint, train_stage
 
 from tiny import tiny_config
 
@@ -236,6 +238,49 @@ def test_lam_val_loss_is_the_reconstruction_without_the_variance_hinge(tmp_path,
     assert output.metrics["val_loss"] < 2.0 < output.metrics["variance_penalty"]  # smooth L1 of pixels in [-1, 1]
 
 
+def test_moving_weight_trains_on_the_moving_pixels_and_val_loss_stays_the_plain_reconstruction(windows):
+    _, _, val = windows
+    frames, _ = val.batch(np.arange(4))
+    config = tiny_config(variance_floor=0.0)  # no hinge: the loss is the reconstruction alone
+    anchor = LatentActionModel(config)
+    config.actions.moving_weight = 10.0
+    weighted = LatentActionModel(config)
+    weighted.load_state_dict(anchor.state_dict())
+    torch.manual_seed(0)
+    anchor_loss, anchor_extras = anchor.loss(frames)
+    torch.manual_seed(0)
+    loss, extras = weighted.loss(frames)
+    assert torch.equal(extras["reconstruction"], anchor_extras["reconstruction"])  # val_loss: the task loss
+    assert torch.equal(anchor_loss, anchor_extras["reconstruction"])
+    # By hand: the errors of the pixels that change weigh 11, the others 1.
+    with torch.no_grad():
+        predicted = weighted.decode(frames[:, :-1], weighted.infer_actions(frames)[1])
+    errors = torch.nn.functional.smooth_l1_loss(predicted, frames[:, 1:], reduction="none")
+    moving = metrics.moving_pixels(frames).expand_as(errors)
+    assert 0 < moving.float().mean() < 0.5
+    expected = (errors.sum() + 10 * errors[moving].sum()) / (errors.numel() + 10 * moving.sum())
+    assert torch.isclose(loss, expected, rtol=1e-5)
+
+
+def test_code_entropy_term_is_lowest_for_confident_codes_used_evenly():
+    confident = 4.0
+    all_four = confident * torch.tensor([[1.0, 1.0], [-1.0, 1.0], [1.0, -1.0], [-1.0, -1.0]]).view(4, 1, 2)
+    one_code = confident * torch.ones(4, 1, 2)
+    undecided = torch.zeros(4, 1, 2)
+    penalty = {name: float(sample - batch) for name, (sample, batch) in
+               {"all_four": code_entropies(all_four), "one_code": code_entropies(one_code),
+                "undecided": code_entropies(undecided)}.items()}
+    assert penalty["all_four"] == pytest.approx(-np.log(4), abs=0.05)  # the minimum: log 4 codes, each certain
+    assert penalty["one_code"] == pytest.approx(0.0, abs=0.05)  # certain, but one code for everything
+    assert penalty["undecided"] == pytest.approx(0.0, abs=1e-6)  # every code equally likely for every transition
+    config = tiny_config(variance_floor=0.0)
+    config.actions.entropy_weight = 0.5
+    lam = LatentActionModel(config)
+    frames = torch.rand(4, 4, 3, 16, 16) * 2 - 1
+    loss, extras = lam.loss(frames)
+    assert torch.isclose(loss, extras["reconstruction"] + 0.5 * extras["entropy_penalty"])
+
+
 # ----------------------------------------------------------------------------- bad input, one line each
 
 # ----------------------------------------------------------------------------- anti-collapse options
@@ -313,10 +358,55 @@ def test_whitening_decorrelates_the_action_dims_where_standardising_does_not(win
 def test_anti_collapse_options_leave_the_anchors_ids_and_parameters_alone():
     config = tiny_config()
     anchor_json = stages.stage_config_json(config, "actions")
-    assert "decoder_context" not in anchor_json and "action_norm" not in anchor_json
+    for option in ("decoder_context", "action_norm", "moving_weight", "entropy_weight"):
+        assert option not in anchor_json
     config.actions.decoder_context, config.actions.action_norm = "all", "batch"
+    config.actions.moving_weight, config.actions.entropy_weight = 10.0, 0.01
     assert stages.stage_config_json(config, "actions") != anchor_json
     assert n_params(LatentActionModel(config)) == n_params(LatentActionModel(tiny_config()))
+
+
+def test_rotary_code_makes_spatial_attention_scores_depend_on_the_offset_alone():
+    from worldmodel.layers import Attention
+
+    attention = Attention(32, heads=8, rotary_grid=4)
+    # The same q and k content on every patch: with the rotary code, q_i . k_j depends on j - i only.
+    content = torch.randn(1, 1, 1, 96).expand(1, 1, 16, 96)  # [B, T, P, 3E]
+    rotated = rotate(content, attention.rotary)
+    q, k = rearrange(rotated[..., :64], "b t p (two h d) -> two (b t) h p d", two=2, h=8)  # [BT, H, P, d]
+    scores = q[0] @ k[0].transpose(-1, -2)  # [H, P, P]
+    at = lambda x, y: y * 4 + x  # noqa: E731  (patch index of column x, row y)
+    one_right = torch.stack([scores[:, at(x, y), at(x + 1, y)] for x in range(3) for y in range(4)])
+    one_down = torch.stack([scores[:, at(x, y), at(x, y + 1)] for x in range(4) for y in range(3)])
+    assert torch.allclose(one_right, one_right[:1].expand_as(one_right), atol=1e-5)
+    assert torch.allclose(one_down, one_down[:1].expand_as(one_down), atol=1e-5)
+    assert not torch.allclose(one_right[0], one_down[0], atol=1e-3)  # x and y offsets are told apart
+    plain = rearrange(content[..., :64], "b t p (two h d) -> two (b t) h p d", two=2, h=8)
+    assert torch.allclose(plain[0, :, :, 0] @ plain[1, :, :, 0].T, scores[:, 0, 0])  # no turn at the origin
+    assert torch.equal(rotated[..., 64:], content[..., 64:])  # v is untouched
+
+
+def test_rotary_code_and_lr_decay_add_no_parameters_and_leave_the_anchors_ids_alone():
+    anchor = WorldModelConfig(frame_size=16).validate()
+    config = copy.deepcopy(anchor)
+    for name in ("tokenizer", "actions", "dynamics"):
+        config.stage(name).rotary, config.stage(name).lr_decay = True, "cosine"
+        assert stages.stage_config_json(anchor, name) == stages.stage_config_json(WorldModelConfig(frame_size=16), name)
+        assert "rotary" not in stages.stage_config_json(anchor, name)
+        assert stages.stage_config_json(config, name) != stages.stage_config_json(anchor, name)
+    for model in (VideoTokenizer, LatentActionModel, Dynamics):
+        assert n_params(model(config)) == n_params(model(anchor))
+
+
+def test_cosine_lr_decay_falls_from_lr_after_the_warmup_to_a_tenth_at_the_last_step():
+    stage = WorldModelConfig().actions
+    stage.lr, stage.steps, stage.warmup_steps = 2e-3, 100, 10
+    assert [learning_rate(stage, step) for step in (0, 9, 50, 99)] == pytest.approx([2e-4, 2e-3, 2e-3, 2e-3])  # anchor
+    stage.lr_decay = "cosine"
+    rates = [learning_rate(stage, step) for step in range(100)]
+    assert rates[:10] == pytest.approx([2e-4 * (step + 1) for step in range(10)])  # the same warmup
+    assert rates[10] == pytest.approx(2e-3) and rates[-1] == pytest.approx(2e-4)
+    assert all(later < earlier for earlier, later in zip(rates[10:], rates[11:]))
 
 
 def one_line(err) -> str:

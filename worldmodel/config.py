@@ -30,6 +30,15 @@ class StageConfig:
     log_every: int = 10
     checkpoint_every: int = 100
     eval_batches: int = 4
+    # Adds a 2-D rotary code to the spatial attention (worldmodel.layers.rotary_tables), so attention
+    # scores can depend on the offset between patches: moving a sprite one patch becomes one head's
+    # "look one to the left" instead of a lookup learned over absolute positions. No parameters; off
+    # in the anchor (its absolute sin/cos code stays either way).
+    rotary: bool = field(default=False, metadata={OPT_IN: True})
+    # "none": the learning rate stays at lr after the warmup (the anchor); "cosine": it falls along a
+    # cosine to lr / 10 at the last step, which settles a short budget's last steps instead of leaving
+    # them at full step size.
+    lr_decay: str = field(default="none", metadata={OPT_IN: True})
 
 
 @dataclass
@@ -55,6 +64,14 @@ class ActionsConfig(StageConfig):
     # all falling on one side, or encoding only the time step. "whiten" also decorrelates the action
     # dims, so they cannot both learn the same feature (README "Controllability").
     action_norm: str = field(default="none", metadata={OPT_IN: True})
+    # moving_weight: the pixels that change between frames t and t+1 weigh 1 + moving_weight in the
+    # reconstruction the LAM trains on (its val_loss stays the plain mean), so the few pixels an action
+    # moves are worth telling apart, not lost among the static background.
+    moving_weight: float = field(default=0.0, metadata={OPT_IN: True})
+    # entropy_weight: adds weight x (mean entropy of each transition's code - entropy of the batch's mean
+    # code distribution), the lookup-free quantiser's entropy term (MAGVIT-v2): every latent action
+    # confidently one code, and the codes used evenly, so no code is left for a rare split.
+    entropy_weight: float = field(default=0.0, metadata={OPT_IN: True})
 
 
 @dataclass
@@ -63,6 +80,10 @@ class DynamicsConfig(StageConfig):
     lr: float = 1e-2
     maskgit_steps: int = 8
     temperature: float = 0.0
+    # masked_frames: which frames of a training window the MaskGIT mask covers. "all": every frame, one
+    # random frame left visible per patch (the anchor); "last": only the last frame, so the model trains
+    # as a rollout uses it, predicting a frame from whole context frames and the action into it.
+    masked_frames: str = field(default="all", metadata={OPT_IN: True})
     # Planted fault (bench validate): zero the actions before conditioning, in training and inference.
     # Opt-in: left out of the stage config JSON while off, so normal runs keep their ids and checkpoints.
     action_blind: bool = field(default=False, metadata={OPT_IN: True})
@@ -91,6 +112,15 @@ class WorldModelConfig:
     @property
     def action_dim(self) -> int:
         return self.n_actions.bit_length() - 1
+
+    @property
+    def grid(self) -> int:
+        """Patches along each side of a frame."""
+        return self.frame_size // self.patch_size
+
+    def rotary_grid(self, stage: str) -> int | None:
+        """The grid for the stage's rotary code, or None when the stage has it off."""
+        return self.grid if self.stage(stage).rotary else None
 
     @property
     def patches(self) -> int:
@@ -139,6 +169,13 @@ class WorldModelConfig:
         if self.actions.decoder_context not in ("first", "all"):
             raise WorldbenchError(
                 f"actions.decoder_context {self.actions.decoder_context!r} is not one of: 'first', 'all'")
+        for key in ("moving_weight", "entropy_weight"):
+            value = getattr(self.actions, key)
+            if not math.isfinite(value) or value < 0:
+                raise WorldbenchError(f"actions.{key} {value} must be a finite number >= 0 (0 turns it off)")
+        if self.dynamics.masked_frames not in ("all", "last"):
+            raise WorldbenchError(
+                f"dynamics.masked_frames {self.dynamics.masked_frames!r} is not one of: 'all', 'last'")
         if self.actions.action_norm not in ("none", "batch", "whiten"):
             raise WorldbenchError(
                 f"actions.action_norm {self.actions.action_norm!r} is not one of: 'none', 'batch', 'whiten'")
@@ -157,6 +194,13 @@ class WorldModelConfig:
                 raise WorldbenchError(
                     f"{name}.embed_dim {stage.embed_dim} is not divisible by {name}.heads {stage.heads}; "
                     f"change one so heads divides embed_dim"
+                )
+            if stage.lr_decay not in ("none", "cosine"):
+                raise WorldbenchError(f"{name}.lr_decay {stage.lr_decay!r} is not one of: 'none', 'cosine'")
+            if stage.rotary and (stage.embed_dim // stage.heads) % 4:
+                raise WorldbenchError(
+                    f"{name}.rotary needs a head dim (embed_dim / heads = {stage.embed_dim // stage.heads}) "
+                    f"that is a multiple of 4; change embed_dim or heads, or set {name}.rotary = false"
                 )
             try:
                 position_code_split(stage.embed_dim)

@@ -21,11 +21,12 @@ class Dynamics(nn.Module):
         E, L = stage.embed_dim, config.latent_dim
         self.fsq = FSQ(L, config.bins)
         self.action_blind = stage.action_blind  # planted fault: condition on zeros instead of the actions
+        self.masked_frames = stage.masked_frames
         self.mask_latent = nn.Parameter(torch.zeros(L))
         self.from_latent = nn.Linear(L, E)
         self.register_buffer("spatial_code", spatial_code(config.frame_size // config.patch_size, E), persistent=False)
         self.transformer = STTransformer(E, stage.heads, stage.hidden, stage.blocks, config.window,
-                                         cond_dim=config.action_dim)
+                                         cond_dim=config.action_dim, rotary_grid=config.rotary_grid("dynamics"))
         self.to_logits = nn.Linear(E, self.fsq.codebook_size)
 
     def hidden(self, latents: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -39,12 +40,20 @@ class Dynamics(nn.Module):
         return self.transformer(tokens, cond)
 
     @staticmethod
-    def training_mask(batch: int, steps: int, patches: int, device: torch.device | str = "cpu") -> torch.Tensor:
-        """Mask ratio U[0.5, 1) per batch, Bernoulli per token, one random step per (b, p) kept visible.
+    def training_mask(batch: int, steps: int, patches: int, device: torch.device | str = "cpu",
+                      frames: str = "all") -> torch.Tensor:
+        """Mask ratio U[0.5, 1) per batch, Bernoulli per token: a bool mask [B, T, P].
 
+        frames "all" (the anchor): every frame is masked so, and one random step per (b, p) is kept
+        visible. "last": only the last frame is, and the frames before it stay whole, as the context
+        does when a rollout predicts the next frame.
         Drawn on `device` from that device's global RNG (on the CPU: the same numbers as ever).
         """
         ratio = 0.5 + 0.5 * torch.rand((), device=device)
+        if frames == "last":
+            mask = torch.zeros(batch, steps, patches, dtype=torch.bool, device=device)
+            mask[:, -1] = torch.rand(batch, patches, device=device) < ratio
+            return mask
         mask = torch.rand(batch, steps, patches, device=device) < ratio  # [B, T, P]
         keep = torch.randint(steps, (batch, 1, patches), device=device)
         return mask.scatter(1, keep, False)
@@ -52,7 +61,7 @@ class Dynamics(nn.Module):
     def loss(self, indices: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         # indices [B, T, P] codes, actions [B, T-1, A] quantised latent actions
         # Extras are detached 0-d tensors: the trainer reads them at log points, not every step.
-        mask = self.training_mask(*indices.shape, device=indices.device)
+        mask = self.training_mask(*indices.shape, device=indices.device, frames=self.masked_frames)
         hidden = self.hidden(self.fsq.from_indices(indices), actions, mask)
         logits = self.to_logits(hidden[mask])  # only masked positions are scored: [M, V]
         targets = indices[mask]

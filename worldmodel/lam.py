@@ -14,6 +14,7 @@ from torch import nn
 from worldmodel.config import WorldModelConfig
 from worldmodel.fsq import FSQ
 from worldmodel.layers import PatchEmbed, STTransformer, unpatchify
+from worldmodel.metrics import moving_pixels
 from worldmodel.registry import lookup, register
 
 
@@ -35,7 +36,8 @@ class EncoderTrunk(nn.Module):
         super().__init__()
         stage = config.actions
         self.embed = PatchEmbed(config.frame_size, config.patch_size, stage.embed_dim)
-        self.transformer = STTransformer(stage.embed_dim, stage.heads, stage.hidden, stage.blocks, config.window)
+        self.transformer = STTransformer(stage.embed_dim, stage.heads, stage.hidden, stage.blocks, config.window,
+                                         rotary_grid=config.rotary_grid("actions"))
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         return self.transformer(self.embed(frames))  # [B, T, P, E]
@@ -111,6 +113,24 @@ def make_action_norm(kind: str, steps: int, action_dim: int) -> nn.Module | None
     return None if kind == "none" else ACTION_NORMS[kind](steps, action_dim)
 
 
+# ----------------------------------------------------------------------------- the code-entropy term
+
+def code_entropies(pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean entropy of each transition's code, entropy of the batch's mean code distribution), in nats.
+
+    pre [B, T-1, A] are the latents the 2-level FSQ rounds: bit i is +1 with probability sigmoid(2 z_i),
+    the very level (tanh(z_i) + 1) / 2 it rounds, so the soft code is the FSQ's own, before rounding.
+    """
+    bit_one = torch.sigmoid(2 * pre.flatten(0, 1))  # [N, A]
+    per_bit = -(bit_one * bit_one.clamp_min(1e-12).log() + (1 - bit_one) * (1 - bit_one).clamp_min(1e-12).log())
+    codes = torch.arange(2 ** pre.shape[-1], device=pre.device)  # the FSQ's index order: bit i of the index
+    bits = (codes[:, None] >> torch.arange(pre.shape[-1], device=pre.device)) & 1  # [C, A]
+    soft_codes = torch.where(bits.bool(), bit_one[:, None], 1 - bit_one[:, None]).prod(-1)  # [N, C]
+    mean_code = soft_codes.mean(dim=0)  # [C]
+    batch_entropy = -(mean_code * mean_code.clamp_min(1e-12).log()).sum()
+    return per_bit.sum(-1).mean(), batch_entropy
+
+
 # ----------------------------------------------------------------------------- the model
 
 class LatentActionModel(nn.Module):
@@ -121,13 +141,16 @@ class LatentActionModel(nn.Module):
         self.patch_size = config.patch_size
         self.variance_floor = stage.variance_floor
         self.variance_weight = stage.variance_weight
+        self.moving_weight = stage.moving_weight
+        self.entropy_weight = stage.entropy_weight
         self.fsq = FSQ(A, 2)
         self.encoder = lookup("lam_encoder", stage.encoder)(config)  # built before the decoder: the seeded init order
         self.mask_later_frames = stage.decoder_context == "first"
         self.action_norm = make_action_norm(stage.action_norm, config.window - 1, A)
         self.embed = PatchEmbed(config.frame_size, config.patch_size, E)
         self.mask_token = nn.Parameter(torch.zeros(E))
-        self.decoder = STTransformer(E, stage.heads, stage.hidden, stage.blocks, config.window, cond_dim=A)
+        self.decoder = STTransformer(E, stage.heads, stage.hidden, stage.blocks, config.window, cond_dim=A,
+                                     rotary_grid=config.rotary_grid("actions"))
         self.to_pixels = nn.Sequential(nn.LayerNorm(E), nn.Linear(E, 3 * config.patch_size**2), nn.Tanh())
 
     def infer_actions(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,15 +178,25 @@ class LatentActionModel(nn.Module):
 
     def loss_and_actions(self, frames: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """`loss`, plus the quantised actions [B, T-1, A] it decoded with (evaluation reads both from one pass)."""
-        raw, _, actions = self._encode(frames)
-        predicted = self.decode(frames[:, :-1], actions)
-        reconstruction = F.smooth_l1_loss(predicted, frames[:, 1:])
+        raw, pre, actions = self._encode(frames)
+        predicted = self.decode(frames[:, :-1], actions)  # [B, T-1, 3, H, W]
+        reconstruction = F.smooth_l1_loss(predicted, frames[:, 1:])  # the task loss: val_loss
+        trained_on = reconstruction
+        if self.moving_weight:
+            weight = 1 + self.moving_weight * moving_pixels(frames).float()  # [B, T-1, 1, H, W]
+            errors = F.smooth_l1_loss(predicted, frames[:, 1:], reduction="none")  # [B, T-1, 3, H, W]
+            trained_on = (errors * weight).mean() / weight.mean()
         # Hinge on the batch variance of the pre-quantisation latents keeps the actions from collapsing.
         # With action_norm it is taken before the norm (whose rescaling would hide a shrinking encoder output)
         # and per transition step, so an output that only tracks the step index cannot satisfy it.
         variance = raw.var(dim=0).mean() if self.action_norm is not None else raw.flatten(0, 1).var(dim=0).mean()
         variance_penalty = F.relu(self.variance_floor - variance)
-        loss = reconstruction + self.variance_weight * variance_penalty
-        extras = {"encoder_variance": variance, "reconstruction": reconstruction, "variance_penalty": variance_penalty}
+        code_entropy, batch_entropy = code_entropies(pre)
+        entropy_penalty = code_entropy - batch_entropy
+        loss = trained_on + self.variance_weight * variance_penalty
+        if self.entropy_weight:
+            loss = loss + self.entropy_weight * entropy_penalty
+        extras = {"encoder_variance": variance, "reconstruction": reconstruction, "variance_penalty": variance_penalty,
+                  "entropy_penalty": entropy_penalty}
         # tensors: read at log points only
         return loss, {name: value.detach() for name, value in extras.items()}, actions

@@ -56,6 +56,35 @@ def spatial_code(grid: int, embed_dim: int) -> torch.Tensor:
     return code
 
 
+def rotary_tables(grid: int, head_dim: int, heads: int) -> torch.Tensor:
+    """The 2-D rotary code for a grid x grid patch layout, as unit complex numbers: [P, 2 heads head_dim / 2].
+
+    Each head's q and k split into an x half and a y half of head_dim / 4 adjacent pairs each; pair k
+    turns by position * pi / (grid * 2^k). The fastest pair turns by less than pi across the grid, so
+    every offset in -(grid - 1)..grid - 1 gets its own angle: q.k then depends on the patches' offset,
+    which is what "the patch one to the left" needs (an absolute code makes that a learned lookup).
+    Repeated over q's heads, then k's, as rotate() reads them.
+    """
+    if head_dim % 4:
+        raise WorldbenchError(f"head dim {head_dim} is not a multiple of 4; the 2-D rotary code needs x and y pairs")
+    freqs = math.pi / grid / 2.0 ** torch.arange(head_dim // 4, dtype=torch.float32)  # [head_dim / 4]
+    ys, xs = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    angles = torch.cat([xs.flatten()[:, None] * freqs, ys.flatten()[:, None] * freqs], dim=-1)  # [P, head_dim / 2]
+    return torch.polar(torch.ones_like(angles), angles).repeat(1, 2 * heads)  # [P, 2 heads head_dim / 2]
+
+
+def rotate(qkv: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
+    """Apply the rotary code to the q and k of qkv [B, T, P, 3E] (P the patch axis); v is left as it is.
+
+    Each adjacent pair (a, b) of q and k is the complex number a + ib, turned by multiplying with the table.
+    """
+    width = qkv.shape[-1] // 3
+    q_and_k = qkv[..., : 2 * width].float()  # complex numbers need float32 (under bf16 autocast too)
+    pairs = torch.view_as_complex(q_and_k.unflatten(-1, (width, 2)))  # [B, T, P, E] complex
+    rotated = torch.view_as_real(pairs * tables).flatten(-2)  # [B, T, P, 2E]
+    return torch.cat([rotated.to(qkv.dtype), qkv[..., 2 * width :]], dim=-1)
+
+
 def time_code(steps: int, embed_dim: int) -> torch.Tensor:
     """1-D code [T, E] occupying the last `time_dim` channels."""
     _, time_dim = position_code_split(embed_dim)
@@ -69,17 +98,23 @@ def time_code(steps: int, embed_dim: int) -> torch.Tensor:
 class Attention(nn.Module):
     """Multi-head self-attention over one axis (default: second-to-last); q/k/v/out projections with biases."""
 
-    def __init__(self, dim: int, heads: int, causal: bool = False):
+    def __init__(self, dim: int, heads: int, causal: bool = False, rotary_grid: int | None = None):
         super().__init__()
         self.heads = heads
         self.causal = causal
         self.qkv = nn.Linear(dim, 3 * dim)  # q, k and v fused: same parameters, one matmul
         self.out = nn.Linear(dim, dim)
+        # Spatial attention only: the 2-D rotary code of a rotary_grid x rotary_grid patch layout.
+        tables = None if rotary_grid is None else rotary_tables(rotary_grid, dim // heads, heads)
+        self.register_buffer("rotary", tables, persistent=False)  # complex [P, E] or None
 
     def forward(self, x: torch.Tensor, seq_dim: int = -2) -> torch.Tensor:
         # x [..., S, ..., E]: attention over axis seq_dim, independently at every other position.
         # The attention reads q/k/v straight from the projection's layout: no rearranges.
-        return self.out(attend(self.qkv(x), self.heads, self.causal, seq_dim))
+        qkv = self.qkv(x)  # [..., 3E]
+        if self.rotary is not None:
+            qkv = rotate(qkv, self.rotary)  # x is [B, T, P, E], seq_dim the patch axis
+        return self.out(attend(qkv, self.heads, self.causal, seq_dim))
 
 
 class SwiGLU(nn.Module):
@@ -98,9 +133,10 @@ class SwiGLU(nn.Module):
 class STBlock(nn.Module):
     """Spatial attention -> causal temporal attention -> SwiGLU, each post-normed."""
 
-    def __init__(self, dim: int, heads: int, hidden: int, cond_dim: int | None = None):
+    def __init__(self, dim: int, heads: int, hidden: int, cond_dim: int | None = None,
+                 rotary_grid: int | None = None):
         super().__init__()
-        self.spatial = Attention(dim, heads)
+        self.spatial = Attention(dim, heads, rotary_grid=rotary_grid)
         self.temporal = Attention(dim, heads, causal=True)
         self.ffn = SwiGLU(dim, hidden)
         self.norm_spatial = make_norm(dim, cond_dim)
@@ -115,11 +151,12 @@ class STBlock(nn.Module):
 
 
 class STTransformer(nn.Module):
-    """A stack of ST blocks; adds the 1-D time code at the start."""
+    """A stack of ST blocks; adds the 1-D time code at the start. rotary_grid: see rotary_tables."""
 
-    def __init__(self, dim: int, heads: int, hidden: int, blocks: int, max_steps: int, cond_dim: int | None = None):
+    def __init__(self, dim: int, heads: int, hidden: int, blocks: int, max_steps: int, cond_dim: int | None = None,
+                 rotary_grid: int | None = None):
         super().__init__()
-        self.blocks = nn.ModuleList(STBlock(dim, heads, hidden, cond_dim) for _ in range(blocks))
+        self.blocks = nn.ModuleList(STBlock(dim, heads, hidden, cond_dim, rotary_grid) for _ in range(blocks))
         self.register_buffer("time_code", time_code(max_steps, dim), persistent=False)  # [T, E]
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:

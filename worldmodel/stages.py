@@ -168,7 +168,7 @@ def run_actions(config: WorldModelConfig, train: VideoWindows, val: VideoWindows
     model = LatentActionModel(config)
 
     def evaluate(model: LatentActionModel) -> dict[str, float]:
-        losses, penalties, variances, codes, truths, decoder_spread = [], [], [], [], [], []
+        losses, penalties, entropy_penalties, variances, codes, truths, decoder_spread = [], [], [], [], [], [], []
         device = model.mask_token.device
         all_codes = model.fsq.from_indices(torch.arange(config.n_actions, device=device))  # [n_actions, A]
         for which in eval_indices(val, config, "actions"):
@@ -176,6 +176,7 @@ def run_actions(config: WorldModelConfig, train: VideoWindows, val: VideoWindows
             _, extras, quantised = model.loss_and_actions(frames)
             losses.append(float(extras["reconstruction"]))  # the task loss: the variance hinge is a KPI of its own
             penalties.append(float(extras["variance_penalty"]))
+            entropy_penalties.append(float(extras["entropy_penalty"]))
             variances.append(float(extras["encoder_variance"]))  # the training curve's definition, raw latents
             codes.append(model.fsq.to_indices(quantised).flatten())
             truths.append(true_actions.flatten())
@@ -189,6 +190,7 @@ def run_actions(config: WorldModelConfig, train: VideoWindows, val: VideoWindows
         codes_all, truth_all = torch.cat(codes).cpu(), torch.cat(truths)
         usage, perplexity = codebook_stats(codes_all, config.n_actions)
         metrics = {"val_loss": float(np.mean(losses)), "variance_penalty": float(np.mean(penalties)),
+                   "entropy_penalty": float(np.mean(entropy_penalties)),
                    "codebook_usage": usage, "codebook_perplexity": perplexity,
                    "encoder_variance": float(np.mean(variances)),
                    "decoder_variance": float(np.mean(decoder_spread))}

@@ -18,10 +18,12 @@ class VideoTokenizer(nn.Module):
         self.patch_size = config.patch_size
         self.fsq = FSQ(L, config.bins)
         self.embed = PatchEmbed(config.frame_size, config.patch_size, E)
-        self.encoder = STTransformer(E, stage.heads, stage.hidden, stage.blocks, config.window)
+        self.encoder = STTransformer(E, stage.heads, stage.hidden, stage.blocks, config.window,
+                                     rotary_grid=config.rotary_grid("tokenizer"))
         self.to_latent = nn.Sequential(nn.LayerNorm(E), nn.Linear(E, L))
         self.from_latent = nn.Linear(L, E)
-        self.decoder = STTransformer(E, stage.heads, stage.hidden, stage.blocks, config.window)
+        self.decoder = STTransformer(E, stage.heads, stage.hidden, stage.blocks, config.window,
+                                     rotary_grid=config.rotary_grid("tokenizer"))
         self.to_pixels = nn.Linear(E, 3 * config.patch_size**2)
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,8 @@ non-finite loss (and its step) is tracked on the device and checked at the next 
 """
 from __future__ import annotations
 
+import math
+
 import json
 import os
 import pickle
@@ -176,8 +178,12 @@ def update(model: nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tenso
 
 
 def learning_rate(config: StageConfig, step: int) -> float:
+    """Linear warmup, then constant (the anchor) or, with lr_decay = "cosine", a cosine to lr / 10 at the last step."""
     if config.warmup_steps and step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
+    if config.lr_decay == "cosine":
+        progress = (step - config.warmup_steps) / max(1, config.steps - 1 - config.warmup_steps)  # 0 -> 1
+        return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
     return config.lr
 
 
