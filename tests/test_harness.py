@@ -240,6 +240,7 @@ HDF5_DATASET = '[datasets.mine]\nkind = "hdf5"\npath = "{{tmp}}/{file}"\n'
     ([], "[profiles.x.model.dynamics]\nlr_decay = \"linear\"", "dynamics.lr_decay 'linear' is not one of"),
     ([], "[profiles.x.model.actions]\nrotary = true\nheads = 16", "actions.rotary needs a head dim"),
     ([], "[profiles.x.model.actions]\nentropy_weight = -0.1", "actions.entropy_weight -0.1 must be a finite number >= 0"),
+    ([], "[profiles.x.model.dynamics]\nmasked_frames = \"first\"", "dynamics.masked_frames 'first' is not one of"),
     ([], "[comparison]\ncandidates = []", "comparison.candidates: empty"),
     ([], "[comparison]\nalpha = 5.0", "comparison.alpha: 5.0 is not in (0, 0.5)"),
     ([], "[datasets.mine]\noptions = { grid = 1 }", "datasets.mine.options: sprite_world option grid=1"),

@@ -110,6 +110,27 @@ def test_maskgit_decoding_fills_every_position(windows, monkeypatch, rounds):
     assert codes.min() >= 0 and codes.max() < 1024
 
 
+def test_last_frame_masking_trains_on_the_last_frame_from_whole_context_frames():
+    torch.manual_seed(0)
+    masks = torch.stack([Dynamics.training_mask(8, 4, 16, frames="last") for _ in range(50)])  # [50, B, T, P]
+    assert not masks[:, :, :-1].any()  # the context frames stay whole, as in a rollout
+    ratios = masks[:, :, -1].float().mean(dim=(1, 2))  # one ratio per batch, U[0.5, 1)
+    assert 0.4 < ratios.min() and ratios.max() <= 1.0 and ratios.std() > 0.05
+    anchor = torch.stack([Dynamics.training_mask(8, 4, 16) for _ in range(50)])
+    assert anchor[:, :, :-1].any() and (~anchor).sum(dim=2).min() >= 1  # "all": every frame, one step kept per patch
+    # The dynamics trains with the mask its config names; only masked tokens are scored.
+    config = tiny_config()
+    config.dynamics.masked_frames = "last"
+    dynamics = Dynamics(config)
+    scored = []
+    dynamics.to_logits.register_forward_hook(lambda module, inputs, output: scored.append(inputs[0].shape[0]))
+    torch.manual_seed(1)
+    dynamics.loss(torch.randint(1024, (2, 4, 16)), torch.randn(2, 3, 2).sign())
+    torch.manual_seed(1)
+    expected = Dynamics.training_mask(2, 4, 16, frames="last")
+    assert scored == [int(expected.sum())] and int(expected.sum()) <= 2 * 16
+
+
 # ----------------------------------------------------------------------------- training
 
 def sample_frames(train: VideoWindows):
