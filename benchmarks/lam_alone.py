@@ -3,10 +3,12 @@
     python benchmarks/lam_alone.py --steps 1000 --seed 0                     # the ci profile's LAM
     python benchmarks/lam_alone.py --steps 1000 --feed true --moves-only     # the decoder's oracle check
     python benchmarks/lam_alone.py --steps 1000 --feed constant --moves-only
-    python benchmarks/lam_alone.py --steps 3000 --game pong
+    python benchmarks/lam_alone.py --steps 1000 --lam '{"rotary": false}'    # the ci LAM with one switch changed
+    python benchmarks/lam_alone.py --steps 1000 --game pong --size 32
 
 --feed encoder trains the LAM as a run does (worldmodel.stages.run_actions, the ci profile's LAM
-settings) and prints its KPIs. --feed true / constant trains the LAM decoder alone, conditioned on the
+settings read from bench.toml) and prints its KPIs and the confusion table of latent codes (rows)
+against true actions (columns). --feed true / constant trains the LAM decoder alone, conditioned on the
 true action (coded on the same 2-level grid) or on one constant action, and prints its val loss:
 if the decoder cannot use even the true actions, no encoder can teach it to. --moves-only drops the
 noop, so the four moves and the four codes match one to one. One thread, as a run under --jobs 2.

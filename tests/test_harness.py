@@ -119,7 +119,8 @@ def test_a_run_trains_its_lam_first_while_another_worker_holds_the_shared_tokeni
     # The order changes no number: every run trained LAM first gives the KPIs of the smoke runs.
     monkeypatch.setattr(runner, "stage_order", lambda spec, cache: ("actions", "tokenizer", "dynamics"))
     results = tmp_path / "lam_first"
-    assert main(["run", "--config", SUITE, "--profile", "smoke", "--results", str(results), "--quiet"]) == 0
+    assert main(["run", "--config", SUITE, "--profile", "smoke", "--results", str(results), "--jobs", "2",
+                 "--quiet"]) == 0  # --jobs 2 as the smoke runs: the same torch threads per run
     pd.testing.assert_series_equal(reproducible_kpis(results), reproducible_kpis(smoke_results))
 
 
