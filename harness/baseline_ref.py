@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.git import ROOT, git  # ROOT: the checkout whose code runs the candidate arm
+from harness.store import stage_folder
 from harness.types import ArmProvenance
 from worldmodel.config import STAGES
 from worldmodel.errors import WorldbenchError
@@ -107,7 +108,7 @@ class BaselineRef:
             return {}, ""
         row = ok.iloc[0]
         stage_ids = json.loads(row["stage_ids_json"] or "{}")
-        paths = {stage: cache / "stages" / f"{stage}-{stage_ids[stage]}" / "checkpoint.pt"
+        paths = {stage: stage_folder(cache, stage, stage_ids[stage]) / "checkpoint.pt"
                  for stage in STAGES if stage in stage_ids}
         return paths, f"{self.commit[:12]} (baseline arm, seed {int(row['seed'])})"
 

@@ -12,7 +12,7 @@ from harness.executors import check_ray_address, run_local, run_ray
 from harness.git import git_state
 from harness.matrix import RunSpec, code_hash
 from harness.runner import Progress, RunRecord
-from harness.store import Store
+from harness.store import Store, stage_folder
 from harness.suite import Suite
 from worldmodel.data import VideoWindows, load_hdf5
 from worldmodel.stages import check_data_matches
@@ -75,7 +75,7 @@ def execute(suite: Suite, specs: list[RunSpec], execution: Execution, progress: 
     if execution.force:
         for spec in todo:
             for stage, stage_id in spec.stage_ids.items():
-                shutil.rmtree(store.cache / "stages" / f"{stage}-{stage_id}", ignore_errors=True)
+                shutil.rmtree(stage_folder(store.cache, stage, stage_id), ignore_errors=True)
     commit, dirty = git_state()
     # One batch id per call: its runs were scheduled together, interleaved seed by seed (plan order).
     provenance = {"git_commit": commit, "git_dirty": dirty, "code_hash": code_hash(), "batch": uuid.uuid4().hex[:12]}

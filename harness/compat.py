@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from harness.store import stage_folder
 from harness.types import CompatResult
 from worldmodel import stages
 from worldmodel.config import STAGES, WorldModelConfig
@@ -102,7 +103,7 @@ def write_golden(golden_dir: Path = GOLDEN_DIR) -> None:
             raise WorldbenchError(f"golden run failed: {record.run['error']}")
         golden_dir.mkdir(parents=True, exist_ok=True)
         for stage in STAGES:
-            payload = torch.load(Path(results) / "cache" / "stages" / f"{stage}-{spec.stage_ids[stage]}" /
+            payload = torch.load(stage_folder(Path(results) / "cache", stage, spec.stage_ids[stage]) /
                                  "checkpoint.pt", weights_only=True)
             # Weights and config only: the optimiser and RNG state are not part of the format promise.
             keep = ("format", "stage", "config", "step", "finished", "model")

@@ -22,6 +22,7 @@ import torch
 
 from harness.kpis import stage_kpis
 from harness.matrix import RunSpec
+from harness.store import stage_folder
 from harness.types import RunRow
 from worldmodel import stages
 from worldmodel.config import WorldModelConfig
@@ -102,10 +103,6 @@ def load_dataset(spec: RunSpec, cache: Path) -> VideoData:
 
 
 # ----------------------------------------------------------------------------- stages through the cache
-
-def stage_folder(cache: Path, stage: str, stage_id: str) -> Path:
-    return cache / "stages" / f"{stage}-{stage_id}"
-
 
 def stage_order(spec: RunSpec, cache: Path) -> tuple[str, ...]:
     """The order to train a run's stages in: the LAM first while another worker trains the shared tokenizer.

@@ -35,6 +35,11 @@ TABLES: dict[str, dict[str, str]] = {
 ADDED_COLUMNS: dict[str, dict[str, object]] = {"runs": {"precision": "fp32", "load_avg_1m": float("nan"), "batch": ""}}
 
 
+def stage_folder(cache: Path, stage: str, stage_id: str) -> Path:
+    """Where a stage's checkpoint and output live in a results dir's cache (shared between runs)."""
+    return cache / "stages" / f"{stage}-{stage_id}"
+
+
 def read_part(part: Path) -> pd.DataFrame:
     """One part file, or one line naming it when it cannot be read (a kill mid-copy, a full disk)."""
     try:

@@ -124,7 +124,7 @@ class WorldModelConfig:
 
     @property
     def patches(self) -> int:
-        return (self.frame_size // self.patch_size) ** 2
+        return self.grid**2
 
     @property
     def codebook_size(self) -> int:

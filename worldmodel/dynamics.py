@@ -24,7 +24,7 @@ class Dynamics(nn.Module):
         self.masked_frames = stage.masked_frames
         self.mask_latent = nn.Parameter(torch.zeros(L))
         self.from_latent = nn.Linear(L, E)
-        self.register_buffer("spatial_code", spatial_code(config.frame_size // config.patch_size, E), persistent=False)
+        self.register_buffer("spatial_code", spatial_code(config.grid, E), persistent=False)
         self.transformer = STTransformer(E, stage.heads, stage.hidden, stage.blocks, config.window,
                                          cond_dim=config.action_dim, rotary_grid=config.rotary_grid("dynamics"))
         self.to_logits = nn.Linear(E, self.fsq.codebook_size)

@@ -180,12 +180,13 @@ class LatentActionModel(nn.Module):
         """`loss`, plus the quantised actions [B, T-1, A] it decoded with (evaluation reads both from one pass)."""
         raw, pre, actions = self._encode(frames)
         predicted = self.decode(frames[:, :-1], actions)  # [B, T-1, 3, H, W]
-        reconstruction = F.smooth_l1_loss(predicted, frames[:, 1:])  # the task loss: val_loss
-        trained_on = reconstruction
         if self.moving_weight:
-            weight = 1 + self.moving_weight * moving_pixels(frames).float()  # [B, T-1, 1, H, W]
             errors = F.smooth_l1_loss(predicted, frames[:, 1:], reduction="none")  # [B, T-1, 3, H, W]
+            reconstruction = errors.mean()  # the task loss (val_loss): the plain mean, as below
+            weight = 1 + self.moving_weight * moving_pixels(frames).float()  # [B, T-1, 1, H, W]
             trained_on = (errors * weight).mean() / weight.mean()
+        else:
+            reconstruction = trained_on = F.smooth_l1_loss(predicted, frames[:, 1:])
         # Hinge on the batch variance of the pre-quantisation latents keeps the actions from collapsing.
         # With action_norm it is taken before the norm (whose rescaling would hide a shrinking encoder output)
         # and per transition step, so an output that only tracks the step index cannot satisfy it.

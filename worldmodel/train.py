@@ -11,9 +11,8 @@ non-finite loss (and its step) is tracked on the device and checked at the next 
 """
 from __future__ import annotations
 
-import math
-
 import json
+import math
 import os
 import pickle
 import resource
