@@ -48,8 +48,12 @@ def moves_only(policy: callable) -> callable:
     return lambda rng, n_steps, n_actions, repeat_prob: 1 + policy(rng, n_steps, n_actions - 1, repeat_prob)
 
 
-def train_decoder(config: WorldModelConfig, train: VideoWindows, val: VideoWindows, feed: str, seed: int) -> float:
-    """Train the LAM decoder on given actions; returns its val reconstruction loss."""
+def train_decoder(config: WorldModelConfig, train: VideoWindows, val: VideoWindows, feed: str, seed: int,
+                  first_action: int) -> float:
+    """Train the LAM decoder on given actions; returns its val reconstruction loss.
+
+    first_action: the smallest true action in the data (1 with --moves-only), coded as code 0.
+    """
     torch.manual_seed(seed)
     lam = LatentActionModel(config)
     stage = config.actions
@@ -57,9 +61,10 @@ def train_decoder(config: WorldModelConfig, train: VideoWindows, val: VideoWindo
     generator = np.random.default_rng(seed)
 
     def given_actions(actions: torch.Tensor) -> torch.Tensor:
-        # true actions 1..4 -> codes 0..3 on the FSQ grid [B, T-1, A]; "constant": code 0 throughout
-        codes = actions - 1 if feed == "true" else torch.zeros_like(actions)
-        return lam.fsq.from_indices(codes.clamp(min=0))
+        # true actions -> codes 0..3 on the FSQ grid [B, T-1, A] (a fifth action shares code 3);
+        # "constant": code 0 throughout
+        codes = actions - first_action if feed == "true" else torch.zeros_like(actions)
+        return lam.fsq.from_indices(codes.clamp(0, 3))
 
     def loss(frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         predicted = lam.decode(frames[:, :-1], given_actions(actions))  # [B, T-1, 3, H, W]
@@ -116,7 +121,7 @@ def main() -> None:
                   ("nmi", "codebook_perplexity", "majority_accuracy", "val_loss") if name in out.metrics}
         result["confusion"] = confusion(lam, val, config.n_actions)
     else:
-        result = {"val_loss": round(train_decoder(config, train, val, args.feed, args.seed), 5)}
+        result = {"val_loss": round(train_decoder(config, train, val, args.feed, args.seed, int(args.moves_only)), 5)}
     print(json.dumps({**vars(args), **result, "wall_s": round(time.perf_counter() - started, 1)}))
 
 

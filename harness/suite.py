@@ -35,6 +35,7 @@ class Profile:
     model: dict = field(default_factory=dict)  # WorldModelConfig overrides, nested
     data: dict = field(default_factory=dict)  # procedural dataset overrides (episodes, episode_len)
     precision: str = "fp32"  # fp32 | tf32 | bf16 (the last two need --device cuda)
+    base: str = ""  # another profile whose model and data this one starts from; its own keys win
 
 
 @dataclass
@@ -297,7 +298,7 @@ def build_suite(raw: dict, path: Path | None = None) -> Suite:
     plugins = raw.get("plugins", {})
     plugin_modules = _check_type(_check_type(plugins, dict, "plugins").get("modules", []), list, "plugins.modules")
     _load_plugins(plugin_modules)  # first: a plugin's components are choosable in the sections below
-    profiles = {**DEFAULT_PROFILES, **_section(raw, "profiles", _parse_profile)}
+    profiles = _with_bases({**DEFAULT_PROFILES, **_section(raw, "profiles", _parse_profile)})
     datasets = {**DEFAULT_DATASETS, **_section(raw, "datasets", _parse_dataset)}
     slots = registered_components()
     variants = {**DEFAULT_VARIANTS, **_section(raw, "variants", lambda name, values: _parse_variant(name, values, slots))}
@@ -325,6 +326,45 @@ def _parse_profile(name: str, values: dict) -> Profile:
     except WorldbenchError as err:
         raise WorldbenchError(f"profiles.{name}.model: {err}") from None
     return profile
+
+
+def _with_bases(profiles: dict[str, Profile]) -> dict[str, Profile]:
+    """Each profile with a `base` gets its base's model and data under its own (bases resolved first)."""
+    resolved: dict[str, Profile] = {}
+
+    def resolve(name: str, chain: tuple[str, ...]) -> Profile:
+        if name in resolved:
+            return resolved[name]
+        profile = profiles[name]
+        if profile.base:
+            if profile.base not in profiles:
+                raise WorldbenchError(f"profiles.{name}.base: no profile '{profile.base}'; "
+                                      f"known: {', '.join(sorted(profiles))}")
+            if profile.base in chain:
+                raise WorldbenchError(f"profiles.{name}.base: '{profile.base}' leads back to '{name}' "
+                                      f"({' -> '.join(chain + (profile.base,))}); break the cycle")
+            base = resolve(profile.base, chain + (profile.base,))
+            profile = dataclasses.replace(profile, model=_nested_merge(base.model, profile.model),
+                                          data={**base.data, **profile.data})
+            try:
+                WorldModelConfig.from_dict(copy.deepcopy(profile.model))
+            except WorldbenchError as err:
+                raise WorldbenchError(f"profiles.{name}.model (over base '{profile.base}'): {err}") from None
+        resolved[name] = profile
+        return profile
+
+    return {name: resolve(name, (name,)) for name in profiles}
+
+
+def _nested_merge(under: dict, over: dict) -> dict:
+    """`over` on top of `under`, table by table (a copy; neither is changed)."""
+    merged = copy.deepcopy(under)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _nested_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
 
 
 def _parse_dataset(name: str, values: dict) -> Dataset:
@@ -463,7 +503,10 @@ DEFAULT_DATASETS = {
     "sprite_world": Dataset("sprite_world", repeat_prob=0.5,
                             description="agent moved by noop/up/down/left/right and facing that way, walls, "
                             "a distractor moving on its own"),
-    "pong": Dataset("pong", game="pong", description="a paddle moved by noop/up/down, a ball with momentum"),
+    # actions drawn afresh each step: with sticky ones the LAM can code a move relative to the last one
+    # (README "Controllability")
+    "pong": Dataset("pong", game="pong", repeat_prob=0.0,
+                    description="a paddle moved by noop/up/down and wrapping round, a ball with momentum"),
 }
 DEFAULT_VARIANTS = {
     "meanpool_concat": Variant("meanpool_concat", "LAM encoder: mean over patches, concat(t, t+1) (baseline)",
