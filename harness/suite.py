@@ -341,8 +341,8 @@ def _with_bases(profiles: dict[str, Profile]) -> dict[str, Profile]:
                 raise WorldbenchError(f"profiles.{name}.base: no profile '{profile.base}'; "
                                       f"known: {', '.join(sorted(profiles))}")
             if profile.base in chain:
-                raise WorldbenchError(f"profiles.{name}.base: '{profile.base}' leads back to '{name}' "
-                                      f"({' -> '.join(chain + (profile.base,))}); break the cycle")
+                raise WorldbenchError(f"profiles.{name}.base: '{profile.base}' makes a cycle "
+                                      f"({' -> '.join(chain + (profile.base,))}); break it")
             base = resolve(profile.base, chain + (profile.base,))
             profile = dataclasses.replace(profile, model=_nested_merge(base.model, profile.model),
                                           data={**base.data, **profile.data})

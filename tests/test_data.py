@@ -150,35 +150,51 @@ def test_default_sprite_world_shows_every_action_and_the_spinner_moves_on_its_ow
     assert wrapped > 0 and spinner_moves_on_noop > 0
 
 
-@pytest.mark.parametrize("options, needle", [
-    ({"grid": 1}, "grid"), ({"distractor": "ufo"}, "distractor"), ({"walls": 99}, "walls"),
-    ({"facing": "yes"}, "facing"), ({"colour": 3}, "no option 'colour'"),
+@pytest.mark.parametrize("game, options, needle", [
+    ("sprite_world", {"grid": 1}, "grid"), ("sprite_world", {"distractor": "ufo"}, "distractor"),
+    ("sprite_world", {"walls": 99}, "walls"), ("sprite_world", {"facing": "yes"}, "facing"),
+    ("sprite_world", {"colour": 3}, "no option 'colour'"),
+    ("pong", {"paddle_width": 0.9}, r"paddle_width=0.9; use a number in \(0, 0.75\]"),
+    ("pong", {"paddle_step": True}, "paddle_step=True"), ("pong", {"wrap": 1}, "wrap=1 must be true or false"),
 ])
-def test_bad_game_options_get_one_line(options: dict, needle: str) -> None:
+def test_bad_game_options_get_one_line(game: str, options: dict, needle: str) -> None:
     with pytest.raises(WorldbenchError, match=needle) as err:
-        generate("sprite_world", 2, 8, 16, seed=0, options=options)
+        generate(game, 2, 8, 16, seed=0, options=options)
     assert_one_line_error(err)
 
 
-def test_pong_actions_move_the_player_paddle() -> None:
+@pytest.mark.parametrize("options, step_px, wrap", [
+    ({}, 4, True),  # the default design at 32x32: a step of 1/8 board, wrapping round
+    ({"paddle_width": 1 / 16, "paddle_step": 1 / 16, "wrap": False}, 2, False),  # the original game
+])
+def test_pong_actions_move_the_player_paddle(options: dict, step_px: int, wrap: bool) -> None:
     size = 32
-    data = generate("pong", n_episodes=6, episode_len=20, frame_size=size, seed=2)
-    step_px = round(games.PADDLE_STEP * size)
-    lowest_top = size - round(games.PADDLE_HEIGHT * size)
-    column = int((games.PLAYER_X + games.PADDLE_WIDTH / 2) * size)  # a pixel column through the paddle
+    data = generate("pong", n_episodes=6, episode_len=20, frame_size=size, seed=2, repeat_prob=0.0, options=options)
+    height = round(games.PADDLE_HEIGHT * size)
+    column = int(games.PLAYER_X * size)  # the paddle's leftmost pixel column
 
-    def paddle_top(frame: np.ndarray) -> int:
+    def paddle_top(frame: np.ndarray) -> int | None:
+        """The paddle's top row, or None while a ball that got past it is drawn over it."""
         is_paddle = np.all(frame[:, column] == np.array(games.PADDLE_COLOUR, np.uint8), axis=-1)  # [S]
-        return int(np.nonzero(is_paddle)[0].min())
+        if is_paddle.sum() != height:  # whole, in one piece or two, unless the ball covers part of it
+            return None
+        # the row whose row above (round the board) is not paddle
+        return int(np.nonzero(is_paddle & ~np.roll(is_paddle, 1))[0][0])
 
-    seen = set()
+    seen, wrapped, checked = set(), False, 0
     for start in data.episode_starts:
         for t in range(start, start + 19):
             top, top_next = paddle_top(data.frames[t]), paddle_top(data.frames[t + 1])
-            wanted = {0: top, 1: max(top - step_px, 0), 2: min(top + step_px, lowest_top)}
-            assert top_next == wanted[int(data.actions[t])]
+            if top is None or top_next is None:
+                continue
+            checked += 1
+            move = {0: 0, 1: -step_px, 2: step_px}[int(data.actions[t])]
+            wanted = (top + move) % size if wrap else min(max(top + move, 0), size - height)
+            assert top_next == wanted
             seen.add(int(data.actions[t]))
-    assert seen == {0, 1, 2}
+            wrapped |= top_next > size - height
+    assert seen == {0, 1, 2} and checked >= 0.9 * 6 * 19
+    assert wrapped == wrap  # the default paddle does cross the edge in these episodes
 
 
 def test_unknown_game_lists_known_games() -> None:

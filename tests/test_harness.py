@@ -17,6 +17,7 @@ import pytest
 from harness.cli import main
 from harness.kpis import KPIS
 from harness.store import Store
+from harness.suite import build_suite, load_suite
 import variants  # noqa: F401  (registers the built-in components)
 from worldmodel import registry
 from worldmodel.errors import WorldbenchError
@@ -206,6 +207,30 @@ def test_a_diverging_component_marks_only_its_run_and_exits_4(tmp_path, monkeypa
     assert runs.loc["broken", "diverged_step"] == 1
 
 
+# ----------------------------------------------------------------------------- profiles built on a base
+
+
+def test_a_profile_with_a_base_gets_its_model_and_data_under_its_own_keys():
+    suite = build_suite({"profiles": {
+        "small": {"data": {"episodes": 12, "episode_len": 16},
+                  "model": {"frame_size": 16, "actions": {"steps": 30, "rotary": True}}},
+        "eight": {"base": "small", "data": {"episodes": 20}, "model": {"n_actions": 8, "actions": {"steps": 40}}},
+        "deeper": {"base": "eight", "model": {"actions": {"lr": 1e-3}}},
+    }})
+    eight, deeper = suite.model_config("eight", "meanpool_concat"), suite.model_config("deeper", "meanpool_concat")
+    assert (eight.frame_size, eight.n_actions, eight.actions.steps, eight.actions.rotary) == (16, 8, 40, True)
+    assert (deeper.n_actions, deeper.actions.steps, deeper.actions.lr) == (8, 40, 1e-3)
+    assert suite.profile("eight").data == {"episodes": 20, "episode_len": 16}
+    assert suite.model_config("small", "meanpool_concat").n_actions == 4  # the base itself is unchanged
+
+
+def test_the_pong_profile_is_the_ci_profile_with_eight_latent_actions():
+    suite = load_suite(REPO / "bench.toml")
+    ci, pong = suite.model_config("ci", "meanpool_concat").to_dict(), suite.model_config("pong", "meanpool_concat").to_dict()
+    assert {key for key in ci if ci[key] != pong[key]} == {"n_actions"} and pong["n_actions"] == 8
+    assert suite.profile("pong").data == suite.profile("ci").data
+
+
 # ----------------------------------------------------------------------------- bad input: one line, exit 2
 
 HDF5_DATASET = '[datasets.mine]\nkind = "hdf5"\npath = "{{tmp}}/{file}"\n'
@@ -246,6 +271,9 @@ HDF5_DATASET = '[datasets.mine]\nkind = "hdf5"\npath = "{{tmp}}/{file}"\n'
     ([], "[comparison]\nalpha = 5.0", "comparison.alpha: 5.0 is not in (0, 0.5)"),
     ([], "[datasets.mine]\noptions = { grid = 1 }", "datasets.mine.options: sprite_world option grid=1"),
     ([], "[datasets.mine]\noptions = { colour = 1 }", "has no option 'colour'"),
+    ([], "[datasets.mine]\ngame = \"pong\"\noptions = { paddle_step = 0 }", "pong option paddle_step=0"),
+    ([], "[profiles.x]\nbase = \"nope\"", "profiles.x.base: no profile 'nope'; known: default, x"),
+    ([], "[profiles.x]\nbase = \"y\"\n[profiles.y]\nbase = \"x\"", "profiles.y.base: 'x' makes a cycle (x -> y -> x)"),
     (["--seeds", "99999999999999999999999"], "", "at most 10,000 seeds, each <= 4294967295"),
     (["--seeds", "0-100000000"], "", "asks for 100,000,001 seeds"),
     (["--seeds", ""], "", "--seeds: empty seed list"),
@@ -425,7 +453,6 @@ def test_a_truncated_store_part_is_named_in_one_line_and_other_runs_are_kept(tmp
 def test_editing_a_plugin_module_changes_the_stage_and_run_ids(tmp_path, monkeypatch):
     """Stale numbers must never be reused: a plugin's source joins the ids, like the project's own."""
     from harness.matrix import plan_runs
-    from harness.suite import load_suite
 
     plugin = tmp_path / "edited_plugin.py"
     plugin.write_text(NAN_PLUGIN.replace("nan_encoder", "edited_encoder"))
