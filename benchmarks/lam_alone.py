@@ -4,10 +4,10 @@
     python benchmarks/lam_alone.py --steps 1000 --feed true --moves-only     # the decoder's oracle check
     python benchmarks/lam_alone.py --steps 1000 --feed constant --moves-only
     python benchmarks/lam_alone.py --steps 1000 --lam '{"rotary": false}'    # the ci LAM with one switch changed
-    python benchmarks/lam_alone.py --steps 1000 --game pong --size 32
+    python benchmarks/lam_alone.py --steps 1000 --game pong --profile pong   # the pong profile's LAM
 
---feed encoder trains the LAM as a run does (worldmodel.stages.run_actions, the ci profile's LAM
-settings read from bench.toml) and prints its KPIs and the confusion table of latent codes (rows)
+--feed encoder trains the LAM as a run does (worldmodel.stages.run_actions, the profile's model config
+read from bench.toml) and prints its KPIs and the confusion table of latent codes (rows)
 against true actions (columns). --feed true / constant trains the LAM decoder alone, conditioned on the
 true action (coded on the same 2-level grid) or on one constant action, and prints its val loss:
 if the decoder cannot use even the true actions, no encoder can teach it to. --moves-only drops the
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.suite import load_suite
+from harness.suite import Suite, load_suite
 from worldmodel import stages
 from worldmodel.config import WorldModelConfig
 from worldmodel.data import VideoWindows, games, generate
@@ -35,9 +35,9 @@ from worldmodel.train import make_optimizer, update
 REPO = Path(__file__).resolve().parents[1]
 
 
-def ci_config(steps: int, frame_size: int = 16) -> WorldModelConfig:
-    """The ci profile's LAM, as bench.toml sets it, with `steps` steps."""
-    config = load_suite(REPO / "bench.toml").model_config("ci", "meanpool_concat", frame_size)
+def profile_config(suite: Suite, profile: str, steps: int, frame_size: int) -> WorldModelConfig:
+    """A bench.toml profile's model config (its LAM as the baseline trains it), with `steps` LAM steps."""
+    config = suite.model_config(profile, "meanpool_concat", frame_size)
     lam = config.actions
     lam.steps, lam.log_every, lam.checkpoint_every = steps, 50, steps
     return config.validate()
@@ -93,23 +93,28 @@ def confusion(lam: LatentActionModel, val: VideoWindows, n_actions: int) -> list
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--profile", default="ci", help="bench.toml profile whose model config to train (ci)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=16, help="frame size (ci: 16)")
     parser.add_argument("--feed", choices=["encoder", "true", "constant"], default="encoder")
     parser.add_argument("--moves-only", action="store_true", help="no noop: the four moves only")
     parser.add_argument("--game", choices=sorted(games.GAMES), default="sprite_world")
     parser.add_argument("--options", default="{}", help='the game\'s options as JSON, e.g. \'{"wrap": false}\'')
-    parser.add_argument("--repeat-prob", type=float, default=0.5, help="sticky actions (ci: 0.5)")
-    parser.add_argument("--lam", default="{}", help='LAM settings over the ci profile\'s, as JSON, e.g. \'{"rotary": true}\'')
+    parser.add_argument("--repeat-prob", type=float, default=None,
+                        help="sticky actions (default: the built-in dataset's, sprite_world 0.5, pong 0)")
+    parser.add_argument("--lam", default="{}", help='LAM settings over the profile\'s, as JSON, e.g. \'{"rotary": true}\'')
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.moves_only:
         games.sticky_random_actions = moves_only(games.sticky_random_actions)
-    config = ci_config(args.steps, args.size)
+    suite = load_suite(REPO / "bench.toml")
+    config = profile_config(suite, args.profile, args.steps, args.size)
     for key, value in json.loads(args.lam).items():
         setattr(config.actions, key, value)
     config.validate()
-    # the ci profile's data: 120 episodes of 32 frames, sticky actions repeated with probability 0.5
+    # the ci profile's data: 120 episodes of 32 frames of the built-in dataset named like the game
+    if args.repeat_prob is None:
+        args.repeat_prob = suite.dataset(args.game).repeat_prob
     data = generate(args.game, 120, 32, args.size, seed=0, repeat_prob=args.repeat_prob,
                     options=json.loads(args.options))
     train, val = VideoWindows(data, config.window, "train"), VideoWindows(data, config.window, "val")

@@ -503,8 +503,8 @@ DEFAULT_DATASETS = {
     "sprite_world": Dataset("sprite_world", repeat_prob=0.5,
                             description="agent moved by noop/up/down/left/right and facing that way, walls, "
                             "a distractor moving on its own"),
-    # actions drawn afresh each step: with sticky ones the LAM can code a move relative to the last one
-    # (README "Controllability")
+    # actions drawn afresh each step: with sticky ones a latent code need only say "moved" and leave
+    # the direction to the past frames (README "Controllability")
     "pong": Dataset("pong", game="pong", repeat_prob=0.0,
                     description="a paddle moved by noop/up/down and wrapping round, a ball with momentum"),
 }

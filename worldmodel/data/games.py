@@ -229,8 +229,8 @@ def _check_sprite_options(grid: int, border: bool, walls: int, distractor: str, 
 #
 # Defaults are the controllable design (README "Controllability"): at 16x16 with 4x4 patches the
 # player's paddle is a patch wide and moves two pixels per action, and it wraps from one edge of the
-# board to the other, so no push against a wall goes unseen. With the original one-pixel paddle that
-# stopped at the walls no LAM setting found the actions (NMI <= 0.02 at 16x16).
+# board to the other, so no push against a wall goes unseen. On the original one-pixel paddle that
+# stopped at the walls the ci profile's LAM found nothing (NMI 0.02 at 16x16).
 # paddle_width=1/16, paddle_step=1/16, wrap=False gives the original game.
 
 PONG_BACKGROUND = (12, 12, 20)
