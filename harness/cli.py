@@ -379,6 +379,7 @@ def command_gate(args) -> int:
     from harness import gate
     from harness.baseline_ref import prepare as prepare_baseline_ref
     from harness.bench import Execution
+    from harness.store import Store
     from harness.suite import DEFAULT_CONFIG_FILE, load_suite
 
     formats = parse_formats(args.format)
@@ -396,6 +397,7 @@ def command_gate(args) -> int:
         suite, selection, args.results, sizes, suite.comparison.alpha, args.sequential,
         execute=lambda specs: run_with_progress(suite, specs, execution, args.quiet),
         reproduce=lambda chosen: reproduce_command(args, chosen), jobs=args.jobs, quiet=args.quiet)
+    gate.require_complete(Store(args.results), selection, arms)
     gate.describe_arms(report, selection, arms, finished_before)
     print_verdict(report, write_report(report, args.out or args.results / "report", formats))
     if (report.runs["status"] == "failed").any():

@@ -226,11 +226,41 @@ def build_report_input(suite: Suite, store: Store, selection: Selection, alpha: 
 
 
 def require_recorded(suite: Suite, store: Store, selection: Selection, results: Path) -> None:
-    """`bench report` needs some recorded run of the selection: a usage error names what to run first."""
+    """`bench report` needs every run of the selection recorded for this code: a run that was never
+    recorded is not a failed one, so a usage error names what to run first instead of a verdict."""
     _, arms = selection.plan(suite)
     if not set(store.runs()["run_id"]) & set().union(*arms.values()):
         raise WorldbenchError(f"no recorded runs of {selection.baseline} or {selection.candidate} on profile "
                               f"'{selection.profile}' in '{results}' for this code; run `bench run` first")
+    unrecorded = unrecorded_seeds(store, selection, arms)
+    if unrecorded:
+        raise WorldbenchError(f"{describe_unrecorded(unrecorded)} not recorded in '{results}' for this code; "
+                              f"run them with `bench run` (or `bench gate`), or report on the recorded seeds "
+                              f"with --seeds")
+
+
+def require_complete(store: Store, selection: Selection, arms: dict[str, list[str]]) -> None:
+    """After the gate has trained its runs, each must be in the store under this code's id. If one is not,
+    the project's code changed while the gate ran (ids hash the source): say so rather than call them failed."""
+    unrecorded = unrecorded_seeds(store, selection, arms)
+    if unrecorded:
+        raise WorldbenchError(f"{describe_unrecorded(unrecorded)} not recorded under this code's run ids: "
+                              f"the code changed while bench gate ran; rerun bench gate")
+
+
+def unrecorded_seeds(store: Store, selection: Selection, arms: dict[str, list[str]]) -> dict[str, list[int]]:
+    """Arm label -> the seeds whose run, as this code plans it (`arms`, in seed order), the store lacks."""
+    recorded = set(store.runs()["run_id"])
+    seeds = dict(zip(selection.labels, (selection.baseline_seeds, selection.candidate_seeds)))
+    missing = {label: [seed for seed, run_id in zip(seeds[label], ids) if run_id not in recorded]
+               for label, ids in arms.items()}
+    return {label: found for label, found in missing.items() if found}
+
+
+def describe_unrecorded(unrecorded: dict[str, list[int]]) -> str:
+    """'the runs of windowed_attention seeds 3,4 and meanpool_concat seed 0 are' (one line)."""
+    parts = [f"{label} seed{'s' if len(seeds) > 1 else ''} {seed_text(seeds)}" for label, seeds in unrecorded.items()]
+    return f"the runs of {' and '.join(parts)} are"
 
 
 def run_looks(suite: Suite, selection: Selection, results: Path, sizes: list[int], alpha: float, sequential: bool,

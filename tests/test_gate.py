@@ -65,6 +65,36 @@ def test_missing_or_failed_runs_never_pass(tmp_path, statuses):
     assert verdict_for(tmp_path, statuses) != "PASS"
 
 
+def test_report_names_unrecorded_runs_instead_of_calling_them_failed(tmp_path, capsys):
+    """A run never recorded for this code (not run yet, or recorded by other code) is no failed run:
+    `bench report` stops with one line naming it and what to run, not a FAIL verdict."""
+    suite = load_suite(SUITE)
+    selection = Selection("smoke", "sprite_world", "meanpool_concat", "windowed_attention", [0, 1, 2, 3], [0, 1, 2, 3])
+    fabricate(Store(tmp_path / "results"), selection.plan(suite)[0],
+              {("windowed_attention", 2): "missing", ("windowed_attention", 3): "missing"})
+    code = main(["report", "--config", SUITE, "--profile", "smoke", "--seeds", "0-3",
+                 "--results", str(tmp_path / "results"), "--out", str(tmp_path / "report")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert "the runs of windowed_attention seeds 2,3 are not recorded" in err and "`bench run`" in err
+    assert not (tmp_path / "report").exists()
+    # the recorded seeds alone make a report
+    assert main(["report", "--config", SUITE, "--profile", "smoke", "--seeds", "0-1",
+                 "--results", str(tmp_path / "results"), "--out", str(tmp_path / "report")]) == 0
+
+
+def test_gate_says_the_code_changed_when_its_runs_are_not_under_this_codes_ids(tmp_path, capsys, monkeypatch):
+    """Runs recorded under ids the code no longer plans (it was edited while the gate trained) are not
+    reported as "candidate failed in 5 runs": exit 2 and one line saying what happened."""
+    monkeypatch.setattr("harness.cli.run_with_progress", lambda suite, specs, execution, quiet: None)  # records nothing
+    code = main(["gate", "--config", SUITE, "--profile", "smoke", "--seeds", "0-1", "--quiet",
+                 "--results", str(tmp_path / "results"), "--out", str(tmp_path / "report")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert "the runs of meanpool_concat seeds 0,1 and windowed_attention seeds 0,1 are not recorded" in err
+    assert "the code changed while bench gate ran; rerun bench gate" in err
+
+
 def test_candidate_failing_more_often_fails(tmp_path):
     assert verdict_for(tmp_path, {("windowed_attention", 0): "diverged", ("windowed_attention", 2): "failed"}) == "FAIL"
 
