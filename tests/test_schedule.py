@@ -112,6 +112,7 @@ def test_sequential_gate_runs_looks_of_5_10_12_with_max_seeds_12(tmp_path, monke
     monkeypatch.setattr(gate, "build_report_input", fake_build_report)
     monkeypatch.setattr("harness.cli.write_report", lambda report, out, formats: {})
     monkeypatch.setattr(gate, "describe_arms", lambda *args: None)
+    monkeypatch.setattr(gate, "require_complete", lambda *args: None)  # nothing is trained here
     code = main(["gate", "--config", SUITE, "--profile", "smoke", "--baseline", "meanpool_concat",
                  "--candidate", "windowed_attention", "--seeds", "0-4", "--candidate-seeds", "10-14",
                  "--sequential", "--max-seeds", "12", "--results", str(tmp_path / "r"), "--quiet"])
