@@ -239,13 +239,14 @@ def require_recorded(suite: Suite, store: Store, selection: Selection, results: 
                               f"with --seeds")
 
 
-def require_complete(store: Store, selection: Selection, arms: dict[str, list[str]]) -> None:
-    """After the gate has trained its runs, each must be in the store under this code's id. If one is not,
-    the project's code changed while the gate ran (ids hash the source): say so rather than call them failed."""
+def require_complete(store: Store, selection: Selection, arms: dict[str, list[str]],
+                     command: str = "bench gate") -> None:
+    """After `command` has trained its runs, each must be in the store under this code's id. If one is not,
+    the project's code changed while it ran (ids hash the source): say so rather than call them failed."""
     unrecorded = unrecorded_seeds(store, selection, arms)
     if unrecorded:
         raise WorldbenchError(f"{describe_unrecorded(unrecorded)} not recorded under this code's run ids: "
-                              f"the code changed while bench gate ran; rerun bench gate")
+                              f"the code changed while {command} ran; rerun {command}")
 
 
 def unrecorded_seeds(store: Store, selection: Selection, arms: dict[str, list[str]]) -> dict[str, list[int]]:

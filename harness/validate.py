@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 
 from harness.exits import EXIT_CRASHED, EXIT_FAIL, EXIT_OK
-from harness.gate import Selection, compare_runs
+from harness.gate import Selection, compare_runs, require_complete
 from harness.matrix import RunSpec
 from harness.store import Store
 from harness.suite import Suite
@@ -112,6 +112,8 @@ def exit_code(result: Validation, crashed: bool) -> int:
 
 def validate(suite: Suite, store: Store, checks: list[Check]) -> Validation:
     """Compare each check's recorded runs with the gate's statistics and judge the verdicts."""
+    for check in checks:  # all trained just now: one missing means the code changed meanwhile
+        require_complete(store, check.selection, check.selection.plan(suite)[1], "bench validate")
     rows = [judge(check, compare_runs(suite, store, check.selection, suite.comparison.alpha)[0]) for check in checks]
     first, aa = checks[0].selection, checks[-1].selection
     return Validation(first.profile, first.dataset, first.baseline, aa.baseline_seeds, aa.candidate_seeds,

@@ -284,6 +284,17 @@ def test_validate_runs_each_fault_against_the_baseline_and_a_users_fault_joins(t
     assert len(runs) == 12 + 12 + 2 and set(runs[runs["status"] == "failed"]["variant"]) == {"fault_crashes"}
 
 
+def test_validate_says_the_code_changed_when_its_runs_are_not_under_this_codes_ids(tmp_path, monkeypatch, capsys):
+    """Runs missing after validate trained them are not crashes or failed faults: exit 2, one line."""
+    monkeypatch.setattr("harness.cli.run_with_progress",
+                        lambda *args: pd.DataFrame({"status": pd.Series([], dtype=str)}))  # records nothing
+    code = main(["validate", "--config", SUITE, "--profile", "smoke", "--seeds", "0-1", "--quiet",
+                 "--results", str(tmp_path / "results")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert "not recorded under this code's run ids: the code changed while bench validate ran" in err
+
+
 @pytest.mark.parametrize("args, expected", [
     (["--profile", "nope"], "unknown profile 'nope'"),
     (["--seeds", "3-1"], "--seeds: '3-1' is not a seed list"),
