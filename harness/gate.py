@@ -229,10 +229,10 @@ def require_recorded(suite: Suite, store: Store, selection: Selection, results: 
     """`bench report` needs every run of the selection recorded for this code: a run that was never
     recorded is not a failed one, so a usage error names what to run first instead of a verdict."""
     _, arms = selection.plan(suite)
-    if not set(store.runs()["run_id"]) & set().union(*arms.values()):
+    unrecorded = unrecorded_seeds(store, selection, arms)
+    if all(len(unrecorded.get(label, [])) == len(ids) for label, ids in arms.items()):
         raise WorldbenchError(f"no recorded runs of {selection.baseline} or {selection.candidate} on profile "
                               f"'{selection.profile}' in '{results}' for this code; run `bench run` first")
-    unrecorded = unrecorded_seeds(store, selection, arms)
     if unrecorded:
         raise WorldbenchError(f"{describe_unrecorded(unrecorded)} not recorded in '{results}' for this code; "
                               f"run them with `bench run` (or `bench gate`), or report on the recorded seeds "

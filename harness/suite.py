@@ -321,11 +321,16 @@ def _parse_profile(name: str, values: dict) -> Profile:
     for key in profile.data:
         _check_choice(key, {"episodes", "episode_len"}, f"profiles.{name}.data.{key}")
     _check_choice(profile.precision, PRECISIONS, f"profiles.{name}.precision")
-    try:
-        WorldModelConfig.from_dict(copy.deepcopy(profile.model))
-    except WorldbenchError as err:
-        raise WorldbenchError(f"profiles.{name}.model: {err}") from None
+    _check_model_config(profile.model, f"profiles.{name}.model")
     return profile
+
+
+def _check_model_config(model: dict, where: str) -> None:
+    """Model overrides must build a valid WorldModelConfig (ranges, choices): one line naming `where`."""
+    try:
+        WorldModelConfig.from_dict(copy.deepcopy(model))
+    except WorldbenchError as err:
+        raise WorldbenchError(f"{where}: {err}") from None
 
 
 def _with_bases(profiles: dict[str, Profile]) -> dict[str, Profile]:
@@ -346,10 +351,7 @@ def _with_bases(profiles: dict[str, Profile]) -> dict[str, Profile]:
             base = resolve(profile.base, chain + (profile.base,))
             profile = dataclasses.replace(profile, model=_nested_merge(base.model, profile.model),
                                           data={**base.data, **profile.data})
-            try:
-                WorldModelConfig.from_dict(copy.deepcopy(profile.model))
-            except WorldbenchError as err:
-                raise WorldbenchError(f"profiles.{name}.model (over base '{profile.base}'): {err}") from None
+            _check_model_config(profile.model, f"profiles.{name}.model (over base '{profile.base}')")
         resolved[name] = profile
         return profile
 
