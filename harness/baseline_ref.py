@@ -74,6 +74,10 @@ class BaselineRef:
         return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(self.project),
                                                                          os.environ.get("PYTHONPATH")]))}
 
+    def check_out(self, results: Path) -> None:
+        """Check REF out into its worktree under `results` (reused when it is there and clean)."""
+        checkout(self.commit, results)
+
     def run_ids(self, profile: str, dataset: str, variant: str, seeds: list[int]) -> dict[int, str]:
         """Seed -> run id of the baseline arm as REF's code plans it; exit 2 when REF cannot run it."""
         key = (profile, dataset, variant, tuple(seeds))
@@ -113,9 +117,14 @@ class BaselineRef:
         return paths, f"{self.commit[:12]} (baseline arm, seed {int(row['seed'])})"
 
 
+def worktree(commit: str, results: Path) -> Path:
+    """Where `commit` is checked out: <results>/worktrees/<sha12>."""
+    return (Path(results) / "worktrees" / commit[:12]).resolve()
+
+
 def checkout(commit: str, results: Path) -> Path:
     """A detached worktree of `commit` under <results>/worktrees, reused when it is already there and clean."""
-    tree = (results / "worktrees" / commit[:12]).resolve()
+    tree = worktree(commit, results)
     if tree.exists():
         top = git("rev-parse", "--show-toplevel", cwd=tree).stdout.strip()
         head = git("rev-parse", "HEAD", cwd=tree).stdout.strip()
@@ -134,24 +143,30 @@ def checkout(commit: str, results: Path) -> Path:
 
 
 def prepare(ref: str, results: Path, config: str | None, allow_dirty: bool) -> BaselineRef:
-    """Resolve REF, refuse a dirty candidate, and check REF out; every problem is one line (exit 2)."""
+    """Resolve REF and refuse a dirty candidate, writing nothing: every problem is one line (exit 2).
+    `BaselineRef.check_out` then checks REF out, once the command has nothing left to refuse."""
     prefix = git("rev-parse", "--show-prefix")
     if prefix.returncode != 0:
         raise WorldbenchError(f"--baseline-ref needs a git checkout of the project; '{ROOT}' is not in one "
                               f"(install with `pip install -e .` from a clone)")
     resolved = git("rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}")
     if resolved.returncode != 0:
-        raise WorldbenchError(f"--baseline-ref: '{ref}' does not name a commit in '{ROOT}'; pass a branch, tag or sha "
-                              f"that exists locally (fetch it first; in CI check out with fetch-depth: 0)")
+        raise WorldbenchError(f"--baseline-ref: {ref!r} does not name a commit in '{ROOT}'; pass a branch, tag or "
+                              f"sha that exists locally (fetch it first; in CI check out with fetch-depth: 0)")
     changes = uncommitted_code()
     if changes and not allow_dirty:
         shown = ", ".join(changes[:3]) + (f" and {len(changes) - 3} more" if len(changes) > 3 else "")
         raise WorldbenchError(f"--baseline-ref: uncommitted changes to {shown}; the candidate arm would run code that "
                               f"no commit names, so commit them first (or pass --allow-dirty to compare them anyway)")
-    commit = resolved.stdout.strip()
-    project = checkout(commit, results) / prefix.stdout.strip()
-    suite_file = Path(config).resolve() if config else project / "bench.toml"
-    if not suite_file.is_file():
-        raise WorldbenchError(f"--baseline-ref {ref} ({commit[:12]}) has no {suite_file.name}; pass --config FILE")
+    commit, inside = resolved.stdout.strip(), prefix.stdout.strip()
+    project = worktree(commit, results) / inside
+    if config:
+        suite_file = Path(config).resolve()
+        if not suite_file.is_file():
+            raise WorldbenchError(f"--config '{config}' is not a file; pass the suite file REF's code should read")
+    else:
+        suite_file = project / "bench.toml"
+        if git("cat-file", "-e", f"{commit}:{inside}bench.toml").returncode != 0:
+            raise WorldbenchError(f"--baseline-ref {ref} ({commit[:12]}) has no bench.toml; pass --config FILE")
     head = git("rev-parse", "HEAD").stdout.strip()
     return BaselineRef(ref, commit, project, suite_file, head, changes)

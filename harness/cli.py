@@ -1,7 +1,11 @@
 """The `bench` command line: run, list, show, report, gate, validate.
 
-Every user mistake ends as one line on stderr and exit code 2; runs that did not finish ok make
-`bench run` exit 4.
+How the process ends is decided in one place, `main`, from what the command returned (harness/exits.py):
+0, 1 or 3 only when the command returned them, i.e. a verdict (or recorded runs, a listing) that was
+computed and written; every user mistake is one line on stderr and exit 2, before anything is written;
+anything else that stops a command (a bug, a plugin's sys.exit or KeyboardInterrupt) is one line and
+exit 4; Ctrl-C and SIGTERM are 130 and 143. `guard` makes the same hold when code ends the process
+outright (os._exit, a signal), which `main` could never see.
 """
 from __future__ import annotations
 
@@ -11,8 +15,11 @@ import math
 import os
 import shlex
 import signal
+import subprocess
 import sys
 import threading
+import time
+import traceback
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,13 +29,14 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from harness import outcome, outputs
 from harness.exits import (EXIT_CRASHED, EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_INTERRUPTED, EXIT_OK,  # noqa: F401
                            EXIT_TERMINATED, EXIT_USAGE, VERDICT_EXIT)
 from worldmodel.errors import WorldbenchError
 
 if TYPE_CHECKING:
     from harness.gate import Selection
-    from harness.suite import Suite
+    from harness.schema import Suite
     from harness.types import ReportInput
     from harness.validate import Validation
 
@@ -132,21 +140,27 @@ def check_precision(specs, device: str) -> None:
                                   f"(running on {device}); use --device cuda or precision = \"fp32\"")
 
 
+def given(value: str | None, default):
+    """An option's value, or `default` when it was not given: an empty one is given (and then refused by the
+    lookup), never silently the default."""
+    return default if value is None else value
+
+
 def specs_from_args(args, suite):
     """The run matrix `bench run` was asked for."""
     from harness.matrix import plan_runs
-    from harness.suite import seeds_option
+    from harness.seeds import seeds_option
 
-    profile = args.profile or suite.comparison.profile
+    profile = given(args.profile, suite.comparison.profile)
     seeds = seeds_option(args.seeds, suite.default_seeds(profile))
-    names = [v.strip() for v in args.variants.split(",")] if args.variants else \
+    names = [v.strip() for v in args.variants.split(",")] if args.variants is not None else \
         [suite.comparison.baseline, *suite.comparison.candidates]
-    return plan_runs(suite, profile, args.dataset or suite.comparison.dataset, list(dict.fromkeys(names)), seeds)
+    return plan_runs(suite, profile, given(args.dataset, suite.comparison.dataset), list(dict.fromkeys(names)), seeds)
 
 
 def run_with_progress(suite, specs, execution, quiet: bool):
     """Execute specs with a rich progress bar per run and stage (a line per finished run on Ray)."""
-    from harness.bench import execute
+    from harness.driver import execute
 
     if quiet or execution.executor == "ray":
         return execute(suite, specs, execution, on_recorded=lambda r: None if quiet else console.print(
@@ -165,14 +179,20 @@ def run_with_progress(suite, specs, execution, quiet: bool):
         rate = f" {speed:.1f} it/s" if speed else ""
         bars.update(tasks[key], info=f"step {step} loss {loss:.4f}{rate}" if loss == loss else "done")
 
-    with bars:
-        return execute(suite, specs, execution, progress=on_progress)
+    bars.start()
+    try:
+        runs = execute(suite, specs, execution, progress=on_progress)
+    except BaseException:
+        bars.live.transient = True  # stopped so, the bars leave no line: the error's one line is all on stderr
+        bars.live.stop()
+        raise
+    bars.stop()
+    return runs
 
 
 def command_run(args) -> int:
+    from harness.driver import Execution
     from harness.suite import load_suite
-
-    from harness.bench import Execution
 
     suite = load_suite(args.config)
     device = resolve_device(args.device)
@@ -298,21 +318,25 @@ def add_report_commands(commands) -> None:
 
 
 def selection_from_args(args, suite: Suite) -> Selection:
+    """The two arms `bench report` or `gate` compares, checked (harness.gate.Selection.check_arms)."""
     from harness.gate import Selection
-    from harness.suite import seeds_option
+    from harness.seeds import seeds_option
 
     comparison = suite.comparison
-    profile = args.profile or comparison.profile
+    profile = given(args.profile, comparison.profile)
     seeds = seeds_option(args.seeds, suite.default_seeds(profile))
     candidate_seeds = seeds_option(args.candidate_seeds, seeds, "--candidate-seeds")
-    baseline = args.baseline or comparison.baseline
+    baseline = given(args.baseline, comparison.baseline)
+    against_ref = getattr(args, "baseline_ref", None) is not None
     # Against another commit the default candidate is the same variant: only the code differs between the arms.
-    candidate = args.candidate or (baseline if getattr(args, "baseline_ref", None) else comparison.candidates[0])
-    selection = Selection(profile, args.dataset or comparison.dataset, baseline, candidate, seeds, candidate_seeds)
+    candidate = given(args.candidate, baseline if against_ref else comparison.candidates[0])
+    selection = Selection(profile, given(args.dataset, comparison.dataset), baseline, candidate, seeds,
+                          candidate_seeds)
     suite.profile(selection.profile)
     suite.dataset(selection.dataset)
     suite.variant(selection.baseline)
     suite.variant(selection.candidate)
+    selection.check_arms(other_code=against_ref)
     return selection
 
 
@@ -320,27 +344,29 @@ def parse_formats(text: str) -> list[str]:
     formats = [f.strip() for f in text.split(",") if f.strip()]
     unknown = [f for f in formats if f not in ("md", "html", "json")]
     if unknown or not formats:
-        raise WorldbenchError(f"--format: '{text}' is not a list of md, html, json; e.g. --format md,html")
+        raise WorldbenchError(f"--format: {text!r} is not a list of md, html, json; e.g. --format md,html")
     return formats
 
 
 def reproduce_command(args, selection: Selection) -> str:
+    from harness.seeds import format_seeds
+
     parts = ["bench", args.command, "--config", args.config, "--profile", selection.profile, "--dataset",
              selection.dataset, "--baseline", selection.baseline, "--candidate", selection.candidate,
-             "--seeds", ",".join(map(str, selection.baseline_seeds))]
+             "--seeds", format_seeds(selection.baseline_seeds)]
     if selection.candidate_seeds != selection.baseline_seeds:
-        parts += ["--candidate-seeds", ",".join(map(str, selection.candidate_seeds))]
+        parts += ["--candidate-seeds", format_seeds(selection.candidate_seeds)]
     if selection.baseline_ref:
         parts += ["--baseline-ref", selection.baseline_ref.commit] + (["--allow-dirty"] if args.allow_dirty else [])
     return shlex.join(parts)
 
 
-def write_report(report: ReportInput, out: Path, formats: list[str]) -> dict[str, Path]:
-    """The report files, and the markdown appended to the GitHub job summary when there is one."""
+def write_report(report: ReportInput, out: Path, formats: list[str], summary: Path | None) -> dict[str, Path]:
+    """The report files, and the markdown appended to the GitHub job summary when there is one
+    (both destinations checked before the command trained: harness.outputs)."""
     from reports.render import render_markdown, write_reports
 
     paths = write_reports(report, out, formats)
-    summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
         with open(summary, "a") as handle:
             handle.write(render_markdown(report) + "\n")
@@ -369,29 +395,38 @@ def command_report(args) -> int:
     selection = selection_from_args(args, suite)
     store = Store(args.results, create=False)
     gate.require_recorded(suite, store, selection, args.results)
+    out, summary = outputs.report_dir(args.results, args.out), outputs.job_summary()
     report = gate.build_report_input(suite, store, selection, suite.comparison.alpha,
                                      reproduce_command(args, selection))
-    print_verdict(report, write_report(report, args.out or args.results / "report", formats))
+    print_verdict(report, write_report(report, out, formats, summary))
     return EXIT_OK
 
 
 def command_gate(args) -> int:
     from harness import gate
     from harness.baseline_ref import prepare as prepare_baseline_ref
-    from harness.bench import Execution
+    from harness.driver import Execution, finished_runs, preflight
     from harness.store import Store
     from harness.suite import DEFAULT_CONFIG_FILE, load_suite
 
+    # Every check first; the first write is the results dir, once nothing is left to refuse.
     formats = parse_formats(args.format)
+    if args.max_seeds is not None and not args.sequential:
+        raise WorldbenchError(f"--max-seeds {args.max_seeds} is read only with --sequential; add --sequential or "
+                              f"drop --max-seeds")
     config_given, args.config = args.config is not None, args.config or DEFAULT_CONFIG_FILE
     suite = load_suite(args.config)
     selection = selection_from_args(args, suite)
-    group = len(selection.baseline_seeds)
-    sizes = gate.look_sizes(group, args.max_seeds or 2 * group) if args.sequential else [group]  # before writing
-    finished_before = gate.finished_runs(args.results)  # also refuses a results dir that is not worldbench's
+    sizes = gate.sequential_sizes(selection, args.max_seeds) if args.sequential else [len(selection.baseline_seeds)]
+    preflight(selection.plan(suite)[0])  # this checkout's code; REF's own `bench run` checks its arm
+    finished_before = finished_runs(args.results)  # also refuses a results dir that is not worldbench's
     if args.baseline_ref:  # REF's own bench.toml unless --config was given
         selection.baseline_ref = prepare_baseline_ref(args.baseline_ref, args.results,
                                                       args.config if config_given else None, args.allow_dirty)
+    out, summary = outputs.report_dir(args.results, args.out), outputs.job_summary()
+    Store(args.results)
+    if selection.baseline_ref:
+        selection.baseline_ref.check_out(args.results)
     execution = Execution(args.results, args.jobs)
     report, arms = gate.run_looks(
         suite, selection, args.results, sizes, suite.comparison.alpha, args.sequential,
@@ -399,7 +434,7 @@ def command_gate(args) -> int:
         reproduce=lambda chosen: reproduce_command(args, chosen), jobs=args.jobs, quiet=args.quiet)
     gate.require_complete(Store(args.results), selection, arms)
     gate.describe_arms(report, selection, arms, finished_before)
-    print_verdict(report, write_report(report, args.out or args.results / "report", formats))
+    print_verdict(report, write_report(report, out, formats, summary))
     if (report.runs["status"] == "failed").any():
         return EXIT_CRASHED
     return VERDICT_EXIT[report.comparison.verdict]
@@ -409,24 +444,31 @@ def command_gate(args) -> int:
 
 def command_validate(args) -> int:
     from harness import validate
-    from harness.bench import Execution
+    from harness.driver import Execution
+    from harness.seeds import seeds_option
     from harness.store import Store
-    from harness.suite import load_suite, seeds_option
-    from reports.validate import write_validation
+    from harness.suite import load_suite
 
     suite = load_suite(args.config)
-    checks = validate.plan_checks(suite, args.profile, args.dataset, seeds_option(args.seeds, None))
+    profile = suite.profile(given(args.profile, suite.comparison.profile)).name
+    dataset = suite.dataset(given(args.dataset, suite.comparison.dataset)).name
+    checks = validate.plan_checks(suite, profile, dataset, seeds_option(args.seeds, None))
+    out = outputs.report_dir(args.results, None)
     runs = run_with_progress(suite, validate.run_specs(suite, checks), Execution(args.results, args.jobs), args.quiet)
     result = validate.validate(suite, Store(args.results), checks)
+    from reports.validate import write_validation  # after the results dir exists: it imports matplotlib
+
     print_validation(result)
-    for fmt, path in write_validation(result, args.results / "report").items():
+    for fmt, path in write_validation(result, out).items():
         console.print(f"  {fmt}: {escape(str(path))}")
     return validate.exit_code(result, crashed=bool((runs["status"] == "failed").any()))
 
 
 def print_validation(result: Validation) -> None:
+    from harness.seeds import format_seeds
+
     table = Table(title=f"planted faults vs {escape(result.baseline)} ({escape(result.profile)}, "
-                        f"{escape(result.dataset)}, seeds {','.join(map(str, result.seeds))})")
+                        f"{escape(result.dataset)}, seeds {format_seeds(result.seeds)})")
     for column in ("check", "expected", "observed", "caught by", "adjusted p", "ok"):
         table.add_column(column, overflow="fold")  # names are long: fold them rather than cut them off
     colours = {"PASS": "green", "FAIL": "red"}
@@ -465,42 +507,114 @@ def sigterm_unwinds():
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`main(argv)` runs one command in this process and returns its exit code (tests, embedding).
+
+    Called as the program (no argv: the `bench` script, `python -m harness.cli`), it becomes `guard`, which
+    runs the command in a child process: the child is this same function, whose decision it reports.
+    """
+    if argv is None:
+        if not outcome.adopt_channel():
+            return guard(sys.argv[1:])
+        outcome.exit_with_parent(os.getppid())  # the guard was killed outright: stop, as a driver would
+    code = run_command(argv)
+    outcome.report_exit(code)
+    return code
+
+
+def run_command(argv: list[str] | None) -> int:
+    """The one place where the end of a command becomes an exit code.
+
+    0, 1 and 3 only come back from the command itself, i.e. from a verdict (or recorded runs, a listing)
+    computed and written. Whatever else ends it is 2 (a WorldbenchError: the user's to fix) or 4 (a bug, or
+    code inside the command raising SystemExit or KeyboardInterrupt), with one line on stderr; Ctrl-C and
+    SIGTERM from outside are 130 and 143.
+    """
+    args = None
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
-        with sigterm_unwinds():
-            return COMMANDS[args.command](args)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as err:  # argparse after --help: usage errors raise WorldbenchError (Parser.error)
+            return EXIT_OK if err.code in (0, None) else EXIT_USAGE
+        with sigterm_unwinds(), outputs.caches_under(getattr(args, "results", None)):
+            code = COMMANDS[args.command](args)
+        if code not in (EXIT_OK, EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_CRASHED):
+            raise RuntimeError(f"command {args.command} returned {code!r}, not an exit code")
+        return code
     except WorldbenchError as err:
-        console.print(f"[red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
+        print_line("[red]error:[/]", str(err))
         return EXIT_USAGE
     except KeyboardInterrupt:
-        console.print("interrupted; rerun the same command to resume")
+        print_line("", "interrupted; rerun the same command to resume")
         return EXIT_INTERRUPTED
     except Terminated:
-        console.print("terminated (SIGTERM); workers stopped; rerun the same command to resume")
+        print_line("", "terminated (SIGTERM); workers stopped; rerun the same command to resume")
         return EXIT_TERMINATED
-    except Exception as err:  # a bug, not a user error: one line, the traceback in a log, never exit 1 (FAIL)
-        log = write_crash_log()
-        first = (str(err).strip().splitlines() or [""])[0][:200]
-        console.print(f"[red]internal error:[/] {type(err).__name__}: {escape(first)} (traceback: {escape(str(log))})",
-                      highlight=False, soft_wrap=True)
+    except BaseException as err:  # noqa: BLE001 - a bug, or SystemExit from code the command ran: never 0/1
+        print_line("[red]internal error:[/]", crash_line(err, getattr(args, "results", None)))
         return EXIT_CRASHED
 
 
-def write_crash_log() -> Path:
-    """The current exception's traceback in a file under the user cache; returns its path."""
-    import tempfile
-    import traceback
+def guard(argv: list[str]) -> int:
+    """`bench` as the user and CI see it: the command runs in a child process, and this parent exits with
+    the code the child's `main` decided and reported on a private pipe (harness.outcome) after it returned.
 
-    folder = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "worldbench" / "logs"
+    Code running in the command (a plugin at import, a component in a report's compatibility check) can end
+    a process outright, with os._exit or a signal, and then no exception handler runs; the parent, which
+    runs none of that code, still decides. A child that ends without reporting is exit 2 naming the plugin
+    it was importing, else 4: never 0 or 1. The parent forwards SIGTERM to the child and ignores Ctrl-C,
+    which the terminal delivers to the child (same process group); the child exits when the parent dies.
+    """
+    read_end, write_end = os.pipe()
+    child_code = ("import json, sys; sys.path[:] = json.loads(sys.argv.pop(1)); "
+                  "from harness.cli import main; sys.exit(main())")
+    child = subprocess.Popen([sys.executable, "-c", child_code, json.dumps(sys.path), *argv],
+                             env={**os.environ, outcome.CHANNEL_ENV: str(write_end)}, pass_fds=(write_end,))
+    os.close(write_end)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))
+    status = child.wait()
+    notes = outcome.read_notes(read_end)
+    os.close(read_end)
+    if "exit" in notes:
+        return int(notes["exit"])
+    ended = f"killed by signal {-status}" if status < 0 else f"exit status {status}"
+    if notes.get("plugin"):
+        print_line("[red]error:[/]", f"plugins.modules: plugin {notes['plugin']!r} ended the process while it was "
+                                     f"imported ({ended}); a plugin must not exit: fix it or remove it from [plugins]")
+        return EXIT_USAGE
+    print_line("[red]internal error:[/]", f"the command ended without a result ({ended}); nothing it reported "
+                                          f"counts as a verdict")
+    return EXIT_CRASHED
+
+
+def one_line(text: str) -> str:
+    """`text` as one printable line: a newline or a control character in user text is shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def print_line(label: str, text: str) -> None:
+    """The one line a command ends with on stderr: `label` is rich markup, `text` plain (user text)."""
+    console.print(f"{label} {escape(one_line(text))}".strip(), highlight=False, soft_wrap=True)
+
+
+def crash_line(err: BaseException, results: Path | None) -> str:
+    """One line for a crash: the exception, where it was raised, and the traceback's log file (kept under
+    --results when that is a worldbench results dir: harness.outputs)."""
+    frames = traceback.extract_tb(err.__traceback__)
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    first = (str(err).strip().splitlines() or [""])[0][:200]
+    line = f"{type(err).__name__}: {first}{where}"
+    folder = outputs.crash_log_dir(results)
+    if folder is None:
+        return line
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        log = folder / f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        log.write_text("".join(traceback.format_exception(err)))
     except OSError:
-        folder = Path(tempfile.gettempdir())
-    handle, name = tempfile.mkstemp(prefix="crash-", suffix=".log", dir=folder)
-    with os.fdopen(handle, "w") as log:
-        log.write(traceback.format_exc())
-    return Path(name)
+        return line
+    return f"{line} (traceback: {log})"
 
 
 if __name__ == "__main__":

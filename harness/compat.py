@@ -92,7 +92,7 @@ def check_compat(golden_dir: Path = GOLDEN_DIR, trained: dict[str, Path] | None 
 def write_golden(golden_dir: Path = GOLDEN_DIR) -> None:
     """Train the smoke profile's baseline briefly and keep each stage's weights and config."""
     from harness.matrix import plan_runs
-    from harness.runner import execute_run
+    from harness.worker import execute_run
     from harness.suite import load_suite
 
     suite = load_suite(Path(__file__).resolve().parents[1] / "bench.toml")

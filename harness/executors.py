@@ -11,19 +11,18 @@ harness.cli) it terminates them, and each worker exits by itself once its parent
 """
 from __future__ import annotations
 
-import importlib
 import multiprocessing
 import os
 import queue as queue_module
 import socket
-import threading
-import time
 from contextlib import nullcontext
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Callable
 
 from harness.matrix import RunSpec
-from harness.runner import Progress, RunRecord, execute_run, now
+from harness.outcome import exit_with_parent
+from harness.plugins import import_plugins
+from harness.worker import Progress, RunRecord, execute_run, now
 from harness.types import RunRow
 from worldmodel.errors import WorldbenchError
 
@@ -32,11 +31,6 @@ OnRecord = Callable[[RunRecord], None]
 
 def threads_per_job(jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // jobs)
-
-
-def _import_plugins(plugins: list[str]) -> None:
-    for module in plugins:
-        importlib.import_module(module)
 
 
 def crashed_record(spec: RunSpec, executor: str, error: str) -> RunRecord:
@@ -52,20 +46,6 @@ def crashed_record(spec: RunSpec, executor: str, error: str) -> RunRecord:
 
 # ----------------------------------------------------------------------------- local
 
-PARENT_POLL_S = 0.5
-
-
-def _exit_with_parent(parent_pid: int) -> None:
-    """Worker initializer: a daemon thread ends the worker once the driver is gone (reparented: new ppid),
-    even when the driver was killed with SIGKILL and could clean nothing up."""
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(PARENT_POLL_S)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="worldbench-parent-watch", daemon=True).start()
-
-
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
     """Cancel what has not started and terminate this driver's worker (and progress manager) processes."""
     pool.shutdown(wait=False, cancel_futures=True)
@@ -77,7 +57,7 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
 
 def _local_worker(spec: RunSpec, results_root: str, threads: int, plugins: list[str], events,
                   device: str = "cpu") -> RunRecord:
-    _import_plugins(plugins)
+    import_plugins(plugins)
     progress = (lambda *event: events.put(event)) if events is not None else None
     return execute_run(spec, results_root, threads, "local", progress, device)
 
@@ -89,7 +69,7 @@ def run_local(specs: list[RunSpec], results_root: str, jobs: int, plugins: list[
     # A manager process carries progress events; without progress bars none is started.
     with context.Manager() if progress else nullcontext() as manager:
         events = manager.Queue() if progress else None
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_exit_with_parent,
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=exit_with_parent,
                                  initargs=(os.getpid(),)) as pool:
             try:
                 futures = {pool.submit(_local_worker, spec, results_root, threads, plugins, events, device): spec
@@ -101,7 +81,7 @@ def run_local(specs: list[RunSpec], results_root: str, jobs: int, plugins: list[
                         spec = futures.pop(future)
                         try:
                             record = future.result()
-                        except Exception as err:  # the worker process itself died
+                        except BaseException as err:  # the worker died, or its run exited past execute_run
                             record = crashed_record(spec, "local",
                                                     f"worker process died: {type(err).__name__}: {err}")
                         on_record(record)
@@ -122,7 +102,7 @@ def _drain(events, progress: Progress | None) -> None:
 # ----------------------------------------------------------------------------- ray
 
 def _ray_worker(spec: RunSpec, results_root: str, threads: int, plugins: list[str], device: str = "cpu") -> RunRecord:
-    _import_plugins(plugins)
+    import_plugins(plugins)
     return execute_run(spec, results_root, threads, "ray", device=device)
 
 
@@ -140,22 +120,33 @@ def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
                               f"start the cluster (`ray start --head`) or fix the address") from None
 
 
-def run_ray(specs: list[RunSpec], results_root: str, jobs: int, plugins: list[str], on_record: OnRecord,
-            address: str | None = None, device: str = "cpu") -> None:
+def start_ray(jobs: int, address: str | None = None) -> None:
+    """Join the Ray cluster at `address`, or start a local one: called before anything is written, so a Ray
+    that cannot start or be reached is a usage error (exit 2), not a failure after the results dir exists."""
+    if address:
+        check_ray_address(address)
     try:
         import ray
     except ImportError:
         raise WorldbenchError("the ray executor needs Ray; install it with `pip install 'worldbench[ray]'`") from None
+    if ray.is_initialized():
+        return
+    try:
+        if address:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(num_cpus=jobs * threads_per_job(jobs), include_dashboard=False, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise WorldbenchError(f"cannot start or reach Ray at '{address or 'local'}' ({err}); "
+                              f"check --ray-address") from None
+
+
+def run_ray(specs: list[RunSpec], results_root: str, jobs: int, plugins: list[str], on_record: OnRecord,
+            device: str = "cpu") -> None:
+    """Each spec a Ray task (start_ray has connected this process to a cluster)."""
+    import ray
+
     threads = threads_per_job(jobs)
-    if not ray.is_initialized():
-        try:
-            if address:
-                ray.init(address=address, include_dashboard=False, log_to_driver=False)
-            else:
-                ray.init(num_cpus=jobs * threads, include_dashboard=False, log_to_driver=False)
-        except (ConnectionError, RuntimeError, ValueError) as err:
-            raise WorldbenchError(f"cannot start or reach Ray at '{address or 'local'}' ({err}); "
-                                  f"check --ray-address") from None
     # On CUDA each task asks Ray for a share of one GPU: `jobs` runs share each GPU.
     gpus = {"num_gpus": 1 / jobs} if device.startswith("cuda") else {}
     task = ray.remote(num_cpus=threads, max_retries=0, **gpus)(_ray_worker)

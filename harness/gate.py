@@ -13,16 +13,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness import stats
+from harness import curves, sequential, stats
 from harness.baseline_ref import BaselineRef
-from harness.bench import timing_paired
+from harness.driver import finished_runs, timing_paired
 from harness.git import git_state
 from harness.kpis import COMPARE_TIME_KPIS
 from harness.matrix import RunSpec, interleave, plan_runs
+from harness.seeds import format_seeds
 from harness.store import Store
-from harness.suite import Suite
+from harness.schema import Suite
 from harness.types import (ArmProvenance, Finding, FloorNote, KpiRule, LookNote, Note, Reason, ReportInput,
-                           TargetNote, TargetSource)
+                           TargetNote, TargetSource, Verdict)
 from worldmodel.errors import WorldbenchError
 
 
@@ -48,8 +49,23 @@ class Selection:
             return baseline, candidate if candidate != baseline else f"{candidate} (this checkout)"
         if self.baseline != self.candidate:
             return self.baseline, self.candidate
-        return (f"{self.baseline} [seeds {seed_text(self.baseline_seeds)}]",
-                f"{self.candidate} [seeds {seed_text(self.candidate_seeds)}]")
+        return (f"{self.baseline} [seeds {format_seeds(self.baseline_seeds)}]",
+                f"{self.candidate} [seeds {format_seeds(self.candidate_seeds)}]")
+
+    def check_arms(self, other_code: bool = False) -> None:
+        """Refuse arms whose comparison would compare nothing or drop recorded runs: the arms' seeds are the same
+        (paired) or disjoint (unpaired), and a variant against itself on the same seeds needs other code
+        (--baseline-ref) to differ by anything."""
+        baseline, candidate = set(self.baseline_seeds), set(self.candidate_seeds)
+        if baseline & candidate and baseline != candidate:
+            raise WorldbenchError(
+                f"the arms share only some seeds (--seeds {format_seeds(baseline)}, --candidate-seeds "
+                f"{format_seeds(candidate)}): a paired test would leave the other runs out; give both arms the "
+                f"same seeds (paired) or seeds they do not share (unpaired)")
+        if self.baseline == self.candidate and baseline == candidate and not other_code:
+            raise WorldbenchError(
+                f"the candidate {self.candidate!r} is the baseline, on the same seeds: that compares nothing; "
+                f"pass another --candidate, other --candidate-seeds, or --baseline-ref REF")
 
     def plan(self, suite: Suite) -> tuple[list[RunSpec], dict[str, list[str]]]:
         """The runs this checkout executes, interleaved (baseline s0, candidate s0, ...), and arm label -> run ids.
@@ -70,13 +86,6 @@ class Selection:
         return interleave(groups), arms
 
 
-def seed_text(seeds: list[int]) -> str:
-    ordered = sorted(seeds)
-    if ordered == list(range(ordered[0], ordered[-1] + 1)) and len(ordered) > 2:
-        return f"{ordered[0]}-{ordered[-1]}"
-    return ",".join(map(str, ordered))
-
-
 # ----------------------------------------------------------------------------- data for the statistics
 
 def arm_values(kpis: pd.DataFrame, runs: pd.DataFrame, arm: str) -> dict[str, dict[int, float]]:
@@ -87,11 +96,11 @@ def arm_values(kpis: pd.DataFrame, runs: pd.DataFrame, arm: str) -> dict[str, di
             for kpi, group in merged.groupby("kpi")}
 
 
-def add_steps_to_target(values: dict[str, dict[str, dict[int, float]]], curves: pd.DataFrame, runs: pd.DataFrame,
-                        suite: Suite, baseline: str) -> list[TargetNote]:
+def add_steps_to_target(values: dict[str, dict[str, dict[int, float]]], curve_rows: pd.DataFrame,
+                        runs: pd.DataFrame, suite: Suite, baseline: str) -> list[TargetNote]:
     """Compute <stage>.steps_to_target for every arm from the loss curves; returns the targets used."""
     notes = []
-    losses = curves[curves["metric"] == "loss"].merge(runs[["run_id", "arm", "seed", "status"]], on="run_id")
+    losses = curve_rows[curve_rows["metric"] == "loss"].merge(runs[["run_id", "arm", "seed", "status"]], on="run_id")
     losses = losses[losses["status"] == "ok"]
     for name in sorted(COMPARE_TIME_KPIS):
         stage = name.split(".")[0]
@@ -113,7 +122,7 @@ def add_steps_to_target(values: dict[str, dict[str, dict[int, float]]], curves: 
             arm_kpis[name] = {}
             for seed, curve in stage_losses[stage_losses["arm"] == arm].groupby("seed"):
                 curve = curve.sort_values("step")
-                arm_kpis[name][int(seed)] = stats.steps_to_target(curve["step"].to_numpy(),
+                arm_kpis[name][int(seed)] = curves.steps_to_target(curve["step"].to_numpy(),
                                                                   curve["value"].to_numpy(), target)
     return notes
 
@@ -146,7 +155,7 @@ def dataset_has_actions(suite: Suite, dataset: str) -> bool:
 def rules_for(suite: Suite, has_actions: bool = True, timing_paired: bool = False) -> list[KpiRule]:
     """The suite's rules as the statistics judge them here: a KPI against ground-truth actions cannot block
     where there are none, and a timing KPI (machine load) only where the arms' runs were scheduled side by
-    side (harness.bench.timing_paired)."""
+    side (harness.driver.timing_paired)."""
     return [replace(rule, blocking=rule.blocking and (has_actions or not rule.needs_actions)
                     and (timing_paired or not rule.timing))
             for rule in suite.kpis.values()]
@@ -220,7 +229,7 @@ def build_report_input(suite: Suite, store: Store, selection: Selection, alpha: 
         provenance=runs[provenance_columns].to_dict("records"), reproduce_command=reproduce,
         profile=selection.profile, notes=notes)
     if not report.compat.ok:  # a PR that breaks loading the baseline's checkpoints must not merge
-        comparison.verdict = "FAIL"
+        comparison.verdict = Verdict.FAIL
         comparison.reasons.append(Reason(Finding.COMPAT_BROKEN))
     return report
 
@@ -260,22 +269,23 @@ def unrecorded_seeds(store: Store, selection: Selection, arms: dict[str, list[st
 
 def describe_unrecorded(unrecorded: dict[str, list[int]]) -> str:
     """'the runs of windowed_attention seeds 3,4 and meanpool_concat seed 0 are' (one line)."""
-    parts = [f"{label} seed{'s' if len(seeds) > 1 else ''} {seed_text(seeds)}" for label, seeds in unrecorded.items()]
+    parts = [f"{label} seed{'s' if len(seeds) > 1 else ''} {format_seeds(seeds)}" for label, seeds in unrecorded.items()]
     return f"the runs of {' and '.join(parts)} are"
 
 
-def run_looks(suite: Suite, selection: Selection, results: Path, sizes: list[int], alpha: float, sequential: bool,
+def run_looks(suite: Suite, selection: Selection, results: Path, sizes: list[int], alpha: float, spend_alpha: bool,
               execute: Callable[[list[RunSpec]], object], reproduce: Callable[[Selection], str],
               jobs: int = 2, quiet: bool = False) -> tuple[ReportInput, dict[str, list[str]]]:
     """The gate's looks: at each, extend both arms to `sizes[look]` seeds, train what is missing (`execute`;
     REF's code trains the baseline arm with --baseline-ref), compare, and stop once the verdict is decided.
+    `spend_alpha` (--sequential): alpha is spent across the looks.
 
     Returns the last look's report input and its arms (label -> run ids)."""
     group = len(selection.baseline_seeds)
     baseline_seeds, candidate_seeds = selection.baseline_seeds, selection.candidate_seeds
     alphas = [alpha]
-    if sequential:
-        alphas = stats.alpha_spending(len(sizes), alpha, [size / sizes[-1] for size in sizes])
+    if spend_alpha:
+        alphas = sequential.alpha_spending(len(sizes), alpha, [size / sizes[-1] for size in sizes])
     looks = len(sizes)
     for look in range(looks):
         selection.baseline_seeds, selection.candidate_seeds = extend_seeds(
@@ -286,19 +296,11 @@ def run_looks(suite: Suite, selection: Selection, results: Path, sizes: list[int
                                          selection.baseline_seeds, jobs, quiet)
         execute(specs)
         report = build_report_input(suite, Store(results), selection, alphas[look], reproduce(selection))
-        if sequential:
+        if spend_alpha:
             report.notes.append(LookNote(look + 1, looks, len(selection.baseline_seeds), alphas[look]))
-        if report.comparison.verdict != "INCONCLUSIVE":
+        if report.comparison.verdict != Verdict.INCONCLUSIVE:
             break
     return report, arms
-
-
-def finished_runs(results: Path) -> set[str]:
-    """Ids of the runs the store holds a final result of: `execute` (and REF's `bench run`) reuse them."""
-    from harness.bench import FINAL_STATUSES
-
-    runs = Store(results).runs()
-    return set(runs.loc[runs["status"].isin(FINAL_STATUSES), "run_id"])
 
 
 def describe_arms(report, selection: Selection, arms: dict[str, list[str]], finished_before: set[str]) -> None:
@@ -310,6 +312,17 @@ def describe_arms(report, selection: Selection, arms: dict[str, list[str]], fini
         code = selection.baseline_ref.code(role) if selection.baseline_ref else here
         reused = sum(run_id in finished_before for run_id in arms[label])
         report.arm_provenance[label] = replace(code, reused=reused, total=len(arms[label]))
+
+
+def sequential_sizes(selection: Selection, max_seeds: int | None) -> list[int]:
+    """Seeds per arm at each look of a sequential gate (default cap: twice the first look). The looks grow both
+    arms by the same seeds, so the arms must start equal: otherwise the cap and the information fractions
+    would hold for one arm only."""
+    group, other = len(selection.baseline_seeds), len(selection.candidate_seeds)
+    if group != other:
+        raise WorldbenchError(f"--sequential needs arms of equal size, but --seeds gives the baseline {group} and "
+                              f"--candidate-seeds the candidate {other}; give both arms as many seeds")
+    return look_sizes(group, 2 * group if max_seeds is None else max_seeds)
 
 
 def look_sizes(group: int, max_seeds: int) -> list[int]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.stats import SMOOTHING_FRACTION, smoothed_loss
+from harness.curves import SMOOTHING_FRACTION, smoothed_loss
 from harness.types import KpiRule
 from worldmodel.config import STAGES
 
@@ -79,9 +79,15 @@ KPIS: dict[str, KpiRule] = {k.name: k for k in [
 COMPARE_TIME_KPIS = {f"{stage}.steps_to_target" for stage in STAGES}
 
 
+def every_run_kpi(measured: dict[str, float]) -> dict[str, float]:
+    """Every KPI a finished run records, NaN where it was not measured (an evaluation that broke, a dataset
+    without true actions): a missing row would shrink the sample unseen, where NaN is counted as missing."""
+    return {name: float(measured.get(name, float("nan"))) for name in KPIS if name not in COMPARE_TIME_KPIS}
+
+
 def final_loss(steps: list[int], losses: list[float]) -> float:
-    """Mean of the logged train losses over the trailing window of harness.stats.smoothed_loss at the last
-    step, so a run with final_loss <= target always reaches the target (harness.stats.steps_to_target)."""
+    """Mean of the logged train losses over the trailing window of harness.curves.smoothed_loss at the last
+    step, so a run with final_loss <= target always reaches the target (harness.curves.steps_to_target)."""
     return float(smoothed_loss(np.array(steps), np.array(losses))[-1])
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import variants
 import worldmodel
-from harness.suite import Suite
-from worldmodel.config import WorldModelConfig
+from harness.schema import Suite
+from worldmodel.config import STAGES, WorldModelConfig
 from worldmodel.stages import stage_config_json
 
 UPSTREAM = {"tokenizer": (), "actions": (), "dynamics": ("tokenizer", "actions")}
@@ -24,11 +24,11 @@ WORLDMODEL_DIR = Path(worldmodel.__file__).parent
 VARIANTS_DIR = Path(variants.__file__).parent
 # Source each stage runs; a change to any of these files retrains that stage.
 SHARED_SOURCES = ["config.py", "layers.py", "norms.py", "fused.py", "fsq.py", "train.py", "stages.py", "metrics.py",
-                  "errors.py", "data/*.py", "kernels/*.py", "kernels/*.cpp", "kernels/*.h"]
+                  "errors.py", "files.py", "data/*.py", "kernels/*.py", "kernels/*.cpp", "kernels/*.h"]
 STAGE_SOURCES = {
     "tokenizer": ["tokenizer.py"],
     "actions": ["lam.py", "registry.py", "VARIANTS"],  # lam.py holds the baseline encoder, variants/ the others
-    "dynamics": ["dynamics.py"],
+    "dynamics": ["dynamics.py", "registry.py", "VARIANTS"],  # its action_input component may live in variants/
 }
 
 
@@ -122,7 +122,7 @@ def plan_runs(suite: Suite, profile: str, dataset: str, variant_names: list[str]
     plugins = [plugin_hash(suite.plugins)] if suite.plugins else []
     sources = {stage: _digest(source_hash(SHARED_SOURCES + files), *plugins) for stage, files in STAGE_SOURCES.items()}
     precision = suite.profile(profile).precision
-    # A reduced precision trains other weights: it joins the stage ids (fp32 ids are as they always were).
+    # A reduced precision trains other weights: it joins the stage ids (fp32, the default, adds nothing).
     numerics = [] if precision == "fp32" else [f"precision={precision}"]
     groups: list[list[RunSpec]] = []
     for variant_name in variant_names:
@@ -134,7 +134,7 @@ def plan_runs(suite: Suite, profile: str, dataset: str, variant_names: list[str]
         data_id = _digest(json.dumps(data, sort_keys=True), source_hash(["data/*.py"]))  # game code edits regenerate data
         for seed in seeds:
             stage_ids: dict[str, str] = {}
-            for stage in ("tokenizer", "actions", "dynamics"):
+            for stage in STAGES:
                 upstream = [stage_ids[u] for u in UPSTREAM[stage]]
                 stage_ids[stage] = _digest(stage, stage_config_json(config, stage), *upstream, data_id, str(seed),
                                            sources[stage], *numerics)

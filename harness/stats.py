@@ -45,8 +45,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import stats
-from statsmodels.stats.power import TTestPower
 
+from harness.power import MIN_SEEDS, resolution, seeds_to_settle
 from harness.types import (
     NAN,
     ArmSummary,
@@ -56,17 +56,17 @@ from harness.types import (
     HypothesisTest,
     KpiComparison,
     KpiRule,
+    KpiVerdict,
     Reason,
+    Resolution,
+    Verdict,
     Why,
+    count_missing,
 )
 
-__all__ = ["Comparison", "KpiComparison", "KpiRule", "alpha_spending", "compare", "compare_kpi", "floor_log_scale",
-           "holm_adjust", "recommended_seeds", "smoothed_loss", "steps_to_target"]
+__all__ = ["Comparison", "KpiComparison", "KpiRule", "compare", "compare_kpi", "floor_log_scale", "holm_adjust"]
 
-MIN_VALUES_PER_ARM = 2
-# Seed recommendations are capped here; a value equal to the cap means "this many or more".
-MAX_RECOMMENDED_SEEDS = 200
-TARGET_POWER = 0.8
+MIN_VALUES_PER_ARM = MIN_SEEDS
 
 
 # --------------------------------------------------------------------------- data preparation
@@ -113,10 +113,6 @@ def floor_log_scale(rule: KpiRule, values: Mapping[int, float]) -> tuple[dict[in
     has no ratio, so it is read as LOG_SCALE_FLOOR and a collapse shows as a huge change (linear: unchanged)."""
     low = [seed for seed, value in values.items() if value <= 0] if rule.scale == "log" else []
     return {**values, **dict.fromkeys(low, LOG_SCALE_FLOOR)}, len(low)
-
-
-def _count_nan(values: Mapping[int, float]) -> int:
-    return sum(math.isnan(value) for value in values.values())
 
 
 def _to_analysis_axis(rule: KpiRule, values: np.ndarray) -> np.ndarray:
@@ -296,45 +292,6 @@ def _mann_whitney_p_values(candidate: np.ndarray, baseline: np.ndarray, margin: 
     )
 
 
-# --------------------------------------------------------------------------- power
-
-
-def _smallest_n_for_power(effect_size: float, alpha: float, power: float) -> int:
-    """Smallest n in [2, cap] where a one-sided one-sample t-test reaches `power` (cap if none)."""
-    if not effect_size > 0:
-        return MAX_RECOMMENDED_SEEDS
-    if math.isinf(effect_size):
-        return MIN_VALUES_PER_ARM
-    # Evaluating every n at once is faster and safer than solve_power's root finder.
-    candidates = np.arange(MIN_VALUES_PER_ARM, MAX_RECOMMENDED_SEEDS + 1)
-    with _quiet():
-        achieved = TTestPower().power(effect_size=effect_size, nobs=candidates, alpha=alpha, alternative="larger")
-    enough = np.flatnonzero(achieved >= power)
-    return int(candidates[enough[0]]) if enough.size else MAX_RECOMMENDED_SEEDS
-
-
-def recommended_seeds(sd_d: float, margin: float, alpha: float = 0.05, power: float = TARGET_POWER) -> int:
-    """Seeds for a paired one-sided t-test to detect a true effect equal to the margin (vs 0).
-
-    `sd_d` and `margin` are on the analysis axis: log-ratios for log-scale KPIs (use
-    ``rule.analysis_margin``), plain differences otherwise.  Capped at MAX_RECOMMENDED_SEEDS.
-    """
-    if not (sd_d > 0 and margin > 0):
-        raise ValueError("sd_d and margin must be > 0")
-    return _smallest_n_for_power(margin / sd_d, alpha, power)
-
-
-def _seeds_to_settle(mean_d: float, sd_d: float, margin: float, alpha: float) -> int | None:
-    """Seeds for 80% power if the observed effect were the truth.
-
-    Below the margin we size the non-inferiority test, at or beyond it the regression test.
-    The Holm adjustment is ignored, so with several KPIs this is slightly optimistic.
-    """
-    if not (math.isfinite(mean_d) and math.isfinite(sd_d) and sd_d > 0):
-        return None
-    return _smallest_n_for_power(abs(margin - mean_d) / sd_d, alpha, TARGET_POWER)
-
-
 # --------------------------------------------------------------------------- per-KPI analysis
 
 
@@ -398,6 +355,8 @@ def _prepare(rule: KpiRule, baseline: Mapping[int, float], candidate: Mapping[in
     base_arm = _usable_values(rule, baseline, censored, "baseline")
     cand_arm = _usable_values(rule, candidate, censored, "candidate")
     common = sorted(set(base_arm.by_seed) & set(cand_arm.by_seed))
+    # Paired only when both arms have the same seeds: pairing a partial overlap would drop the other runs.
+    same_seeds = set(base_arm.by_seed) == set(cand_arm.by_seed)
     return _KpiAnalysis(
         rule=rule,
         given_baseline={int(s): float(v) for s, v in baseline.items()},
@@ -405,7 +364,7 @@ def _prepare(rule: KpiRule, baseline: Mapping[int, float], candidate: Mapping[in
         baseline=base_arm,
         candidate=cand_arm,
         common_seeds=common,
-        paired=len(common) >= MIN_VALUES_PER_ARM,
+        paired=same_seeds and len(common) >= MIN_VALUES_PER_ARM,
         censored=censored,
         enough_data=min(base_arm.n, cand_arm.n) >= MIN_VALUES_PER_ARM,
     )
@@ -489,27 +448,27 @@ def _analyse_censored(
 # --------------------------------------------------------------------------- verdicts
 
 
-def _verdict(analysis: _KpiAnalysis, p_regressed_adjusted: float, alpha: float) -> tuple[str, Why]:
+def _verdict(analysis: _KpiAnalysis, p_regressed_adjusted: float, alpha: float) -> tuple[KpiVerdict, Why]:
     """The KPI's verdict and the rule that gave it, in the order the rules apply."""
     p = analysis.p
     # A censored KPI can only pass if the candidate misses the target no more often than the baseline.
     censoring_ok = analysis.censored_candidate <= analysis.censored_baseline
-    missing = _count_nan(analysis.given_baseline) + _count_nan(analysis.given_candidate)
+    missing = count_missing(analysis.given_baseline) + count_missing(analysis.given_candidate)
     if not analysis.enough_data:
-        return "inconclusive", Why.TOO_FEW_VALUES
+        return KpiVerdict.INCONCLUSIVE, Why.TOO_FEW_VALUES
     if p_regressed_adjusted < alpha:
-        return "regressed", Why.REGRESSED
+        return KpiVerdict.REGRESSED, Why.REGRESSED
     if missing:
         # A run that finished but has no value (its evaluation broke) never helps a KPI pass: missing
         # data must not shrink the sample until what is left looks fine.
-        return "inconclusive", Why.NO_VALUE
+        return KpiVerdict.INCONCLUSIVE, Why.NO_VALUE
     if analysis.identical:
-        return "identical", Why.IDENTICAL
+        return KpiVerdict.IDENTICAL, Why.IDENTICAL
     if p.improved < alpha and censoring_ok:
-        return "improved", Why.IMPROVED
+        return KpiVerdict.IMPROVED, Why.IMPROVED
     if p.noninferior < alpha and censoring_ok:
-        return "non-inferior", Why.NON_INFERIOR
-    return "inconclusive", Why.UNSETTLED
+        return KpiVerdict.NON_INFERIOR, Why.NON_INFERIOR
+    return KpiVerdict.INCONCLUSIVE, Why.UNSETTLED
 
 
 def _arm_summary(given: dict[int, float], arm: _Arm, censored: int) -> ArmSummary:
@@ -536,7 +495,7 @@ def _effect(analysis: _KpiAnalysis, alpha: float) -> Effect:
 def _judge(analysis: _KpiAnalysis, p_regressed_adjusted: float, alpha: float) -> KpiComparison:
     rule, p = analysis.rule, analysis.p
     verdict, why = _verdict(analysis, p_regressed_adjusted, alpha)
-    seeds_needed = (_seeds_to_settle(analysis.effect, analysis.sd_d, rule.analysis_margin, alpha)
+    seeds_needed = (seeds_to_settle(analysis.effect, analysis.sd_d, rule.analysis_margin, alpha)
                     if why == Why.UNSETTLED else None)
     return KpiComparison(
         name=rule.name,
@@ -557,32 +516,41 @@ def _judge(analysis: _KpiAnalysis, p_regressed_adjusted: float, alpha: float) ->
         verdict=verdict,
         why=why,
         recommended_seeds=seeds_needed,
+        resolution=_resolution(analysis, alpha),
     )
 
 
+def _resolution(analysis: _KpiAnalysis, alpha: float) -> Resolution | None:
+    """What the analysed seeds can tell apart (harness.power); None where no t-test ran (censored, too few)."""
+    if analysis.censored or not analysis.enough_data:
+        return None
+    seeds = len(analysis.common_seeds) if analysis.paired else min(analysis.baseline.n, analysis.candidate.n)
+    return resolution(analysis.sd_d, seeds, analysis.rule.analysis_margin, alpha)
+
+
 def _merge_verdict(kpis: list[KpiComparison], failures_baseline: int,
-                   failures_candidate: int) -> tuple[str, list[Reason], int | None]:
+                   failures_candidate: int) -> tuple[Verdict, list[Reason], int | None]:
     """The merge verdict from the blocking KPIs and the failed runs: (verdict, its reasons in order, and for
     INCONCLUSIVE the most seeds any unsettled blocking KPI asks for)."""
     blocking_kpis = [k for k in kpis if k.rule.blocking]
-    regressed = [k for k in blocking_kpis if k.verdict == "regressed"]
-    unsettled = [k for k in blocking_kpis if k.verdict not in ("improved", "non-inferior", "identical", "regressed")]
+    regressed = [k for k in blocking_kpis if k.verdict == KpiVerdict.REGRESSED]
+    unsettled = [k for k in blocking_kpis if k.verdict == KpiVerdict.INCONCLUSIVE]
     more_failures = failures_candidate > failures_baseline
 
     reasons = [Reason(Finding.KPI, k.name) for k in regressed]
     if more_failures:
         reasons.append(Reason(Finding.MORE_FAILURES))
     if regressed or more_failures:
-        return "FAIL", reasons, None
+        return Verdict.FAIL, reasons, None
     reasons += [Reason(Finding.KPI, k.name) for k in unsettled]
     if failures_candidate > 0:
         reasons.append(Reason(Finding.CANDIDATE_FAILURES))
     if not blocking_kpis:
         reasons.append(Reason(Finding.NO_BLOCKING_KPI))
     if not reasons:
-        return "PASS", [Reason(Finding.ALL_BLOCKING_OK)], None
+        return Verdict.PASS, [Reason(Finding.ALL_BLOCKING_OK)], None
     recommendations = [k.recommended_seeds for k in unsettled if k.recommended_seeds is not None]
-    return "INCONCLUSIVE", reasons, max(recommendations, default=None)
+    return Verdict.INCONCLUSIVE, reasons, max(recommendations, default=None)
 
 
 @contextmanager
@@ -676,72 +644,3 @@ def compare(
     verdict, reasons, seeds = _merge_verdict(kpis, failures_baseline, failures_candidate)
     return Comparison(verdict=verdict, reasons=reasons, kpis=kpis, recommended_seeds=seeds, alpha=float(alpha),
                       failures_baseline=failures_baseline, failures_candidate=failures_candidate)
-
-
-# --------------------------------------------------------------------------- steps to target
-
-
-SMOOTHING_FRACTION = 0.1  # the trailing window of the smoothed loss, as a fraction of the stage's budget
-
-
-def smoothed_loss(steps: np.ndarray, losses: np.ndarray, fraction: float = SMOOTHING_FRACTION) -> np.ndarray:
-    """Trailing moving average of a loss curve over a window of `fraction` of the budget, in steps.
-
-    The budget is the last logged step (a finished stage always logs its last step) and the
-    window is W = round(fraction * budget) steps, at least 1: the value at a log point is the
-    mean of the logged losses whose step lies in (step - W, step].  Its last value is the
-    stage's final_loss, so the window does not depend on how often a stage logs.
-    """
-    steps = np.asarray(steps, dtype=float)
-    losses = np.asarray(losses, dtype=float)
-    if steps.shape != losses.shape or steps.ndim != 1 or len(steps) == 0:
-        raise ValueError("steps and losses must be non-empty 1-D arrays of the same length")
-    if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    window = max(1, round(fraction * steps[-1]))
-    first_in_window = np.searchsorted(steps, steps - window, side="right")  # [n] index where each window starts
-    return np.array([losses[first : i + 1].mean() for i, first in enumerate(first_in_window)])  # [n]
-
-
-def steps_to_target(steps: np.ndarray, losses: np.ndarray, target: float) -> float:
-    """First logged step from which the smoothed loss (`smoothed_loss`) stays <= target until the end.
-
-    A dip below the target that does not last does not count.  A run whose final_loss (the
-    last smoothed value) is <= target always reaches it; one that ends above it, or logged a
-    non-finite loss, never does and gets inf (censored).
-    """
-    losses = np.asarray(losses, dtype=float)
-    if len(losses) == 0 or not np.all(np.isfinite(losses)):
-        return math.inf
-    smoothed = smoothed_loss(steps, losses)  # [n]
-    above = np.flatnonzero(~(smoothed <= target))  # log points where the smoothed loss is above target
-    if above.size and above[-1] == len(smoothed) - 1:
-        return math.inf
-    first_below_for_good = above[-1] + 1 if above.size else 0
-    return float(np.asarray(steps, dtype=float)[first_below_for_good])
-
-
-# --------------------------------------------------------------------------- sequential looks
-
-
-def alpha_spending(looks: int, total_alpha: float = 0.05, information: list[float] | None = None) -> list[float]:
-    """Per-look alpha for `looks` interim analyses, equally spaced unless `information` gives each look's
-    information fraction (e.g. seeds so far / most seeds: increasing, the last 1).
-
-    O'Brien-Fleming-type Lan-DeMets spending: alpha(t) = 2 - 2 Phi(z_{1-alpha/2} / sqrt(t)),
-    and look k gets alpha(k/K) - alpha((k-1)/K): tiny early, most of it at the end.  Using
-    the increments as nominal per-look levels is conservative: by Bonferroni the chance of
-    any false claim over all looks is at most their sum, total_alpha.
-    """
-    if looks < 1:
-        raise ValueError(f"looks must be >= 1, got {looks}")
-    if not 0 < total_alpha < 1:
-        raise ValueError(f"total_alpha must be in (0, 1), got {total_alpha}")
-    if information is None:
-        information = list(np.arange(1, looks + 1) / looks)
-    fractions = np.asarray(information, dtype=float)
-    if len(fractions) != looks or not (np.all(np.diff(fractions) > 0) and fractions[0] > 0 and fractions[-1] == 1):
-        raise ValueError(f"information must be {looks} increasing fractions in (0, 1] ending at 1, got {information}")
-    information = fractions
-    spent = 2.0 * stats.norm.sf(stats.norm.isf(total_alpha / 2) / np.sqrt(information))
-    return [float(a) for a in np.diff(spent, prepend=0.0)]

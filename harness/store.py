@@ -10,7 +10,6 @@ Layout under the results dir:
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pandas as pd
 
 from harness.types import RunRow, column_types
 from worldmodel.errors import WorldbenchError
+from worldmodel.files import write_atomic
 
 MARKER_FILE = "worldbench.json"
 SCHEMA_VERSION = 1
@@ -52,20 +52,12 @@ def read_part(part: Path) -> pd.DataFrame:
         ) from None
 
 
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """`write(tmp)` then rename onto `path`: readers see the old file or the whole new one, never a part.
-
-    A failed write (a full disk, a lost mount) removes its temp file and is one line naming the file;
-    whatever was recorded before stays as it was.
-    """
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")  # dot-files are skipped by parquet readers
+def write_or_explain(path: Path, write: Callable[[Path], None]) -> None:
+    """worldmodel.files.write_atomic, with a failed write (a full disk, a lost mount) one line naming the file;
+    whatever was recorded before stays as it was."""
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException as err:  # also SIGTERM mid-write: never leave the temp file behind
-        tmp.unlink(missing_ok=True)
-        if not isinstance(err, OSError):
-            raise
+        write_atomic(path, write)
+    except OSError as err:
         raise WorldbenchError(
             f"cannot write '{path}' ({err.strerror or err}); free disk space or fix the results dir, then rerun "
             f"the same command: runs recorded before are kept and the rest resume"
@@ -78,11 +70,9 @@ class Store:
         marker = self.root / MARKER_FILE
         if self.root.exists() and not self.root.is_dir():
             raise WorldbenchError(f"results path '{self.root}' is a file; pass a directory with --results")
-        if self.root.exists() and any(self.root.iterdir()) and not marker.exists():
-            raise WorldbenchError(
-                f"results dir '{self.root}' is not empty and was not made by worldbench; "
-                f"pass an empty or worldbench results dir with --results"
-            )
+        # Listed before the marker is looked for: a marker another process creates meanwhile is then found
+        # below, and what was listed before it existed cannot be that process's files.
+        entries = [p.name for p in self.root.iterdir()] if self.root.exists() else []
         if marker.exists():
             try:
                 owner = json.loads(marker.read_text())
@@ -93,10 +83,18 @@ class Store:
                     f"results dir '{self.root}' belongs to another project ({marker} says "
                     f"{owner.get('project')!r}); pass another --results dir"
                 )
-        elif create:
+            return
+        # Another process creating this dir right now leaves only its temp marker: not someone else's file.
+        if any(not name.startswith(f".{MARKER_FILE}.") for name in entries):
+            raise WorldbenchError(
+                f"results dir '{self.root}' is not empty and was not made by worldbench; "
+                f"pass an empty or worldbench results dir with --results"
+            )
+        if create:
+            content = json.dumps({"project": "worldbench", "schema": SCHEMA_VERSION})
             try:
                 self.root.mkdir(parents=True, exist_ok=True)
-                marker.write_text(json.dumps({"project": "worldbench", "schema": SCHEMA_VERSION}))
+                write_atomic(marker, lambda tmp: tmp.write_text(content))  # racing creators write the same file
             except OSError as err:
                 raise WorldbenchError(f"cannot write results dir '{self.root}' ({err.strerror}); "
                                       f"pass a writable --results dir") from None
@@ -125,7 +123,7 @@ class Store:
         folder = self.table_dir(table)
         folder.mkdir(parents=True, exist_ok=True)
         # the temp name carries the pid, which keeps two drivers recording one run apart
-        write_atomic(folder / f"part-{key}.parquet", lambda tmp: frame.to_parquet(tmp, index=False))
+        write_or_explain(folder / f"part-{key}.parquet", lambda tmp: frame.to_parquet(tmp, index=False))
 
     def read(self, table: str) -> pd.DataFrame:
         folder = self.table_dir(table)
@@ -170,7 +168,7 @@ class Store:
                     f.create_dataset("reconstructions", data=reconstructions, compression="gzip", compression_opts=1)
                 f.attrs["context"] = context
 
-        write_atomic(path, write)
+        write_or_explain(path, write)
 
     def read_frames(self, run_id: str) -> dict | None:
         path = self.frames_path(run_id)

@@ -24,8 +24,8 @@ NAN = float("nan")
 class RunRow(TypedDict, total=False):
     """One run as the store's runs table holds it (harness/store.py takes its columns and types from here).
 
-    harness/runner.py fills it in the worker, harness/executors.py for a worker that died, and
-    harness/bench.py adds the provenance (git_commit, git_dirty, code_hash, batch) when recording it.
+    harness/worker.py fills it in the worker, harness/executors.py for a worker that died, and
+    harness/driver.py adds the provenance (git_commit, git_dirty, code_hash, batch) when recording it.
     """
 
     run_id: str
@@ -113,6 +113,10 @@ class KpiRule:
             raise RuleError(self.name, "margin", f"must be a finite number >= 0, got {self.margin!r}")
         if isinstance(self.target, str) and self.target != "auto":
             raise RuleError(self.name, "target", f'use "auto" or a number, got {self.target!r}')
+        if not isinstance(self.target, str) and not (math.isfinite(self.target) and self.target > 0):
+            raise RuleError(self.name, "target", f'must be "auto" or a finite loss > 0, got {self.target!r}')
+        if not (math.isfinite(self.target_epsilon) and self.target_epsilon >= 0):
+            raise RuleError(self.name, "target_epsilon", f"must be a finite number >= 0, got {self.target_epsilon!r}")
 
     @property
     def badness_sign(self) -> float:
@@ -135,6 +139,24 @@ class KpiRule:
 
 
 # --------------------------------------------------------------------------- results
+
+
+class KpiVerdict(StrEnum):
+    """One KPI's verdict (harness.stats._verdict; Why says which rule gave it)."""
+
+    IMPROVED = "improved"
+    NON_INFERIOR = "non-inferior"
+    IDENTICAL = "identical"  # every paired value equal: no evidence either way
+    REGRESSED = "regressed"
+    INCONCLUSIVE = "inconclusive"
+
+
+class Verdict(StrEnum):
+    """The merge verdict over all KPIs; harness/exits.py maps it to the exit code."""
+
+    PASS = "PASS"
+    FAIL = "FAIL"
+    INCONCLUSIVE = "INCONCLUSIVE"
 
 
 class Why(StrEnum):
@@ -176,6 +198,35 @@ class ArmSummary:
     iqm: float
     censored: int = 0  # steps-to-target runs that never reached the target, in the analysed seeds
 
+    @property
+    def missing(self) -> int:
+        """Runs that finished without a value for the KPI (NaN)."""
+        return count_missing(self.values)
+
+
+def count_missing(values: dict[int, float]) -> int:
+    """How many of the per-seed values are missing (NaN)."""
+    return sum(math.isnan(value) for value in values.values())
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What the seeds of one KPI comparison can tell apart, on the statistics' axis (log ratio or difference).
+
+    harness.power.resolution computes it from the spread the per-seed effects showed.
+    """
+
+    seeds: int  # per-seed effects the test used (paired seeds, or the smaller arm when unpaired)
+    spread: float  # sd of a per-seed effect (unpaired: sqrt(var_c + var_b))
+    detectable: float  # smallest true difference the one-sided test detects with 80% power at `seeds`
+    seeds_needed: int  # seeds that show a zero true difference non-inferior with 80% power (capped at 200)
+    margin: float  # the KPI's margin on the same axis
+
+    @property
+    def settles(self) -> bool:
+        """Whether a change that truly makes no difference is shown non-inferior with 80% power at these seeds."""
+        return self.detectable <= self.margin
+
 
 @dataclass
 class Effect:
@@ -214,22 +265,30 @@ class KpiComparison:
     candidate: ArmSummary
     effect: Effect
     test: HypothesisTest
-    verdict: str  # "improved" | "non-inferior" | "identical" | "regressed" | "inconclusive"
+    verdict: KpiVerdict
     why: Why  # which rule of harness.stats._verdict gave the verdict; reports/text.py words it (kpi_reason)
     recommended_seeds: int | None  # for inconclusive KPIs: seeds for 80% power (capped at 200)
+    # what these seeds can tell apart (harness.power.resolution); None for censored KPIs (rank tests)
+    resolution: Resolution | None = None
+
+    def __post_init__(self) -> None:
+        self.verdict = KpiVerdict(self.verdict)  # a bare string from the statistics is checked here
 
 
 @dataclass
 class Comparison:
     """The merge decision over all KPIs."""
 
-    verdict: str  # "PASS" | "FAIL" | "INCONCLUSIVE"
+    verdict: Verdict
     reasons: list[Reason]  # what decided it, in order; reports/text.py words them (comparison_reasons)
     kpis: list[KpiComparison]
     recommended_seeds: int | None
     alpha: float
     failures_baseline: int = 0  # failed (or missing) runs per arm
     failures_candidate: int = 0
+
+    def __post_init__(self) -> None:
+        self.verdict = Verdict(self.verdict)  # a bare string from the statistics is checked here
 
 
 # --------------------------------------------------------------------------- reports

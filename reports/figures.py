@@ -20,7 +20,8 @@ from matplotlib.figure import Figure as MplFigure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 from harness.types import ReportInput
-from reports.view import MODE_LABELS, STAGE_ORDER, has_columns, ordered, role_of
+from worldmodel.config import STAGES
+from reports.view import MODE_LABELS, has_columns, ordered, role_of
 
 DPI = 90
 FIGSIZE = (6.0, 3.5)
@@ -110,7 +111,7 @@ def _curve_stages(report: ReportInput, metric: str = "loss") -> list[str]:
     with_metric = curves[curves["metric"] == metric]
     values = pd.to_numeric(with_metric["value"], errors="coerce")
     stages = with_metric.loc[np.isfinite(values), "stage"].astype(str)
-    return ordered(list(stages), STAGE_ORDER)
+    return ordered(list(stages), STAGES)
 
 
 def _draw_curves(report: ReportInput, stage: str) -> bytes:

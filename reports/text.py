@@ -14,7 +14,7 @@ import math
 import re
 from collections.abc import Iterable
 
-from harness.stats import MAX_RECOMMENDED_SEEDS, MIN_VALUES_PER_ARM, TARGET_POWER
+from harness.power import MAX_RECOMMENDED_SEEDS, MIN_SEEDS, TARGET_POWER
 from harness.types import (ArmProvenance, Comparison, Finding, FloorNote, KpiComparison, KpiRule, LookNote, Note,
                            TargetNote, TargetSource, Why)
 
@@ -140,20 +140,6 @@ def fmt_seconds(value: object) -> str:
     return f"{x / 3600:.1f} h"
 
 
-def fmt_seeds(seeds: Iterable[object]) -> str:
-    """Compact seed list: [0, 1, 2, 3, 7] -> "0–3, 7"."""
-    numbers = sorted({int(s) for s in seeds if not is_missing(s)})
-    parts: list[str] = []
-    i = 0
-    while i < len(numbers):
-        j = i
-        while j + 1 < len(numbers) and numbers[j + 1] == numbers[j] + 1:
-            j += 1
-        parts.append(str(numbers[i]) if i == j else f"{numbers[i]}–{numbers[j]}")
-        i = j + 1
-    return ", ".join(parts) if parts else MISSING
-
-
 def truncate(text: str, limit: int) -> str:
     text = str(text)
     if len(text) <= limit:
@@ -185,21 +171,17 @@ def describe_effect(kpi: KpiComparison) -> str:
     return f"candidate {size} {side} ({quality})"
 
 
-def _count_nan(values: dict[int, float]) -> int:
-    return sum(math.isnan(value) for value in values.values())
-
-
 def kpi_reason(kpi: KpiComparison) -> str:
     """Why the KPI got its verdict, in one sentence (kpi.why says which rule decided it)."""
     effect, margin = describe_effect(kpi), fmt_rule_margin(kpi.rule)
     baseline, candidate, test = kpi.baseline, kpi.candidate, kpi.test
     if kpi.why == Why.TOO_FEW_VALUES:
         return (f"missing data: {baseline.n} usable baseline and {candidate.n} "
-                f"candidate values (need {MIN_VALUES_PER_ARM} each)")
+                f"candidate values (need {MIN_SEEDS} each)")
     if kpi.why == Why.REGRESSED:
         return f"{effect}, beyond the {margin} margin (adjusted p={test.p_regressed_adjusted:.2g})"
     if kpi.why == Why.NO_VALUE:
-        missing_baseline, missing_candidate = _count_nan(baseline.values), _count_nan(candidate.values)
+        missing_baseline, missing_candidate = baseline.missing, candidate.missing
         return (f"{effect}; {missing_baseline + missing_candidate} run(s) have no value for this KPI "
                 f"({missing_baseline} baseline, {missing_candidate} candidate)")
     if kpi.why == Why.IDENTICAL:

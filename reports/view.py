@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from harness.seeds import format_seeds
 from harness.types import KpiComparison, ReportInput
+from worldmodel.config import STAGES
 from reports.text import (
     MISSING,
     arm_description,
@@ -23,7 +25,6 @@ from reports.text import (
     fmt_number,
     fmt_p,
     fmt_seconds,
-    fmt_seeds,
     is_missing,
     kpi_reason,
     note_text,
@@ -31,7 +32,6 @@ from reports.text import (
     truncate,
 )
 
-STAGE_ORDER = ("tokenizer", "actions", "dynamics")
 MODE_ORDER = ("ar", "tf", "random", "copy_last")
 MODE_LABELS = {"ar": "autoregressive", "tf": "teacher-forced", "random": "random actions", "copy_last": "copy last frame"}
 PROBLEM_STATUSES = ("failed", "diverged")
@@ -127,7 +127,7 @@ def seeds_by_variant(report: ReportInput) -> dict[str, list[int]]:
 def banner(report: ReportInput) -> Banner:
     comparison = report.comparison
     seeds = seeds_by_variant(report)
-    seed_text = "; ".join(f"{role_of(report, v)} seeds {fmt_seeds(s)}" for v, s in seeds.items())
+    seed_text = "; ".join(f"{role_of(report, v)} seeds {format_seeds(s) or MISSING}" for v, s in seeds.items())
     context = (
         f"candidate {report.candidate} vs baseline {report.baseline} · profile {report.profile} · "
         f"{seed_text} · α = {comparison.alpha:g}"
@@ -284,7 +284,7 @@ def speed_table(report: ReportInput) -> Table:
     columns = ["stage", "baseline it/s", "candidate it/s", "it/s change", "baseline wall", "candidate wall"]
     rows = []
     totals = {report.baseline: 0.0, report.candidate: 0.0}
-    for stage in ordered(list(frame["stage"].astype(str)), STAGE_ORDER):
+    for stage in ordered(list(frame["stage"].astype(str)), STAGES):
         b_speed, c_speed = lookup(report.baseline, stage, "it_per_s"), lookup(report.candidate, stage, "it_per_s")
         b_wall, c_wall = lookup(report.baseline, stage, "wall_s"), lookup(report.candidate, stage, "wall_s")
         totals[report.baseline] += b_wall
@@ -426,7 +426,7 @@ def provenance_table(report: ReportInput) -> Table:
     for record in records:
         if not is_missing(record.get("seed")):
             seeds.setdefault(str(record.get("variant")), set()).add(int(record["seed"]))
-    rows.append(["seeds", "; ".join(f"{v}: {fmt_seeds(s)}" for v, s in seeds.items()) or MISSING])
+    rows.append(["seeds", "; ".join(f"{v}: {format_seeds(s) or MISSING}" for v, s in seeds.items()) or MISSING])
     starts = sorted(str(r["started_at"]) for r in records if r.get("started_at"))
     rows.append(["started", f"{starts[0]} … {starts[-1]}" if starts else MISSING])
     classes += ["", ""]

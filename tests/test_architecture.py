@@ -1,4 +1,4 @@
-"""The layering contract (issue 11): imports only point down, and no module graph cycle.
+"""The layering contract: imports only point down, and no module graph cycle.
 
     worldmodel  <-  variants  <-  harness  <-  reports  <-  harness/cli.py (the `bench` entry point)
 

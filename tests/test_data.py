@@ -208,6 +208,11 @@ def test_unknown_game_lists_known_games() -> None:
 # windows
 
 
+def every_window(windows: VideoWindows) -> tuple[torch.Tensor, torch.Tensor]:
+    """All windows as one batch: frames [N_windows, T, 3, H, W], actions [N_windows, T-1]."""
+    return windows.batch(np.arange(len(windows)))
+
+
 def test_windows_stay_inside_episodes_and_splits_are_disjoint() -> None:
     lengths = [6, 7, 8, 5, 9]
     data = synthetic_video(lengths)
@@ -217,21 +222,14 @@ def test_windows_stay_inside_episodes_and_splits_are_disjoint() -> None:
     seen_episodes = {}
     for split in ("train", "val"):
         windows = VideoWindows(data, window=window, split=split, val_fraction=0.4)
-        ids = np.stack([frame_ids(windows[i]["frames"]) for i in range(len(windows))])  # [N_windows, T]
+        frames, actions = every_window(windows)
+        assert frames.shape == (len(windows), window, 3, 4, 4) and frames.dtype == torch.float32
+        assert actions.shape == (len(windows), window - 1) and actions.dtype == torch.int64
+        ids = frame_ids(frames)  # [N_windows, T]
         assert np.all(np.diff(ids, axis=1) == 1)  # consecutive frames
         assert np.all(episode_of[ids] == episode_of[ids[:, :1]])  # never crosses an episode boundary
         seen_episodes[split] = set(episode_of[ids[:, 0]].tolist())
-
-        item = windows[0]
-        assert item["frames"].shape == (window, 3, 4, 4) and item["frames"].dtype == torch.float32
-        assert item["actions"].shape == (window - 1,) and item["actions"].dtype == torch.int64
-        # all_frames / actions_tensor agree with item-by-item access
-        stacked = windows.all_frames()
-        assert stacked.shape == (len(windows), window, 3, 4, 4)
-        items = [windows[i] for i in range(len(windows))]
-        torch.testing.assert_close(stacked, torch.stack([item["frames"] for item in items]))
-        torch.testing.assert_close(windows.actions_tensor(), torch.stack([item["actions"] for item in items]))
-        np.testing.assert_array_equal(windows.actions_tensor().numpy(), data.actions[ids[:, :-1]])
+        np.testing.assert_array_equal(actions.numpy(), data.actions[ids[:, :-1]])  # action t leads from frame t
 
     assert seen_episodes["train"] == {0, 1, 2} and seen_episodes["val"] == {3, 4}  # last 2 of 5 episodes
     assert len(VideoWindows(data, window=window, split="val", val_fraction=0.4)) == (5 - 3) + (9 - 3)
@@ -241,19 +239,20 @@ def test_windows_values_stride_and_unknown_actions() -> None:
     data = synthetic_video([20, 20], with_actions=False)
     windows = VideoWindows(data, window=5, split="train", stride=3)
     assert len(windows) == 6 and windows.window == 5 and windows.frame_size == 4 and windows.n_actions is None
-    assert frame_ids(windows[1]["frames"])[0] == 3
-    assert torch.all(windows[0]["actions"] == -1) and torch.all(windows.actions_tensor() == -1)
+    frames, actions = every_window(windows)
+    assert frame_ids(frames)[1][0] == 3
+    assert torch.all(actions == -1)
 
     frames = generate("sprite_world", n_episodes=2, episode_len=6, frame_size=8, seed=0).frames
-    x = VideoWindows(VideoData(frames, None, np.array([0, 6])), window=6)[0]["frames"]
+    x = VideoWindows(VideoData(frames, None, np.array([0, 6])), window=6).batch([0])[0][0]
     torch.testing.assert_close(x, torch.from_numpy(frames[:6]).permute(0, 3, 1, 2).float() / 127.5 - 1)
     assert x.min() >= -1 and x.max() <= 1
 
 
 def test_single_episode_is_split_by_time() -> None:
     data = synthetic_video([50])
-    train = frame_ids(VideoWindows(data, window=3, split="train").all_frames())
-    val = frame_ids(VideoWindows(data, window=3, split="val").all_frames())
+    train = frame_ids(every_window(VideoWindows(data, window=3, split="train"))[0])
+    val = frame_ids(every_window(VideoWindows(data, window=3, split="val"))[0])
     assert train.max() == 44 and val.min() == 45 and val.max() == 49
 
 

@@ -32,20 +32,24 @@ def bench(*args: str) -> subprocess.Popen:
 
 
 def workers_of(pid: int) -> list[int]:
-    """The driver's run workers (spawned processes), from /proc."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            children = (task / "children").read_text().split()
-        except OSError:
-            continue
-        for child in map(int, children):
+    """The run workers (spawned processes) below the `bench` process `pid`, from /proc: `bench` runs its
+    command in a child (harness.cli.guard), whose children the workers are."""
+    found, todo = [], [pid]
+    while todo:
+        for task in Path(f"/proc/{todo.pop()}/task").glob("*"):
             try:
-                cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+                children = (task / "children").read_text().split()
             except OSError:
                 continue
-            if b"spawn_main" in cmdline:
-                found.append(child)
+            for child in map(int, children):
+                try:
+                    cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                if b"spawn_main" in cmdline:
+                    found.append(child)
+                else:
+                    todo.append(child)
     return found
 
 

@@ -14,6 +14,7 @@ from harness.gate import Selection, compare_runs
 from harness.kpis import KPIS
 from harness.store import Store
 from harness.suite import load_suite
+from tiny import record_fabricated
 
 REPO = Path(__file__).resolve().parents[1]
 SUITE = str(REPO / "bench.toml")
@@ -23,21 +24,10 @@ def fabricate(store: Store, specs, statuses: dict[tuple[str, int], str]) -> None
     """Record runs whose KPIs are equal across variants (so a complete record would PASS)."""
     for spec in specs:
         status = statuses.get((spec.variant, spec.seed), "ok")
-        if status == "missing":
-            continue
-        run = {"run_id": spec.run_id, "profile": spec.profile, "dataset": spec.dataset, "variant": spec.variant,
-               "seed": spec.seed, "status": status, "error": "" if status == "ok" else "boom",
-               "failed_stage": "", "diverged_step": -1, "git_commit": "abc", "git_dirty": False, "code_hash": "x",
-               "config_json": "{}", "stage_ids_json": "{}", "torch_version": torch.__version__, "device": "cpu",
-               "cpu_model": "cpu", "host": "h", "executor": "local", "started_at": "t0", "finished_at": "t1"}
-        if status == "ok":
+        if status != "missing":
             noise = 1 + 0.01 * spec.seed
-            store.append("kpis", [{"run_id": spec.run_id, "kpi": k, "value": noise} for k in KPIS
-                                  if not k.endswith("steps_to_target")], spec.run_id)
-            store.append("curves", [{"run_id": spec.run_id, "stage": stage, "step": step, "metric": "loss",
-                                     "value": noise / step} for stage in ("tokenizer", "actions", "dynamics")
-                                    for step in range(1, 11)], spec.run_id)
-        store.append("runs", [run], spec.run_id)
+            record_fabricated(store, spec, {k: noise for k in KPIS if not k.endswith("steps_to_target")}, status,
+                              loss_scale=noise)
 
 
 def verdict_for(tmp_path, statuses) -> str:

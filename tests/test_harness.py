@@ -81,21 +81,24 @@ def test_variants_that_only_change_the_lam_share_the_tokenizer(smoke_results):
 
 
 def test_rerun_skips_recorded_runs(smoke_results, monkeypatch):
-    from harness import bench
+    from harness import driver
 
     before = pd.read_parquet(smoke_results / "store" / "runs")
     # Skipped means never handed to an executor (not "fast enough", which a loaded machine can miss).
-    monkeypatch.setattr(bench, "run_local", lambda todo, *rest: pytest.fail(f"{len(todo)} recorded runs ran again"))
+    monkeypatch.setattr(driver, "run_local", lambda todo, *rest: pytest.fail(f"{len(todo)} recorded runs ran again"))
     assert main(["run", "--config", SUITE, "--profile", "smoke", "--results", str(smoke_results), "--quiet"]) == 0
     after = pd.read_parquet(smoke_results / "store" / "runs")
     assert after.sort_values("run_id").equals(before.sort_values("run_id"))
 
 
 def test_ray_executor_gives_the_same_kpis_as_local(smoke_results, tmp_path):
-    pytest.importorskip("ray")
+    ray = pytest.importorskip("ray")
     results = tmp_path / "ray"
-    code = main(["run", "--config", SUITE, "--profile", "smoke", "--results", str(results), "--jobs", "2",
-                 "--executor", "ray", "--quiet"])
+    try:
+        code = main(["run", "--config", SUITE, "--profile", "smoke", "--results", str(results), "--jobs", "2",
+                     "--executor", "ray", "--quiet"])
+    finally:
+        ray.shutdown()  # a Ray left connected would serve the next test's --executor ray
     assert code == 0
     runs = pd.read_parquet(results / "store" / "runs")
     assert set(runs["executor"]) == {"ray"}
@@ -106,19 +109,19 @@ def test_a_run_trains_its_lam_first_while_another_worker_holds_the_shared_tokeni
                                                                                    monkeypatch):
     import fcntl
     from types import SimpleNamespace
-    from harness import runner
+    from harness import worker
 
     spec = SimpleNamespace(stage_ids={"tokenizer": "abc"})
     lock = tmp_path / "cache" / "stages" / "tokenizer-abc.lock"
-    assert runner.stage_order(spec, tmp_path / "cache") == ("tokenizer", "actions", "dynamics")
+    assert worker.stage_order(spec, tmp_path / "cache") == ("tokenizer", "actions", "dynamics")
     lock.parent.mkdir(parents=True)
     with open(lock, "w") as holder:  # another open file: flock conflicts as with another process
         fcntl.flock(holder, fcntl.LOCK_EX)
-        assert runner.stage_order(spec, tmp_path / "cache") == ("actions", "tokenizer", "dynamics")
-    assert runner.stage_order(spec, tmp_path / "cache") == ("tokenizer", "actions", "dynamics")
+        assert worker.stage_order(spec, tmp_path / "cache") == ("actions", "tokenizer", "dynamics")
+    assert worker.stage_order(spec, tmp_path / "cache") == ("tokenizer", "actions", "dynamics")
 
     # The order changes no number: every run trained LAM first gives the KPIs of the smoke runs.
-    monkeypatch.setattr(runner, "stage_order", lambda spec, cache: ("actions", "tokenizer", "dynamics"))
+    monkeypatch.setattr(worker, "stage_order", lambda spec, cache: ("actions", "tokenizer", "dynamics"))
     results = tmp_path / "lam_first"
     assert main(["run", "--config", SUITE, "--profile", "smoke", "--results", str(results), "--jobs", "2",
                  "--quiet"]) == 0  # --jobs 2 as the smoke runs: the same torch threads per run
@@ -250,7 +253,7 @@ HDF5_DATASET = '[datasets.mine]\nkind = "hdf5"\npath = "{{tmp}}/{file}"\n'
     ([], "[kpis.\"rollout.ar_mse\"]\ndirection = \"up\"", "kpis.rollout.ar_mse.direction: 'up' is not allowed"),
     (["--seeds", "3-1"], "", "--seeds: '3-1' is not a seed list"),
     (["--jobs", "0"], "", "argument --jobs: must be >= 1, got 0"),
-    # ranges checked when the suite loads, before any run trains (issue 8)
+    # ranges checked when the suite loads, before any run trains
     ([], "[profiles.x.model.tokenizer]\nheads = 0", "tokenizer.heads 0 must be >= 1"),
     ([], "[profiles.x.model]\npatch_size = 0", "patch_size 0 must be >= 1"),
     ([], "[profiles.x.model]\nframe_size = 0", "frame_size 0 must be >= 1"),
@@ -287,7 +290,7 @@ HDF5_DATASET = '[datasets.mine]\nkind = "hdf5"\npath = "{{tmp}}/{file}"\n'
     (["gate", "--format", "pdf"], "", "--format: 'pdf' is not a list of md, html, json"),
     (["gate", "--seeds", "0-4", "--sequential", "--max-seeds", "3"], "", "--max-seeds 3 is below the 5 seeds"),
     (["gate", "--candidate-seeds", "x"], "", "--candidate-seeds: 'x' is not a seed list"),
-    # config: a raw component override must name a registered component (issue 8)
+    # config: a raw component override must name a registered component
     ([], "[profiles.x.model.actions]\nencoder = \"nope\"",
      "profiles.x.model.actions.encoder: 'nope' is not allowed; use one of: blind, meanpool_concat"),
     ([], "[variants.v]\noverrides = { \"actions.encoder\" = \"nope\" }",
@@ -315,15 +318,90 @@ HDF5_DATASET = '[datasets.mine]\nkind = "hdf5"\npath = "{{tmp}}/{file}"\n'
     (["show", "abc", "--results", "{tmp}/nowhere"], "", "results dir '{tmp}/nowhere' does not exist"),
     (["show", "abc", "--results", "{tmp}/truncated"], "", "store/runs/part-aaaa.parquet' is unreadable"),
     (["report", "--results", "{tmp}/empty_results"], "", "no recorded runs of meanpool_concat or"),
+    # issue 21, row 1: a plugin that exits or is interrupted at import is named (os._exit: test_a_plugin_...)
+    ([], "[plugins]\nmodules = [\"exit0_plugin\"]", "plugin 'exit0_plugin' ({tmp}/exit0_plugin.py:2) failed to import: "
+                                                   "SystemExit: 0"),
+    ([], "[plugins]\nmodules = [\"exit1_plugin\"]", "plugin 'exit1_plugin' ({tmp}/exit1_plugin.py:2) failed to import: "
+                                                   "SystemExit: 1"),
+    ([], "[plugins]\nmodules = [\"interrupt_plugin\"]", "plugin 'interrupt_plugin' ({tmp}/interrupt_plugin.py:1) failed "
+                                                       "to import: KeyboardInterrupt"),
+    # row 2 and 13: names that cannot be a file name or one line of text
+    (["--dataset", "../../../escaped_dataset"], '[datasets."../../../escaped_dataset"]\ngame = "sprite_world"',
+     "datasets: the name '../../../escaped_dataset' cannot be used"),
+    ([], f'[variants."{"v" * 300}"]', "variants: the name 'vvvvvvvvvv"),
+    ([], '[variants."a\\u0000b"]', "variants: the name 'a\\x00b' cannot be used"),
+    ([], '[profiles."a\\nb"]', "profiles: the name 'a\\nb' cannot be used"),
+    ([], '[variants."a\\nb"]', "variants: the name 'a\\nb' cannot be used"),
+    # row 3: a candidate that is the baseline on the same seeds compares nothing
+    (["gate", "--baseline", "meanpool_concat", "--candidate", "meanpool_concat"], "",
+     "the candidate 'meanpool_concat' is the baseline, on the same seeds"),
+    ([], '[comparison]\ncandidates = ["meanpool_concat"]', "comparison.candidates: 'meanpool_concat' is the baseline"),
+    # row 4: a steps_to_target rule the statistics cannot use
+    ([], '[kpis."dynamics.steps_to_target"]\nblocking = true\ntarget_epsilon = nan',
+     "kpis.dynamics.steps_to_target.target_epsilon: must be a finite number >= 0, got nan"),
+    ([], '[kpis."dynamics.steps_to_target"]\ntarget_epsilon = -3.0', "target_epsilon: must be a finite number >= 0"),
+    ([], '[kpis."dynamics.steps_to_target"]\ntarget = -1.0', "kpis.dynamics.steps_to_target.target: must be"),
+    # row 5: dataset values, before anything runs
+    (["--profile", "x"], "[profiles.x]\ndata = { episodes = 0 }", "profiles.x.data.episodes: must be >= 1, got 0"),
+    (["--profile", "x"], '[profiles.x]\ndata = { episodes = "many" }', "profiles.x.data.episodes: expected an integer"),
+    (["--profile", "x"], "[profiles.x]\ndata = { episode_len = 3 }",
+     "datasets.sprite_world on profiles.x: every train episode is shorter than one window of 4 frames"),
+    (["--dataset", "mine"], "[datasets.mine]\nval_fraction = 1.5",
+     "datasets.mine on profiles.default: val_fraction must be in [0, 1), got 1.5"),
+    (["--dataset", "mine"], "[datasets.mine]\nseed = -1", "datasets.mine on profiles.default: game 'sprite_world': seed"),
+    # row 6: what the rollouts need, before the stages train
+    (["--profile", "x"], "[profiles.x.model]\nrollout = { clips = 4, horizon = 40 }",
+     "datasets.sprite_world on profiles.x: rollout clips of 43 frames do not fit"),
+    ([], "[profiles.x.model.dynamics]\ntemperature = nan", "dynamics.temperature nan must be a finite number >= 0"),
+    (["--profile", "s16", "--dataset", "mine"],
+     "[profiles.s16.model]\nframe_size = 16\n" + HDF5_DATASET.format(file="short_val.h5"),
+     "rollout clips of 11 frames do not fit"),
+    # row 7: HDF5 frames that cannot be read
+    (["--dataset", "mine"], HDF5_DATASET.format(file="empty_frames.h5"), "'frames' has shape [40, 0, 0, 3]"),
+    (["--dataset", "mine"], HDF5_DATASET.format(file="huge_sparse.h5"), "more than this machine's"),
+    # row 8: report destinations, checked before training
+    (["gate", "--out", "{tmp}/a_file/report"], "", "--out '{tmp}/a_file/report' lies under '{tmp}/a_file', which is a file"),
+    (["gate", "--out", "/proc/worldbench_report"], "", "--out '/proc/worldbench_report' cannot be created"),
+    (["gate", "--out", "{tmp}/a_file"], "", "--out '{tmp}/a_file' is a file"),
+    (["gate", "--out", "{tmp}/r/store/kpis"], "", "is inside the store"),
+    (["env:GITHUB_STEP_SUMMARY={tmp}/missing_dir/summary.md", "gate"], "",
+     "GITHUB_STEP_SUMMARY '{tmp}/missing_dir/summary.md' is in a folder that does not exist"),
+    # row 9: the gate writes nothing before refusing
+    (["gate", "--dataset", "mine"], HDF5_DATASET.format(file="not_hdf5.h5"), "is not an HDF5 file"),
+    (["gate", "--baseline-ref", "no_such_ref_wb"], "", "--baseline-ref: 'no_such_ref_wb' does not name a commit"),
+    (["--executor", "ray", "--ray-address", "auto"], "", "cannot start or reach Ray at 'auto'"),
+    # row 10: an empty name is given, not the default
+    (["--profile", ""], "", "unknown profile ''"),
+    (["--dataset", ""], "", "unknown dataset ''"),
+    (["--variants", ""], "", "unknown variant ''"),
+    (["gate", "--candidate", ""], "", "unknown variant ''"),
+    # row 11: the kernel backend
+    (["env:WORLDBENCH_ATTENTION=bogus"], "", "WORLDBENCH_ATTENTION='bogus' is not a known backend"),
+    # row 12: the seed limits hold in bench.toml too
+    (["--profile", "x"], "[profiles.x]\nseeds = [5000000000]", "profiles.x.seeds: asks for 1 seeds up to 5000000000"),
+    (["--profile", "x"], f"[profiles.x]\nseeds = {list(range(20_001))}", "asks for 20,001 seeds"),
+    ([], "[comparison]\nseeds = [4294967296]", "comparison.seeds: asks for 1 seeds up to 4294967296"),
+    # row 15: arms that share some seeds would have their other runs dropped
+    (["gate", "--seeds", "0-4", "--candidate-seeds", "0,1,7,8,9"], "",
+     "the arms share only some seeds (--seeds 0-4, --candidate-seeds 0,1,7-9)"),
+    # row 16 and the smaller ones
+    (["gate", "--seeds", "0-2", "--candidate-seeds", "10-14", "--sequential"], "", "--sequential needs arms of equal size"),
+    (["gate", "--max-seeds", "8"], "", "--max-seeds 8 is read only with --sequential"),
+    (["--variants", "v"], '[variants.v]\noverrides = { "tokenizer.steps" = -5 }',
+     "variants.v on profiles.default: tokenizer.steps -5 must be >= 1"),
+    ([], '[kpis."rollout.ar_mse"]\ntarget = 1.0', "kpis.rollout.ar_mse.target: unknown key"),
 ])
 def test_bad_input_gets_one_line_and_exit_2(tmp_path, capsys, monkeypatch, args, toml, expected):
-    """Exit 2, exactly one line on stderr, no traceback, and nothing written anywhere."""
+    """Exit 2, exactly one line on stderr (the raw output: no leading blank line), no traceback, and nothing
+    written anywhere. An argument "env:NAME=VALUE" sets an environment variable instead."""
     bad_input_files(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(sys, "dont_write_bytecode", True)  # importing a plugin must not count as writing
+    for name, value in (arg[4:].replace("{tmp}", str(tmp_path)).split("=", 1) for arg in args if arg.startswith("env:")):
+        monkeypatch.setenv(name, value)
     suite = tmp_path / "bench.toml"
     suite.write_text(toml.replace("{tmp}", str(tmp_path)))
-    args = [arg.replace("{tmp}", str(tmp_path)) for arg in args]
+    args = [arg.replace("{tmp}", str(tmp_path)) for arg in args if not arg.startswith("env:")]
     command = args.pop(0) if args and args[0] in ("gate", "report", "show", "list") else "run"
     argv = [command, "--config", str(suite), *args]
     if command != "list" and "--results" not in args:
@@ -332,10 +410,10 @@ def test_bad_input_gets_one_line_and_exit_2(tmp_path, capsys, monkeypatch, args,
         argv += ["--profile", "default"]
     before = snapshot(tmp_path)
     code = main(argv)
-    err = capsys.readouterr().err.strip()
+    err = capsys.readouterr().err
     assert code == 2, err
-    assert expected.replace("{tmp}", str(tmp_path)) in " ".join(err.split()), err
-    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error: ") and err.count("\n") == 1 and err.endswith("\n"), repr(err)
+    assert expected.replace("{tmp}", str(tmp_path)) in err, err
     assert "Traceback" not in err
     assert snapshot(tmp_path) == before, "a bad input wrote files"
 
@@ -351,12 +429,22 @@ def bad_input_files(folder: Path) -> None:
     (folder / "syntax_error_plugin.py").write_text("from variants import register\ndef broken(:\n")
     (folder / "raising_plugin.py").write_text("import os\n\nraise RuntimeError('plugin exploded')\n")
     (folder / "missing_dependency_plugin.py").write_text("import no_such_package_wb\n")
+    (folder / "exit0_plugin.py").write_text("import sys\nsys.exit(0)\n")
+    (folder / "exit1_plugin.py").write_text("import sys\nsys.exit(1)\n")
+    (folder / "interrupt_plugin.py").write_text("raise KeyboardInterrupt\n")
     for name, frames in (("nonsquare.h5", np.zeros((40, 16, 24, 3), np.uint8)),
                          ("float_frames.h5", np.zeros((40, 16, 16, 3), np.float32))):
         with h5py.File(folder / name, "w") as f:
             f["frames"] = frames
     with h5py.File(folder / "no_frames.h5", "w") as f:
         f["video"] = np.zeros((4, 16, 16, 3), np.uint8)
+    with h5py.File(folder / "empty_frames.h5", "w") as f:
+        f["frames"] = np.zeros((40, 0, 0, 3), np.uint8)
+    with h5py.File(folder / "huge_sparse.h5", "w") as f:  # declares 10M frames of 256x256 in a few KB
+        f.create_dataset("frames", shape=(10_000_000, 256, 256, 3), dtype=np.uint8, chunks=(1, 256, 256, 3))
+    with h5py.File(folder / "short_val.h5", "w") as f:  # the val episode holds a window, not a rollout clip
+        f["frames"] = np.zeros((40, 16, 16, 3), np.uint8)
+        f["episode_starts"] = np.array([0, 30])
     (folder / "not_hdf5.h5").write_text("not hdf5")
     (folder / "a_file").write_text("")
     (folder / "foreign").mkdir()
@@ -370,20 +458,27 @@ def bad_input_files(folder: Path) -> None:
 
 
 def test_an_unexpected_exception_is_exit_4_with_one_line_and_a_log(tmp_path, capsys, monkeypatch):
-    """A bug is never reported as exit 1 (the gate's FAIL) nor as a traceback on the terminal."""
+    """A bug is never reported as exit 1 (the gate's FAIL) nor as a traceback on the terminal; its traceback is
+    kept under --results when that is a results dir already, and nowhere else (nothing written outside it)."""
     import harness.cli
 
     def explode(args):
         raise RuntimeError("something deep broke\nsecond line")
 
-    monkeypatch.setitem(harness.cli.COMMANDS, "list", explode)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    code = main(["list", "variants"])
-    err = capsys.readouterr().err.strip()
+    monkeypatch.setitem(harness.cli.COMMANDS, "show", explode)
+    Store(tmp_path / "results")
+    code = main(["show", "abc", "--results", str(tmp_path / "results")])
+    err = capsys.readouterr().err
     assert code == 4
-    assert len(err.splitlines()) == 1 and "RuntimeError: something deep broke" in err, err
-    log = next((tmp_path / "worldbench" / "logs").glob("crash-*.log"))
-    assert "Traceback" in log.read_text()
+    assert err.count("\n") == 1 and err.startswith("internal error: RuntimeError: something deep broke at "), err
+    log = next((tmp_path / "results" / "logs").glob("crash-*.log"))
+    assert "Traceback" in log.read_text() and str(log) in err
+
+    monkeypatch.setitem(harness.cli.COMMANDS, "list", explode)
+    before = snapshot(tmp_path)
+    assert main(["list", "variants"]) == 4
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "traceback:" not in err and snapshot(tmp_path) == before
 
 
 def test_a_users_hdf5_dataset_is_checked_before_any_run(tmp_path, capsys):

@@ -19,9 +19,9 @@ from harness.types import ArmProvenance, FloorNote, LookNote, TargetNote, Target
 from reports import MARKER, CompatResult, ReportInput, render_html, render_json, render_markdown, write_reports
 from reports.figures import curve_bands, horizon_columns, plan_figures, rollout_grid
 from reports.text import arm_description, fmt_estimate, md_escape, note_text
+from worldmodel.config import STAGES
 
 BASELINE, CANDIDATE = "meanpool_concat", "windowed_attention"
-STAGES = ("tokenizer", "actions", "dynamics")
 EVIL = "<script>alert(1)</script> **bold** | pipe [link](http://x) `code` @someone"
 CHROMIUM = Path("/usr/bin/chromium")
 

@@ -2,6 +2,7 @@
 and sequential looks that keep every earlier seed and never exceed --max-seeds."""
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -11,14 +12,15 @@ import pandas as pd
 import pytest
 
 from harness import gate
-from harness.bench import timing_paired
 from harness.cli import main
+from harness.driver import finished_runs, timing_paired
 from harness.gate import Selection, extend_seeds, look_sizes, rules_for
 from harness.kpis import KPIS
 from harness.matrix import plan_runs
-from harness.stats import alpha_spending
-from harness.types import Comparison
+from harness.sequential import alpha_spending
+from harness.store import Store
 from harness.suite import load_suite
+from tiny import record_fabricated, run_row
 
 SUITE = str(Path(__file__).resolve().parents[1] / "bench.toml")
 
@@ -60,23 +62,16 @@ def test_timing_kpis_block_only_when_both_arms_ran_in_one_interleaved_batch(suit
 
 
 def test_a_run_records_the_machine_load_and_its_batch(tmp_path, monkeypatch):
-    from harness import bench
+    from harness import driver
 
     recorded = []
-    monkeypatch.setattr(bench, "run_local", lambda specs, root, jobs, plugins, on_record, *rest: [
-        on_record(bench.RunRecord(run={**bench_run(spec), "load_avg_1m": os.getloadavg()[0]})) for spec in specs])
+    monkeypatch.setattr(driver, "run_local", lambda specs, root, jobs, plugins, on_record, *rest: [
+        on_record(driver.RunRecord(run={**run_row(spec), "load_avg_1m": os.getloadavg()[0]})) for spec in specs])
     suite = load_suite(SUITE)
     specs = plan_runs(suite, "smoke", "sprite_world", ["meanpool_concat", "windowed_attention"], [0])
-    runs = bench.execute(suite, specs, bench.Execution(tmp_path / "results"), on_recorded=recorded.append)
+    runs = driver.execute(suite, specs, driver.Execution(tmp_path / "results"), on_recorded=recorded.append)
     assert len(runs) == 2 and runs["load_avg_1m"].notna().all() and runs["load_avg_1m"].ge(0).all()
     assert runs["batch"].nunique() == 1 and runs["batch"].iloc[0]
-
-
-def bench_run(spec) -> dict:
-    return {"run_id": spec.run_id, "profile": spec.profile, "dataset": spec.dataset, "variant": spec.variant,
-            "seed": spec.seed, "status": "ok", "error": "", "failed_stage": "", "diverged_step": -1,
-            "config_json": "{}", "stage_ids_json": "{}", "torch_version": "", "device": "cpu", "precision": "fp32",
-            "cpu_model": "", "host": "", "executor": "local", "started_at": "t0", "finished_at": "t1"}
 
 
 def test_look_sizes_never_exceed_max_seeds():
@@ -99,28 +94,60 @@ def test_later_looks_keep_every_seed_of_earlier_looks(baseline, candidate):
         assert (b == c) if baseline == candidate else not set(b) & set(c)  # paired stays paired, unpaired apart
 
 
+def undecidable_kpis(seed: int) -> dict[str, float]:
+    """KPIs spread over four orders of magnitude by `seed % 5`, the same spread in both arms: neither arm is
+    worse, and no number of seeds a gate takes shows a 10% margin, so every look stays INCONCLUSIVE."""
+    spread = 10.0 ** (seed % 5 - 2)
+    return {name: spread for name in KPIS if not name.endswith("steps_to_target")}
+
+
 def test_sequential_gate_runs_looks_of_5_10_12_with_max_seeds_12(tmp_path, monkeypatch):
-    looks = []
+    """`bench gate --sequential` end to end, its training replaced by recorded runs (the only stand-in): each
+    look trains only its new seeds, keeps every earlier one, stops at --max-seeds, and spends alpha in total."""
+    trained, looks = [], []
 
-    def fake_build_report(suite, store, selection, alpha, reproduce):
+    def train(suite, specs, execution, quiet):  # as harness.driver.execute: skip what is recorded, record the rest
+        new = [spec for spec in specs if spec.run_id not in finished_runs(execution.results)]
+        trained.append([(spec.variant, spec.seed) for spec in new])
+        for spec in new:
+            record_fabricated(Store(execution.results), spec, undecidable_kpis(spec.seed))
+        return Store(execution.results).runs()
+
+    build = gate.build_report_input
+
+    def look(suite, store, selection, alpha, reproduce):  # the real report input, each look's seeds noted
         looks.append((list(selection.baseline_seeds), list(selection.candidate_seeds), alpha))
-        return SimpleNamespace(comparison=Comparison("INCONCLUSIVE", [], [], None, alpha), notes=[], title="t",
-                               runs=pd.DataFrame({"status": pd.Series([], dtype=str)}), descriptions={})
+        return build(suite, store, selection, alpha, reproduce)
 
-    monkeypatch.setattr("harness.cli.run_with_progress",
-                        lambda *args: pd.DataFrame({"status": pd.Series([], dtype=str)}))
-    monkeypatch.setattr(gate, "build_report_input", fake_build_report)
-    monkeypatch.setattr("harness.cli.write_report", lambda report, out, formats: {})
-    monkeypatch.setattr(gate, "describe_arms", lambda *args: None)
-    monkeypatch.setattr(gate, "require_complete", lambda *args: None)  # nothing is trained here
+    monkeypatch.setattr("harness.cli.run_with_progress", train)
+    monkeypatch.setattr(gate, "build_report_input", look)
+    results = tmp_path / "r"
     code = main(["gate", "--config", SUITE, "--profile", "smoke", "--baseline", "meanpool_concat",
                  "--candidate", "windowed_attention", "--seeds", "0-4", "--candidate-seeds", "10-14",
-                 "--sequential", "--max-seeds", "12", "--results", str(tmp_path / "r"), "--quiet"])
+                 "--sequential", "--max-seeds", "12", "--results", str(results), "--format", "json", "--quiet"])
     assert code == 3
-    assert [len(b) for b, _, _ in looks] == [5, 10, 12] and [len(c) for _, c, _ in looks] == [5, 10, 12]
+    assert [(len(b), len(c)) for b, c, _ in looks] == [(5, 5), (10, 10), (12, 12)]
     for (b1, c1, _), (b2, c2, _) in zip(looks, looks[1:]):
-        assert b2[:len(b1)] == b1 and c2[:len(c1)] == c1
+        assert b2[:len(b1)] == b1 and c2[:len(c1)] == c1  # a later look keeps every seed of the one before
+    assert [len(batch) for batch in trained] == [10, 10, 4]  # each look trains its new seeds only
+    assert not set(looks[-1][0]) & set(looks[-1][1])  # unpaired arms stay apart
     assert sum(alpha for *_, alpha in looks) == pytest.approx(load_suite(SUITE).comparison.alpha)
+    report = json.loads((results / "report" / "report.json").read_text())
+    assert report["verdict"] == "INCONCLUSIVE" and any("look 3 of 3: 12 seeds" in note for note in report["notes"])
+    runs = pd.read_parquet(results / "store" / "runs")
+    assert runs.groupby("variant")["seed"].count().to_dict() == {"meanpool_concat": 12, "windowed_attention": 12}
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--seeds", "0-2", "--candidate-seeds", "10-14", "--sequential", "--max-seeds", "6"],
+     "--sequential needs arms of equal size, but --seeds gives the baseline 3 and --candidate-seeds the candidate 5"),
+    (["--seeds", "0-4", "--max-seeds", "8"], "--max-seeds 8 is read only with --sequential"),
+])
+def test_a_sequential_cap_that_would_not_hold_for_both_arms_is_refused(tmp_path, capsys, args, expected):
+    code = main(["gate", "--config", SUITE, "--profile", "smoke", "--results", str(tmp_path / "r"), "--quiet", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and expected in " ".join(err.split()) and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "r").exists()
 
 
 def test_max_seeds_below_the_first_look_is_a_usage_error(tmp_path, capsys):

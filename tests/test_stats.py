@@ -1,4 +1,4 @@
-"""Tests for harness.stats: hand-checked numbers, then simulations (calibration, power, coverage)."""
+"""Tests for harness.stats, curves, power and sequential: hand-checked numbers, then simulations (calibration, power, coverage)."""
 
 from __future__ import annotations
 
@@ -14,18 +14,17 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 
+from harness.curves import smoothed_loss, steps_to_target
+from harness.power import detectable_effect_size, recommended_seeds, t_test_power
+from harness.sequential import alpha_spending
 from harness.stats import (
     LOG_SCALE_FLOOR,
     Comparison,
     KpiRule,
-    alpha_spending,
     compare,
     compare_kpi,
     floor_log_scale,
     holm_adjust,
-    recommended_seeds,
-    smoothed_loss,
-    steps_to_target,
 )
 from harness.kpis import final_loss
 from reports.text import comparison_reasons, kpi_reason  # the statistics return numbers; reports/ words them
@@ -482,6 +481,50 @@ def test_recommended_seeds_give_80_percent_power():
         not_passed += k.verdict not in ("improved", "non-inferior")
     assert caught / sims >= 0.80
     assert not_passed / sims >= 0.80
+
+
+def test_power_is_the_noncentral_t_that_statsmodels_computes():
+    """harness.power replaces statsmodels' TTestPower at runtime: the same numbers on a grid."""
+    for size in (0.2, 0.8, 1.4, 3.0):
+        for n in (2, 5, 10, 40):
+            assert t_test_power(size, n, 0.05) == pytest.approx(
+                TTestPower().power(effect_size=size, nobs=n, alpha=0.05, alternative="larger"), rel=1e-9)
+    assert detectable_effect_size(5, 0.05) == pytest.approx(
+        TTestPower().solve_power(nobs=5, alpha=0.05, power=0.8, alternative="larger"), rel=1e-6)
+
+
+def test_resolution_is_the_difference_80_percent_power_detects_at_these_seeds():
+    d = np.array([0.1, -0.1, 0.0, 0.05, -0.05])  # paired per-seed differences, sd 0.0790569
+    sd = math.sqrt(0.025 / 4)
+    size_at_5 = TTestPower().solve_power(nobs=5, alpha=0.05, power=0.8, alternative="larger")  # 1.3594
+    wide = compare_kpi(KpiRule("x", "lower", "linear", 0.2), by_seed(np.ones(5)), by_seed(1 + d))
+    assert wide.resolution.seeds == 5 and wide.resolution.spread == pytest.approx(sd)
+    assert wide.resolution.detectable == pytest.approx(size_at_5 * sd, rel=1e-6)  # 0.10747
+    assert wide.resolution.settles and wide.resolution.seeds_needed == 3  # 0.2 / sd = 2.53 sds: 3 seeds
+    assert TTestPower().power(0.2 / sd, 3, 0.05, alternative="larger") >= 0.8 > \
+        TTestPower().power(0.2 / sd, 2, 0.05, alternative="larger")
+    narrow = compare_kpi(KpiRule("x", "lower", "linear", 0.05), by_seed(np.ones(5)), by_seed(1 + d))
+    assert not narrow.resolution.settles
+    needed = narrow.resolution.seeds_needed  # 0.05 / sd = 0.632 sds
+    assert TTestPower().power(0.05 / sd, needed, 0.05, alternative="larger") >= 0.8 > \
+        TTestPower().power(0.05 / sd, needed - 1, 0.05, alternative="larger")
+    # identical arms resolve everything; censored KPIs (rank tests) have no t resolution
+    same = compare_kpi(KpiRule("x", "lower", "linear", 0.05), by_seed(np.ones(5)), by_seed(np.ones(5)))
+    assert same.resolution.detectable == 0 and same.resolution.settles
+    censored = compare_kpi(KpiRule("s", "lower", "log", 0.1), by_seed([10, 20, 30]), by_seed([10, 20, math.inf]),
+                           censored=True)
+    assert censored.resolution is None
+
+
+def test_partial_seed_overlap_is_tested_unpaired_over_every_run():
+    """Pairing the two shared seeds would drop six recorded runs and PASS a candidate that is +0.54 worse."""
+    rule = KpiRule("x", "lower", "linear", 0.1)
+    result = compare([rule], {"x": {0: 1.0, 1: 1.1, 2: 0.9, 3: 1.05, 4: 1.2}},
+                     {"x": {0: 0.95, 1: 1.0, 7: 2.0, 8: 2.0, 9: 2.0}})
+    k = result.kpis[0]
+    assert not k.test.paired and k.test.method.startswith("Welch") and k.baseline.n == k.candidate.n == 5
+    assert k.effect.estimate == pytest.approx(1.59 - 1.05) and k.effect.prob_improvement == pytest.approx(0.30)
+    assert result.verdict != "PASS"
 
 
 def test_ci_has_the_coverage_of_its_label():

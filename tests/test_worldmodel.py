@@ -221,7 +221,7 @@ def test_action_response_is_zero_exactly_when_the_dynamics_ignores_its_actions(w
     responses = {}
     for blind in (False, True):
         torch.manual_seed(0)  # the same weights: only the blindness differs
-        config.dynamics.action_blind = blind
+        config.dynamics.action_input = "blind" if blind else "latent_actions"
         tokenizer, lam, dynamics = VideoTokenizer(config), LatentActionModel(config), Dynamics(config)
         for norm in dynamics.modules():  # untrained FiLM starts near 0: give the actions a visible effect
             if hasattr(norm, "to_scale_shift"):

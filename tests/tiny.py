@@ -1,7 +1,7 @@
 """Small model configs shared by the tests: every stage one block of width 16, a few steps."""
 from __future__ import annotations
 
-from worldmodel.config import WorldModelConfig
+from worldmodel.config import STAGES, WorldModelConfig
 
 
 def tiny_config(steps: int = 8, log_every: int = 2, checkpoint_every: int = 4, maskgit_steps: int = 2,
@@ -9,7 +9,7 @@ def tiny_config(steps: int = 8, log_every: int = 2, checkpoint_every: int = 4, m
     """A 16x16 three-stage config that trains in a blink; `stage_overrides` apply to every stage."""
     config = WorldModelConfig(frame_size=16)
     config.rollout.clips, config.rollout.horizon = 2, 4
-    for name in ("tokenizer", "actions", "dynamics"):
+    for name in STAGES:
         stage = config.stage(name)
         stage.embed_dim, stage.heads, stage.hidden, stage.blocks = 16, 4, 32, 1
         stage.steps, stage.batch_size, stage.log_every, stage.eval_batches = steps, 4, log_every, 1
@@ -36,3 +36,23 @@ tokenizer = {{ {stage}, steps = {tokenizer_steps} }}
 actions = {{ {stage}, steps = {actions_steps} }}
 dynamics = {{ {stage}, steps = {dynamics_steps}, maskgit_steps = 2 }}
 """
+
+
+def run_row(spec, status: str = "ok") -> dict:
+    """A runs-table row for `spec` as the driver records it, with placeholder provenance."""
+    return {"run_id": spec.run_id, "profile": spec.profile, "dataset": spec.dataset, "variant": spec.variant,
+            "seed": spec.seed, "status": status, "error": "" if status == "ok" else "boom", "failed_stage": "",
+            "diverged_step": -1, "git_commit": "abc", "git_dirty": False, "code_hash": "x", "config_json": "{}",
+            "stage_ids_json": "{}", "torch_version": "", "device": "cpu", "precision": "fp32", "cpu_model": "cpu",
+            "host": "h", "executor": "local", "started_at": "t0", "finished_at": "t1"}
+
+
+def record_fabricated(store, spec, kpis: dict[str, float], status: str = "ok", loss_scale: float = 1.0) -> None:
+    """Record `spec` as a finished run without training it: its KPI rows, loss curves 1/step x loss_scale over
+    ten steps for every stage (ok runs only), and its runs row last, as the driver records."""
+    if status == "ok":
+        store.append("kpis", [{"run_id": spec.run_id, "kpi": k, "value": v} for k, v in kpis.items()], spec.run_id)
+        store.append("curves", [{"run_id": spec.run_id, "stage": stage, "step": step, "metric": "loss",
+                                 "value": loss_scale / step} for stage in STAGES for step in range(1, 11)],
+                     spec.run_id)
+    store.append("runs", [run_row(spec, status)], spec.run_id)

@@ -23,3 +23,14 @@ class Blind(nn.Module):
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         B, T = frames.shape[:2]
         return self.action.expand(B, T - 1, -1)  # [B, T-1, A]
+
+
+@register("action_input", "blind")
+class BlindActions(nn.Module):
+    """Planted fault: the dynamics conditions on zeros instead of the latent actions."""
+
+    def __init__(self, config: WorldModelConfig):
+        super().__init__()
+
+    def forward(self, actions: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(actions)  # [B, T-1, A]

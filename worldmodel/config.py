@@ -39,6 +39,14 @@ class StageConfig:
     # cosine to lr / 10 at the last step, which settles a short budget's last steps instead of leaving
     # them at full step size.
     lr_decay: str = field(default="none", metadata={OPT_IN: True})
+    # ema: evaluate (and hand downstream) an exponential moving average of the weights with this decay
+    # instead of the last iterate, whose position in the last steps' noise is what differs most between
+    # seeds and between machines. 0 = off (the anchor).
+    ema: float = field(default=0.0, metadata={OPT_IN: True})
+    # init_noise: multiply every initial weight by (1 + init_noise * N(0, 1)), drawn from a generator of
+    # its own: the same model and data with different float rounding, as a harmless refactor or another
+    # CPU gives (bench validate's null row). 0 = off.
+    init_noise: float = field(default=0.0, metadata={OPT_IN: True})
 
 
 @dataclass
@@ -53,8 +61,8 @@ class ActionsConfig(StageConfig):
     encoder: str = "meanpool_concat"  # a registered `lam_encoder` variant
     variance_floor: float = 0.01  # the latent-variance hinge that keeps actions from collapsing
     variance_weight: float = 100.0
-    # Remedies for latent-action collapse (DESIGN "KPIs"; README "Controllability"). The defaults are
-    # the anchor's recipe; both are opt-in, so baseline ids and checkpoints stay as they were.
+    # Remedies for latent-action collapse (README "Controllability"). The defaults are
+    # the anchor's recipe; all are opt-in, so a config that leaves them off has the anchor's ids and checkpoints.
     # decoder_context: what the LAM decoder sees of the input frames. "first": frame 0 only, the rest
     # masked (the anchor); "all": frames 0..t, causally, as in Genie, so the action only has to explain
     # what the past cannot.
@@ -84,9 +92,10 @@ class DynamicsConfig(StageConfig):
     # random frame left visible per patch (the anchor); "last": only the last frame, so the model trains
     # as a rollout uses it, predicting a frame from whole context frames and the action into it.
     masked_frames: str = field(default="all", metadata={OPT_IN: True})
-    # Planted fault (bench validate): zero the actions before conditioning, in training and inference.
-    # Opt-in: left out of the stage config JSON while off, so normal runs keep their ids and checkpoints.
-    action_blind: bool = field(default=False, metadata={OPT_IN: True})
+    # action_input: a registered `action_input` component, what the dynamics makes of the latent actions
+    # before conditioning on them ("latent_actions": as inferred; bench validate's planted fault "blind"
+    # zeroes them). Opt-in, so the default stays out of the stage ids and checkpoints.
+    action_input: str = field(default="latent_actions", metadata={OPT_IN: True})
 
 
 @dataclass
@@ -161,6 +170,9 @@ class WorldModelConfig:
             raise WorldbenchError("bins must be >= 2 and latent_dim >= 1")
         if self.dynamics.maskgit_steps < 1:
             raise WorldbenchError(f"dynamics.maskgit_steps {self.dynamics.maskgit_steps} must be >= 1")
+        if not (math.isfinite(self.dynamics.temperature) and self.dynamics.temperature >= 0):
+            raise WorldbenchError(f"dynamics.temperature {self.dynamics.temperature} must be a finite number >= 0 "
+                                  f"(0 = argmax)")
         if not 1 <= self.rollout.delta_psnr_step <= self.rollout.horizon or self.rollout.clips < 1:
             raise WorldbenchError(
                 f"rollout.delta_psnr_step {self.rollout.delta_psnr_step} must lie within rollout.horizon "
@@ -195,6 +207,10 @@ class WorldModelConfig:
                     f"{name}.embed_dim {stage.embed_dim} is not divisible by {name}.heads {stage.heads}; "
                     f"change one so heads divides embed_dim"
                 )
+            if not (math.isfinite(stage.ema) and 0 <= stage.ema < 1):
+                raise WorldbenchError(f"{name}.ema {stage.ema} must be in [0, 1) (0 turns it off; 0.99 is typical)")
+            if not (math.isfinite(stage.init_noise) and 0 <= stage.init_noise <= 0.1):
+                raise WorldbenchError(f"{name}.init_noise {stage.init_noise} must be in [0, 0.1] (0 turns it off)")
             if stage.lr_decay not in ("none", "cosine"):
                 raise WorldbenchError(f"{name}.lr_decay {stage.lr_decay!r} is not one of: 'none', 'cosine'")
             if stage.rotary and (stage.embed_dim // stage.heads) % 4:

@@ -10,8 +10,20 @@ from torch import nn
 from worldmodel.config import WorldModelConfig
 from worldmodel.fsq import FSQ
 from worldmodel.layers import STTransformer, spatial_code
+from worldmodel.registry import lookup, register
 
 SCHEDULE_SHARPNESS = 5.0  # k in N * expm1(k s / steps) / expm1(k)
+
+
+@register("action_input", "latent_actions")
+class LatentActions(nn.Module):
+    """The latent actions as the LAM inferred them (the anchor's dynamics)."""
+
+    def __init__(self, config: WorldModelConfig):
+        super().__init__()
+
+    def forward(self, actions: torch.Tensor) -> torch.Tensor:
+        return actions  # [B, T-1, A]
 
 
 class Dynamics(nn.Module):
@@ -20,7 +32,7 @@ class Dynamics(nn.Module):
         stage = config.dynamics
         E, L = stage.embed_dim, config.latent_dim
         self.fsq = FSQ(L, config.bins)
-        self.action_blind = stage.action_blind  # planted fault: condition on zeros instead of the actions
+        self.action_input = lookup("action_input", stage.action_input)(config)  # no parameters: ids unchanged
         self.masked_frames = stage.masked_frames
         self.mask_latent = nn.Parameter(torch.zeros(L))
         self.from_latent = nn.Linear(L, E)
@@ -33,8 +45,7 @@ class Dynamics(nn.Module):
         # latents [B, T, P, L], actions [B, T-1, A], mask [B, T, P] bool -> [B, T, P, E]
         visible = torch.where(mask.unsqueeze(-1), self.mask_latent, latents)
         tokens = self.from_latent(visible) + self.spatial_code
-        if self.action_blind:
-            actions = torch.zeros_like(actions)  # [B, T-1, A]
+        actions = self.action_input(actions)  # [B, T-1, A]
         # Left-pad with a zero action so action t-1 conditions frame t.
         cond = F.pad(actions, (0, 0, 1, 0))  # [B, T, A]
         return self.transformer(tokens, cond)
@@ -47,7 +58,7 @@ class Dynamics(nn.Module):
         frames "all" (the anchor): every frame is masked so, and one random step per (b, p) is kept
         visible. "last": only the last frame is, and the frames before it stay whole, as the context
         does when a rollout predicts the next frame.
-        Drawn on `device` from that device's global RNG (on the CPU: the same numbers as ever).
+        Drawn on `device` from that device's global RNG (seeded per stage), so a mask follows from the seed.
         """
         ratio = 0.5 + 0.5 * torch.rand((), device=device)
         if frames == "last":

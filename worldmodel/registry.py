@@ -1,11 +1,12 @@
 """The component registry: `@register(slot, name)` makes a component choosable from bench.toml.
 
-A slot is a swappable part of the model (`lam_encoder` today; `ffn`, `norm`, `mask_schedule`,
-`optimizer` can join). Components are looked up by name; unknown names fail with the list.
+A slot is a swappable part of the model (`lam_encoder` and `action_input` today; `ffn`, `norm`,
+`mask_schedule`, `optimizer` can join). Components are looked up by name; unknown names fail with the list.
 
-It lives at the bottom of the stack because the LAM looks its encoder up here. A component is
+It lives at the bottom of the stack because the model looks its components up here. A component is
 known once the module that registers it has been imported: the anchor's `meanpool_concat` with
-worldmodel/lam.py, the other built-in ones with the `variants` package, a user's with its plugin.
+worldmodel/lam.py and its `latent_actions` with worldmodel/dynamics.py, the other built-in ones with
+the `variants` package, a user's with its plugin.
 """
 from __future__ import annotations
 

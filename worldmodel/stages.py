@@ -47,7 +47,7 @@ def stage_config_json(config: WorldModelConfig, stage: str) -> str:
     """What a stage's weights depend on: the shared shapes plus that stage's own section."""
     values = {k: v for k, v in asdict(config).items() if k not in (*STAGES, "rollout")}
     section = config.stage(stage)
-    # Opt-in switches appear only when on: adding one leaves every existing id and checkpoint as it was.
+    # Opt-in switches appear only when on, so a new switch changes no id or checkpoint of a config without it.
     values.update({f"{stage}.{f.name}": getattr(section, f.name) for f in fields(section)
                    if not (f.metadata.get(OPT_IN) and getattr(section, f.name) == f.default)})
     return json.dumps(values, sort_keys=True)
@@ -68,7 +68,8 @@ def config_from_stage_json(stage: str, text: str) -> WorldModelConfig:
 
 
 def check_data_matches(config: WorldModelConfig, windows: VideoWindows) -> None:
-    """The bug that silently broke the motivating PR: data frames of another size than the model's."""
+    """Refuse data frames of another size than the model's: resized silently, they would train a model on
+    pictures it was not built for and every KPI would still look plausible."""
     if windows.frame_size != config.frame_size:
         raise WorldbenchError(
             f"dataset frames are {windows.frame_size}x{windows.frame_size} but the model's frame_size is "

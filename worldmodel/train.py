@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
 import resource
 import time
@@ -28,6 +27,7 @@ from torch import nn
 
 from worldmodel.config import StageConfig
 from worldmodel.errors import WorldbenchError
+from worldmodel.files import write_atomic
 
 CHECKPOINT_FORMAT = "worldbench-checkpoint-1"
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -120,11 +120,9 @@ def to_cpu(value):
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
-    """Write to a temporary file and rename, so a kill never leaves a half-written checkpoint."""
+    """Write atomically, so a kill never leaves a half-written checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(to_cpu(payload), tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: torch.save(to_cpu(payload), tmp))
 
 
 def load_checkpoint(path: Path, stage: str, config_json: str) -> dict:
@@ -163,8 +161,8 @@ def load_weights(model: nn.Module, path: Path, stage: str, config_json: str) -> 
 # ----------------------------------------------------------------------------- training loop
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    # foreach: one multi-tensor update instead of a loop over ~100 small tensors, bit-identical to it
-    # (PyTorch picks it by itself only on CUDA); on the CPU the loop was a quarter of a LAM step.
+    # foreach: one multi-tensor update, bit-identical to a loop over the ~100 small tensors, which on the CPU
+    # (where PyTorch does not pick it by itself) costs a large share of a step at these model sizes.
     return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, foreach=True)
 
 
@@ -174,6 +172,38 @@ def update(model: nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tenso
     loss.backward()
     nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=True)
     optimizer.step()
+
+
+INIT_NOISE_STREAM = 0x1A17  # init_noise draws from its own generator: (this << 32) | the stage seed
+
+
+def perturb_initial_weights(model: nn.Module, scale: float, seed: int) -> None:
+    """Multiply every weight by (1 + scale * N(0, 1)): the same model with different float rounding."""
+    generator = torch.Generator().manual_seed(INIT_NOISE_STREAM << 32 | seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            noise = torch.randn(parameter.shape, generator=generator, dtype=torch.float64)
+            parameter.mul_((1 + scale * noise).to(parameter.dtype).to(parameter.device))
+
+
+class WeightAverage:
+    """An exponential moving average of a model's floating-point weights and buffers (state_dict entries).
+
+    The decay ramps up as min(decay, (1 + step) / (10 + step)), so the first steps' weights do not linger.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.tensors = {name: value.detach().clone() for name, value in model.state_dict().items()
+                        if value.is_floating_point()}
+
+    def update(self, model: nn.Module, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        live = model.state_dict()
+        torch._foreach_lerp_(list(self.tensors.values()), [live[name].detach() for name in self.tensors], 1 - decay)
+
+    def copy_to(self, model: nn.Module) -> None:
+        model.load_state_dict({**model.state_dict(), **self.tensors}, strict=True)
 
 
 def learning_rate(config: StageConfig, step: int) -> float:
@@ -221,9 +251,11 @@ class LogInterval:
 
 
 def restore(payload: dict, model: nn.Module, optimizer: torch.optim.Optimizer, sampler: torch.Generator,
-            result: TrainResult, device: torch.device) -> int:
+            result: TrainResult, device: torch.device, average: WeightAverage | None = None) -> int:
     """Put a checkpoint's weights, optimiser, RNG states and curve back; returns its step."""
     model.load_state_dict(payload["model"], strict=True)
+    if average is not None and not payload["finished"]:
+        average.tensors = {name: value.to(device) for name, value in payload["ema"].items()}
     optimizer.load_state_dict(payload["optimizer"])
     torch.set_rng_state(payload["rng_torch"])
     if device.type == "cuda" and "rng_cuda" in payload:
@@ -238,14 +270,20 @@ def restore(payload: dict, model: nn.Module, optimizer: torch.optim.Optimizer, s
 
 def snapshot(stage: str, config_json: str, step: int, finished: bool, model: nn.Module,
              optimizer: torch.optim.Optimizer, sampler: torch.Generator, result: TrainResult,
-             device: torch.device) -> dict:
-    """Everything a resumed run needs to continue bit for bit."""
+             device: torch.device, average: WeightAverage | None = None) -> dict:
+    """Everything a resumed run needs to continue bit for bit.
+
+    With a weight average, a finished checkpoint's model is the average (what evaluation and the
+    downstream stages use); an unfinished one keeps the live weights and the average beside them.
+    """
     payload = {
         "format": CHECKPOINT_FORMAT, "stage": stage, "config": config_json, "step": step,
         "finished": finished, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "rng_torch": torch.get_rng_state(), "rng_sampler": sampler.get_state(),
         "curve": json.dumps(result.curve), "wall_s": result.wall_s, "peak_rss_mb": peak_rss_mb(),
     }
+    if average is not None and not finished:
+        payload["ema"] = average.tensors
     if device.type == "cuda":
         payload["rng_cuda"] = torch.cuda.get_rng_state(device)
     return payload
@@ -268,13 +306,16 @@ def train_stage(
     """
     device = placement.torch_device
     placement.apply()
+    if config.init_noise:
+        perturb_initial_weights(model, config.init_noise, seed)
     model.to(device)
     optimizer = make_optimizer(model, config.lr, config.weight_decay)
     sampler = torch.Generator().manual_seed(seed)
+    average = WeightAverage(model, config.ema) if config.ema else None
     result, step = TrainResult(), 0
     if checkpoint_path.exists():
         payload = load_checkpoint(checkpoint_path, stage, config_json)
-        step = restore(payload, model, optimizer, sampler, result, device)
+        step = restore(payload, model, optimizer, sampler, result, device, average)
         if payload["finished"]:
             return result
 
@@ -288,7 +329,11 @@ def train_stage(
             loss, extras = model.loss(*batch)
         interval.add(step + 1, loss, extras)
         update(model, optimizer, loss, config.grad_clip)
+        if average is not None:
+            average.update(model, step)
         step += 1
+        if step == config.steps and average is not None:
+            average.copy_to(model)
         if step % config.log_every == 0 or step == config.steps:
             row, elapsed = interval.close(stage, step, result.curve[-1]["step"] if result.curve else 0)
             result.curve.append(row)
@@ -297,7 +342,7 @@ def train_stage(
                 progress(step, config.steps, row["loss"])
             if step % config.checkpoint_every == 0 or step == config.steps:
                 save_checkpoint(checkpoint_path, snapshot(stage, config_json, step, step == config.steps, model,
-                                                          optimizer, sampler, result, device))
+                                                          optimizer, sampler, result, device, average))
             interval = LogInterval(device)
     result.peak_rss_mb = peak_rss_mb()
     return result

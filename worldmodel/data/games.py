@@ -391,6 +391,22 @@ def check_game_options(game: str, options: dict) -> None:
     spec.check_options(**{**defaults, **options})
 
 
+def check_generation(game: str, n_episodes: int, episode_len: int, frame_size: int, seed: int,
+                     repeat_prob: float, options: dict | None = None) -> None:
+    """One clear line for any argument `generate` cannot use (checked before generating anything)."""
+    check_game_options(game, dict(options or {}))
+    if n_episodes < 1 or episode_len < 1:
+        raise WorldbenchError(
+            f"game {game!r}: n_episodes and episode_len must be >= 1, got {n_episodes} and {episode_len}"
+        )
+    if frame_size < MIN_FRAME_SIZE:
+        raise WorldbenchError(f"game {game!r}: frame_size must be >= {MIN_FRAME_SIZE}, got {frame_size}")
+    if seed < 0:
+        raise WorldbenchError(f"game {game!r}: seed must be a non-negative integer, got {seed}")
+    if not 0.0 <= repeat_prob <= 1.0:
+        raise WorldbenchError(f"game {game!r}: repeat_prob must be in [0, 1], got {repeat_prob}")
+
+
 def generate(
     game: str,
     n_episodes: int,
@@ -407,17 +423,7 @@ def generate(
     """
     spec = get_game(game)
     options = dict(options or {})
-    check_game_options(game, options)
-    if n_episodes < 1 or episode_len < 1:
-        raise WorldbenchError(
-            f"game {game!r}: n_episodes and episode_len must be >= 1, got {n_episodes} and {episode_len}"
-        )
-    if frame_size < MIN_FRAME_SIZE:
-        raise WorldbenchError(f"game {game!r}: frame_size must be >= {MIN_FRAME_SIZE}, got {frame_size}")
-    if seed < 0:
-        raise WorldbenchError(f"game {game!r}: seed must be a non-negative integer, got {seed}")
-    if not 0.0 <= repeat_prob <= 1.0:
-        raise WorldbenchError(f"game {game!r}: repeat_prob must be in [0, 1], got {repeat_prob}")
+    check_generation(game, n_episodes, episode_len, frame_size, seed, repeat_prob, options)
 
     all_frames, all_actions = [], []
     for episode in range(n_episodes):

@@ -10,7 +10,6 @@ File format (one HDF5 file per dataset):
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from worldmodel.errors import WorldbenchError
+from worldmodel.files import write_atomic
 
 
 @dataclass
@@ -58,14 +58,30 @@ def check_frames_layout(dtype: np.dtype, shape: tuple[int, ...], where: str) -> 
         raise WorldbenchError(
             f"{where}: 'frames' has dtype {dtype}, must be uint8; store RGB frames as 0..255 uint8"
         )
-    if len(shape) != 4 or shape[-1] != 3:
+    if len(shape) != 4 or shape[-1] != 3 or min(shape[1:3]) < 1:
         raise WorldbenchError(
-            f"{where}: 'frames' has shape {list(shape)}, must be [N, H, W, 3]; store RGB frames channels-last"
+            f"{where}: 'frames' has shape {list(shape)}, must be [N, H, W, 3] with H, W >= 1; "
+            "store RGB frames channels-last"
         )
     if shape[1] != shape[2]:  # resizing would distort them silently
         raise WorldbenchError(
             f"{where}: frames are {shape[1]}x{shape[2]} (height x width), the model needs square frames; "
             f"crop or pad them to {min(shape[1:3])}x{min(shape[1:3])} or {max(shape[1:3])}x{max(shape[1:3])}"
+        )
+
+
+def check_fits_in_memory(shape: tuple[int, ...], where: str) -> None:
+    """A file's frames are read whole: refuse, before reading, more than this machine's memory holds (a sparse
+    file can declare terabytes in a few kilobytes)."""
+    needed = int(np.prod(shape, dtype=np.float64))  # uint8: one byte per value
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):  # not Linux: let the read itself fail
+        return
+    if needed > memory:
+        raise WorldbenchError(
+            f"{where}: 'frames' {list(shape)} takes {needed / 2**30:,.1f} GiB, more than this machine's "
+            f"{memory / 2**30:,.1f} GiB of memory; store fewer or smaller frames"
         )
 
 
@@ -121,13 +137,12 @@ def _preview(values: np.ndarray, limit: int = 8) -> str:
 
 
 def save_hdf5(data: VideoData, path: str | os.PathLike) -> None:
-    """Write `data` to `path` atomically (temp file in the same directory, then rename)."""
+    """Write `data` to `path` atomically (worldmodel.files.write_atomic)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with h5py.File(tmp_name, "w") as f:
+
+    def write(tmp: Path) -> None:
+        with h5py.File(tmp, "w") as f:
             frames = data.frames  # [N, H, W, 3]
             f.create_dataset(
                 "frames", data=frames, chunks=(1, *frames.shape[1:]), compression="gzip", compression_opts=1
@@ -137,11 +152,8 @@ def save_hdf5(data: VideoData, path: str | os.PathLike) -> None:
             f.create_dataset("episode_starts", data=data.episode_starts.astype(np.int64))
             if data.n_actions is not None:
                 f.attrs["n_actions"] = int(data.n_actions)
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.remove(tmp_name)
-        raise
+
+    write_atomic(path, write)
 
 
 def load_hdf5(
@@ -170,13 +182,14 @@ def load_hdf5(
                     "store the video as a uint8 'frames' dataset [N, H, W, 3]"
                 )
             check_frames_layout(f["frames"].dtype, f["frames"].shape, where)
+            check_fits_in_memory(f["frames"].shape, where)
             frames = f["frames"][()]  # [N, H, W, 3]
             actions = f["actions"][()] if "actions" in f else None  # [N]
             starts = f["episode_starts"][()] if "episode_starts" in f else np.zeros(1, np.int64)
             n_actions = int(f.attrs["n_actions"]) if "n_actions" in f.attrs else None
     except WorldbenchError:
         raise
-    except (OSError, KeyError, ValueError, TypeError) as err:
+    except (OSError, KeyError, ValueError, TypeError, MemoryError) as err:
         first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
         message = f"{where} could not be read ({first_line}); regenerate or re-export it"
         raise WorldbenchError(message) from None
@@ -235,9 +248,7 @@ def split_segments(data: VideoData, split: str, val_fraction: float) -> np.ndarr
 class VideoWindows:
     """Fixed-length clips of `window` frames that never cross an episode boundary.
 
-    Training samples whole batches (`batch`), not items through a DataLoader. Item i (the
-    definition `batch` is tested against) is a dict: frames float32 [T, 3, H, W] in [-1, 1],
-    actions int64 [T-1] (ground truth, or -1 where unknown).
+    Training samples whole batches (`batch`), not items through a DataLoader.
     """
 
     def __init__(
@@ -292,27 +303,7 @@ class VideoWindows:
             return torch.full(index[..., :-1].shape, -1, dtype=torch.int64)
         return torch.from_numpy(self.data.actions[index[..., :-1]].astype(np.int64))
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        index = np.arange(self.starts[i], self.starts[i] + self.window)  # [T] frame indices
-        frames = self._to_float(self.data.frames[index[0] : index[-1] + 1])  # [T, 3, H, W]
-        return {"frames": frames, "actions": self._actions_for(index)}
-
     def batch(self, which: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Windows `which` [B] -> (frames float32 [B, T, 3, H, W] in [-1, 1], actions int64 [B, T-1])."""
         index = self._frame_indices(np.asarray(which))  # [B, T]
         return self._to_float(self.data.frames[index]), self._actions_for(index)
-
-    def all_frames(self) -> torch.Tensor:
-        """Every window stacked: float32 [N_windows, T, 3, H, W] in [-1, 1].
-
-        Overlapping windows are copied, so this takes ~T/stride times the split's float32 size.
-        """
-        index = self._frame_indices(np.arange(len(self)))  # [N_windows, T]
-        # convert each frame once, then gather whole contiguous frames (windows overlap)
-        lo, hi = int(index.min()), int(index.max()) + 1
-        frames = self._to_float(self.data.frames[lo:hi])  # [hi - lo, 3, H, W]
-        return frames[torch.from_numpy(index - lo)]  # [N_windows, T, 3, H, W]
-
-    def actions_tensor(self) -> torch.Tensor:
-        """Every window's actions: int64 [N_windows, T-1] (-1 when unknown)."""
-        return self._actions_for(self._frame_indices(np.arange(len(self))))

@@ -9,7 +9,8 @@ OpenMP, which shares the thread pool (and `torch.set_num_threads`) of PyTorch's 
 The shared library is cached under the user's cache directory (`$XDG_CACHE_HOME/worldbench/kernels`,
 else `~/.cache/worldbench/kernels`; `WORLDBENCH_KERNEL_CACHE` overrides), keyed by a hash of the
 sources, the flags and the compiler version: an edit or another compiler triggers a rebuild, and
-concurrent first uses do not clash (each compiles to a temporary file and renames it into place).
+concurrent first uses do not clash (each compiles to a temporary file and renames it into place:
+worldmodel.files.write_atomic).
 
 The environment variable `WORLDBENCH_ATTENTION` picks the implementation, read at every call:
   unset / "native"  these kernels (a clear error if they cannot be built: no silent fallback);
@@ -25,7 +26,6 @@ import math
 import os
 import platform
 import subprocess
-import tempfile
 import threading
 from pathlib import Path
 
@@ -33,6 +33,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from worldmodel.errors import WorldbenchError
+from worldmodel.files import write_atomic
 
 ENV_VAR = "WORLDBENCH_ATTENTION"
 BACKENDS = ("native", "torch")
@@ -102,22 +103,20 @@ def _build() -> Path:
     target = directory / f"worldbench-kernels-{digest.hexdigest()[:16]}.so"
     if target.exists():
         return target
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp", dir=directory)
-        os.close(fd)
-    except OSError as err:
-        raise _fail(f"cannot write the kernel cache {directory}: {err}") from None
-    try:
-        result = subprocess.run([compiler, *_FLAGS, *map(str, _SOURCES), "-o", tmp], capture_output=True, text=True)
+
+    def compile_to(tmp: Path) -> None:
+        result = subprocess.run([compiler, *_FLAGS, *map(str, _SOURCES), "-o", str(tmp)], capture_output=True,
+                                text=True)
         if result.returncode != 0:
             lines = result.stderr.splitlines()
             first = next((line for line in lines if "error" in line), " ".join(lines)[:300])
             raise _fail(f"'{compiler}' failed to compile them: {first}")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        write_atomic(target, compile_to)  # concurrent first uses each compile their own temp file
+    except OSError as err:
+        raise _fail(f"cannot write the kernel cache {directory}: {err}") from None
     _prune(directory, keep=4)
     return target
 

@@ -1,4 +1,5 @@
-"""Executing run specs: skip what is recorded, run the rest on an executor, record each result."""
+"""The driver: check a run matrix's inputs, skip the runs already recorded, hand the rest to an executor
+(harness/executors.py, whose workers run harness/worker.py) and record each result in the store."""
 from __future__ import annotations
 
 import shutil
@@ -6,15 +7,20 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from harness.executors import check_ray_address, run_local, run_ray
+from harness.executors import run_local, run_ray, start_ray
 from harness.git import git_state
 from harness.matrix import RunSpec, code_hash
-from harness.runner import Progress, RunRecord
+from harness.schema import Suite
 from harness.store import Store, stage_folder
-from harness.suite import Suite
-from worldmodel.data import VideoWindows, load_hdf5
+from harness.worker import Progress, RunRecord
+from worldmodel.data import VideoData, VideoWindows, load_hdf5
+from worldmodel.data.games import check_generation
+from worldmodel.errors import WorldbenchError
+from worldmodel.kernels import backend
+from worldmodel.rollout import rollout_clips
 from worldmodel.stages import check_data_matches
 
 FINAL_STATUSES = ("ok", "diverged")  # deterministic outcomes; a `failed` run is retried on the next call
@@ -43,20 +49,51 @@ def record_run(store: Store, record: RunRecord) -> None:
 
 
 def preflight(specs: list[RunSpec]) -> None:
-    """Check users' HDF5 datasets against the model before any worker starts.
+    """Check every input a run would otherwise fail on minutes later, before anything is written: the kernel
+    backend named by WORLDBENCH_ATTENTION, each dataset's values, a user's HDF5 file against the model, and
+    whether the episodes hold a training window and the rollout clips.
 
-    A missing or malformed file, frames of another size than the model's, or episodes shorter
-    than one window are usage errors (one line, exit 2), not run failures found minutes later.
+    Each problem is a usage error (one line, exit 2), never a `failed` run. Procedural datasets are checked
+    on their episode layout (harness.driver.episode_layout), so nothing is rendered here.
     """
+    backend()
     checked = set()
     for spec in specs:
-        if spec.data["kind"] != "hdf5" or (spec.data_id, spec.config.frame_size) in checked:
+        config = spec.config
+        key = (spec.data_id, config.frame_size, config.window, config.rollout.horizon, config.rollout.clips)
+        if key in checked:
             continue
-        checked.add((spec.data_id, spec.config.frame_size))
-        data = load_hdf5(spec.data["path"], frame_size=spec.data["frame_size"] or None, dataset_name=spec.dataset)
-        for split in ("train", "val"):
-            windows = VideoWindows(data, spec.config.window, split, spec.data["val_fraction"])
-            check_data_matches(spec.config, windows)
+        checked.add(key)
+        try:
+            if spec.data["kind"] == "hdf5":
+                data = load_hdf5(spec.data["path"], frame_size=spec.data["frame_size"] or None,
+                                 dataset_name=spec.dataset)
+            else:
+                data = episode_layout(spec.data)
+            for split in ("train", "val"):
+                check_data_matches(config, VideoWindows(data, config.window, split, spec.data["val_fraction"]))
+            rollout_clips(data, config, spec.data["val_fraction"])
+        except WorldbenchError as err:
+            raise WorldbenchError(f"datasets.{spec.dataset} on profiles.{spec.profile}: {err}") from None
+
+
+def episode_layout(data: dict) -> VideoData:
+    """What a procedural dataset's generated video looks like to windows and splits: its episodes, of
+    frames of the model's size that take no memory (one zero pixel, broadcast)."""
+    check_generation(data["game"], data["episodes"], data["episode_len"], data["frame_size"], data["seed"],
+                     data["repeat_prob"], data.get("options"))
+    count, size = data["episodes"] * data["episode_len"], data["frame_size"]
+    frames = np.broadcast_to(np.zeros((1, 1, 1, 3), np.uint8), (count, size, size, 3))  # [N, S, S, 3]
+    return VideoData(frames, None, np.arange(data["episodes"], dtype=np.int64) * data["episode_len"])
+
+
+def finished_runs(results: Path) -> set[str]:
+    """Ids of the runs the store holds a final result of (ok or diverged: a `failed` run is retried), read
+    without creating anything; a results dir that is not worldbench's is refused."""
+    if not Path(results).exists():
+        return set()
+    runs = Store(results, create=False).runs()
+    return set(runs.loc[runs["status"].isin(FINAL_STATUSES), "run_id"])
 
 
 def execute(suite: Suite, specs: list[RunSpec], execution: Execution, progress: Progress | None = None,
@@ -65,12 +102,11 @@ def execute(suite: Suite, specs: list[RunSpec], execution: Execution, progress: 
 
     Nothing is written (not even the results dir) until the inputs have passed `preflight`.
     """
-    recorded = Store(execution.results, create=False).runs() if Path(execution.results).exists() else None
-    finished = set() if recorded is None else set(recorded.loc[recorded["status"].isin(FINAL_STATUSES), "run_id"])
+    finished = finished_runs(execution.results)
     todo = specs if execution.force else [spec for spec in specs if spec.run_id not in finished]
     preflight(todo)
-    if todo and execution.executor == "ray" and execution.ray_address:
-        check_ray_address(execution.ray_address)
+    if todo and execution.executor == "ray":
+        start_ray(execution.jobs, execution.ray_address)
     store = Store(execution.results)
     if execution.force:
         for spec in todo:
@@ -89,7 +125,7 @@ def execute(suite: Suite, specs: list[RunSpec], execution: Execution, progress: 
     if todo:
         root = str(execution.results)
         if execution.executor == "ray":
-            run_ray(todo, root, execution.jobs, suite.plugins, on_record, execution.ray_address, execution.device)
+            run_ray(todo, root, execution.jobs, suite.plugins, on_record, execution.device)
         else:
             run_local(todo, root, execution.jobs, suite.plugins, on_record, progress, execution.device)
     runs = store.runs()

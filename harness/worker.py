@@ -1,8 +1,10 @@
-"""One run, start to finish: data -> three stages (shared through the stage cache) -> rollouts -> KPIs.
+"""One run, start to finish, in a worker process: data -> three stages (shared through the stage cache)
+-> rollouts -> KPIs.
 
-Runs execute in worker processes (local or Ray). A worker never writes the store: it returns a
-RunRecord and the driver appends it. Stages and datasets are cached under results/cache, each
-guarded by a file lock so parallel runs that share a stage train it once.
+Runs execute in worker processes (local or Ray, harness/executors.py). A worker never writes the store:
+it returns a RunRecord and the driver (harness/driver.py) appends it. Stages and datasets are cached
+under results/cache, named by their content hashes (never by a user's name), each guarded by a file
+lock so parallel runs that share a stage train it once.
 """
 from __future__ import annotations
 
@@ -20,14 +22,15 @@ from typing import Callable
 
 import torch
 
-from harness.kpis import stage_kpis
+from harness.kpis import every_run_kpi, stage_kpis
 from harness.matrix import RunSpec
 from harness.store import stage_folder
 from harness.types import RunRow
 from worldmodel import stages
-from worldmodel.config import WorldModelConfig
+from worldmodel.config import STAGES, WorldModelConfig
 from worldmodel.data import VideoData, VideoWindows, generate, load_hdf5, save_hdf5
 from worldmodel.errors import WorldbenchError
+from worldmodel.files import write_atomic
 from worldmodel.rollout import RolloutResult, evaluate_rollouts, rollout_clips
 from worldmodel.train import Placement, StageDiverged, reset_peak_rss
 
@@ -36,7 +39,7 @@ Progress = Callable[[str, str, int, int, float], None]  # (run_id, stage, step, 
 
 @dataclass
 class RunRecord:
-    run: RunRow  # the store's runs row, less the provenance harness.bench adds
+    run: RunRow  # the store's runs row, less the provenance harness.driver adds
     kpis: list[dict] = field(default_factory=list)
     curves: list[dict] = field(default_factory=list)
     rollouts: list[dict] = field(default_factory=list)
@@ -82,19 +85,13 @@ def lock_held_elsewhere(path: Path) -> bool:
         return False
 
 
-def write_json_atomic(path: Path, values: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(values))
-    os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------------------- data
 
 def load_dataset(spec: RunSpec, cache: Path) -> VideoData:
     data = spec.data
     if data["kind"] == "hdf5":
         return load_hdf5(data["path"], frame_size=data["frame_size"] or None, dataset_name=spec.dataset)
-    path = cache / "data" / f"{spec.dataset}-{spec.data_id}.h5"
+    path = cache / "data" / f"{spec.data_id}.h5"
     with file_lock(path.with_suffix(".lock")):
         if not path.exists():
             save_hdf5(generate(data["game"], data["episodes"], data["episode_len"], data["frame_size"],
@@ -114,7 +111,7 @@ def stage_order(spec: RunSpec, cache: Path) -> tuple[str, ...]:
     tokenizer_lock = stage_folder(cache, "tokenizer", spec.stage_ids["tokenizer"]).with_suffix(".lock")
     if lock_held_elsewhere(tokenizer_lock):
         return ("actions", "tokenizer", "dynamics")
-    return ("tokenizer", "actions", "dynamics")
+    return STAGES
 
 
 def cached_stage(stage: str, stage_id: str, cache: Path, config: WorldModelConfig, train_fn) -> tuple:
@@ -128,7 +125,7 @@ def cached_stage(stage: str, stage_id: str, cache: Path, config: WorldModelConfi
         model, out = train_fn(folder / "checkpoint.pt")
         output = {"curve": out.train.curve, "metrics": out.metrics, "params": out.params,
                   "wall_s": out.train.wall_s, "peak_rss_mb": out.train.peak_rss_mb}
-        write_json_atomic(output_file, output)
+        write_atomic(output_file, lambda tmp: tmp.write_text(json.dumps(output)))
         return model.eval(), output
 
 
@@ -160,8 +157,8 @@ def execute_run(spec: RunSpec, results_root: str, threads: int, executor: str,
         val = VideoWindows(data, config.window, "val", val_fraction)
         models, outputs = {}, {}
         for current in stage_order(spec, cache):
-            models[current], outputs[current] = train_stage(spec, current, train, val, models, cache, placement,
-                                                            progress)
+            models[current], outputs[current] = run_stage(spec, current, train, val, models, cache, placement,
+                                                          progress)
         current = "rollout"
         clips = rollout_clips(data, config, val_fraction).to(placement.torch_device)
         result = evaluate_rollouts(models["tokenizer"], models["actions"], models["dynamics"], clips, config)
@@ -169,7 +166,7 @@ def execute_run(spec: RunSpec, results_root: str, threads: int, executor: str,
         record.run.update(status="diverged", error=str(err), failed_stage=err.stage, diverged_step=err.step)
     except WorldbenchError as err:
         record.run.update(status="failed", error=str(err), failed_stage=current)
-    except Exception as err:  # a bug or a broken component must not take the other runs down
+    except BaseException as err:  # a bug, or a component that raises or exits: only this run fails
         last = traceback.extract_tb(err.__traceback__)[-1]
         record.run.update(status="failed", failed_stage=current,
                           error=f"{type(err).__name__}: {err} ({Path(last.filename).name}:{last.lineno})")
@@ -192,8 +189,8 @@ def run_row(spec: RunSpec, executor: str, device: str) -> RunRow:
     )
 
 
-def train_stage(spec: RunSpec, stage: str, train: VideoWindows, val: VideoWindows, models: dict, cache: Path,
-                placement: Placement, progress: Progress | None) -> tuple[torch.nn.Module, dict]:
+def run_stage(spec: RunSpec, stage: str, train: VideoWindows, val: VideoWindows, models: dict, cache: Path,
+              placement: Placement, progress: Progress | None) -> tuple[torch.nn.Module, dict]:
     """One stage's model, on the run's device, and its output: trained through the stage cache, or loaded from it
     (`models` holds the stages before this one)."""
     config, seed = spec.config, spec.seed
@@ -215,15 +212,16 @@ def train_stage(spec: RunSpec, stage: str, train: VideoWindows, val: VideoWindow
 
 
 def add_results(record: RunRecord, spec: RunSpec, outputs: dict[str, dict], result: RolloutResult) -> None:
-    """A finished run's KPIs, loss curves, per-clip rollout scores and rollout frames, into its record."""
+    """A finished run's KPIs (every one, NaN where not measured), loss curves, per-clip rollout scores and
+    rollout frames, into its record."""
+    values = {f"rollout.{k}": v for k, v in result.kpis.items()}
     for stage, output in outputs.items():
-        values = stage_kpis(stage, output["curve"], output["metrics"], output["params"], output["wall_s"],
-                            output["peak_rss_mb"])
-        record.kpis += [{"run_id": spec.run_id, "kpi": k, "value": v} for k, v in values.items()]
+        values.update(stage_kpis(stage, output["curve"], output["metrics"], output["params"], output["wall_s"],
+                                 output["peak_rss_mb"]))
         record.curves += [{"run_id": spec.run_id, "stage": stage, "step": row["step"], "metric": metric,
                            "value": value}
                           for row in output["curve"] for metric, value in row.items() if metric != "step"]
-    record.kpis += [{"run_id": spec.run_id, "kpi": f"rollout.{k}", "value": v} for k, v in result.kpis.items()]
+    record.kpis = [{"run_id": spec.run_id, "kpi": k, "value": v} for k, v in every_run_kpi(values).items()]
     for mode, scores in result.scores.items():
         clips_count, horizon = scores["mse"].shape
         record.rollouts += [{"run_id": spec.run_id, "mode": mode, "clip": c, "horizon_step": h + 1,
