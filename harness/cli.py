@@ -21,6 +21,8 @@ import threading
 import time
 import traceback
 from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,8 +63,44 @@ def positive_int(text: str) -> int:
     return value
 
 
+# Two runs at once: each run trains single-threaded, so two use two cores, and a seed's baseline and candidate
+# runs (scheduled next to each other) train side by side under the same load, which their timing KPIs need.
+DEFAULT_JOBS = 2
+JOBS_HELP = (f"runs in parallel (default {DEFAULT_JOBS}: each run trains on one core, and a seed's baseline and "
+             "candidate runs then train side by side under the same load, which timing KPIs need to block)")
+
+
 def add_config(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default="bench.toml", help="suite file (default: ./bench.toml)")
+    parser.add_argument("--config", help="suite file (default: the first bench.toml in the working directory or a "
+                                         "folder above it, else the default suite that ships with worldbench)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="set a suite key on top of the file, checked as the file is: a dotted TOML key and a "
+                             "TOML value, e.g. --set comparison.alpha=0.1 --set profiles.ci.seeds=[0,1] "
+                             "(repeatable)")
+
+
+def add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON on stdout instead of tables")
+
+
+def suite_file(args) -> Path:
+    """The suite file a command reads: --config, else harness.suite.find_config."""
+    from harness.suite import find_config
+
+    return Path(args.config) if args.config is not None else find_config()
+
+
+def suite_from_args(args) -> Suite:
+    from harness.suite import load_suite
+
+    return load_suite(suite_file(args), args.overrides)
+
+
+def package_version() -> str:
+    try:
+        return metadata.version("worldbench")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def add_results(parser: argparse.ArgumentParser) -> None:
@@ -73,6 +111,7 @@ def add_results(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> Parser:
     parser = Parser(prog="bench", description="Train Genie-style world-model variants across seeds, record KPIs, "
                                               "compare them with statistics and gate merges.")
+    parser.add_argument("--version", action="version", version=f"worldbench {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     run = commands.add_parser("run", help="train the variant x seed matrix and record KPIs")
@@ -81,7 +120,7 @@ def build_parser() -> Parser:
     run.add_argument("--dataset", help="dataset from the suite (default: the comparison's)")
     run.add_argument("--variants", help="comma-separated variants (default: baseline and candidates)")
     run.add_argument("--seeds", help="seeds, e.g. 0-4 or 0,3 (default: the profile's)")
-    run.add_argument("--jobs", type=positive_int, default=1, help="runs in parallel (default 1)")
+    run.add_argument("--jobs", type=positive_int, default=DEFAULT_JOBS, help=JOBS_HELP)
     run.add_argument("--executor", choices=["local", "ray"], default="local", help="where runs execute")
     run.add_argument("--ray-address", help="address of a running Ray cluster (default: start a local one)")
     add_results(run)
@@ -90,29 +129,43 @@ def build_parser() -> Parser:
     run.add_argument("--force", action="store_true", help="retrain and re-record runs already recorded")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    listing = commands.add_parser("list", help="show variants, components, datasets, KPIs or profiles")
+    listing = commands.add_parser("list", help="show variants, components, datasets, KPIs, profiles or the runs "
+                                               "recorded in --results")
     add_config(listing)
     listing.add_argument("what", nargs="?", default="variants",
-                         choices=["variants", "components", "datasets", "kpis", "profiles"])
+                         choices=["variants", "components", "datasets", "kpis", "profiles", "runs"])
+    # Read by `list runs` only, so no default here: the other listings touch no results dir, not even its caches.
+    listing.add_argument("--results", type=Path, help="with `runs`: the results dir to list (default: results/)")
+    add_json(listing)
 
     show = commands.add_parser("show", help="print one run's record and KPIs")
     add_config(show)
-    show.add_argument("run_id", help="run id (a unique prefix is enough)")
+    show.add_argument("run_id", help="run id (a unique prefix is enough; `bench list runs` lists them)")
     add_results(show)
+    add_json(show)
 
     add_report_commands(commands)
 
+    export = commands.add_parser("export", help="write a results dir's curves and KPIs for an experiment tracker: "
+                                                "TensorBoard event files, an MLflow file store or W&B offline runs")
+    export.add_argument("--to", required=True, choices=["tensorboard", "mlflow", "wandb"],
+                        help="the tracker (each needs its extra: pip install 'worldbench[TRACKER]')")
+    add_results(export)
+    export.add_argument("--out", type=Path, required=True, help="folder to write into (outside the store)")
+
     validate = commands.add_parser(
-        "validate", help="planted-fault suite: each fault must FAIL against the baseline, A/A must not; "
-                         "exit 0 all as expected, 1 not, 2 usage, 4 runs crashed")
+        "validate", help="planted faults and null changes: each fault must FAIL against the baseline, each null "
+                         "change (float rounding only) and the A/A check must PASS; exit 0 all as expected, 1 not, "
+                         "2 usage, 4 runs crashed")
     add_config(validate)
     validate.add_argument("--profile", help="profile (default: the comparison's, i.e. the gate's)")
     validate.add_argument("--dataset", help="dataset (default: the comparison's)")
     validate.add_argument("--seeds", help="seeds, e.g. 0-4 (default: the comparison's or profile's); the A/A "
                                           "check's candidate arm takes as many seeds after them")
-    validate.add_argument("--jobs", type=positive_int, default=2, help="runs in parallel (default 2)")
+    validate.add_argument("--jobs", type=positive_int, default=DEFAULT_JOBS, help=JOBS_HELP)
     add_results(validate)
     validate.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_json(validate)
     return parser
 
 
@@ -192,71 +245,135 @@ def run_with_progress(suite, specs, execution, quiet: bool):
 
 def command_run(args) -> int:
     from harness.driver import Execution
-    from harness.suite import load_suite
 
-    suite = load_suite(args.config)
+    suite = suite_from_args(args)
     device = resolve_device(args.device)
     specs = specs_from_args(args, suite)
     check_precision(specs, device)
     execution = Execution(args.results, args.jobs, args.executor, args.ray_address, args.force, device)
     runs = run_with_progress(suite, specs, execution, args.quiet)
-    print_runs(runs)
+    print_listing(Listing("runs", ["run", "variant", "seed", "status", "error"],
+                          [[r.run_id, r.variant, int(r.seed), r.status, r.error[:100]]
+                           for r in runs.sort_values(["variant", "seed"]).itertuples()]))
     not_ok = runs[runs["status"] != "ok"]
     return EXIT_CRASHED if len(not_ok) else EXIT_OK
 
 
-def print_runs(runs) -> None:
-    table = Table(title="runs")
-    for column in ("run", "variant", "seed", "status", "error"):
-        table.add_column(column)
-    for row in runs.sort_values(["variant", "seed"]).itertuples():
-        style = "green" if row.status == "ok" else "red"
-        table.add_row(row.run_id, escape(row.variant), str(row.seed), f"[{style}]{row.status}[/]",
-                      escape(row.error[:100]))
-    out.print(table)
+# ----------------------------------------------------------------------------- tables
+
+@dataclass
+class Listing:
+    """A table a command prints: plain values (user text included, never markup)."""
+    title: str
+    columns: list[str]
+    rows: list[list]
+
+    def records(self) -> list[dict]:
+        return [dict(zip(self.columns, row)) for row in self.rows]
+
+
+STATUS_STYLES = {"ok": "green", "diverged": "red", "failed": "red"}
+
+
+def print_listing(listing: Listing, as_json: bool = False) -> None:
+    """A table on a terminal (long cells folded, never cut), tab-separated lines with a header when piped (one
+    record a line, for scripts), or JSON records with --json."""
+    if as_json:
+        print_json(listing.records())
+    elif not out.is_terminal:
+        lines = [listing.columns] + [[plain_cell(cell) for cell in row] for row in listing.rows]
+        write_stdout("".join("\t".join(line) + "\n" for line in lines))
+    else:
+        table = Table(title=escape(listing.title))
+        for column in listing.columns:
+            table.add_column(column, overflow="fold")
+        for row in listing.rows:
+            cells = [escape(str(cell)) for cell in row]
+            if "status" in listing.columns:
+                index = listing.columns.index("status")
+                cells[index] = f"[{STATUS_STYLES.get(str(row[index]), 'yellow')}]{cells[index]}[/]"
+            table.add_row(*cells)
+        out.print(table)
+
+
+def plain_cell(value) -> str:
+    """One tab-separated cell: a tab or newline in user text must not start another cell or record."""
+    return " ".join(str(value).split("\t")).replace("\n", "\\n")
+
+
+def print_json(data) -> None:
+    write_stdout(json.dumps(data, indent=2, ensure_ascii=False, default=json_value) + "\n")
+
+
+def write_stdout(text: str) -> None:
+    """Output for a pipe: a reader that stops early (`| head`) ends the output, not the command."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit raises nothing
+
+
+def json_value(value):
+    """What json cannot write itself: numpy and pandas scalars as Python values, anything else as text."""
+    item = getattr(value, "item", None)
+    return item() if callable(item) else str(value)
+
+
+def finite_or_none(value: float) -> float | None:
+    """JSON has no NaN: a missing number is null."""
+    return None if value != value else float(value)
 
 
 # ----------------------------------------------------------------------------- list / show
 
 def command_list(args) -> int:
-    from harness.suite import load_suite
+    if args.what == "runs":
+        print_listing(list_runs(args.results or Path("results")), args.json)
+        return EXIT_OK
+    from reports.text import fmt_rule_margin
     from variants import components, describe
 
-    suite = load_suite(args.config)
-    table = Table(title=args.what)
+    suite = suite_from_args(args)
     if args.what == "variants":
-        for column in ("variant", "components", "overrides", "description"):
-            table.add_column(column)
-        for v in suite.variants.values():
-            scaled = {key: f"x{factor:g}" for key, factor in v.scale.items()}  # a share of the profile's value
-            table.add_row(escape(v.name), escape(json.dumps(v.components)),
-                          escape(json.dumps({**v.overrides, **scaled})), escape(v.description))
+        listing = Listing("variants", ["variant", "components", "overrides", "scale", "description"],
+                          [[v.name, v.components, v.overrides, v.scale, v.description] for v in suite.variants.values()])
     elif args.what == "components":
-        for column in ("slot", "component", "description"):
-            table.add_column(column)
-        for slot, names in components().items():
-            for name in names:
-                table.add_row(escape(slot), escape(name), escape(describe(slot, name)))
+        listing = Listing("components", ["slot", "component", "description"],
+                          [[slot, name, describe(slot, name)] for slot, names in components().items() for name in names])
     elif args.what == "datasets":
-        for column in ("dataset", "kind", "source", "description"):
-            table.add_column(column)
-        for d in suite.datasets.values():
-            table.add_row(escape(d.name), d.kind, escape(d.game if d.kind == "procedural" else d.path),
-                          escape(d.description))
+        listing = Listing("datasets", ["dataset", "kind", "source", "description"],
+                          [[d.name, d.kind, d.game if d.kind == "procedural" else d.path, d.description]
+                           for d in suite.datasets.values()])
     elif args.what == "kpis":
-        for column in ("kpi", "better", "scale", "margin", "blocking", "description"):
-            table.add_column(column)
-        for name, rule in suite.kpis.items():
-            table.add_row(name, rule.direction, rule.scale, f"{rule.margin:g}", "yes" if rule.blocking else "",
-                          rule.description)
+        listing = Listing("kpis", ["kpi", "better", "scale", "margin", "blocking", "description"],
+                          [[name, rule.direction, rule.scale, rule.margin if args.json else fmt_rule_margin(rule),
+                            rule.blocking, rule.description] for name, rule in suite.kpis.items()])
     else:
-        for column in ("profile", "seeds", "model overrides", "description"):
-            table.add_column(column)
-        for p in suite.profiles.values():
-            table.add_row(escape(p.name), ",".join(map(str, p.seeds)), escape(json.dumps(p.model)[:80]),
-                          escape(p.description))
-    out.print(table)
+        listing = Listing("profiles", ["profile", "seeds", "base", "model", "description"],
+                          [[p.name, p.seeds, p.base, p.model, p.description] for p in suite.profiles.values()])
+    if not args.json:  # tables show nested values as compact JSON
+        listing.rows = [[json.dumps(cell) if isinstance(cell, (dict, list)) else cell for cell in row]
+                        for row in listing.rows]
+    print_listing(listing, args.json)
     return EXIT_OK
+
+
+RUN_COLUMNS = ("run_id", "profile", "dataset", "variant", "seed", "status", "git_commit", "started_at")
+
+
+def list_runs(results: Path) -> Listing:
+    """The runs recorded in a results dir, oldest first."""
+    from harness.store import Store
+
+    runs = Store(results, create=False).runs().sort_values(["started_at", "variant", "seed"])
+    return Listing(f"runs in {results}", list(RUN_COLUMNS),
+                   [list(record.values()) for record in runs[list(RUN_COLUMNS)].to_dict("records")])
+
+
+SHOWN_RUN_FIELDS = ("profile", "dataset", "variant", "seed", "status", "error", "git_commit", "code_hash",
+                    "torch_version", "numpy_version", "scipy_version", "pandas_version", "device", "precision",
+                    "cpu_model", "host", "executor", "started_at", "finished_at")
 
 
 def command_show(args) -> int:
@@ -268,20 +385,15 @@ def command_show(args) -> int:
     if len(matches) != 1:
         known = ", ".join(runs["run_id"].head(8)) or "(none recorded)"
         raise WorldbenchError(f"run '{args.run_id}' matches {len(matches)} runs in '{args.results}'; "
-                              f"use a unique id prefix (some ids: {known})")
+                              f"use a unique id prefix (some ids: {known}; `bench list runs` lists all)")
     run = matches.iloc[0]
-    header = Table(title=f"run {run.run_id}", show_header=False)
-    for key in ("profile", "dataset", "variant", "seed", "status", "error", "git_commit", "code_hash",
-                "torch_version", "device", "precision", "cpu_model", "host", "executor", "started_at", "finished_at"):
-        header.add_row(key, str(run[key]))
-    out.print(header)
     kpis = store.for_runs("kpis", [run.run_id]).sort_values("kpi")
-    table = Table(title="KPIs")
-    table.add_column("kpi")
-    table.add_column("value", justify="right")
-    for row in kpis.itertuples():
-        table.add_row(row.kpi, f"{row.value:.6g}")
-    out.print(table)
+    if args.json:
+        print_json({"run_id": run.run_id, **{key: run[key] for key in SHOWN_RUN_FIELDS},
+                    "kpis": {row.kpi: finite_or_none(row.value) for row in kpis.itertuples()}})
+        return EXIT_OK
+    print_listing(Listing(f"run {run.run_id}", ["field", "value"], [[key, run[key]] for key in SHOWN_RUN_FIELDS]))
+    print_listing(Listing("KPIs", ["kpi", "value"], [[row.kpi, f"{row.value:.6g}"] for row in kpis.itertuples()]))
     return EXIT_OK
 
 
@@ -303,7 +415,8 @@ def add_report_commands(commands) -> None:
         parser.add_argument("--format", default="md,html,json", help="report formats (default md,html,json)")
         parser.add_argument("--out", type=Path, help="report dir (default: <results>/report)")
         if name == "gate":
-            parser.add_argument("--jobs", type=positive_int, default=2, help="runs in parallel (default 2)")
+            parser.add_argument("--jobs", type=positive_int, default=DEFAULT_JOBS, help=JOBS_HELP)
+            add_json(parser)
             parser.add_argument("--sequential", action="store_true",
                                 help="add seeds in groups until decided, spending alpha per look")
             parser.add_argument("--max-seeds", type=positive_int, help="with --sequential: most seeds (default 2x)")
@@ -351,9 +464,11 @@ def parse_formats(text: str) -> list[str]:
 def reproduce_command(args, selection: Selection) -> str:
     from harness.seeds import format_seeds
 
-    parts = ["bench", args.command, "--config", args.config, "--profile", selection.profile, "--dataset",
+    parts = ["bench", args.command, "--config", str(suite_file(args)), "--profile", selection.profile, "--dataset",
              selection.dataset, "--baseline", selection.baseline, "--candidate", selection.candidate,
              "--seeds", format_seeds(selection.baseline_seeds)]
+    for override in args.overrides:
+        parts += ["--set", override]
     if selection.candidate_seeds != selection.baseline_seeds:
         parts += ["--candidate-seeds", format_seeds(selection.candidate_seeds)]
     if selection.baseline_ref:
@@ -363,14 +478,29 @@ def reproduce_command(args, selection: Selection) -> str:
 
 def write_report(report: ReportInput, out: Path, formats: list[str], summary: Path | None) -> dict[str, Path]:
     """The report files, and the markdown appended to the GitHub job summary when there is one
-    (both destinations checked before the command trained: harness.outputs)."""
+    (both destinations checked before the command trained: harness.outputs). The summary says where the pictures
+    are rather than linking files that nothing publishes for it."""
     from reports.render import render_markdown, write_reports
 
+    report.ci_run_url = ci_run_url()
     paths = write_reports(report, out, formats)
     if summary:
         with open(summary, "a") as handle:
-            handle.write(render_markdown(report) + "\n")
+            handle.write(render_markdown(report, pictures=False) + "\n")
     return paths
+
+
+def ci_run_url() -> str:
+    """The GitHub Actions run this command runs in (from the variables Actions sets), "" elsewhere."""
+    parts = [os.environ.get(name, "") for name in ("GITHUB_SERVER_URL", "GITHUB_REPOSITORY", "GITHUB_RUN_ID")]
+    return "{}/{}/actions/runs/{}".format(*parts) if all(parts) else ""
+
+
+def print_report_json(report: ReportInput) -> None:
+    """--json: the report's data (report.json's content) on stdout; the verdict lines stay on stderr."""
+    from reports.render import render_json
+
+    write_stdout(render_json(report))
 
 
 def print_verdict(report: ReportInput, paths: dict[str, Path]) -> None:
@@ -388,10 +518,9 @@ def print_verdict(report: ReportInput, paths: dict[str, Path]) -> None:
 def command_report(args) -> int:
     from harness import gate
     from harness.store import Store
-    from harness.suite import load_suite
 
     formats = parse_formats(args.format)
-    suite = load_suite(args.config)
+    suite = suite_from_args(args)
     selection = selection_from_args(args, suite)
     store = Store(args.results, create=False)
     gate.require_recorded(suite, store, selection, args.results)
@@ -407,15 +536,17 @@ def command_gate(args) -> int:
     from harness.baseline_ref import prepare as prepare_baseline_ref
     from harness.driver import Execution, finished_runs, preflight
     from harness.store import Store
-    from harness.suite import DEFAULT_CONFIG_FILE, load_suite
 
     # Every check first; the first write is the results dir, once nothing is left to refuse.
     formats = parse_formats(args.format)
     if args.max_seeds is not None and not args.sequential:
         raise WorldbenchError(f"--max-seeds {args.max_seeds} is read only with --sequential; add --sequential or "
                               f"drop --max-seeds")
-    config_given, args.config = args.config is not None, args.config or DEFAULT_CONFIG_FILE
-    suite = load_suite(args.config)
+    if args.baseline_ref and args.overrides:
+        raise WorldbenchError("--set with --baseline-ref: REF's code reads its own suite file, which --set cannot "
+                              "reach; write the keys into a suite file and pass it with --config")
+    config_given, args.config = args.config is not None, str(suite_file(args))
+    suite = suite_from_args(args)
     selection = selection_from_args(args, suite)
     sizes = gate.sequential_sizes(selection, args.max_seeds) if args.sequential else [len(selection.baseline_seeds)]
     preflight(selection.plan(suite)[0])  # this checkout's code; REF's own `bench run` checks its arm
@@ -435,9 +566,23 @@ def command_gate(args) -> int:
     gate.require_complete(Store(args.results), selection, arms)
     gate.describe_arms(report, selection, arms, finished_before)
     print_verdict(report, write_report(report, out, formats, summary))
+    if args.json:
+        print_report_json(report)
     if (report.runs["status"] == "failed").any():
         return EXIT_CRASHED
     return VERDICT_EXIT[report.comparison.verdict]
+
+
+# ----------------------------------------------------------------------------- export
+
+def command_export(args) -> int:
+    from harness.export import check_tracker, export
+
+    check_tracker(args.to)
+    out = outputs.report_dir(args.results, args.out)  # outside the store, and a folder that can be made
+    done = export(args.results, out, args.to)
+    console.print(f"{done.tracker}: {done.runs} runs, {done.points} curve points -> {escape(str(done.out))}")
+    return EXIT_OK
 
 
 # ----------------------------------------------------------------------------- validate
@@ -447,18 +592,20 @@ def command_validate(args) -> int:
     from harness.driver import Execution
     from harness.seeds import seeds_option
     from harness.store import Store
-    from harness.suite import load_suite
 
-    suite = load_suite(args.config)
+    suite = suite_from_args(args)
     profile = suite.profile(given(args.profile, suite.comparison.profile)).name
     dataset = suite.dataset(given(args.dataset, suite.comparison.dataset)).name
     checks = validate.plan_checks(suite, profile, dataset, seeds_option(args.seeds, None))
     out = outputs.report_dir(args.results, None)
     runs = run_with_progress(suite, validate.run_specs(suite, checks), Execution(args.results, args.jobs), args.quiet)
     result = validate.validate(suite, Store(args.results), checks)
-    from reports.validate import write_validation  # after the results dir exists: it imports matplotlib
+    from reports.validate import render_json, write_validation  # after the results dir exists: it imports matplotlib
 
-    print_validation(result)
+    if args.json:
+        write_stdout(render_json(result))
+    else:
+        print_validation(result)
     for fmt, path in write_validation(result, out).items():
         console.print(f"  {fmt}: {escape(str(path))}")
     return validate.exit_code(result, crashed=bool((runs["status"] == "failed").any()))
@@ -467,7 +614,7 @@ def command_validate(args) -> int:
 def print_validation(result: Validation) -> None:
     from harness.seeds import format_seeds
 
-    table = Table(title=f"planted faults vs {escape(result.baseline)} ({escape(result.profile)}, "
+    table = Table(title=f"planted faults and null changes vs {escape(result.baseline)} ({escape(result.profile)}, "
                         f"{escape(result.dataset)}, seeds {format_seeds(result.seeds)})")
     for column in ("check", "expected", "observed", "caught by", "adjusted p", "ok"):
         table.add_column(column, overflow="fold")  # names are long: fold them rather than cut them off
@@ -481,7 +628,7 @@ def print_validation(result: Validation) -> None:
 
 
 COMMANDS = {"run": command_run, "list": command_list, "show": command_show, "report": command_report,
-            "gate": command_gate, "validate": command_validate}
+            "gate": command_gate, "validate": command_validate, "export": command_export}
 
 
 class Terminated(BaseException):

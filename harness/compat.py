@@ -1,6 +1,6 @@
 """Backward compatibility: baseline checkpoints written by the base code must still load and run.
 
-The golden files (smoke size, one per stage, baseline variant) live in `compat/golden/`; with
+The golden files (smoke size, one per stage, baseline variant) ship inside the package, in `harness/golden/`; with
 `bench gate --baseline-ref REF` the checkpoints REF's code trained for the baseline arm are checked
 too. The check rebuilds each stage's model from the config stored in its checkpoint with the
 current code, loads the weights with strict key matching and computes the stage's loss on one
@@ -22,7 +22,7 @@ from worldmodel.config import STAGES, WorldModelConfig
 from worldmodel.errors import WorldbenchError
 from worldmodel.train import CHECKPOINT_FORMAT, save_checkpoint
 
-GOLDEN_DIR = Path(__file__).resolve().parents[1] / "compat" / "golden"
+GOLDEN_DIR = Path(__file__).with_name("golden")  # package data: found beside this module when installed too
 
 
 def check_stage(stage: str, path: Path) -> str | None:
@@ -93,9 +93,9 @@ def write_golden(golden_dir: Path = GOLDEN_DIR) -> None:
     """Train the smoke profile's baseline briefly and keep each stage's weights and config."""
     from harness.matrix import plan_runs
     from harness.worker import execute_run
-    from harness.suite import load_suite
+    from harness.suite import PACKAGED_CONFIG, load_suite
 
-    suite = load_suite(Path(__file__).resolve().parents[1] / "bench.toml")
+    suite = load_suite(PACKAGED_CONFIG)
     spec = plan_runs(suite, "smoke", "sprite_world", [suite.comparison.baseline], [0])[0]
     with tempfile.TemporaryDirectory() as results:
         record = execute_run(spec, results, threads=1, executor="local")

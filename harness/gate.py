@@ -219,7 +219,8 @@ def build_report_input(suite: Suite, store: Store, selection: Selection, alpha: 
     trained, trained_by = (selection.baseline_ref.checkpoints(store.cache, ok[ok["arm"] == baseline])
                            if selection.baseline_ref else ({}, ""))
     provenance_columns = ["run_id", "variant", "seed", "git_commit", "git_dirty", "code_hash", "torch_version",
-                          "device", "precision", "cpu_model", "host", "started_at"]
+                          "numpy_version", "scipy_version", "pandas_version", "device", "precision", "cpu_model",
+                          "host", "started_at"]
     report = ReportInput(
         title=f"{candidate} vs {baseline}", baseline=baseline, candidate=candidate,
         descriptions={baseline: suite.variant(selection.baseline).description,

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.types import KpiRule
-from worldmodel.config import WorldModelConfig
+from worldmodel.config import STAGES, WorldModelConfig
 from worldmodel.errors import WorldbenchError
 
 # Which model-config key a component slot sets.
@@ -54,6 +54,7 @@ class Variant:
     overrides: dict[str, Any] = field(default_factory=dict)  # dotted model-config keys
     scale: dict[str, float] = field(default_factory=dict)  # dotted numeric keys: factor x the profile's value
     planted_fault: bool = False  # bench validate runs it against the baseline and expects FAIL
+    null_change: bool = False  # bench validate runs it against the baseline on the same seeds and expects PASS
 
 
 @dataclass
@@ -114,6 +115,11 @@ class Suite:
         """The variants `bench validate` expects to FAIL against the baseline: built-in ones, then the user's."""
         names = [name for name, variant in self.variants.items() if variant.planted_fault]
         return sorted(names, key=lambda name: name not in BUILTIN_FAULTS)  # stable: each group keeps its order
+
+    def null_changes(self) -> list[str]:
+        """The variants `bench validate` expects to PASS against the baseline: built-in ones, then the user's."""
+        names = [name for name, variant in self.variants.items() if variant.null_change]
+        return sorted(names, key=lambda name: name not in BUILTIN_NULLS)
 
 
 def _pick(table: dict, name: str, what: str):
@@ -182,8 +188,22 @@ BUILTIN_FAULTS = {
 }
 
 
-def on_baseline(baseline: Variant, fault: Variant) -> Variant:
-    """A built-in planted fault applied to the comparison's baseline: its choices, with the fault's on top."""
-    return Variant(fault.name, f"{fault.description} (on {baseline.name})",
-                   {**baseline.components, **fault.components}, {**baseline.overrides, **fault.overrides},
-                   {**baseline.scale, **fault.scale}, planted_fault=True)
+# Null changes for `bench validate`: the baseline as a harmless refactor leaves it, which the gate must PASS.
+# A relative 1e-6 perturbation of every stage's initial weights changes nothing but float rounding, as a
+# reordered sum, another kernel or another CPU does; training then amplifies it as it amplifies those.
+INIT_ROUNDING = 1e-6
+BUILTIN_NULLS = {
+    "null_rounding": Variant(
+        "null_rounding", f"null change: every stage's initial weights times (1 + {INIT_ROUNDING:g} N(0, 1)), "
+        "float rounding only", overrides={f"{stage}.init_noise": INIT_ROUNDING for stage in STAGES},
+        null_change=True),
+}
+
+
+def on_baseline(baseline: Variant, builtin: Variant) -> Variant:
+    """A built-in planted fault or null change applied to the comparison's baseline: its choices, the built-in's on
+    top."""
+    return Variant(builtin.name, f"{builtin.description} (on {baseline.name})",
+                   {**baseline.components, **builtin.components}, {**baseline.overrides, **builtin.overrides},
+                   {**baseline.scale, **builtin.scale}, planted_fault=builtin.planted_fault,
+                   null_change=builtin.null_change)

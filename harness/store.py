@@ -32,7 +32,8 @@ TABLES: dict[str, dict[str, str]] = {
                  "mse": "float64", "psnr": "float64", "ssim": "float64"},
 }
 # Columns added after a table's first release, with the value their older rows mean.
-ADDED_COLUMNS: dict[str, dict[str, object]] = {"runs": {"precision": "fp32", "load_avg_1m": float("nan"), "batch": ""}}
+ADDED_COLUMNS: dict[str, dict[str, object]] = {"runs": {"precision": "fp32", "load_avg_1m": float("nan"), "batch": "",
+                                                         "numpy_version": "", "scipy_version": "", "pandas_version": ""}}
 
 
 def stage_folder(cache: Path, stage: str, stage_id: str) -> Path:

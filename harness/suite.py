@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import tomllib
 import types
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from harness.kpis import COMPARE_TIME_KPIS, KPIS
 from harness.plugins import load_plugins
-from harness.schema import (BUILTIN_FAULTS, DEFAULT_DATASETS, DEFAULT_PROFILES, DEFAULT_VARIANTS, SLOT_CONFIG_KEYS,
+from harness.schema import (BUILTIN_FAULTS, BUILTIN_NULLS, DEFAULT_DATASETS, DEFAULT_PROFILES, DEFAULT_VARIANTS, SLOT_CONFIG_KEYS,
                             ComparisonSection, Dataset, Profile, Suite, Variant, check_name, on_baseline, set_dotted)
 from harness.seeds import parse_seeds
 from harness.types import OVERRIDABLE, KpiRule, RuleError
@@ -25,11 +26,26 @@ from worldmodel.errors import WorldbenchError
 from worldmodel.train import PRECISIONS
 
 DEFAULT_CONFIG_FILE = "bench.toml"
+# The project's default suite, shipped inside the package (a link to the repository's bench.toml in a checkout),
+# read when no bench.toml is found from the working directory upwards.
+PACKAGED_CONFIG = Path(__file__).with_name(DEFAULT_CONFIG_FILE)
 SECTIONS = ("profiles", "datasets", "variants", "comparison", "kpis", "plugins")
 TARGET_FIELDS = ("target", "target_epsilon")  # a steps_to_target KPI's own keys
 
 
-def load_suite(path: str | Path | None = DEFAULT_CONFIG_FILE) -> Suite:
+def find_config(start: Path | None = None) -> Path:
+    """The suite file a command reads when --config is not given: the first bench.toml in `start` (default: the
+    working directory) or a folder above it, else the packaged default."""
+    here = Path.cwd() if start is None else Path(start)
+    for folder in (here, *here.absolute().parents):
+        candidate = folder / DEFAULT_CONFIG_FILE
+        if candidate.is_file():
+            return candidate
+    return PACKAGED_CONFIG
+
+
+def load_suite(path: str | Path | None = DEFAULT_CONFIG_FILE, overrides: list[str] = ()) -> Suite:
+    """The suite in `path` (None: no file, the built-in defaults) with `overrides` ("key=value", --set) on top."""
     raw: dict = {}
     if path is not None:
         path = Path(path)
@@ -41,7 +57,26 @@ def load_suite(path: str | Path | None = DEFAULT_CONFIG_FILE) -> Suite:
             raise WorldbenchError(f"config file '{path}' is not valid TOML ({err}); fix the syntax") from None
         except (OSError, UnicodeDecodeError) as err:
             raise WorldbenchError(f"config file '{path}' cannot be read ({err}); check the file") from None
+    for override in overrides:
+        raw = _nested_merge(raw, parse_override(override))
     return build_suite(raw, path)
+
+
+def parse_override(text: str) -> dict:
+    """`--set KEY=VALUE` as the nested table bench.toml would hold: KEY is a dotted TOML key (quote a part that has
+    dots: kpis."rollout.ar_mse".margin), VALUE a TOML value, or else taken as a string (as OmegaConf's dot-lists).
+    What the value may be is checked afterwards by build_suite, as for the file."""
+    key, equals, value = text.partition("=")
+    key, value = key.strip(), value.strip()
+    if not equals or not key:
+        raise WorldbenchError(f"--set {text!r}: expected KEY=VALUE, e.g. --set comparison.alpha=0.1")
+    for literal in (value, json.dumps(value)):  # a TOML value, else the text as a string
+        try:
+            return tomllib.loads(f"{key} = {literal}")
+        except tomllib.TOMLDecodeError:
+            continue
+    raise WorldbenchError(f"--set {text!r}: '{key}' is not a dotted key; e.g. profiles.ci.seeds=[0,1] or "
+                          f"kpis.\"rollout.ar_mse\".margin=0.2")
 
 
 def build_suite(raw: dict, path: Path | None = None) -> Suite:
@@ -266,6 +301,9 @@ def _parse_variant(name: str, values: dict, slots: dict[str, list[str]]) -> Vari
     _check_model_overrides(nested, f"variants.{name}.overrides")
     variant.overrides = _flatten(nested)
     variant.scale = _check_scale(variant.scale, f"variants.{name}.scale")
+    if variant.planted_fault and variant.null_change:
+        raise WorldbenchError(f"variants.{name}: planted_fault and null_change are both true; a variant must FAIL "
+                              f"(a planted fault) or PASS (a null change), so set one of them")
     return variant
 
 
@@ -299,7 +337,7 @@ def _cross_checked(suite: Suite) -> Suite:
         suite.variant(candidate)
     suite.profile(comparison.profile)
     suite.dataset(comparison.dataset)
-    for name, fault in BUILTIN_FAULTS.items():
-        if name not in suite.variants:  # a variant of the same name in bench.toml replaces the built-in fault
-            suite.variants[name] = on_baseline(suite.variant(comparison.baseline), fault)
+    for name, builtin in {**BUILTIN_FAULTS, **BUILTIN_NULLS}.items():
+        if name not in suite.variants:  # a variant of the same name in bench.toml replaces the built-in one
+            suite.variants[name] = on_baseline(suite.variant(comparison.baseline), builtin)
     return suite

@@ -43,6 +43,11 @@ class RunRow(TypedDict, total=False):
     config_json: str
     stage_ids_json: str
     torch_version: str
+    # the numeric libraries' versions (their requirements are open ranges, and a drift between two arms changes
+    # numbers); "" on runs recorded before these columns existed
+    numpy_version: str
+    scipy_version: str
+    pandas_version: str
     device: str
     precision: str
     cpu_model: str
@@ -383,6 +388,7 @@ class ReportInput:
     notes: list[Note] = field(default_factory=list)  # reports/text.py words them (note_text)
     # variant -> the code it ran and its reused runs (bench gate only); reports/text.py words it (arm_code_text)
     arm_provenance: dict[str, ArmProvenance] = field(default_factory=dict)
+    ci_run_url: str = ""  # the CI run that made the report (GitHub Actions), linked from the PR comment; "" = none
 
     @property
     def variants(self) -> list[str]:

@@ -1,10 +1,11 @@
-"""`bench validate`: the planted-fault suite, which shows the gate can tell a broken model apart.
+"""`bench validate`: planted faults and null changes, which show the gate tells a broken model from a harmless change.
 
-Every planted fault (a variant with `planted_fault = true`: the built-in ones in harness/suite.py
-plus the user's) is compared with the baseline exactly as `bench gate` compares a candidate and
-must FAIL; the baseline against itself on disjoint seeds (A/A) must not. A fault only counts as
-caught when a blocking quality or controllability KPI regressed: not a timing KPI, not a
-regulariser, and not failed runs alone.
+Every planted fault (a variant with `planted_fault = true`: the built-in ones in harness/schema.py plus the
+user's) is compared with the baseline exactly as `bench gate` compares a candidate and must FAIL. A fault only
+counts as caught when a blocking quality or controllability KPI regressed: not a timing KPI, not a
+regulariser, and not failed runs alone. Every null change (`null_change = true`: the built-in `null_rounding`,
+float rounding only, plus the user's) on the same seeds, and the baseline against itself on the next, disjoint
+seeds (A/A), must PASS: a gate that cannot pass a harmless change blocks every real pull request.
 """
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ from harness.gate import Selection, compare_runs, require_complete
 from harness.matrix import RunSpec
 from harness.store import Store
 from harness.suite import Suite
-from harness.types import Comparison, KpiComparison
+from harness.types import Comparison, KpiComparison, KpiVerdict, Verdict
 
-EXPECT_FAIL, EXPECT_NOT_FAIL = "FAIL", "not FAIL"
+EXPECT_FAIL, EXPECT_PASS = Verdict.FAIL, Verdict.PASS
 EXIT_AS_EXPECTED, EXIT_NOT_AS_EXPECTED = EXIT_OK, EXIT_FAIL  # 2 (usage) comes from the CLI
 AA_CHECK = "A/A"  # the row of the baseline against itself
 
@@ -27,7 +28,7 @@ AA_CHECK = "A/A"  # the row of the baseline against itself
 class Check:
     """One row of the suite: a candidate against the baseline, and the verdict it must get."""
     name: str
-    expected: str  # EXPECT_FAIL | EXPECT_NOT_FAIL
+    expected: Verdict  # EXPECT_FAIL | EXPECT_PASS
     selection: Selection
 
 
@@ -35,8 +36,8 @@ class Check:
 class CheckResult:
     name: str
     candidate: str  # the candidate variant
-    expected: str
-    observed: str  # the gate's verdict: PASS | FAIL | INCONCLUSIVE
+    expected: Verdict
+    observed: Verdict  # the gate's verdict
     caught_by: str  # the blocking evidence KPI with the smallest adjusted p among those regressed; "" if none
     p_adjusted: float  # its Holm-adjusted p (NaN when none)
     ok: bool
@@ -60,7 +61,7 @@ class Validation:
 
 def plan_checks(suite: Suite, profile: str | None = None, dataset: str | None = None,
                 seeds: list[int] | None = None) -> list[Check]:
-    """Each planted fault against the baseline on the same seeds (paired), then the A/A check."""
+    """Each planted fault, then each null change, against the baseline on the same seeds (paired); then A/A."""
     comparison = suite.comparison
     profile = profile or comparison.profile
     dataset = dataset or comparison.dataset
@@ -70,9 +71,11 @@ def plan_checks(suite: Suite, profile: str | None = None, dataset: str | None = 
     baseline = comparison.baseline
     checks = [Check(name, EXPECT_FAIL, Selection(profile, dataset, baseline, name, seeds, seeds))
               for name in suite.planted_faults() if name != baseline]
+    checks += [Check(name, EXPECT_PASS, Selection(profile, dataset, baseline, name, seeds, seeds))
+               for name in suite.null_changes() if name != baseline]
     start = max(seeds) + 1
     aa_seeds = list(range(start, start + len(seeds)))
-    checks.append(Check(AA_CHECK, EXPECT_NOT_FAIL, Selection(profile, dataset, baseline, baseline, seeds, aa_seeds)))
+    checks.append(Check(AA_CHECK, EXPECT_PASS, Selection(profile, dataset, baseline, baseline, seeds, aa_seeds)))
     return checks
 
 
@@ -87,17 +90,18 @@ def run_specs(suite: Suite, checks: list[Check]) -> list[RunSpec]:
 
 def caught_by(comparison: Comparison) -> KpiComparison | None:
     """The evidence that a fault was caught: the most significant regressed blocking quality/controllability KPI."""
-    regressed = [k for k in comparison.kpis if k.rule.blocking and k.verdict == "regressed" and k.rule.evidence]
+    regressed = [k for k in comparison.kpis if k.rule.blocking and k.verdict == KpiVerdict.REGRESSED and k.rule.evidence]
     return min(regressed, key=lambda k: k.test.p_regressed_adjusted, default=None)
 
 
 def judge(check: Check, comparison: Comparison) -> CheckResult:
-    """A fault is caught when the gate FAILs through a regressed evidence KPI; A/A is fine unless it FAILs."""
+    """A fault is caught when the gate FAILs through a regressed evidence KPI; a null row only when it PASSes
+    (INCONCLUSIVE fails a CI check as surely as FAIL does)."""
     culprit = caught_by(comparison)
     if check.expected == EXPECT_FAIL:
-        ok = comparison.verdict == "FAIL" and culprit is not None
+        ok = comparison.verdict == Verdict.FAIL and culprit is not None
     else:
-        ok = comparison.verdict != "FAIL"
+        ok = comparison.verdict == Verdict.PASS
     return CheckResult(check.name, check.selection.candidate, check.expected, comparison.verdict,
                        culprit.name if culprit else "", culprit.test.p_regressed_adjusted if culprit else math.nan, ok,
                        comparison)

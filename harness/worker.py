@@ -17,6 +17,7 @@ import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
@@ -48,6 +49,14 @@ class RunRecord:
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def library_version(name: str) -> str:
+    """An installed distribution's version, read from its metadata (no import); "" when it is not installed."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return ""
 
 
 def cpu_model() -> str:
@@ -183,7 +192,9 @@ def run_row(spec: RunSpec, executor: str, device: str) -> RunRow:
         run_id=spec.run_id, profile=spec.profile, dataset=spec.dataset, variant=spec.variant,
         seed=spec.seed, status="ok", error="", failed_stage="", diverged_step=-1,
         config_json=spec.resolved_json(), stage_ids_json=json.dumps(spec.stage_ids),
-        torch_version=torch.__version__, device=device_label(device), precision=spec.precision,
+        torch_version=torch.__version__, numpy_version=library_version("numpy"),
+        scipy_version=library_version("scipy"), pandas_version=library_version("pandas"),
+        device=device_label(device), precision=spec.precision,
         cpu_model=cpu_model(), host=socket.gethostname(), executor=executor, started_at=started,
         load_avg_1m=os.getloadavg()[0],
     )

@@ -1,6 +1,16 @@
 """PR-acceptance reports: markdown for the PR comment, a self-contained HTML page, and JSON."""
 
 from harness.types import CompatResult, ReportInput
-from reports.render import MARKER, render_html, render_json, render_markdown, write_reports
 
 __all__ = ["MARKER", "CompatResult", "ReportInput", "render_html", "render_json", "render_markdown", "write_reports"]
+_RENDERED = ("MARKER", "render_html", "render_json", "render_markdown", "write_reports")
+
+
+def __getattr__(name: str):
+    """The renderers, imported on first use: they import matplotlib, which writes a font cache, and the wording
+    in reports.text (used by `bench list`) must not."""
+    if name in _RENDERED:
+        from reports import render
+
+        return getattr(render, name)
+    raise AttributeError(f"module 'reports' has no attribute {name!r}")

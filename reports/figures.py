@@ -1,8 +1,10 @@
-"""Plots for the report, as PNG bytes.
+"""Plots for the report: PNG (the PR comment, the HTML's pixel grids), SVG (the HTML's line art, where smaller)
+and an animated GIF of the rollouts.
 
 We use matplotlib's object-oriented API on an Agg canvas (no pyplot): nothing touches the
-global figure registry or the user's backend, and a figure is garbage once its PNG is out.
-Figures are small (about 6x3.5 in at 90 dpi) so the self-contained HTML stays light.
+global figure registry or the user's backend, and a figure is garbage once it is saved.
+Figures are small (about 6x3.5 in at 90 dpi) and PNGs are palette-quantised so the
+self-contained HTML stays light.
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure as MplFigure
+from PIL import Image, ImageDraw
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
-from harness.types import ReportInput
+from harness.types import KpiComparison, ReportInput
 from worldmodel.config import STAGES
-from reports.view import MODE_LABELS, has_columns, ordered, role_of
+from reports.text import fmt_estimate, fmt_margin
+from reports.view import MODE_LABELS, ci_label, has_columns, ordered, role_of
 
 DPI = 90
 FIGSIZE = (6.0, 3.5)
@@ -30,17 +35,25 @@ MAX_STEPS = 8  # horizon columns per grid
 TARGET_FRAME_PX = 64  # nearest-neighbour upscale small frames (16x16, 32x32) to about this size
 GAP_PX = 2
 VARIANT_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple")
+VERDICT_COLORS = {"improved": "#1a7f37", "non-inferior": "#2da44e", "identical": "#57606a", "regressed": "#cf222e",
+                  "inconclusive": "#9a6700"}  # the HTML report's badge colours
+GIF_STEP_MS = 600  # how long each horizon step of the rollout animation shows
+FOREST_CLIP = 3.0  # the forest plot's x axis ends here, in margins; an interval beyond it gets an arrow
 
 
 @dataclass
 class Figure:
-    filename: str  # written next to report.md; referenced by it
+    filename: str  # the PNG, written next to report.md and referenced by it
     title: str
     caption: str
-    draw: Callable[[], bytes]  # renders the PNG on demand: plotting is the slow part
+    draw: Callable[[], MplFigure]  # builds the figure on demand: plotting is the slow part
+    vector: bool = True  # line art, which SVG may hold in fewer bytes; False for pixel grids
 
     def png(self) -> bytes:
-        return self.draw()
+        return _to_png(self.draw())
+
+    def svg(self) -> bytes:
+        return _to_svg(self.draw(), self.filename)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -65,10 +78,26 @@ def _new_figure(size: tuple[float, float] = FIGSIZE) -> MplFigure:
 
 
 def _to_png(figure: MplFigure) -> bytes:
+    """The figure as a palette PNG: report figures have few colours, and 256 of them keep lines and pixels intact
+    at a third of the size."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI)
     figure.clear()  # drop the artists now; the figure object itself is never registered anywhere
-    return buffer.getvalue()
+    image = Image.open(buffer).convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=0)
+    out = io.BytesIO()
+    image.save(out, format="png", optimize=True)
+    return out.getvalue()
+
+
+def _to_svg(figure: MplFigure, name: str) -> bytes:
+    """The figure as SVG for inline use: text kept as text (not glyph paths), no date, ids salted by the figure's
+    name so that several SVGs in one page never share one."""
+    buffer = io.BytesIO()
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": name}):
+        figure.savefig(buffer, format="svg", dpi=DPI, metadata={"Date": None})
+    figure.clear()
+    text = buffer.getvalue()
+    return text[text.index(b"<svg"):]  # drop the XML prolog and doctype: the page embeds the element
 
 
 def _colors(report: ReportInput, variants: list[str]) -> dict[str, str]:
@@ -114,7 +143,7 @@ def _curve_stages(report: ReportInput, metric: str = "loss") -> list[str]:
     return ordered(list(stages), STAGES)
 
 
-def _draw_curves(report: ReportInput, stage: str) -> bytes:
+def _draw_curves(report: ReportInput, stage: str) -> MplFigure:
     bands = curve_bands(report.curves, stage)
     variants = ordered(list(bands), tuple(report.variants))
     colors = _colors(report, variants)
@@ -142,13 +171,13 @@ def _draw_curves(report: ReportInput, stage: str) -> bytes:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     figure.tight_layout()
-    return _to_png(figure)
+    return figure
 
 
 # --------------------------------------------------------------------------- rollout quality
 
 
-def _draw_psnr(report: ReportInput) -> bytes:
+def _draw_psnr(report: ReportInput) -> MplFigure:
     rollouts = report.rollouts.copy()
     rollouts["psnr"] = pd.to_numeric(rollouts["psnr"], errors="coerce").replace([np.inf, -np.inf], np.nan)
     figure = _new_figure((FIGSIZE[0] + 1.8, FIGSIZE[1]))  # room for the legend on the right
@@ -176,7 +205,7 @@ def _draw_psnr(report: ReportInput) -> bytes:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # outside: never hides a line
     figure.tight_layout()
-    return _to_png(figure)
+    return figure
 
 
 def _has_psnr(report: ReportInput) -> bool:
@@ -307,7 +336,7 @@ def _plan_grid(report: ReportInput, variant_row: _VariantRow = _prediction_row,
     return _GridPlan(["ground truth"] + [label for label, _ in rows], per_clip, [s + 1 for s in shown], factor, caption)
 
 
-def _draw_grid(plan: _GridPlan) -> bytes:
+def _draw_grid(plan: _GridPlan) -> MplFigure:
     grids = [rollout_grid(rows, plan.factor) for rows in plan.clips]
     grid_h, grid_w = grids[0].shape[:2]
     left, right, title_px, ticks_px = 190, 10, 22, 22  # margins in pixels around each grid
@@ -328,7 +357,85 @@ def _draw_grid(plan: _GridPlan) -> bytes:
         for spine in ax.spines.values():
             spine.set_visible(False)
         ax.set_title(f"clip {i}", fontsize=8, loc="left")
-    return _to_png(figure)
+    return figure
+
+
+# --------------------------------------------------------------------------- forest plot
+
+
+def in_margins(kpi: KpiComparison, value: float) -> float:
+    """A value on the estimate's scale (ratio c/b or difference c - b) as worsening in units of the KPI's margin,
+    on the statistics' axis: 0 = no change, 1 = the margin, negative = better. Every KPI shares this axis."""
+    rule = kpi.rule
+    if rule.scale == "log":
+        value = math.log(value) if value > 0 else (-math.inf if value == 0 else math.nan)
+    badness = rule.badness_sign * value
+    return badness / rule.analysis_margin if rule.analysis_margin > 0 else badness
+
+
+def _draw_forest(report: ReportInput, kpis: list[KpiComparison]) -> MplFigure:
+    """Each blocking KPI's interval (the one dual to the test) against its margin, on the shared axis of
+    `in_margins`: an interval wholly left of the margin line is non-inferior, wholly right of it regressed."""
+    figure = _new_figure((9.0, 0.42 * len(kpis) + 1.3))
+    ax = figure.add_subplot()
+    for row, kpi in enumerate(kpis):
+        y = len(kpis) - 1 - row
+        color = VERDICT_COLORS.get(kpi.verdict, "0.3")
+        effect = kpi.effect
+        low, high = sorted(in_margins(kpi, end) for end in (effect.ci_low, effect.ci_high))
+        if math.isfinite(low) or math.isfinite(high):  # a clipped end shows as an arrow
+            ends = np.clip(np.nan_to_num([low, high], nan=0.0), -FOREST_CLIP, FOREST_CLIP)
+            ax.plot(ends, [y, y], color=color, lw=2.5, solid_capstyle="butt")
+            for end, clipped, marker in ((ends[0], low < -FOREST_CLIP, "<"), (ends[1], high > FOREST_CLIP, ">")):
+                if clipped:
+                    ax.plot(end, y, marker, color=color, ms=6)
+        estimate = in_margins(kpi, effect.estimate)
+        if not math.isnan(estimate):
+            ax.plot(np.clip(estimate, -FOREST_CLIP, FOREST_CLIP), y, "o", color=color, ms=5)
+        ax.text(1.02, y, f"{fmt_estimate(kpi)} vs {fmt_margin(kpi)}: {kpi.verdict}", transform=ax.get_yaxis_transform(),
+                va="center", fontsize=7, color=color)
+    ax.axvline(0, color="0.4", lw=1)
+    ax.axvline(1, color=VERDICT_COLORS["regressed"], lw=1, ls="--")
+    ax.set_yticks(range(len(kpis)), [_safe_label(k.name, 32) for k in reversed(kpis)], fontsize=8)
+    ax.set_ylim(-0.7, len(kpis) - 0.3)
+    low, high = ax.get_xlim()
+    ax.set_xlim(max(min(low, -1.2), -FOREST_CLIP - 0.2), min(max(high, 1.5), FOREST_CLIP + 0.2))
+    ax.set_xlabel("change in units of the KPI's margin (0: none, 1: the margin; right is worse)", fontsize=8)
+    ax.set_title(f"Blocking KPIs: change with its {ci_label(report.comparison.alpha)} against the margin (dashed)",
+                 fontsize=9)
+    ax.grid(True, axis="x", alpha=0.3)
+    figure.subplots_adjust(left=0.2, right=0.55, top=1 - 0.45 / figure.get_figheight(),
+                           bottom=0.55 / figure.get_figheight())
+    return figure
+
+
+# --------------------------------------------------------------------------- rollout animation
+
+
+def rollout_gif(report: ReportInput) -> bytes | None:
+    """An animated GIF of the rollout grid, one horizon step per frame: rows ground truth and each variant's
+    prediction, columns the clips, labelled in the image. None when there are no frames."""
+    plan = _plan_grid(report)
+    if plan is None:
+        return None
+    label_px, title_px, gap = 6 * max(len(label) for label in plan.labels) + 8, 14, GAP_PX  # default font: 6 px
+    frames = []
+    for step_index, step in enumerate(plan.steps):
+        # one grid per step: rows are the plan's rows, columns the clips
+        rows = [np.stack([clip[row][step_index] for clip in plan.clips]) for row in range(len(plan.labels))]
+        grid = rollout_grid(rows, plan.factor)
+        image = Image.new("RGB", (label_px + grid.shape[1], title_px + grid.shape[0]), "white")
+        image.paste(Image.fromarray(grid), (label_px, title_px))
+        draw = ImageDraw.Draw(image)
+        draw.text((label_px, 1), f"t+{step}  (clips 0-{len(plan.clips) - 1})", fill="black")
+        cell = (grid.shape[0] + gap) / len(plan.labels)
+        for row, label in enumerate(plan.labels):
+            draw.text((2, title_px + row * cell + cell / 2 - 6), label, fill="black")
+        frames.append(image.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=0))
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="gif", save_all=True, append_images=frames[1:], duration=GIF_STEP_MS, loop=0,
+                   optimize=True)
+    return buffer.getvalue()
 
 
 # --------------------------------------------------------------------------- the plan
@@ -337,6 +444,13 @@ def _draw_grid(plan: _GridPlan) -> bytes:
 def plan_figures(report: ReportInput) -> list[Figure]:
     """Which figures this report has (cheap: decided from the data, drawn only on demand)."""
     figures: list[Figure] = []
+    blocking = [kpi for kpi in report.comparison.kpis if kpi.rule.blocking]
+    if blocking:
+        figures.append(Figure("forest.png", "Blocking KPIs against their margins",
+                              "Each blocking KPI's change with the interval dual to its test, in units of its margin: "
+                              "left of the dashed line is within the margin (non-inferior when the whole interval "
+                              "is), right of it worse. The text gives each change on its own scale.",
+                              lambda: _draw_forest(report, blocking)))
     used: set[str] = set()
     for stage in _curve_stages(report):
         name = f"curves_{_safe_filename(stage)}.png"
@@ -353,13 +467,14 @@ def plan_figures(report: ReportInput) -> list[Figure]:
         )
     grid = _plan_grid(report)
     if grid is not None:
-        figures.append(Figure("rollouts.png", "Rollouts: ground truth vs predictions", grid.caption, lambda: _draw_grid(grid)))
+        figures.append(Figure("rollouts.png", "Rollouts: ground truth vs predictions", grid.caption,
+                              lambda: _draw_grid(grid), vector=False))
     if any(isinstance(f, dict) and f.get("reconstructions") is not None for f in (report.frames or {}).values()):
         tokenizer_grid = _plan_grid(report, _reconstruction_row, "tokenizer reconstruction of the same frames")
         if tokenizer_grid is not None:
             caption = f"{tokenizer_grid.caption} What the tokenizer loses (small moving sprites) no model recovers."
             figures.append(Figure("reconstructions.png", "Tokenizer reconstructions vs ground truth", caption,
-                                  lambda: _draw_grid(tokenizer_grid)))
+                                  lambda: _draw_grid(tokenizer_grid), vector=False))
     if _has_psnr(report):
         figures.append(
             Figure(

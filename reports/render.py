@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import json
 import math
 import re
@@ -16,20 +17,30 @@ from pathlib import Path
 
 import jinja2
 import numpy as np
+from markupsafe import Markup
 import pandas as pd
 
+from harness.seeds import format_seeds
 from harness.types import KpiComparison, ReportInput
 from reports import view
-from reports.figures import Figure, plan_figures
-from reports.template import HTML_TEMPLATE
+from reports.figures import Figure, plan_figures, rollout_gif
+from reports.template import HTML_TEMPLATE, KPI_TABLE_SCRIPT
 from reports.text import VERDICT_EMOJI, VERDICT_SYMBOL, comparison_reasons, kpi_reason, md_escape, truncate
 
 MARKER = "<!-- worldbench-report -->"  # first line of the markdown: a bot finds and updates its PR comment by it
 FORMATS = ("md", "html", "json")
 FILENAMES = {"md": "report.md", "html": "report.html", "json": "report.json"}
+GIF_FILENAME = "rollouts.gif"  # the animated rollouts, written next to report.md with the PNGs
 
 # GitHub rejects comments over 65,536 characters; stay well under so the bot can add a footer.
 MAX_MD_CHARS = 60_000
+# What shows before anything is expanded must fit on a screen.
+MAX_VISIBLE_BYTES = 4_096
+MAX_VISIBLE_LINES = 40
+MAX_HEADLINE_ROWS = 12
+VISIBLE_REASONS = 3  # verdict reasons shown above the fold (the rest are in the KPI table and the details)
+VISIBLE_REASON_CHARS = 220
+VISIBLE_NAME_CHARS = 60  # variant and KPI names above the fold
 MD_MAX_SEEDS = 12  # per-seed columns in the markdown (HTML and JSON have all of them)
 MD_DESCRIPTION_CHARS = 1_500
 MD_REASON_CHARS = 400
@@ -38,6 +49,8 @@ MD_ERROR_CHARS = 400
 MD_MAX_RUN_ROWS = 60
 
 GITHUB_ALERT = {"PASS": "TIP", "FAIL": "CAUTION", "INCONCLUSIVE": "WARNING"}  # green / red / amber boxes
+# The pictures a maintainer looks at first (the rollouts and what the tokenizer keeps), shown above the fold.
+HEADLINE_PICTURES = ("rollouts.png", "reconstructions.png")
 
 
 # --------------------------------------------------------------------------- markdown
@@ -62,7 +75,7 @@ def _md_table(table: view.Table, max_rows: int | None = None) -> str:
 
 def _numeric_column(table: view.Table, index: int) -> bool:
     cells = [row[index] for row in table.rows if index < len(row) and row[index]]
-    return bool(cells) and all(re.match(r"^[+−\-]?[\d∞—<]", cell) for cell in cells)
+    return bool(cells) and all(re.match(r"^[+−\-]?[\d∞—<≤≥]", cell) for cell in cells)
 
 
 def _details(summary: str, body: str) -> str:
@@ -70,26 +83,106 @@ def _details(summary: str, body: str) -> str:
     return f"<details><summary>{summary}</summary>\n\n{body}\n\n</details>"
 
 
-def _md_banner(report: ReportInput) -> str:
+def visible_part(markdown: str) -> str:
+    """What GitHub shows before anything is expanded: the markdown less its outermost <details> blocks."""
+    kept, depth = [], 0
+    for piece in re.split(r"(<details>|</details>)", markdown):
+        if piece == "<details>":
+            depth += 1
+        elif piece == "</details>":
+            depth = max(0, depth - 1)
+        elif depth == 0:
+            kept.append(piece)
+    return "".join(kept)
+
+
+# ----------------------------------------------------------------- above the fold
+
+
+def _with_emoji(verdict: str) -> str:
+    return f"{VERDICT_EMOJI.get(verdict, '')} {verdict}".strip()
+
+
+def _md_counts(report: ReportInput) -> str:
+    """One line: how many KPIs got each verdict, and the compatibility check."""
+    counts = " · ".join(f"{VERDICT_EMOJI.get(v, '')} {n} {v}" for v, n in view.verdict_counts(report).items())
+    compat = "" if report.compat is None else (" · compatibility ✅" if report.compat.ok else " · compatibility ❌")
+    return f"**KPIs:** {counts}{compat}"
+
+
+def _md_context(report: ReportInput) -> str:
+    """Profile, seeds, alpha, and the links to the full report and the CI run."""
+    seeds = view.seeds_by_variant(report)
+    paired = len({tuple(s) for s in seeds.values()}) == 1
+    seed_text = (f"seeds {format_seeds(next(iter(seeds.values()), [])) or '—'} (paired)" if paired else
+                 "; ".join(f"{view.role_of(report, v)} seeds {format_seeds(s) or '—'}" for v, s in seeds.items()))
+    links = [f"[full report (HTML)]({FILENAMES['html']})"]
+    if report.ci_run_url:
+        links.append(f"[CI run]({report.ci_run_url})")
+    return (f"<sub>profile {md_escape(truncate(report.profile, VISIBLE_NAME_CHARS), block_start=False)} · {seed_text} · "
+            f"α = {report.comparison.alpha:g} · {' · '.join(links)}</sub>")
+
+
+def _md_alert(report: ReportInput, reasons: int, reason_chars: int) -> str:
+    """The verdict's reasons (the first few), the seeds that would settle it, and what else went wrong."""
     banner = view.banner(report)
-    lines = [
-        f"> [!{GITHUB_ALERT.get(banner.verdict, 'NOTE')}]",
-        f"> **{VERDICT_EMOJI.get(banner.verdict, '')} {md_escape(banner.verdict)}**: {md_escape(banner.context)}",
-    ]
-    lines += [f"> - {md_escape(truncate(reason, MD_REASON_CHARS))}" for reason in banner.reasons[:MD_MAX_REASONS]]
-    if len(banner.reasons) > MD_MAX_REASONS:
-        lines.append(f"> - … and {len(banner.reasons) - MD_MAX_REASONS} more (see the KPI table)")
+    lines = [f"> [!{GITHUB_ALERT.get(banner.verdict, 'NOTE')}]"]
+    lines += [f"> - {md_escape(truncate(reason, reason_chars))}" for reason in banner.reasons[:reasons]]
+    if len(banner.reasons) > reasons:
+        lines.append(f"> - … and {len(banner.reasons) - reasons} more (see the table and the details)")
     if banner.recommended_seeds:
-        lines.append(f">\n> **Recommended:** about {banner.recommended_seeds} seeds per variant would settle it.")
-    problems = view.problem_summary(report)
-    warnings = view.provenance_warnings(report)
-    collapsed = view.collapsed_lam_warnings(report)
-    if problems or warnings or collapsed:
-        lines += ["", "> [!WARNING]"]
-        lines += [f"> - **Runs that did not finish**: {md_escape(p)}" for p in problems]
-        lines += [f"> - **Provenance**: {md_escape(w)}" for w in warnings]
-        lines += [f"> - **Collapsed LAM**: {md_escape(w)}" for w in collapsed]
+        lines.append(f"> - **Recommended:** about {banner.recommended_seeds} seeds per variant would settle it.")
+    warnings = ([f"Runs that did not finish: {p}" for p in view.problem_summary(report)]
+                + [f"Provenance: {w}" for w in view.provenance_warnings(report)]
+                + [f"Collapsed LAM: {w}" for w in view.collapsed_lam_warnings(report)])
+    lines += [f"> - ⚠️ {md_escape(truncate(w, reason_chars))}" for w in warnings[:reasons]]
+    if len(warnings) > reasons:
+        lines.append(f"> - ⚠️ … and {len(warnings) - reasons} more warnings (details)")
     return "\n".join(lines)
+
+
+def _md_headline(report: ReportInput, max_rows: int) -> str:
+    kpis, hidden = view.headline_kpis(report, max_rows)
+    if not kpis:
+        return "No blocking KPI was compared."
+    table = view.headline_table(report, kpis)
+    for row in table.rows:
+        row[0] = truncate(row[0], VISIBLE_NAME_CHARS)
+        row[-1] = _with_emoji(row[-1])
+    more = f" {hidden} more blocking or regressed KPIs are in the details." if hidden else ""
+    table.note = ("Blocking KPIs, and any other that regressed. Arms: geometric mean (ratio KPIs) or mean "
+                  f"(differences) over seeds, so their ratio or difference is the change the test uses.{more}")
+    return _md_table(table)
+
+
+def _md_pictures(figures: list[Figure], pictures: bool, has_gif: bool) -> str:
+    shown = [f for f in figures if f.filename in HEADLINE_PICTURES]
+    if not shown:
+        return ""
+    if not pictures:
+        return "<sub>Pictures (rollouts, tokenizer reconstructions): in the PR comment and in report.html.</sub>"
+    images = ([f"![rollouts, animated: ground truth, then each variant]({GIF_FILENAME})"] if has_gif else [])
+    images += [f"![{md_escape(f.title)}]({f.filename})" for f in shown]
+    return "**Rollouts** (rows: ground truth, then each variant) **and tokenizer reconstructions**\n\n" + " ".join(images)
+
+
+def _visible(report: ReportInput, figures: list[Figure], pictures: bool, has_gif: bool) -> str:
+    """Above the fold, shrunk until it fits MAX_VISIBLE_BYTES and MAX_VISIBLE_LINES: fewer reasons and shorter,
+    then fewer KPI rows."""
+    title = f"{MARKER}\n## {_md_verdict(report.comparison.verdict)} · {md_escape(truncate(report.title, 2 * VISIBLE_NAME_CHARS))}"
+    text = ""
+    for reasons, chars, rows in ((VISIBLE_REASONS, VISIBLE_REASON_CHARS, MAX_HEADLINE_ROWS),
+                                 (2, 140, MAX_HEADLINE_ROWS), (1, 100, MAX_HEADLINE_ROWS), (1, 100, 8), (1, 80, 5),
+                                 (0, 80, 3)):
+        parts = [title, _md_counts(report) + "<br>\n" + _md_context(report), _md_alert(report, reasons, chars),
+                 _md_headline(report, rows), _md_pictures(figures, pictures, has_gif)]
+        text = "\n\n".join(part for part in parts if part)
+        if len(text.encode()) <= MAX_VISIBLE_BYTES and text.count("\n") + 1 <= MAX_VISIBLE_LINES:
+            break
+    return text
+
+
+# ----------------------------------------------------------------- below the fold
 
 
 def _md_variants(report: ReportInput) -> str:
@@ -110,7 +203,7 @@ _KPI_URGENCY = {"regressed": 0, "inconclusive": 1, "non-inferior": 2, "identical
 def _md_kpis(report: ReportInput, max_rows: int | None = None) -> str:
     table = view.kpi_table(report)
     if not table.rows:
-        return "### KPIs\n\nNo KPIs were compared."
+        return "### All KPIs\n\nNo KPIs were compared."
     if max_rows is not None and max_rows < len(table.rows):
         kpis = report.comparison.kpis
         order = sorted(range(len(kpis)), key=lambda i: (not kpis[i].rule.blocking, _KPI_URGENCY.get(kpis[i].verdict, 1), i))
@@ -121,17 +214,19 @@ def _md_kpis(report: ReportInput, max_rows: int | None = None) -> str:
             "PR comment; report.html and report.json have all of them."
         )
     for row in table.rows:  # the verdict column gets its emoji (markdown only: HTML uses badges)
-        row[-1] = f"{VERDICT_EMOJI.get(row[-1], '')} {row[-1]}".strip()
-    return "### KPIs\n\n" + _md_table(table)
+        row[-1] = _with_emoji(row[-1])
+    return "### All KPIs\n\n" + _md_table(table)
 
 
 def _md_explanations(report: ReportInput) -> str:
     items = [
         f"- {VERDICT_EMOJI.get(e.verdict, '')} **{md_escape(e.name)}** ({md_escape(e.verdict)}): "
-        f"{md_escape(truncate(e.reason, MD_REASON_CHARS))}<br><sub>{md_escape(e.detail)}</sub>"
+        f"{md_escape(truncate(e.reason, MD_REASON_CHARS))}"
+        + (f"<br>Resolution: {md_escape(e.resolution)}" if e.resolution else "")
+        + f"<br><sub>{md_escape(e.detail)}</sub>"
         for e in view.kpi_explanations(report)
     ]
-    return _details("Why each KPI got its verdict", "\n".join(items)) if items else ""
+    return "### Why each KPI got its verdict\n\n" + "\n".join(items) if items else ""
 
 
 def _md_seeds(report: ReportInput) -> str:
@@ -139,23 +234,21 @@ def _md_seeds(report: ReportInput) -> str:
     return _details("Per-seed values", _md_table(table)) if table.rows else ""
 
 
-def _md_figures(figures: list[Figure]) -> str:
+def _md_figures(figures: list[Figure], pictures: bool) -> str:
     if not figures:
         return "### Figures\n\nNo figures: no training curves, rollout frames or rollout scores were recorded."
+    if not pictures:
+        return f"### Figures\n\n{len(figures)} figures are in the PR comment and in report.html."
     items = [
         f"**{md_escape(f.title)}**<br>\n![{md_escape(f.title)}]({f.filename})<br>\n<sub>{md_escape(f.caption)}</sub>"
         for f in figures
     ]
-    intro = (
-        f"{len(figures)} figures (training curves, rollout frames, tokenizer reconstructions, PSNR per horizon step) "
-        "are inline in **report.html** (CI artifact); the PNG files referenced below are written next to report.md."
-    )
-    return "### Figures\n\n" + intro + "\n\n" + _details(f"Figures ({len(figures)})", "\n\n".join(items))
+    return "### Figures\n\n" + "\n\n".join(items)
 
 
 def _md_rollouts(report: ReportInput) -> str:
     table = view.rollout_table(report)
-    return "### Rollouts\n\n" + (_md_table(table) if table.rows else "No rollout scores were recorded.")
+    return "### Rollout scores\n\n" + (_md_table(table) if table.rows else "No rollout scores were recorded.")
 
 
 def _md_speed(report: ReportInput) -> str:
@@ -192,7 +285,7 @@ def _md_provenance(report: ReportInput) -> str:
     table = view.provenance_table(report)
     if not table.rows:
         return "### Provenance\n\nNo provenance recorded."
-    return "### Provenance\n\n" + _details("Commits, versions, machines, seeds", _md_table(table))
+    return "### Provenance\n\n" + _md_table(table)
 
 
 def _md_reproduce(report: ReportInput) -> str:
@@ -217,56 +310,67 @@ class _Section:
     drop_order: int | None = None  # optional sections are replaced by a note, lowest first, when too long
 
 
-def render_markdown(report: ReportInput, figures: list[Figure] | None = None) -> str:
-    """GitHub-flavoured markdown for a PR comment, under MAX_MD_CHARS whatever the input size.
+DETAILS_SUMMARY = ("<b>Details</b>: every KPI and why it got its verdict, per-seed values, figures, rollout scores, "
+                   "speed, compatibility, runs, provenance, the command that reproduces this")
 
-    When too long: drop optional sections (each replaced by a one-line note), then cut the KPI
-    table to its most important rows, and only then truncate the text itself.
+
+def render_markdown(report: ReportInput, figures: list[Figure] | None = None, pictures: bool = True,
+                    has_gif: bool = True) -> str:
+    """GitHub-flavoured markdown for a PR comment: a part that fits on a screen (the verdict, counts, the blocking
+    KPIs, the pictures, links) and everything else folded in one <details>; under MAX_MD_CHARS whatever the input.
+
+    The pictures are linked by their file names next to report.md (.github/scripts/publish_assets.py pins them to
+    a commit of the assets branch before the comment is posted); `pictures=False` (the job summary, which nothing
+    publishes for) says where they are instead. When too long: drop optional sections (each replaced by a one-line
+    note), then cut the KPI table to its most important rows, and only then truncate the text itself.
     """
     figures = plan_figures(report) if figures is None else figures
+    visible = _visible(report, figures, pictures, has_gif and any(f.filename in HEADLINE_PICTURES for f in figures))
     sections = {
-        "title": _Section("title", f"{MARKER}\n## {_md_verdict(report.comparison.verdict)} · {md_escape(report.title)}"),
-        "banner": _Section("verdict", _md_banner(report)),
         "kpis": _Section("KPIs", _md_kpis(report)),
         "explanations": _Section("KPI explanations", _md_explanations(report), 3),
         "seeds": _Section("per-seed values", _md_seeds(report), 2),
-        "variants": _Section("variant descriptions", _md_variants(report), 5),
-        "figures": _Section("figure list", _md_figures(figures), 6),
+        "figures": _Section("figure list", _md_figures(figures, pictures), 6),
         "rollouts": _Section("rollout table", _md_rollouts(report), 7),
         "speed": _Section("speed", _md_speed(report)),
         "compat": _Section("backward compatibility", _md_compat(report)),
         "runs": _Section("runs", _md_runs(report)),
         "all_runs": _Section("list of all runs", _md_all_runs(report), 1),
+        "variants": _Section("variant descriptions", _md_variants(report), 5),
         "provenance": _Section("provenance", _md_provenance(report), 4),
         "reproduce": _Section("reproduce command", _md_reproduce(report)),
         "notes": _Section("notes", _md_notes(report), 8),
     }
+
+    def joined() -> str:
+        return _join(visible, sections)
+
     optional = sorted((s for s in sections.values() if s.drop_order is not None), key=lambda s: s.drop_order)
     for section in optional:
-        if len(_join(sections)) <= MAX_MD_CHARS:
+        if len(joined()) <= MAX_MD_CHARS:
             break
         section.text = f"<sub>({section.label} left out to fit a PR comment; see report.html / report.json)</sub>"
         section.drop_order = -1  # marks "shortened" for the footer
 
     n_kpis = len(report.comparison.kpis)
-    while len(_join(sections)) > MAX_MD_CHARS and n_kpis > 1:
-        excess = len(_join(sections)) - MAX_MD_CHARS
+    while len(joined()) > MAX_MD_CHARS and n_kpis > 1:
+        excess = len(joined()) - MAX_MD_CHARS
         row_chars = max(1, len(sections["kpis"].text) // max(1, n_kpis))
         n_kpis = max(1, n_kpis - excess // row_chars - 1)
         sections["kpis"].text = _md_kpis(report, max_rows=n_kpis)
 
-    markdown = _join(sections)
+    markdown = joined()
     if len(markdown) > MAX_MD_CHARS:  # last resort: even the essentials are too long
-        tail = "\n\n…\n\n**Report truncated to fit a PR comment; see report.html / report.json for everything.**\n"
+        tail = "\n\n…\n\n</details>\n\n**Report truncated to fit a PR comment; see report.html / report.json.**\n"
         markdown = markdown[: MAX_MD_CHARS - len(tail)] + tail
     return markdown
 
 
-def _join(sections: dict[str, _Section]) -> str:
+def _join(visible: str, sections: dict[str, _Section]) -> str:
     body = "\n\n".join(s.text for s in sections.values() if s.text)
     if any(s.drop_order == -1 for s in sections.values()):
         body += "\n\n<sub>This comment was shortened to fit GitHub's size limit.</sub>"
-    return body + "\n"
+    return f"{visible}\n\n{_details(DETAILS_SUMMARY, body)}\n"
 
 
 def _md_verdict(verdict: str) -> str:
@@ -278,9 +382,33 @@ def _md_verdict(verdict: str) -> str:
 
 @dataclasses.dataclass
 class _InlineFigure:
+    anchor: str
     title: str
     caption: str
-    data: str  # base64 PNG
+    svg: Markup | None  # the inline <svg> element, for line art where it is smaller than its PNG
+    png: str  # otherwise the PNG, base64
+
+
+def _inline_figure(figure: Figure, png: bytes) -> _InlineFigure:
+    """A figure as the page embeds it: inline SVG when that is smaller than the PNG as a data URI (4/3 of its
+    bytes), else the PNG. matplotlib writes the SVG and escapes its text, so it is markup we made."""
+    anchor = "figure-" + Path(figure.filename).stem
+    svg = figure.svg() if figure.vector else None
+    if svg is not None and len(svg) < len(png) * 4 / 3:
+        return _InlineFigure(anchor, figure.title, figure.caption, Markup(svg.decode("utf-8")), "")
+    return _InlineFigure(anchor, figure.title, figure.caption, None, base64.b64encode(png).decode("ascii"))
+
+
+def _sort_key(value: float) -> str:
+    """A KPI table cell's data-sort attribute: a number JavaScript's parseFloat reads, "" for none."""
+    if math.isnan(value):
+        return ""
+    return ("Infinity" if value > 0 else "-Infinity") if math.isinf(value) else repr(float(value))
+
+
+def script_hash(script: str) -> str:
+    """The CSP source that allows exactly this inline script."""
+    return "sha256-" + base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
 
 
 def _environment() -> jinja2.Environment:
@@ -289,23 +417,32 @@ def _environment() -> jinja2.Environment:
 
 
 def render_html(report: ReportInput, pngs: dict[str, bytes] | None = None) -> str:
-    """One self-contained HTML page. `pngs` (filename -> bytes) reuses figures already drawn."""
+    """One self-contained HTML page. `pngs` (filename -> bytes) reuses figures already drawn; only the figures
+    it holds are shown."""
     figures = plan_figures(report)
     pngs = pngs if pngs is not None else {f.filename: f.png() for f in figures}
-    inline = {
-        f.filename: _InlineFigure(f.title, f.caption, base64.b64encode(pngs[f.filename]).decode("ascii"))
-        for f in figures
-        if f.filename in pngs
-    }
+    inline = {f.filename: _inline_figure(f, pngs[f.filename]) for f in figures if f.filename in pngs}
+    forest = inline.pop("forest.png", None)
     variants = [
         {"role": view.role_of(report, v), "name": v, "description": view.description_of(report, v)}
         for v in report.variants
     ]
+    notes = view.notes(report)
+    toc = [("verdict", "Verdict")] + ([("forest", "Blocking KPIs against their margins")] if forest else []) + [
+        ("kpis", "KPIs"), ("explanations", "Why each KPI got its verdict"), ("seeds", "Per-seed values"),
+        ("variants", "Variants"), ("curves", "Training curves"), ("rollouts", "Rollouts"), ("speed", "Speed"),
+        ("compat", "Backward compatibility"), ("runs", "Runs"), ("provenance", "Provenance"),
+        ("reproduce", "Reproduce")] + ([("notes", "Notes")] if notes else [])
     template = _environment().from_string(HTML_TEMPLATE)
     return template.render(
         title=report.title,
         banner=view.banner(report),
         symbols=VERDICT_SYMBOL,
+        toc=toc,
+        script=Markup(KPI_TABLE_SCRIPT),
+        script_hash=script_hash(KPI_TABLE_SCRIPT),
+        sort_key=_sort_key,
+        forest=forest,
         problems=view.problem_summary(report),
         provenance_warnings=view.provenance_warnings(report),
         collapsed_lam_warnings=view.collapsed_lam_warnings(report),
@@ -323,7 +460,7 @@ def render_html(report: ReportInput, pngs: dict[str, bytes] | None = None) -> st
         all_runs=view.all_runs(report, error_limit=300),
         provenance=view.provenance_table(report),
         reproduce_command=report.reproduce_command,
-        notes=view.notes(report),
+        notes=notes,
     )
 
 
@@ -433,7 +570,7 @@ def render_json(report: ReportInput) -> str:
 
 
 def write_reports(report: ReportInput, out_dir: Path, formats: Sequence[str] = FORMATS) -> dict[str, Path]:
-    """Write report.md (+ its PNGs), report.html and/or report.json into out_dir."""
+    """Write report.md (+ its PNGs and the rollout GIF), report.html and/or report.json into out_dir."""
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise ValueError(f"unknown report format(s) {unknown}; choose from {list(FORMATS)}")
@@ -448,7 +585,10 @@ def write_reports(report: ReportInput, out_dir: Path, formats: Sequence[str] = F
         if fmt == "md":
             for name, data in pngs.items():
                 (out_dir / name).write_bytes(data)
-            path.write_text(render_markdown(report, figures), encoding="utf-8")
+            gif = rollout_gif(report)
+            if gif is not None:
+                (out_dir / GIF_FILENAME).write_bytes(gif)
+            path.write_text(render_markdown(report, figures, has_gif=gif is not None), encoding="utf-8")
         elif fmt == "html":
             path.write_text(render_html(report, pngs), encoding="utf-8")
         else:

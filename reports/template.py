@@ -1,15 +1,54 @@
 """The HTML report template (Jinja2, rendered with autoescape: every string is escaped).
 
 Kept as a Python string rather than a .j2 file so it ships with the package without
-package-data configuration.  The page is self-contained: inline CSS, images as data URIs,
-no scripts, and a Content-Security-Policy that forbids loading anything else.
+package-data configuration.  The page is self-contained: inline CSS, figures as inline SVG or
+PNG data URIs, one inline script (KPI_TABLE_SCRIPT: sort and filter the KPI table), and a
+Content-Security-Policy that forbids loading anything else and runs that script alone, by its hash.
+"""
+
+# Sorts the KPI table by a clicked column (by each cell's data-sort number where it has one, else its text) and
+# filters it to the blocking KPIs; "#blocking-only" in the address starts filtered. Marks the table "ready".
+KPI_TABLE_SCRIPT = """
+(function () {
+  var table = document.getElementById("kpi-table");
+  var only = document.getElementById("blocking-only");
+  if (!table || !only) return;
+  var body = table.tBodies[0];
+  function filter() {
+    Array.prototype.forEach.call(body.rows, function (row) {
+      row.hidden = only.checked && !row.classList.contains("blocking");
+    });
+  }
+  function key(cell) { return cell.dataset.sort === "" ? NaN : parseFloat(cell.dataset.sort); }
+  only.addEventListener("change", filter);
+  only.checked = location.hash === "#blocking-only";
+  filter();
+  Array.prototype.forEach.call(table.tHead.rows[0].cells, function (header, column) {
+    header.tabIndex = 0;
+    header.title = "sort by this column";
+    header.addEventListener("click", function () {
+      var ascending = header.getAttribute("aria-sort") !== "ascending";
+      Array.prototype.forEach.call(table.tHead.rows[0].cells, function (h) { h.removeAttribute("aria-sort"); });
+      var rows = Array.prototype.slice.call(body.rows);
+      rows.sort(function (a, b) {
+        var x = key(a.cells[column]), y = key(b.cells[column]);
+        var order = isNaN(x) || isNaN(y) ? (isNaN(x) - isNaN(y)) ||
+          a.cells[column].textContent.localeCompare(b.cells[column].textContent) : x - y;
+        return ascending ? order : -order;
+      });
+      rows.forEach(function (row) { body.appendChild(row); });
+      header.setAttribute("aria-sort", ascending ? "ascending" : "descending");
+    });
+  });
+  table.dataset.interactive = "ready";
+})();
 """
 
 HTML_TEMPLATE = r"""<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src '{{ script_hash }}'">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{{ title }} — {{ banner.verdict }}</title>
 <style>
@@ -57,6 +96,16 @@ HTML_TEMPLATE = r"""<!DOCTYPE html>
   .failed { color: #cf222e; font-weight: bold; }
   .muted { color: #57606a; }
   ul.explanations li { margin: 4px 0; font-size: 13px; }
+  nav.toc { background: #fff; border: 1px solid #d0d7de; border-radius: 6px; padding: 6px 14px; font-size: 13px; margin: 10px 0; }
+  nav.toc ol { margin: 4px 0; padding-left: 20px; columns: 2; }
+  nav.toc a, h2 a.anchor { color: #0969da; text-decoration: none; }
+  h2 a.anchor { visibility: hidden; margin-left: 6px; }
+  h2:hover a.anchor { visibility: visible; }
+  #kpi-table th { cursor: pointer; }
+  #kpi-table th[aria-sort=ascending]::after { content: " ▲"; }
+  #kpi-table th[aria-sort=descending]::after { content: " ▼"; }
+  label.filter { font-size: 13px; }
+  figure svg { max-width: 100%; height: auto; }
 </style>
 </head>
 <body>
@@ -74,10 +123,20 @@ HTML_TEMPLATE = r"""<!DOCTYPE html>
 {% endif %}
 {%- endmacro %}
 
+{%- macro heading(id, text) -%}
+<h2 id="{{ id }}">{{ text }}<a class="anchor" href="#{{ id }}">#</a></h2>
+{%- endmacro %}
+{%- macro figure(fig) -%}
+<figure id="{{ fig.anchor }}">{% if fig.svg %}{{ fig.svg }}{% else %}<img src="data:image/png;base64,{{ fig.png }}" alt="{{ fig.title }}">{% endif %}<figcaption><strong>{{ fig.title }}.</strong> {{ fig.caption }}</figcaption></figure>
+{%- endmacro %}
+
 <h1>{{ title }}</h1>
 <div class="context">{{ banner.context }}</div>
+<nav class="toc" id="contents"><strong>Contents</strong>
+<ol>{% for id, text in toc %}<li><a href="#{{ id }}">{{ text }}</a></li>{% endfor %}</ol>
+</nav>
 
-<section class="banner {{ banner.verdict | lower }}">
+<section class="banner {{ banner.verdict | lower }}" id="verdict">
   <h2>{{ symbols[banner.verdict] }} {{ banner.verdict }}</h2>
   <ul>{% for reason in banner.reasons %}<li>{{ reason }}</li>{% endfor %}</ul>
   {% if banner.recommended_seeds %}<div class="recommend">Recommended: about {{ banner.recommended_seeds }} seeds per variant would settle it.</div>{% endif %}
@@ -96,68 +155,74 @@ HTML_TEMPLATE = r"""<!DOCTYPE html>
 <ul>{% for line in collapsed_lam_warnings %}<li>{{ line }}</li>{% endfor %}</ul></div>
 {% endif %}
 
-<h2>KPIs</h2>
+{% if forest %}
+{{ heading("forest", "Blocking KPIs against their margins") }}
+{{ figure(forest) }}
+{% endif %}
+
+{{ heading("kpis", "KPIs") }}
 {% if kpis.rows %}
-<div class="scroll"><table>
+<label class="filter"><input type="checkbox" id="blocking-only"> blocking KPIs only</label>
+<div class="scroll"><table id="kpi-table">
 <thead><tr>{% for column in kpis.columns %}<th>{{ column }}</th>{% endfor %}</tr></thead>
 <tbody>
-{% for row in kpis.rows %}<tr class="{{ kpis.row_classes[loop.index0] }}">
-{%- for cell in row[:-1] %}<td{% if loop.index0 >= 2 %} class="num"{% endif %}>{{ cell }}</td>{% endfor -%}
-<td><span class="badge {{ row[-1] | replace('-', '_') }}">{{ symbols.get(row[-1], '') }} {{ row[-1] }}</span></td></tr>
+{% for row in kpis.rows %}{% set keys = kpis.sort_keys[loop.index0] %}<tr class="{{ kpis.row_classes[loop.index0] }}">
+{%- for cell in row[:-1] %}<td data-sort="{{ sort_key(keys[loop.index0]) }}"{% if loop.index0 >= 2 %} class="num"{% endif %}>{{ cell }}</td>{% endfor -%}
+<td data-sort="{{ sort_key(keys[-1]) }}"><span class="badge {{ row[-1] | replace('-', '_') }}">{{ symbols.get(row[-1], '') }} {{ row[-1] }}</span></td></tr>
 {% endfor %}</tbody>
 </table></div>
 <p class="note">{{ kpis.note }}</p>
-<details><summary>Why each KPI got its verdict</summary>
-<ul class="explanations">{% for e in explanations %}<li><strong>{{ e.name }}</strong> ({{ e.verdict }}): {{ e.reason }}<br><span class="muted">{{ e.detail }}</span></li>{% endfor %}</ul>
-</details>
+{{ heading("explanations", "Why each KPI got its verdict") }}
+<ul class="explanations">{% for e in explanations %}<li><strong>{{ e.name }}</strong> ({{ e.verdict }}): {{ e.reason }}{% if e.resolution %}<br>Resolution: {{ e.resolution }}{% endif %}<br><span class="muted">{{ e.detail }}</span></li>{% endfor %}</ul>
 {% else %}<p class="muted">No KPIs were compared.</p>{% endif %}
 
-<h2>Per-seed values</h2>
+{{ heading("seeds", "Per-seed values") }}
 {% if seeds.rows %}{{ table(seeds) }}{% else %}<p class="muted">No per-seed values.</p>{% endif %}
 
-<h2>Variants</h2>
+{{ heading("variants", "Variants") }}
 {% for variant in variants %}
 <p><strong>{{ variant.role }}</strong>: {{ variant.name }}</p>
 {% if variant.description %}<pre>{{ variant.description }}</pre>{% else %}<p class="muted">no description</p>{% endif %}
 {% endfor %}
 
-<h2>Training curves</h2>
+{{ heading("curves", "Training curves") }}
 {% for fig in curve_figures %}
-<figure><img src="data:image/png;base64,{{ fig.data }}" alt="{{ fig.title }}"><figcaption><strong>{{ fig.title }}.</strong> {{ fig.caption }}</figcaption></figure>
+{{ figure(fig) }}
 {% else %}<p class="muted">No training curves were recorded.</p>{% endfor %}
 
-<h2>Rollouts</h2>
+{{ heading("rollouts", "Rollouts") }}
 {% for fig in rollout_figures %}
-<figure><img src="data:image/png;base64,{{ fig.data }}" alt="{{ fig.title }}"><figcaption><strong>{{ fig.title }}.</strong> {{ fig.caption }}</figcaption></figure>
+{{ figure(fig) }}
 {% else %}<p class="muted">No rollout frames or scores were recorded.</p>{% endfor %}
 {{ table(rollouts, 3) }}
 
-<h2>Speed</h2>
+{{ heading("speed", "Speed") }}
 {% if speed.rows %}{{ table(speed) }}{% else %}<p class="muted">No speed measurements.</p>{% endif %}
 
-<h2>Backward compatibility</h2>
+{{ heading("compat", "Backward compatibility") }}
 {% if compat is none %}<p class="muted">Not checked.</p>
 {% else %}
 <p class="{{ 'ok' if compat.ok else 'failed' }}">{{ symbols['PASS'] if compat.ok else symbols['FAIL'] }} {{ 'compatible' if compat.ok else 'INCOMPATIBLE' }}</p>
 <ul>{% for line in compat.lines %}<li>{{ line }}</li>{% endfor %}</ul>
 {% endif %}
 
-<h2>Runs</h2>
+{{ heading("runs", "Runs") }}
 {% if run_counts.rows %}{{ table(run_counts, 2) }}{% else %}<p class="muted">No runs recorded.</p>{% endif %}
 {% if problem_runs.rows %}<h3>Failed or diverged runs</h3>{{ table(problem_runs, 99) }}{% endif %}
 {% if all_runs.rows %}<details><summary>All {{ all_runs.rows | length }} runs</summary>{{ table(all_runs, 99) }}</details>{% endif %}
 
-<h2>Provenance</h2>
+{{ heading("provenance", "Provenance") }}
 {% if provenance.rows %}{{ table(provenance, 99) }}{% else %}<p class="muted">No provenance recorded.</p>{% endif %}
 
-<h2>Reproduce</h2>
+{{ heading("reproduce", "Reproduce") }}
 <pre class="command"><code>{{ reproduce_command }}</code></pre>
 
 {% if notes %}
-<h2>Notes</h2>
+{{ heading("notes", "Notes") }}
 <ul>{% for note in notes %}<li>{{ note }}</li>{% endfor %}</ul>
 {% endif %}
 </main>
+<script>{{ script }}</script>
 </body>
 </html>
 """

@@ -90,11 +90,18 @@ def _signed(x: float, decimals: int, suffix: str = "") -> str:
 
 def fmt_change(kpi: KpiComparison, value: float) -> str:
     """A value on the estimate's scale as the reader wants it: % change (log) or signed difference."""
-    return _change_cell(kpi, [value])[0]
+    return _change_cell(kpi.rule.scale, [value])[0]
 
 
-def _change_cell(kpi: KpiComparison, values: list[float]) -> list[str]:
-    if kpi.rule.scale == "log":
+def worse_by(rule: KpiRule, amount: float) -> float:
+    """`amount` of worsening on the statistics' axis (a log ratio or a difference, harness.stats) as a value on the
+    estimate's scale: the ratio c/b (log) or the difference c - b (linear), moved in the worse direction."""
+    oriented = rule.badness_sign * amount
+    return math.exp(oriented) if rule.scale == "log" else oriented
+
+
+def _change_cell(scale: str, values: list[float]) -> list[str]:
+    if scale == "log":
         changes = [(v - 1.0) * 100.0 for v in values]
         # 1 decimal normally; 2 when every change is under 1% so small effects don't print as "+0.0%"
         decimals = 2 if all(abs(c) < 1 for c in changes if math.isfinite(c)) else 1
@@ -106,7 +113,7 @@ def _change_cell(kpi: KpiComparison, values: list[float]) -> list[str]:
 def fmt_estimate(kpi: KpiComparison) -> str:
     """E.g. "+3.1% [−2.0%, +8.4%]" (log scale) or "+0.012 [−0.003, +0.027]" (linear)."""
     effect = kpi.effect
-    est, low, high = _change_cell(kpi, [effect.estimate, effect.ci_low, effect.ci_high])
+    est, low, high = _change_cell(kpi.rule.scale, [effect.estimate, effect.ci_low, effect.ci_high])
     if est == MISSING:
         return MISSING
     if low == MISSING or high == MISSING:
@@ -115,11 +122,23 @@ def fmt_estimate(kpi: KpiComparison) -> str:
 
 
 def fmt_margin(kpi: KpiComparison) -> str:
-    """The non-inferiority boundary on the estimate's scale: "≤ +5.0%" or "≥ −0.05"."""
-    bound = fmt_change(kpi, kpi.effect.margin)
+    """The non-inferiority boundary on the estimate's scale: "≤ +5.0%" or "≥ −0.05" (see `fmt_rule_margin`)."""
+    return fmt_rule_margin(kpi.rule)
+
+
+def fmt_rule_margin(rule: KpiRule) -> str:
+    """The one form every report writes a margin in: the boundary the change may reach and still be non-inferior,
+    on the change's own scale. A 50% margin of a higher-is-better log KPI reads "≥ −33.3%" (the candidate may
+    be worse by a ratio of 1/1.5), of a lower-is-better one "≤ +50.0%"; a linear margin of 0.05 "≥ −0.05"."""
+    bound = _change_cell(rule.scale, [worse_by(rule, rule.analysis_margin)])[0]
     if bound == MISSING:
         return MISSING
-    return f"≤ {bound}" if kpi.rule.direction == "lower" else f"≥ {bound}"
+    return f"≤ {bound}" if rule.direction == "lower" else f"≥ {bound}"
+
+
+def fmt_worsening(rule: KpiRule, amount: float) -> str:
+    """An amount on the statistics' axis as a change in the worse direction, e.g. "+4.2%" or "−0.031"."""
+    return _change_cell(rule.scale, [worse_by(rule, amount)])[0]
 
 
 def fmt_p(p: object) -> str:
@@ -150,11 +169,6 @@ def truncate(text: str, limit: int) -> str:
 # --------------------------------------------------------------------------- reasons
 
 
-def fmt_rule_margin(rule: KpiRule) -> str:
-    """The rule's margin as bench.toml states it: "5%" (log scale) or "0.5" (linear); cf. `fmt_margin`."""
-    return f"{rule.margin * 100:g}%" if rule.scale == "log" else f"{rule.margin:g}"
-
-
 def describe_effect(kpi: KpiComparison) -> str:
     """E.g. 'candidate 12.0% higher (worse)' or 'candidate 0.031 lower (better)'."""
     rule, estimate = kpi.rule, kpi.effect.estimate
@@ -179,7 +193,7 @@ def kpi_reason(kpi: KpiComparison) -> str:
         return (f"missing data: {baseline.n} usable baseline and {candidate.n} "
                 f"candidate values (need {MIN_SEEDS} each)")
     if kpi.why == Why.REGRESSED:
-        return f"{effect}, beyond the {margin} margin (adjusted p={test.p_regressed_adjusted:.2g})"
+        return f"{effect}, beyond its margin ({margin}; adjusted p={test.p_regressed_adjusted:.2g})"
     if kpi.why == Why.NO_VALUE:
         missing_baseline, missing_candidate = baseline.missing, candidate.missing
         return (f"{effect}; {missing_baseline + missing_candidate} run(s) have no value for this KPI "
@@ -190,9 +204,9 @@ def kpi_reason(kpi: KpiComparison) -> str:
     if kpi.why == Why.IMPROVED:
         return f"{effect}, significantly better than baseline (p={test.p_improved:.2g})"
     if kpi.why == Why.NON_INFERIOR:
-        return f"{effect}, confidently within the {margin} margin (p={test.p_noninferior:.2g})"
+        return f"{effect}, confidently within its margin ({margin}; p={test.p_noninferior:.2g})"
     n_used = test.n_paired if test.paired else min(baseline.n, candidate.n)
-    reason = f"{effect}; {n_used} seeds cannot tell whether it is within the {margin} margin"
+    reason = f"{effect}; {n_used} seeds cannot tell whether it is within its margin ({margin})"
     if candidate.censored > baseline.censored:
         reason += f"; candidate missed the target in {candidate.censored} runs vs {baseline.censored} for baseline"
     if kpi.recommended_seeds is not None:
@@ -201,6 +215,25 @@ def kpi_reason(kpi: KpiComparison) -> str:
         else:
             reason += f"; about {kpi.recommended_seeds} seeds would settle it with {TARGET_POWER:.0%} power"
     return reason
+
+
+def resolution_text(kpi: KpiComparison) -> str:
+    """What the KPI's seeds can tell apart (its harness.types.Resolution), on the KPI's own scale: the smallest
+    true worsening detected with TARGET_POWER, against the margin, and, when a harmless change could not be shown
+    non-inferior, why. "" where no t-test ran (rank tests, too few values)."""
+    res = kpi.resolution
+    if res is None:
+        return ""
+    rule = kpi.rule
+    detectable = fmt_worsening(rule, res.detectable) if math.isfinite(res.detectable) else "nothing"
+    text = f"detectable at {res.seeds} seeds: {detectable} (margin {fmt_rule_margin(rule)})"
+    if res.settles:
+        return text
+    spread = (f"{math.expm1(res.spread):.1%}" if rule.scale == "log" else fmt_number(res.spread, 3)) \
+        if math.isfinite(res.spread) else MISSING
+    needed = (f"at least {MAX_RECOMMENDED_SEEDS}" if res.seeds_needed >= MAX_RECOMMENDED_SEEDS
+              else str(res.seeds_needed))
+    return f"{text}. Cannot settle at {res.seeds} seeds: its per-seed spread {spread} needs {needed} seeds"
 
 
 def comparison_reasons(comparison: Comparison) -> list[str]:

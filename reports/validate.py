@@ -6,8 +6,8 @@ import math
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from harness.validate import Validation
-from reports.text import comparison_reasons, md_escape
+from harness.validate import EXPECT_PASS, Validation
+from reports.text import comparison_reasons, fmt_change, fmt_rule_margin, md_escape, worse_by
 
 FILENAMES = {"md": "validate.md", "json": "validate.json"}
 
@@ -19,12 +19,13 @@ def fmt_p(value: float) -> str:
 def render_markdown(result: Validation) -> str:
     status = "every check as expected" if result.ok else "some checks NOT as expected"
     lines = [
-        f"## Planted-fault suite: {status}",
+        f"## Planted faults and null changes: {status}",
         "",
         f"Profile {md_escape(result.profile)}, dataset {md_escape(result.dataset)}, baseline "
         f"{md_escape(result.baseline)}, seeds {', '.join(map(str, result.seeds))} (A/A candidate seeds "
         f"{', '.join(map(str, result.aa_seeds))}), alpha {result.alpha:g}. A fault is caught only when a blocking "
-        "quality or controllability KPI regressed.",
+        "quality or controllability KPI regressed; a null change (float rounding only, or the baseline on other "
+        "seeds) must PASS.",
         "",
         "| check | candidate | expected | observed | caught by | adjusted p | ok |",
         "|---|---|---|---|---|---|---|",
@@ -32,7 +33,36 @@ def render_markdown(result: Validation) -> str:
     for row in result.rows:
         lines.append(f"| {md_escape(row.name)} | {md_escape(row.candidate)} | {row.expected} | {row.observed} | "
                      f"{md_escape(row.caught_by) or '—'} | {fmt_p(row.p_adjusted)} | {'✅' if row.ok else '❌'} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + resolution_lines(result)) + "\n"
+
+
+def resolution_lines(result: Validation) -> list[str]:
+    """Per blocking KPI and null row: the smallest worsening its seeds detect with 80% power, and the seeds it
+    needs to show a zero difference non-inferior (harness.power): where that exceeds the seeds run, the KPI
+    cannot settle and the row cannot PASS however harmless the change."""
+    nulls = [row for row in result.rows if row.expected == EXPECT_PASS and row.comparison]
+    if not nulls:
+        return []
+    lines = ["", "### Can each blocking KPI settle at these seeds?", "",
+             "Smallest worsening detected with 80% power, and seeds needed to show a zero difference non-inferior "
+             "(80% power), from the spread each null row's seeds showed.", "",
+             "| KPI | margin | " + " | ".join(md_escape(row.name) for row in nulls) + " |",
+             "|---|---|" + "---|" * len(nulls)]
+    names = [k.name for k in nulls[0].comparison.kpis if k.rule.blocking]
+    for name in names:
+        cells = []
+        for row in nulls:
+            kpi = next(k for k in row.comparison.kpis if k.name == name)
+            resolution = kpi.resolution
+            if resolution is None:
+                cells.append("—")
+                continue
+            detectable = fmt_change(kpi, worse_by(kpi.rule, resolution.detectable))
+            settles = "settles" if resolution.settles else "**cannot settle**"
+            cells.append(f"{detectable} at {resolution.seeds}; needs {resolution.seeds_needed} ({settles})")
+        rule = nulls[0].comparison.kpis[[k.name for k in nulls[0].comparison.kpis].index(name)].rule
+        lines.append(f"| {md_escape(name)} | {fmt_rule_margin(rule)} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def render_json(result: Validation) -> str:

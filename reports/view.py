@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from harness.kpis import COMPARE_TIME_KPIS
 from harness.seeds import format_seeds
-from harness.types import KpiComparison, ReportInput
+from harness.types import ArmSummary, KpiComparison, KpiVerdict, ReportInput
 from worldmodel.config import STAGES
 from reports.text import (
     MISSING,
@@ -28,6 +29,7 @@ from reports.text import (
     is_missing,
     kpi_reason,
     note_text,
+    resolution_text,
     to_float,
     truncate,
 )
@@ -45,6 +47,7 @@ class Table:
     rows: list[list[str]]
     row_classes: list[str] = field(default_factory=list)  # HTML only: one CSS class per row ("" = none)
     note: str = ""  # shown under the table (e.g. what was left out)
+    sort_keys: list[list[float]] = field(default_factory=list)  # HTML only: a number per cell to sort by (NaN: text)
 
     def __bool__(self) -> bool:
         return bool(self.rows)
@@ -64,6 +67,7 @@ class KpiExplanation:
     verdict: str
     reason: str
     detail: str  # method, sample sizes and effect sizes, for the curious
+    resolution: str = ""  # what the seeds can tell apart (blocking KPIs with a t-test; reports/text.py)
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -149,46 +153,97 @@ def ci_label(alpha: float) -> str:
     return f"{(1 - 2 * alpha) * 100:g}% t CI"
 
 
-def kpi_table(report: ReportInput) -> Table:
-    columns = [
-        "KPI",
-        "blocking",
-        "baseline median",
-        "candidate median",
-        f"change [{ci_label(report.comparison.alpha)}]",
-        "margin",
-        "p non-inferior",
-        "p regressed (Holm)",
-        "verdict",
-    ]
-    rows, classes = [], []
-    for kpi in report.comparison.kpis:
-        rows.append(
-            [
-                kpi_label(kpi),
-                "yes" if kpi.rule.blocking else "no",
-                fmt_number(kpi.baseline.median),
-                fmt_number(kpi.candidate.median),
-                fmt_estimate(kpi),
-                fmt_margin(kpi),
-                fmt_p(kpi.test.p_noninferior),
-                fmt_p(kpi.test.p_regressed_adjusted),
-                kpi.verdict,
-            ]
-        )
-        classes.append(kpi.verdict.replace("-", "_") + ("" if kpi.rule.blocking else " informational"))
+# The order a maintainer reads verdicts in: what to act on first.
+URGENCY = {KpiVerdict.REGRESSED: 0, KpiVerdict.INCONCLUSIVE: 1, KpiVerdict.NON_INFERIOR: 2, KpiVerdict.IMPROVED: 3,
+           KpiVerdict.IDENTICAL: 4}
+
+
+def rank_test(kpi: KpiComparison) -> bool:
+    """Steps-to-target KPIs are compared by rank tests, whose estimate is a median (harness.stats)."""
+    return kpi.name in COMPARE_TIME_KPIS
+
+
+def arm_center(kpi: KpiComparison, arm: ArmSummary) -> float:
+    """One arm's value the way the test summarises it, so that candidate vs baseline is the change shown: the
+    geometric mean (log scale: the change is the mean per-seed log ratio) or the mean (linear: the mean per-seed
+    difference) of the usable values; the median for rank tests."""
+    if rank_test(kpi):
+        return arm.median
+    values = np.array([v for v in arm.values.values() if not math.isnan(v)], dtype=float)
+    if not len(values):
+        return math.nan
+    return float(np.exp(np.mean(np.log(values)))) if kpi.rule.scale == "log" else float(np.mean(values))
+
+
+def verdict_counts(report: ReportInput) -> dict[str, int]:
+    """How many KPIs got each verdict, in the order a maintainer reads them."""
+    counts = Counter(kpi.verdict for kpi in report.comparison.kpis)
+    order = (KpiVerdict.IMPROVED, KpiVerdict.NON_INFERIOR, KpiVerdict.INCONCLUSIVE, KpiVerdict.REGRESSED,
+             KpiVerdict.IDENTICAL)
+    return {str(verdict): counts.get(verdict, 0) for verdict in order}
+
+
+def headline_kpis(report: ReportInput, max_rows: int) -> tuple[list[KpiComparison], int]:
+    """The KPIs a PR comment shows: every blocking KPI and any other that regressed, in the suite's order; when more
+    than `max_rows`, the most urgent ones. Returns them and how many were left out."""
+    kpis = [k for k in report.comparison.kpis if k.rule.blocking or k.verdict == KpiVerdict.REGRESSED]
+    if len(kpis) <= max_rows:
+        return kpis, 0
+    order = sorted(range(len(kpis)), key=lambda i: (URGENCY[kpis[i].verdict], not kpis[i].rule.blocking, i))
+    return [kpis[i] for i in sorted(order[:max_rows])], len(kpis) - max_rows
+
+
+def ci_column(report: ReportInput) -> str:
+    return f"change [{ci_label(report.comparison.alpha)}]"
+
+
+def kpi_row(kpi: KpiComparison) -> list[str]:
+    """KPI, baseline, candidate, change [interval], margin: one statistic throughout (arm_center)."""
+    return [kpi_label(kpi), fmt_number(arm_center(kpi, kpi.baseline)), fmt_number(arm_center(kpi, kpi.candidate)),
+            fmt_estimate(kpi), fmt_margin(kpi)]
+
+
+def headline_table(report: ReportInput, kpis: list[KpiComparison]) -> Table:
+    """The PR comment's table: the KPIs of `headline_kpis`, verdict last."""
+    rows = []
+    for kpi in kpis:
+        row = kpi_row(kpi) + [kpi.verdict]
+        if not kpi.rule.blocking:
+            row[0] += " (not blocking)"
+        rows.append(row)
+    return Table(["KPI", "baseline", "candidate", ci_column(report), "margin", "verdict"], rows)
+
+
+def table_note(report: ReportInput) -> str:
+    """How to read the KPI tables, once."""
     alpha = report.comparison.alpha
-    note = (
-        "↓/↑: lower/higher is better. Change: candidate vs baseline, % change of the ratio c/b for "
-        "log-scale KPIs, difference c − b for linear ones. "
-        f"Interval: the {ci_label(alpha)} of the mean per-seed effect (paired t, or Welch when unpaired), "
-        f"dual to the one-sided tests at α = {alpha:g}: its worse end is inside the margin exactly when the "
-        "KPI is non-inferior, and it excludes no change exactly when the KPI improved; \"regressed\" is "
-        "Holm-adjusted and so stricter than the interval. Margin: how far the change may go in the "
-        "worse direction and still count as non-inferior. Identical: the same value in every paired seed "
-        "(a shared stage, or ties); no test, not in the Holm family. Non-blocking KPIs are informational."
+    return (
+        "↓/↑: lower/higher is better. Baseline and candidate: the geometric mean over seeds for ratio KPIs, the mean "
+        "for difference KPIs (the median for steps-to-target), so candidate vs baseline is the change. Change: the "
+        "mean per-seed log ratio c/b as % (log scale) or the mean difference c − b (linear), paired by seed, with "
+        f"its {ci_label(alpha)}, dual to the one-sided tests at α = {alpha:g}: its worse end is inside the margin "
+        "exactly when the KPI is non-inferior. Margin: how far the change may go and still be non-inferior. "
+        "\"Regressed\" is Holm-adjusted, so stricter than the interval. Identical: the same value in every paired "
+        "seed (a shared stage); no test."
     )
-    return Table(columns, rows, classes, note)
+
+
+def kpi_table(report: ReportInput) -> Table:
+    """Every KPI, with the test's p values (the HTML report and the comment's details)."""
+    columns = ["KPI", "blocking", "baseline", "candidate", ci_column(report), "margin", "p non-inferior",
+               "p regressed (Holm)", "verdict"]
+    rows, classes, keys = [], [], []
+    for kpi in report.comparison.kpis:
+        label, baseline, candidate, change, margin = kpi_row(kpi)
+        rows.append([label, "yes" if kpi.rule.blocking else "no", baseline, candidate, change, margin,
+                     fmt_p(kpi.test.p_noninferior), fmt_p(kpi.test.p_regressed_adjusted), kpi.verdict])
+        classes.append(kpi.verdict.replace("-", "_") + (" blocking" if kpi.rule.blocking else " informational"))
+        keys.append([math.nan, float(kpi.rule.blocking), arm_center(kpi, kpi.baseline),
+                     arm_center(kpi, kpi.candidate), kpi.effect.estimate, kpi.effect.margin,
+                     kpi.test.p_noninferior, kpi.test.p_regressed_adjusted, float(URGENCY[kpi.verdict])])
+    table = Table(columns, rows, classes, table_note(report) + " Non-blocking KPIs are informational.")
+    table.sort_keys = keys
+    return table
 
 
 def kpi_explanations(report: ReportInput) -> list[KpiExplanation]:
@@ -201,9 +256,11 @@ def kpi_explanations(report: ReportInput) -> list[KpiExplanation]:
         detail = (
             f"{method}, {design}; Hedges' g {fmt_number(effect.hedges_g, 3)}; "
             f"probability of improvement (all run pairs) {fmt_number(effect.prob_improvement, 3)}; "
+            f"median {fmt_number(kpi.baseline.median)} → {fmt_number(kpi.candidate.median)}; "
             f"IQM {fmt_number(kpi.baseline.iqm)} → {fmt_number(kpi.candidate.iqm)}"
         )
-        out.append(KpiExplanation(kpi.name, kpi.verdict, kpi_reason(kpi), detail))
+        resolution = resolution_text(kpi) if kpi.rule.blocking else ""
+        out.append(KpiExplanation(kpi.name, kpi.verdict, kpi_reason(kpi), detail, resolution))
     return out
 
 
@@ -271,29 +328,26 @@ def rollout_table(report: ReportInput) -> Table:
 
 
 def speed_table(report: ReportInput) -> Table:
-    frame = report.speed
-    if not has_columns(frame, ("variant", "stage")):
-        return Table([], [])
-
-    def lookup(variant: str, stage: str, column: str) -> float:
-        if column not in frame.columns:
-            return math.nan
-        hit = frame[(frame["variant"] == variant) & (frame["stage"] == stage)][column]
-        return to_float(hit.iloc[0]) if len(hit) else math.nan
-
-    columns = ["stage", "baseline it/s", "candidate it/s", "it/s change", "baseline wall", "candidate wall"]
+    """Per stage: each arm's steps/s and wall time, and the change in steps/s as the KPI table has it (the same
+    statistic: `arm_center` and the test's estimate). Stages without timing KPIs are left out."""
+    kpis = {kpi.name: kpi for kpi in report.comparison.kpis}
+    stages = ordered([name.split(".")[0] for name in kpis if name.endswith((".it_per_s", ".wall_s"))], STAGES)
+    columns = ["stage", "baseline it/s", "candidate it/s", f"it/s {ci_column(report)}", "baseline wall",
+               "candidate wall"]
     rows = []
-    totals = {report.baseline: 0.0, report.candidate: 0.0}
-    for stage in ordered(list(frame["stage"].astype(str)), STAGES):
-        b_speed, c_speed = lookup(report.baseline, stage, "it_per_s"), lookup(report.candidate, stage, "it_per_s")
-        b_wall, c_wall = lookup(report.baseline, stage, "wall_s"), lookup(report.candidate, stage, "wall_s")
-        totals[report.baseline] += b_wall
-        totals[report.candidate] += c_wall
-        change = (c_speed / b_speed - 1.0) * 100.0 if b_speed > 0 else math.nan
-        change_text = MISSING if not math.isfinite(change) else f"{change:+.1f}%".replace("-", "−")
-        rows.append([stage, fmt_number(b_speed, 3), fmt_number(c_speed, 3), change_text, fmt_seconds(b_wall), fmt_seconds(c_wall)])
-    rows.append(["total", "", "", "", fmt_seconds(totals[report.baseline]), fmt_seconds(totals[report.candidate])])
-    note = "Medians over seeds. Positive it/s change: the candidate trains faster."
+    totals = [0.0, 0.0]
+    for stage in stages:
+        speed, wall = kpis.get(f"{stage}.it_per_s"), kpis.get(f"{stage}.wall_s")
+        walls = [arm_center(wall, arm) for arm in (wall.baseline, wall.candidate)] if wall else [math.nan, math.nan]
+        totals = [total + w for total, w in zip(totals, walls)]
+        rows.append([stage] + ([fmt_number(arm_center(speed, speed.baseline), 3),
+                                fmt_number(arm_center(speed, speed.candidate), 3), fmt_estimate(speed)]
+                               if speed else [MISSING] * 3) + [fmt_seconds(w) for w in walls])
+    if not rows:
+        return Table([], [])
+    rows.append(["total", "", "", "", fmt_seconds(totals[0]), fmt_seconds(totals[1])])
+    note = ("Geometric means over seeds; the change is the it_per_s KPI's (mean per-seed log ratio). Positive: the "
+            "candidate trains faster. Timing KPIs depend on the machine's load.")
     return Table(columns, rows, [""] * (len(rows) - 1) + ["total"], note)
 
 
@@ -378,11 +432,16 @@ def _text(value: object) -> str:
     return "" if value is None or is_missing(value) and not isinstance(value, str) else str(value)
 
 
+# Properties whose values must agree across runs for their numbers to be comparable: the code and the libraries.
+VERSION_KEYS = ("git_commit", "code_hash", "torch_version", "numpy_version", "scipy_version", "pandas_version")
 PROVENANCE_FIELDS = (
     ("git_commit", "git commit"),
     ("git_dirty", "uncommitted changes"),
     ("code_hash", "code hash"),
     ("torch_version", "torch"),
+    ("numpy_version", "numpy"),
+    ("scipy_version", "scipy"),
+    ("pandas_version", "pandas"),
     ("device", "device"),
     ("cpu_model", "CPU"),
     ("host", "host"),
@@ -390,8 +449,8 @@ PROVENANCE_FIELDS = (
 
 
 def _provenance_value(key: str, value: object) -> str:
-    if value is None or (not isinstance(value, str) and is_missing(value)):
-        return MISSING
+    if value is None or value == "" or (not isinstance(value, str) and is_missing(value)):
+        return MISSING  # "": a column the run's code did not record yet (library versions)
     if key == "git_dirty":
         return "yes" if str(value).lower() in ("true", "1", "yes") else "no"
     if key == "git_commit":
@@ -436,8 +495,7 @@ def provenance_table(report: ReportInput) -> Table:
 def _not_comparable(records: list[dict], key: str) -> bool:
     """Whether this property shows results from different code, which are not comparable."""
     distinct = {_provenance_value(key, r.get(key)) for r in records}
-    return (key == "git_dirty" and "yes" in distinct) or (key in ("git_commit", "code_hash", "torch_version")
-                                                          and len(distinct) > 1)
+    return (key == "git_dirty" and "yes" in distinct) or (key in VERSION_KEYS and len(distinct) > 1)
 
 
 def provenance_warnings(report: ReportInput) -> list[str]:

@@ -2,6 +2,7 @@
 written outside --results, --out and the kernel cache, and a finished run that always has every KPI row."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -15,6 +16,7 @@ import pandas as pd
 import pytest
 
 from harness.cli import EXIT_CRASHED, EXIT_USAGE, main
+from harness.export import TRACKERS
 from harness.kpis import COMPARE_TIME_KPIS, KPIS
 from harness.store import Store
 from tiny import tiny_suite
@@ -171,6 +173,11 @@ def test_every_command_writes_only_under_results_out_and_the_kernel_cache(tmp_pa
         assert done.returncode in (0, 1, 3), (argv, done.returncode, done.stderr[-2000:])
     run_id = str(pd.read_parquet(results / "store" / "runs")["run_id"].iloc[0])
     assert bench("show", run_id[:8], *common, cwd=work, env=env).returncode == 0
+    for tracker, (module, _) in TRACKERS.items():  # the trackers keep their caches and config under --out too
+        if importlib.util.find_spec(module) is not None:
+            done = bench("export", "--to", tracker, "--results", str(results), "--out", str(out / tracker), cwd=work,
+                         env=env)
+            assert done.returncode == 0, done.stderr[-2000:]
     assert (results / "report" / "validate.json").exists()
 
     elsewhere = {path for path in changed(before, tree(root))

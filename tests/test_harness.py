@@ -36,15 +36,6 @@ def reproducible_kpis(results: Path) -> pd.DataFrame:
     return kpis.set_index(["variant", "seed", "kpi"])["value"].sort_index()
 
 
-@pytest.fixture(scope="module")
-def smoke_results(tmp_path_factory) -> Path:
-    results = tmp_path_factory.mktemp("smoke") / "results"
-    code = main(["run", "--config", SUITE, "--profile", "smoke", "--results", str(results), "--jobs", "2",
-                 "--quiet"])
-    assert code == 0
-    return results
-
-
 def test_smoke_run_fills_all_four_tables_and_show_prints_a_run(smoke_results, capsys):
     for table in TABLES:
         frame = pd.read_parquet(smoke_results / "store" / table)
@@ -283,6 +274,13 @@ HDF5_DATASET = '[datasets.mine]\nkind = "hdf5"\npath = "{{tmp}}/{file}"\n'
     (["--variants", "[/]"], "", "unknown variant '[/]'"),
     # CLI
     (["--jobs", "abc"], "", "argument --jobs: 'abc' is not a whole number"),
+    # --set: the same checks and lines as the file, naming the key
+    (["--set", "profiles.default.seeds=three"], "", "profiles.default.seeds: 'three' is not a seed list"),
+    (["--set", 'kpis."rollout.ar_mse".margin=-1'], "", "kpis.rollout.ar_mse.margin: must be a finite number >= 0"),
+    (["--set", "comparison.nope=1"], "", "comparison.nope: unknown key"),
+    (["--set", "profiles.default.model.tokenizer.steps=0"], "", "profiles.default.model"),
+    (["--set", "a b=1"], "", "--set 'a b=1': 'a b' is not a dotted key"),
+    (["gate", "--set", "comparison.alpha=0.1", "--baseline-ref", "HEAD"], "", "--set with --baseline-ref"),
     (["--executor", "dask"], "", "argument --executor: invalid choice: 'dask'"),
     (["--executor", "ray", "--ray-address", "127.0.0.1:1"], "", "--ray-address '127.0.0.1:1': nothing answers there"),
     (["--executor", "ray", "--ray-address", "head-node"], "", "--ray-address 'head-node' is not HOST:PORT"),

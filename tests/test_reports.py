@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import json
 import math
 import re
@@ -17,6 +18,7 @@ import pytest
 from harness.stats import KpiRule, compare
 from harness.types import ArmProvenance, FloorNote, LookNote, TargetNote, TargetSource, Why
 from reports import MARKER, CompatResult, ReportInput, render_html, render_json, render_markdown, write_reports
+from reports.render import MAX_VISIBLE_BYTES, MAX_VISIBLE_LINES, visible_part
 from reports.figures import curve_bands, horizon_columns, plan_figures, rollout_grid
 from reports.text import arm_description, fmt_estimate, md_escape, note_text
 from worldmodel.config import STAGES
@@ -242,7 +244,9 @@ def test_markdown_drops_optional_sections_then_cuts_the_kpi_table_when_still_too
     assert md.splitlines()[0] == MARKER and huge.comparison.verdict in md.splitlines()[1]
     assert "per-seed values left out to fit a PR comment" in md
     assert "Showing" in md and "of 400 KPIs" in md
-    assert "more (see the KPI table)" in md  # banner reasons capped
+    assert "more (see the table and the details)" in md  # banner reasons capped
+    visible = visible_part(md)
+    assert len(visible.encode()) <= MAX_VISIBLE_BYTES and visible.count("\n") < MAX_VISIBLE_LINES
     assert "```bash\n" + huge.reproduce_command in md  # the essentials after the table survive
     shown = [k for k in huge.comparison.kpis if f"| {md_escape(k.name, block_start=False)} ↓ |" in md]
     hidden = [k for k in huge.comparison.kpis if k not in shown]
@@ -283,15 +287,22 @@ def test_json_turns_nan_into_null():
 # --------------------------------------------------------------------------- HTML
 
 
-def test_html_is_one_self_contained_file_with_inline_pngs(report, written):
+def test_html_is_one_self_contained_file_with_its_one_script_allowed_by_hash(report, written):
     html = written["html"].read_text()
-    assert 'src="http' not in html and 'href="http' not in html
-    assert "<script" not in html.lower() and "<link" not in html.lower()
+    assert 'src="http' not in html and 'href="http' not in html and "<link" not in html.lower()
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
-    assert len(images) == len(plan_figures(report)) == len(STAGES) + 2  # curves per stage, grid, PSNR
+    svgs = re.findall(r"<figure id=\"figure-[^\"]+\"><svg", html)
+    # forest, curves per stage, grid, PSNR: the pixel grid a PNG, line art SVG where that is smaller
+    assert len(images) + len(svgs) == len(plan_figures(report)) == len(STAGES) + 3
+    assert 'src="data:image/png' in html.split('id="figure-rollouts"')[1][:200]
     for image in images:
         assert base64.b64decode(image).startswith(b"\x89PNG\r\n\x1a\n")
+    scripts = re.findall(r"<script>(.*?)</script>", html, re.S)
+    assert len(scripts) == 1 and html.lower().count("<script") == 1
+    digest = base64.b64encode(hashlib.sha256(scripts[0].encode()).digest()).decode()
+    assert f"script-src 'sha256-{digest}'" in html  # the CSP runs this script and no other
     assert 'class="banner pass"' in html
+    assert 'id="contents"' in html and 'href="#forest"' in html and 'id="forest"' in html
 
 
 def test_untrusted_text_is_escaped_in_html_and_markdown():
@@ -316,7 +327,7 @@ def test_missing_pieces_render_everywhere():
     broken = make_report(failed_candidate_seeds=(0, 1, 2))
     empty = pd.DataFrame()
     broken = dataclasses.replace(broken, curves=empty, rollouts=empty, speed=empty, frames={}, compat=None, provenance=[])
-    assert plan_figures(broken) == []
+    assert [f.filename for f in plan_figures(broken)] == ["forest.png"]  # the blocking KPIs, without data
     md = render_markdown(broken)
     html = render_html(broken)
     data = _strict_json(render_json(broken))
@@ -367,15 +378,16 @@ def test_candidate_without_frames_still_gets_a_grid_of_the_others(report):
 # --------------------------------------------------------------------------- files and figures
 
 
-def test_write_reports_writes_the_requested_files_and_the_pngs_markdown_refers_to(written):
+def test_write_reports_writes_the_requested_files_and_the_pngs_markdown_refers_to(report, written):
     assert set(written) == {"md", "html", "json"}
     assert [p.name for p in written.values()] == ["report.md", "report.html", "report.json"]
     md = written["md"].read_text()
-    referenced = re.findall(r"\]\(([^)]+\.png)\)", md)
-    assert len(referenced) == len(STAGES) + 2
+    referenced = set(re.findall(r"\]\(([^)]+\.png)\)", md))
+    assert referenced == {f.filename for f in plan_figures(report)}
     for name in referenced:
         assert (written["md"].parent / name).read_bytes().startswith(b"\x89PNG")
-    assert "report.html" in md
+    assert "](report.html)" in md
+    assert "](rollouts.gif)" in md and (written["md"].parent / "rollouts.gif").read_bytes().startswith(b"GIF89a")
 
 
 def test_write_reports_rejects_unknown_formats(report, tmp_path):

@@ -208,7 +208,7 @@ def test_worse_by_less_than_the_margin_is_not_regressed():
     k = compare_kpi(LOSS, by_seed(base), by_seed(cand))
     assert k.test.p_worse < 0.001  # clearly worse than baseline ...
     assert k.verdict == "non-inferior"  # ... but within the margin
-    assert "within the 5% margin" in kpi_reason(k)
+    assert "within its margin (≤ +5.0%;" in kpi_reason(k)
     assert compare([LOSS], {"loss": by_seed(base)}, {"loss": by_seed(cand)}).verdict == "PASS"
 
 
@@ -218,7 +218,7 @@ def test_clear_regression_fails_with_a_readable_reason():
     result = compare([LOSS], {"loss": by_seed(base)}, {"loss": by_seed(cand)})
     assert result.verdict == "FAIL"
     assert result.kpis[0].verdict == "regressed"
-    assert "12.4% higher (worse), beyond the 5% margin" in comparison_reasons(result)[0]
+    assert "12.4% higher (worse), beyond its margin (≤ +5.0%;" in comparison_reasons(result)[0]
 
 
 def test_missing_data_never_passes():

@@ -22,7 +22,7 @@ from harness.stats import Comparison, KpiComparison
 from harness.types import ArmSummary, Effect, Finding, HypothesisTest, Reason, Why
 from harness.store import Store
 from harness.suite import load_suite
-from harness.validate import (AA_CHECK, EXPECT_FAIL, EXPECT_NOT_FAIL, Check, Validation, caught_by, exit_code, judge,
+from harness.validate import (AA_CHECK, EXPECT_FAIL, EXPECT_PASS, Check, Validation, caught_by, exit_code, judge,
                               plan_checks)
 from variants.planted_faults import Blind
 from worldmodel import registry
@@ -100,9 +100,14 @@ def test_builtin_faults_are_the_baseline_with_one_thing_broken():
     assert fault["fault_dynamics_undertrained"].dynamics.steps == max(1, round(0.1 * base.dynamics.steps))
     assert fault["fault_lam_blind"].dynamics == base.dynamics and fault["fault_lam_blind"].tokenizer == base.tokenizer
     checks = plan_checks(suite, "smoke", None, [0, 1])
-    assert [c.name for c in checks] == [*suite.planted_faults(), AA_CHECK]
-    aa = checks[-1].selection
-    assert aa.candidate == aa.baseline and aa.candidate_seeds == [2, 3] and checks[-1].expected == EXPECT_NOT_FAIL
+    assert [c.name for c in checks] == [*suite.planted_faults(), "null_rounding", AA_CHECK]
+    assert [c.expected for c in checks] == [EXPECT_FAIL] * 4 + [EXPECT_PASS, EXPECT_PASS]
+    aa, null = checks[-1].selection, checks[-2].selection
+    assert aa.candidate == aa.baseline and aa.candidate_seeds == [2, 3]
+    assert null.baseline_seeds == null.candidate_seeds == [0, 1]  # paired: the same seeds, float rounding only
+    rounding = suite.model_config("smoke", "null_rounding")
+    assert all(rounding.stage(stage).init_noise == 1e-6 for stage in ("tokenizer", "actions", "dynamics"))
+    assert dataclasses.replace(rounding.tokenizer, init_noise=0.0) == base.tokenizer
 
 
 # ----------------------------------------------------------------------------- caught by which KPI
@@ -127,7 +132,7 @@ def verdict_of(kpis: list[KpiComparison], failed_runs: bool = False) -> Comparis
 
 
 FAULT = Check("fault_x", EXPECT_FAIL, Selection("smoke", "sprite_world", "meanpool_concat", "fault_x", [0], [0]))
-AA = Check(AA_CHECK, EXPECT_NOT_FAIL, Selection("smoke", "sprite_world", "meanpool_concat", "meanpool_concat",
+AA = Check(AA_CHECK, EXPECT_PASS, Selection("smoke", "sprite_world", "meanpool_concat", "meanpool_concat",
                                                 [0], [1]))
 
 
@@ -158,11 +163,12 @@ def test_a_fault_failing_only_through_timing_regularisers_or_crashes_is_not_caug
     assert not row.ok
 
 
-@pytest.mark.parametrize("verdict, ok", [("PASS", True), ("INCONCLUSIVE", True), ("FAIL", False)])
-def test_the_aa_check_is_fine_unless_it_fails(verdict, ok):
+@pytest.mark.parametrize("verdict, ok", [("PASS", True), ("INCONCLUSIVE", False), ("FAIL", False)])
+def test_a_null_row_is_as_expected_only_when_it_passes(verdict, ok):
+    """INCONCLUSIVE fails a CI check as surely as FAIL: a null row expecting "not FAIL" would hide that."""
     kpis = [kpi("rollout.ar_mse", "regressed" if verdict == "FAIL" else "non-inferior", 0.02)]
     row = judge(AA, Comparison(verdict, [], kpis, None, 0.05))
-    assert row.ok == ok and row.expected == EXPECT_NOT_FAIL
+    assert row.ok == ok and row.expected == EXPECT_PASS
 
 
 # ----------------------------------------------------------------------------- actions.nmi blocks where actions exist
@@ -242,27 +248,32 @@ def test_validate_runs_each_fault_against_the_baseline_and_a_users_fault_joins(t
     args = ["--profile", "smoke", "--seeds", "0-2", "--results", str(results), "--jobs", "2", "--quiet"]
     code = main(["validate", "--config", SUITE, *args])
     rows = {row["name"]: row for row in read_rows(results)}
-    assert list(rows) == [*BUILTIN_FAULTS, AA_CHECK]
+    assert list(rows) == [*BUILTIN_FAULTS, "null_rounding", AA_CHECK]
     # The two faults the smoke profile tells apart at three seeds are caught, each by the KPI its damage
-    # shows in (adjusted p about 0.001 at the time of writing), and the baseline against itself does not FAIL.
+    # shows in (adjusted p about 0.001 at the time of writing).
     for name, evidence in (("fault_tokenizer_undertrained", "tokenizer."), ("fault_dynamics_blind",
                                                                              "rollout.action_response")):
         row = rows[name]
         assert (row["observed"], row["ok"]) == ("FAIL", True), row
         assert row["caught_by"].startswith(evidence) and row["p_adjusted"] < 0.05, row
-    assert rows[AA_CHECK]["observed"] != "FAIL" and rows[AA_CHECK]["ok"]
+    # The null change (initial weights x (1 + 1e-6 N(0, 1)), float rounding only) PASSes on the same seeds: smoke
+    # trains 24 steps, too few to amplify the rounding into another model.
+    assert rows["null_rounding"]["expected"] == "PASS" and rows["null_rounding"]["observed"] == "PASS"
+    assert rows["null_rounding"]["ok"]
     for row in rows.values():  # a row is ok exactly when the gate's verdict is the expected one, for a reason
         caught = row["caught_by"] != ""
         assert caught == (row["p_adjusted"] is not None) and (not caught or KPIS[row["caught_by"]].evidence)
-        expected_ok = row["observed"] != "FAIL" if row["name"] == AA_CHECK else (row["observed"] == "FAIL" and caught)
+        expected_ok = row["observed"] == "PASS" if row["expected"] == "PASS" else (row["observed"] == "FAIL" and caught)
         assert row["ok"] == expected_ok, row
+    assert rows[AA_CHECK]["expected"] == "PASS"  # smoke's seeds differ far more than its margins: no PASS there
     assert code == (0 if all(row["ok"] for row in rows.values()) else 1)
     markdown = (results / "report" / "validate.md").read_text()
     assert all(f"| {name.replace('_', chr(92) + '_')} |" in markdown for name in rows)
     runs = pd.read_parquet(results / "store" / "runs")
     assert runs.groupby("variant")["seed"].apply(sorted).to_dict() == {
-        "meanpool_concat": [0, 1, 2, 3, 4, 5], **{name: [0, 1, 2] for name in BUILTIN_FAULTS}}
-    assert "planted faults vs meanpool_concat" in capsys.readouterr().out
+        "meanpool_concat": [0, 1, 2, 3, 4, 5], **{name: [0, 1, 2] for name in [*BUILTIN_FAULTS, "null_rounding"]}}
+    assert "Can each blocking KPI settle at these seeds?" in markdown and "needs" in markdown
+    assert "planted faults and null changes vs meanpool_concat" in capsys.readouterr().out
 
     # A user's planted fault joins; its runs crash, so validate exits 4. A plugin's source joins every
     # stage id (it may register a component for any stage), so the other runs are recorded anew.
@@ -282,11 +293,11 @@ def test_validate_runs_each_fault_against_the_baseline_and_a_users_fault_joins(t
     monkeypatch.delitem(sys.modules, "crash_plugin")
     assert main(["validate", "--config", str(suite), *args]) == 4
     rows = {r["name"]: r for r in read_rows(results)}
-    assert list(rows) == [*BUILTIN_FAULTS, "fault_crashes", AA_CHECK]
+    assert list(rows) == [*BUILTIN_FAULTS, "fault_crashes", "null_rounding", AA_CHECK]
     crashed = rows["fault_crashes"]
     assert crashed["observed"] == "FAIL" and crashed["caught_by"] == "" and not crashed["ok"]  # crashes alone
     runs = pd.read_parquet(results / "store" / "runs")
-    assert len(runs) == 18 + 18 + 3 and set(runs[runs["status"] == "failed"]["variant"]) == {"fault_crashes"}
+    assert len(runs) == 21 + 21 + 3 and set(runs[runs["status"] == "failed"]["variant"]) == {"fault_crashes"}
 
 
 def test_validate_says_the_code_changed_when_its_runs_are_not_under_this_codes_ids(tmp_path, monkeypatch, capsys):
