@@ -127,6 +127,9 @@ timeout 150 "$PY" benchmarks/gpu_steps.py --device "$DEVICE" "${SCALE[@]}" \
     --precisions "$([ "$DEVICE" = cuda ] && echo tf32,bf16 || echo fp32)" --json "$OUT/steps.jsonl"
 echo "[exit $?]"
 
+section "seed-batched training (worldmodel/batched.py): samples/s at K seeds vs per-seed runs, ci model"
+timeout 150 "$PY" benchmarks/batched_seeds.py --device "$DEVICE" $([ "$QUICK" = 1 ] && echo --ks 1,2 --steps 5 || echo --ks 1,2,4,8 --steps 60) --json "$OUT/batched.jsonl"; echo "[exit $?]"
+
 if [ "$QUICK" != 1 ]; then
     section "one ci-profile run on $DEVICE (meanpool_concat, seed 0): wall time"
     start=$(date +%s%N)

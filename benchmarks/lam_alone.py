@@ -1,4 +1,4 @@
-"""The LAM stage alone on a built-in game, for the controllability experiments in README "Controllability".
+"""The LAM stage alone on a built-in game, for the controllability experiments in docs/controllability.md.
 
     python benchmarks/lam_alone.py --steps 1000 --seed 0                     # the ci profile's LAM
     python benchmarks/lam_alone.py --steps 1000 --feed true --moves-only     # the decoder's oracle check

@@ -39,7 +39,7 @@ from worldmodel.errors import WorldbenchError
 if TYPE_CHECKING:
     from harness.gate import Selection
     from harness.schema import Suite
-    from harness.types import ReportInput
+    from harness.types import Leaderboard
     from harness.validate import Validation
 
 console = Console(stderr=True)
@@ -346,9 +346,9 @@ def command_list(args) -> int:
                           [[d.name, d.kind, d.game if d.kind == "procedural" else d.path, d.description]
                            for d in suite.datasets.values()])
     elif args.what == "kpis":
-        listing = Listing("kpis", ["kpi", "better", "scale", "margin", "blocking", "description"],
+        listing = Listing("kpis", ["kpi", "better", "scale", "margin", "blocking", "guard", "description"],
                           [[name, rule.direction, rule.scale, rule.margin if args.json else fmt_rule_margin(rule),
-                            rule.blocking, rule.description] for name, rule in suite.kpis.items()])
+                            rule.blocking, rule.guard, rule.description] for name, rule in suite.kpis.items()])
     else:
         listing = Listing("profiles", ["profile", "seeds", "base", "model", "description"],
                           [[p.name, p.seeds, p.base, p.model, p.description] for p in suite.profiles.values()])
@@ -409,6 +409,9 @@ def add_report_commands(commands) -> None:
         parser.add_argument("--dataset", help="dataset (default: the comparison's)")
         parser.add_argument("--baseline", help="baseline variant (default: the comparison's)")
         parser.add_argument("--candidate", help="candidate variant (default: the comparison's first)")
+        parser.add_argument("--candidates", metavar="A,B,...",
+                            help="several candidates, each against the baseline, in one leaderboard report: Holm "
+                                 "across all of them, exit code of the worst verdict (FAIL, then INCONCLUSIVE)")
         parser.add_argument("--seeds", help="seeds, e.g. 0-4 or 0,3 (default: the comparison's or profile's)")
         parser.add_argument("--candidate-seeds", help="the candidate's seeds when they differ (unpaired comparison)")
         add_results(parser)
@@ -430,8 +433,32 @@ def add_report_commands(commands) -> None:
                                 help="with --baseline-ref: compare even with uncommitted changes to the code")
 
 
-def selection_from_args(args, suite: Suite) -> Selection:
-    """The two arms `bench report` or `gate` compares, checked (harness.gate.Selection.check_arms)."""
+def candidate_names(args, suite: Suite, baseline: str, against_ref: bool) -> list[str]:
+    """The candidates asked for: --candidates a,b,c, or --candidate x (the one-candidate case), else the default."""
+    if args.candidates is not None and args.candidate is not None:
+        raise WorldbenchError(f"--candidate {args.candidate} and --candidates {args.candidates} both given; "
+                              f"name one candidate with --candidate, or several with --candidates")
+    if args.candidates is None:
+        # Against another commit the default candidate is the same variant: only the code differs between the arms.
+        return [given(args.candidate, baseline if against_ref else suite.comparison.candidates[0])]
+    names = [name.strip() for name in args.candidates.split(",")]
+    if not all(names):
+        raise WorldbenchError(f"--candidates: {args.candidates!r} has an empty name; e.g. --candidates a,b,c")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise WorldbenchError(f"--candidates: {', '.join(twice)} given more than once; name each candidate once")
+    if len(names) > 1 and baseline in names:  # its arms would be the baseline's twice, on other seeds or the same
+        raise WorldbenchError(f"--candidates: {baseline!r} is the baseline; compare it with itself (on other "
+                              f"--candidate-seeds) alone, with --candidate")
+    if against_ref and len(names) > 1:
+        raise WorldbenchError("--candidates with --baseline-ref: the baseline arm at REF is compared with one "
+                              "candidate at a time; pass one --candidate")
+    return names
+
+
+def selections_from_args(args, suite: Suite) -> list[Selection]:
+    """The arms `bench report` or `gate` compares: the baseline against each candidate, one Selection each,
+    checked (harness.gate.Selection.check_arms) before anything is written."""
     from harness.gate import Selection
     from harness.seeds import seeds_option
 
@@ -441,16 +468,17 @@ def selection_from_args(args, suite: Suite) -> Selection:
     candidate_seeds = seeds_option(args.candidate_seeds, seeds, "--candidate-seeds")
     baseline = given(args.baseline, comparison.baseline)
     against_ref = getattr(args, "baseline_ref", None) is not None
-    # Against another commit the default candidate is the same variant: only the code differs between the arms.
-    candidate = given(args.candidate, baseline if against_ref else comparison.candidates[0])
-    selection = Selection(profile, given(args.dataset, comparison.dataset), baseline, candidate, seeds,
-                          candidate_seeds)
-    suite.profile(selection.profile)
-    suite.dataset(selection.dataset)
-    suite.variant(selection.baseline)
-    suite.variant(selection.candidate)
-    selection.check_arms(other_code=against_ref)
-    return selection
+    dataset = given(args.dataset, comparison.dataset)
+    suite.profile(profile)
+    suite.dataset(dataset)
+    suite.variant(baseline)
+    selections = []
+    for candidate in candidate_names(args, suite, baseline, against_ref):
+        selection = Selection(profile, dataset, baseline, candidate, list(seeds), list(candidate_seeds))
+        suite.variant(candidate)
+        selection.check_arms(other_code=against_ref)
+        selections.append(selection)
+    return selections
 
 
 def parse_formats(text: str) -> list[str]:
@@ -461,11 +489,14 @@ def parse_formats(text: str) -> list[str]:
     return formats
 
 
-def reproduce_command(args, selection: Selection) -> str:
+def reproduce_command(args, selections: list[Selection]) -> str:
     from harness.seeds import format_seeds
 
+    selection = selections[0]
+    candidates = (["--candidate", selection.candidate] if len(selections) == 1 else
+                  ["--candidates", ",".join(chosen.candidate for chosen in selections)])
     parts = ["bench", args.command, "--config", str(suite_file(args)), "--profile", selection.profile, "--dataset",
-             selection.dataset, "--baseline", selection.baseline, "--candidate", selection.candidate,
+             selection.dataset, "--baseline", selection.baseline, *candidates,
              "--seeds", format_seeds(selection.baseline_seeds)]
     for override in args.overrides:
         parts += ["--set", override]
@@ -476,17 +507,17 @@ def reproduce_command(args, selection: Selection) -> str:
     return shlex.join(parts)
 
 
-def write_report(report: ReportInput, out: Path, formats: list[str], summary: Path | None) -> dict[str, Path]:
+def write_report(board: Leaderboard, out: Path, formats: list[str], summary: Path | None) -> dict[str, Path]:
     """The report files, and the markdown appended to the GitHub job summary when there is one
     (both destinations checked before the command trained: harness.outputs). The summary says where the pictures
     are rather than linking files that nothing publishes for it."""
-    from reports.render import render_markdown, write_reports
+    from reports.publish import render_markdown, write_reports
 
-    report.ci_run_url = ci_run_url()
-    paths = write_reports(report, out, formats)
+    board.ci_run_url = ci_run_url()
+    paths = write_reports(board, out, formats)
     if summary:
         with open(summary, "a") as handle:
-            handle.write(render_markdown(report, pictures=False) + "\n")
+            handle.write(render_markdown(board, pictures=False) + "\n")
     return paths
 
 
@@ -496,21 +527,37 @@ def ci_run_url() -> str:
     return "{}/{}/actions/runs/{}".format(*parts) if all(parts) else ""
 
 
-def print_report_json(report: ReportInput) -> None:
+def print_report_json(board: Leaderboard) -> None:
     """--json: the report's data (report.json's content) on stdout; the verdict lines stay on stderr."""
-    from reports.render import render_json
+    from reports.publish import render_json
 
-    write_stdout(render_json(report))
+    write_stdout(render_json(board))
 
 
-def print_verdict(report: ReportInput, paths: dict[str, Path]) -> None:
+def print_verdict(board: Leaderboard, paths: dict[str, Path]) -> None:
+    """The verdict and its reasons; for several candidates, which decided it and one line per candidate."""
     from reports.text import comparison_reasons
+    from reports.view import banner, by_severity, leaderboard_banner
 
     # Titles and reasons carry variant and profile names, which are user text: never rich markup.
-    colour = {"PASS": "green", "FAIL": "red"}.get(report.comparison.verdict, "yellow")
-    console.print(f"[bold {colour}]{report.comparison.verdict}[/]: {escape(report.title)}")
-    for reason in comparison_reasons(report.comparison):
-        console.print(f"  - {escape(reason)}", highlight=False)
+    colours = {"PASS": "green", "FAIL": "red"}
+    verdict = board.verdict
+    if len(board.reports) == 1:
+        report = board.reports[0]
+        console.print(f"[bold {colours.get(verdict, 'yellow')}]{verdict}[/]: {escape(report.title)}")
+        for reason in comparison_reasons(report.comparison):
+            console.print(f"  - {escape(reason)}", highlight=False)
+        guards = banner(report).guards_line()
+    else:
+        console.print(f"[bold {colours.get(verdict, 'yellow')}]{verdict}[/]: {escape(board.title)}, decided by "
+                      f"{escape(', '.join(board.decided_by))}")
+        for report in by_severity(board):  # the report's order: worst first
+            comparison = report.comparison
+            console.print(f"  - [{colours.get(comparison.verdict, 'yellow')}]{comparison.verdict}[/] "
+                          f"{escape(report.candidate)}: {escape(comparison_reasons(comparison)[0])}", highlight=False)
+        guards = leaderboard_banner(board).guards_line()
+    if guards:  # a PASS that says nothing about these guards below the worsening each FAILs
+        console.print(f"  - {escape(guards)}", highlight=False)
     for fmt, path in paths.items():
         console.print(f"  {fmt}: {escape(str(path))}")
 
@@ -521,13 +568,13 @@ def command_report(args) -> int:
 
     formats = parse_formats(args.format)
     suite = suite_from_args(args)
-    selection = selection_from_args(args, suite)
+    selections = selections_from_args(args, suite)
     store = Store(args.results, create=False)
-    gate.require_recorded(suite, store, selection, args.results)
+    gate.require_recorded(suite, store, selections, args.results)
     out, summary = outputs.report_dir(args.results, args.out), outputs.job_summary()
-    report = gate.build_report_input(suite, store, selection, suite.comparison.alpha,
-                                     reproduce_command(args, selection))
-    print_verdict(report, write_report(report, out, formats, summary))
+    board = gate.build_leaderboard(suite, store, selections, suite.comparison.alpha,
+                                   reproduce_command(args, selections))
+    print_verdict(board, write_report(board, out, formats, summary))
     return EXIT_OK
 
 
@@ -547,30 +594,31 @@ def command_gate(args) -> int:
                               "reach; write the keys into a suite file and pass it with --config")
     config_given, args.config = args.config is not None, str(suite_file(args))
     suite = suite_from_args(args)
-    selection = selection_from_args(args, suite)
-    sizes = gate.sequential_sizes(selection, args.max_seeds) if args.sequential else [len(selection.baseline_seeds)]
-    preflight(selection.plan(suite)[0])  # this checkout's code; REF's own `bench run` checks its arm
+    selections = selections_from_args(args, suite)
+    first = selections[0]  # every selection has the same baseline and seeds
+    sizes = gate.sequential_sizes(first, args.max_seeds) if args.sequential else [len(first.baseline_seeds)]
+    preflight(gate.plan_lineup(suite, selections)[0])  # this checkout's code; REF's own `bench run` checks its arm
     finished_before = finished_runs(args.results)  # also refuses a results dir that is not worldbench's
     if args.baseline_ref:  # REF's own bench.toml unless --config was given
-        selection.baseline_ref = prepare_baseline_ref(args.baseline_ref, args.results,
-                                                      args.config if config_given else None, args.allow_dirty)
+        first.baseline_ref = prepare_baseline_ref(args.baseline_ref, args.results,
+                                                  args.config if config_given else None, args.allow_dirty)
     out, summary = outputs.report_dir(args.results, args.out), outputs.job_summary()
     Store(args.results)
-    if selection.baseline_ref:
-        selection.baseline_ref.check_out(args.results)
+    if first.baseline_ref:
+        first.baseline_ref.check_out(args.results)
     execution = Execution(args.results, args.jobs)
-    report, arms = gate.run_looks(
-        suite, selection, args.results, sizes, suite.comparison.alpha, args.sequential,
+    board, arms = gate.run_looks(
+        suite, selections, args.results, sizes, suite.comparison.alpha, args.sequential,
         execute=lambda specs: run_with_progress(suite, specs, execution, args.quiet),
         reproduce=lambda chosen: reproduce_command(args, chosen), jobs=args.jobs, quiet=args.quiet)
-    gate.require_complete(Store(args.results), selection, arms)
-    gate.describe_arms(report, selection, arms, finished_before)
-    print_verdict(report, write_report(report, out, formats, summary))
+    gate.require_complete(Store(args.results), selections, arms)
+    gate.describe_arms(board, selections, arms, finished_before)
+    print_verdict(board, write_report(board, out, formats, summary))
     if args.json:
-        print_report_json(report)
-    if (report.runs["status"] == "failed").any():
+        print_report_json(board)
+    if board.crashed:
         return EXIT_CRASHED
-    return VERDICT_EXIT[report.comparison.verdict]
+    return VERDICT_EXIT[board.verdict]
 
 
 # ----------------------------------------------------------------------------- export

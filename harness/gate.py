@@ -1,8 +1,10 @@
 """What `bench report` and `bench gate` compute: recorded runs -> statistics -> verdict -> ReportInput.
 
 gate = run (resuming) + report. With --sequential, seeds are added in groups and alpha is spent per
-look (`run_looks`). This module returns data; harness/cli.py parses the arguments, prints, writes
-the report files and maps the verdict to an exit code (harness/exits.py).
+look (`run_looks`). Several candidates against one baseline make one leaderboard (`build_leaderboard`):
+one Selection per candidate, their runs planned once (`plan_lineup`) and their "regressed" claims one
+Holm family. This module returns data; harness/cli.py parses the arguments, prints, writes the report
+files and maps the verdict to an exit code (harness/exits.py).
 """
 from __future__ import annotations
 
@@ -22,8 +24,8 @@ from harness.matrix import RunSpec, interleave, plan_runs
 from harness.seeds import format_seeds
 from harness.store import Store
 from harness.schema import Suite
-from harness.types import (ArmProvenance, Finding, FloorNote, KpiRule, LookNote, Note, Reason, ReportInput,
-                           TargetNote, TargetSource, Verdict)
+from harness.types import (ArmInterval, ArmProvenance, Comparison, CompatResult, Finding, FloorNote, KpiRule,
+                           Leaderboard, LookNote, Note, Reason, ReportInput, TargetNote, TargetSource, Verdict)
 from worldmodel.errors import WorldbenchError
 
 
@@ -84,6 +86,19 @@ class Selection:
             groups.append([spec for spec in specs if spec.run_id not in planned])
             arms[label] = [spec.run_id for spec in specs]
         return interleave(groups), arms
+
+
+def plan_lineup(suite: Suite, selections: list[Selection]) -> tuple[list[RunSpec], dict[str, list[str]]]:
+    """The runs of several selections (a baseline against each candidate), each once, and arm label -> run ids.
+
+    Seed-major over all arms (baseline s0, each candidate s0, baseline s1, ...). A run shared by selections (the
+    baseline's) is planned once, and runs whose stages have the same ids share them in the stage cache: the
+    tokenizer of a seed trains once for every candidate that leaves it as the baseline's.
+    """
+    plans = [selection.plan(suite) for selection in selections]
+    specs = {spec.run_id: spec for spec in interleave([planned for planned, _ in plans])}  # keeps first positions
+    arms = {label: ids for _, plan_arms in plans for label, ids in plan_arms.items()}
+    return list(specs.values()), arms
 
 
 # ----------------------------------------------------------------------------- data for the statistics
@@ -148,21 +163,40 @@ def dataset_has_actions(suite: Suite, dataset: str) -> bool:
     try:
         with h5py.File(spec.path, "r") as handle:
             return "actions" in handle
-    except OSError:  # unreadable here: keep such KPIs blocking, so their missing values cannot PASS
+    except OSError:  # unreadable here: keep such KPIs in their tier, so their missing values cannot PASS
         return True
 
 
 def rules_for(suite: Suite, has_actions: bool = True, timing_paired: bool = False) -> list[KpiRule]:
-    """The suite's rules as the statistics judge them here: a KPI against ground-truth actions cannot block
-    where there are none, and a timing KPI (machine load) only where the arms' runs were scheduled side by
-    side (harness.driver.timing_paired)."""
-    return [replace(rule, blocking=rule.blocking and (has_actions or not rule.needs_actions)
-                    and (timing_paired or not rule.timing))
+    """The suite's rules as the statistics judge them here: a KPI against ground-truth actions cannot block (or
+    guard) where there are none, and a timing KPI (machine load) only where the arms' runs were scheduled side by
+    side (harness.driver.timing_paired); elsewhere such a KPI is informational."""
+    def judged_here(rule: KpiRule) -> bool:
+        return (has_actions or not rule.needs_actions) and (timing_paired or not rule.timing)
+
+    return [replace(rule, blocking=rule.blocking and judged_here(rule), guard=rule.guard and judged_here(rule))
             for rule in suite.kpis.values()]
 
 
-def compare_runs(suite: Suite, store: Store, selection: Selection, alpha: float):
-    """Statistics for the selected runs: (Comparison, runs with an `arm` column, kpis, curves, notes)."""
+@dataclass
+class Recorded:
+    """One selection's recorded runs, as the statistics take them (`arms`) and as its report shows them."""
+    arms: stats.ComparisonArms  # the rules and both arms' values and failures
+    runs: pd.DataFrame  # with an `arm` column
+    kpis: pd.DataFrame
+    curves: pd.DataFrame
+    notes: list[Note]
+
+
+@dataclass
+class Compared:
+    """One selection's recorded runs and their statistics (`compare_lineup`)."""
+    recorded: Recorded
+    comparison: Comparison
+
+
+def recorded_arms(suite: Suite, store: Store, selection: Selection) -> Recorded:
+    """The runs of one selection's arms in the store, and what the statistics compare of them."""
     specs, arms = selection.plan(suite)
     recorded = store.runs()
     runs = pd.concat([recorded[recorded["run_id"].isin(ids)].assign(arm=arm) for arm, ids in arms.items()],
@@ -178,18 +212,47 @@ def compare_runs(suite: Suite, store: Store, selection: Selection, alpha: float)
         return len(arms[arm]) - int(((runs["arm"] == arm) & (runs["status"] == "ok")).sum())  # missing = failed
 
     rules = rules_for(suite, dataset_has_actions(suite, selection.dataset), timing_paired(runs, baseline, candidate))
-    comparison = stats.compare(rules, values[baseline], values[candidate],
-                               failures_baseline=failures(baseline), failures_candidate=failures(candidate),
-                               censored_kpis=set(COMPARE_TIME_KPIS), alpha=alpha)
-    return comparison, runs, kpis, curves, notes
+    # An informational KPI that neither arm measured (a component's own, such as an MoE's expert load, in a
+    # comparison without that component) has nothing to compare; a blocking or guard one stays, so it cannot PASS.
+    rules = [rule for rule in rules if rule.can_fail or any(
+        np.isfinite(list(values[arm].get(rule.name, {}).values())).any() for arm in (baseline, candidate))]
+    judged = stats.ComparisonArms(rules, values[baseline], values[candidate], failures(baseline), failures(candidate))
+    return Recorded(judged, runs, kpis, curves, notes)
+
+
+def compare_lineup(suite: Suite, store: Store, selections: list[Selection], alpha: float) -> list[Compared]:
+    """Statistics for each selection's runs, Holm across every selection's KPIs (harness.stats.compare_all)."""
+    recorded = [recorded_arms(suite, store, selection) for selection in selections]
+    comparisons = stats.compare_all([r.arms for r in recorded], censored_kpis=set(COMPARE_TIME_KPIS), alpha=alpha)
+    return [Compared(r, comparison) for r, comparison in zip(recorded, comparisons)]
+
+
+def compare_runs(suite: Suite, store: Store, selection: Selection, alpha: float):
+    """Statistics for the selected runs: (Comparison, runs with an `arm` column, kpis, curves, notes)."""
+    compared = compare_lineup(suite, store, [selection], alpha)[0]
+    recorded = compared.recorded
+    return compared.comparison, recorded.runs, recorded.kpis, recorded.curves, recorded.notes
 
 
 # ----------------------------------------------------------------------------- report input
 
-def build_report_input(suite: Suite, store: Store, selection: Selection, alpha: float, reproduce: str) -> ReportInput:
+def check_baseline_compat(store: Store, selection: Selection, runs: pd.DataFrame) -> CompatResult:
+    """The golden checkpoints, and with --baseline-ref the ones REF's code trained, must load and run in this code.
+    It depends on the baseline arm alone, so a leaderboard checks it once."""
     from harness.compat import check_compat  # loads torch: only when a report is built
 
-    comparison, runs, kpis, curves, notes = compare_runs(suite, store, selection, alpha)
+    baseline = selection.labels[0]
+    ok = runs[(runs["status"] == "ok") & (runs["arm"] == baseline)]
+    trained, trained_by = (selection.baseline_ref.checkpoints(store.cache, ok) if selection.baseline_ref
+                           else ({}, ""))
+    return check_compat(trained=trained, trained_by=trained_by)
+
+
+def report_input(suite: Suite, store: Store, selection: Selection, compared: Compared, compat: CompatResult,
+                 reproduce: str) -> ReportInput:
+    """The report of one selection from its statistics (`compare_lineup`) and the compatibility check."""
+    recorded, comparison = compared.recorded, compared.comparison
+    runs, kpis, curves, notes = recorded.runs.copy(), recorded.kpis, recorded.curves, list(recorded.notes)
     runs["variant"] = runs["arm"]  # the report shows arms; they are the variants unless one is compared to itself
     labelled = runs[["run_id", "variant", "seed"]]
     rollouts = store.for_runs("rollouts", runs["run_id"]).merge(labelled, on="run_id")
@@ -215,9 +278,6 @@ def build_report_input(suite: Suite, store: Store, selection: Selection, alpha: 
         loaded = store.read_frames(row["run_id"])
         if loaded:
             frames[arm] = {"seed": int(row["seed"]), **loaded}
-    # With --baseline-ref, the checkpoints REF's code trained must load and run in this code too.
-    trained, trained_by = (selection.baseline_ref.checkpoints(store.cache, ok[ok["arm"] == baseline])
-                           if selection.baseline_ref else ({}, ""))
     provenance_columns = ["run_id", "variant", "seed", "git_commit", "git_dirty", "code_hash", "torch_version",
                           "numpy_version", "scipy_version", "pandas_version", "device", "precision", "cpu_model",
                           "host", "started_at"]
@@ -226,43 +286,91 @@ def build_report_input(suite: Suite, store: Store, selection: Selection, alpha: 
         descriptions={baseline: suite.variant(selection.baseline).description,
                       candidate: suite.variant(selection.candidate).description},
         comparison=comparison, runs=runs[["run_id", "variant", "seed", "status", "error"]], curves=curves,
-        rollouts=rollouts, frames=frames, speed=speed, compat=check_compat(trained=trained, trained_by=trained_by),
+        rollouts=rollouts, frames=frames, speed=speed, compat=compat,
         provenance=runs[provenance_columns].to_dict("records"), reproduce_command=reproduce,
         profile=selection.profile, notes=notes)
-    if not report.compat.ok:  # a PR that breaks loading the baseline's checkpoints must not merge
+    if not compat.ok:  # a PR that breaks loading the baseline's checkpoints must not merge
         comparison.verdict = Verdict.FAIL
         comparison.reasons.append(Reason(Finding.COMPAT_BROKEN))
     return report
 
 
-def require_recorded(suite: Suite, store: Store, selection: Selection, results: Path) -> None:
-    """`bench report` needs every run of the selection recorded for this code: a run that was never
+def build_report_input(suite: Suite, store: Store, selection: Selection, alpha: float, reproduce: str) -> ReportInput:
+    """The report of one baseline against one candidate."""
+    return build_leaderboard(suite, store, [selection], alpha, reproduce).reports[0]
+
+
+def build_leaderboard(suite: Suite, store: Store, selections: list[Selection], alpha: float,
+                      reproduce: str) -> Leaderboard:
+    """One report of a baseline against each selection's candidate: a leaderboard (one selection: its report)."""
+    lineup = compare_lineup(suite, store, selections, alpha)
+    compat = check_baseline_compat(store, selections[0], lineup[0].recorded.runs)  # every selection's baseline arm
+    return leaderboard_of([report_input(suite, store, selection, compared, compat, reproduce)
+                           for selection, compared in zip(selections, lineup)], reproduce)
+
+
+def leaderboard_of(reports: list[ReportInput], reproduce: str) -> Leaderboard:
+    """The leaderboard of reports of one baseline against each candidate: every arm's runs, curves, rollouts, frames
+    and provenance once (the baseline's from the first report: they are the same runs), and each arm's IQMs."""
+    baseline = reports[0].baseline
+
+    def every_arm_once(table: str) -> pd.DataFrame:
+        """Each report's rows of a table, the baseline's from the first report only (they are the same runs)."""
+        frames = [getattr(report, table) for report in reports]
+        return pd.concat([frames[0]] + [frame[frame["variant"] != baseline] for frame in frames[1:]], ignore_index=True)
+
+    provenance = {row["run_id"]: row for report in reports for row in report.provenance}
+    return Leaderboard(reports=reports, arms=arm_intervals(reports), runs=every_arm_once("runs"),
+                       curves=every_arm_once("curves"), rollouts=every_arm_once("rollouts"),
+                       frames={arm: frames for report in reports for arm, frames in report.frames.items()},
+                       provenance=list(provenance.values()), reproduce_command=reproduce)
+
+
+def arm_intervals(reports: list[ReportInput]) -> list[ArmInterval]:
+    """Each arm's IQM of each blocking and guard KPI with its bootstrap interval, at the level of the reports' own
+    intervals: the baseline once (from the first report), then each candidate."""
+    level = stats.ci_level(reports[0].comparison.alpha)
+    rows = [(reports[0].baseline, kpi.name, kpi.baseline) for kpi in reports[0].comparison.kpis if kpi.rule.can_fail]
+    rows += [(report.candidate, kpi.name, kpi.candidate) for report in reports for kpi in report.comparison.kpis
+             if kpi.rule.can_fail]
+    intervals = []
+    for arm, name, summary in rows:
+        values = np.array([v for v in summary.values.values() if np.isfinite(v)], dtype=float)
+        low, high = stats.iqm_interval(values, level)
+        intervals.append(ArmInterval(arm, name, len(values), stats.interquartile_mean(values), low, high, level))
+    return intervals
+
+
+def require_recorded(suite: Suite, store: Store, selections: list[Selection], results: Path) -> None:
+    """`bench report` needs every run of the selections recorded for this code: a run that was never
     recorded is not a failed one, so a usage error names what to run first instead of a verdict."""
-    _, arms = selection.plan(suite)
-    unrecorded = unrecorded_seeds(store, selection, arms)
+    _, arms = plan_lineup(suite, selections)
+    unrecorded = unrecorded_seeds(store, selections, arms)
     if all(len(unrecorded.get(label, [])) == len(ids) for label, ids in arms.items()):
-        raise WorldbenchError(f"no recorded runs of {selection.baseline} or {selection.candidate} on profile "
-                              f"'{selection.profile}' in '{results}' for this code; run `bench run` first")
+        variants = list(dict.fromkeys(v for s in selections for v in (s.baseline, s.candidate)))
+        raise WorldbenchError(f"no recorded runs of {' or '.join(variants)} on profile '{selections[0].profile}' in "
+                              f"'{results}' for this code; run `bench run` first")
     if unrecorded:
         raise WorldbenchError(f"{describe_unrecorded(unrecorded)} not recorded in '{results}' for this code; "
                               f"run them with `bench run` (or `bench gate`), or report on the recorded seeds "
                               f"with --seeds")
 
 
-def require_complete(store: Store, selection: Selection, arms: dict[str, list[str]],
+def require_complete(store: Store, selections: list[Selection], arms: dict[str, list[str]],
                      command: str = "bench gate") -> None:
     """After `command` has trained its runs, each must be in the store under this code's id. If one is not,
     the project's code changed while it ran (ids hash the source): say so rather than call them failed."""
-    unrecorded = unrecorded_seeds(store, selection, arms)
+    unrecorded = unrecorded_seeds(store, selections, arms)
     if unrecorded:
         raise WorldbenchError(f"{describe_unrecorded(unrecorded)} not recorded under this code's run ids: "
                               f"the code changed while {command} ran; rerun {command}")
 
 
-def unrecorded_seeds(store: Store, selection: Selection, arms: dict[str, list[str]]) -> dict[str, list[int]]:
+def unrecorded_seeds(store: Store, selections: list[Selection], arms: dict[str, list[str]]) -> dict[str, list[int]]:
     """Arm label -> the seeds whose run, as this code plans it (`arms`, in seed order), the store lacks."""
     recorded = set(store.runs()["run_id"])
-    seeds = dict(zip(selection.labels, (selection.baseline_seeds, selection.candidate_seeds)))
+    seeds = {label: arm_seeds for selection in selections
+             for label, arm_seeds in zip(selection.labels, (selection.baseline_seeds, selection.candidate_seeds))}
     missing = {label: [seed for seed, run_id in zip(seeds[label], ids) if run_id not in recorded]
                for label, ids in arms.items()}
     return {label: found for label, found in missing.items() if found}
@@ -274,45 +382,51 @@ def describe_unrecorded(unrecorded: dict[str, list[int]]) -> str:
     return f"the runs of {' and '.join(parts)} are"
 
 
-def run_looks(suite: Suite, selection: Selection, results: Path, sizes: list[int], alpha: float, spend_alpha: bool,
-              execute: Callable[[list[RunSpec]], object], reproduce: Callable[[Selection], str],
-              jobs: int = 2, quiet: bool = False) -> tuple[ReportInput, dict[str, list[str]]]:
-    """The gate's looks: at each, extend both arms to `sizes[look]` seeds, train what is missing (`execute`;
-    REF's code trains the baseline arm with --baseline-ref), compare, and stop once the verdict is decided.
-    `spend_alpha` (--sequential): alpha is spent across the looks.
+def run_looks(suite: Suite, selections: list[Selection], results: Path, sizes: list[int], alpha: float,
+              spend_alpha: bool, execute: Callable[[list[RunSpec]], object],
+              reproduce: Callable[[list[Selection]], str], jobs: int = 2,
+              quiet: bool = False) -> tuple[Leaderboard, dict[str, list[str]]]:
+    """The gate's looks: at each, extend every arm to `sizes[look]` seeds, train what is missing (`execute`;
+    REF's code trains the baseline arm with --baseline-ref), compare, and stop once the verdict is decided (for
+    several candidates: the worst one's). `spend_alpha` (--sequential): alpha is spent across the looks.
 
-    Returns the last look's report input and its arms (label -> run ids)."""
-    group = len(selection.baseline_seeds)
-    baseline_seeds, candidate_seeds = selection.baseline_seeds, selection.candidate_seeds
+    Returns the last look's leaderboard (one report per selection) and its arms (label -> run ids)."""
+    group = len(selections[0].baseline_seeds)
+    first_seeds = [(selection.baseline_seeds, selection.candidate_seeds) for selection in selections]
     alphas = [alpha]
     if spend_alpha:
         alphas = sequential.alpha_spending(len(sizes), alpha, [size / sizes[-1] for size in sizes])
     looks = len(sizes)
     for look in range(looks):
-        selection.baseline_seeds, selection.candidate_seeds = extend_seeds(
-            baseline_seeds, candidate_seeds, sizes[look] - group)
-        specs, arms = selection.plan(suite)
-        if selection.baseline_ref and set(arms[selection.labels[0]]) - finished_runs(results):
-            selection.baseline_ref.train(results, selection.profile, selection.dataset, selection.baseline,
-                                         selection.baseline_seeds, jobs, quiet)
+        for selection, (baseline_seeds, candidate_seeds) in zip(selections, first_seeds):
+            selection.baseline_seeds, selection.candidate_seeds = extend_seeds(
+                baseline_seeds, candidate_seeds, sizes[look] - group)
+        specs, arms = plan_lineup(suite, selections)
+        first = selections[0]
+        if first.baseline_ref and set(arms[first.labels[0]]) - finished_runs(results):
+            first.baseline_ref.train(results, first.profile, first.dataset, first.baseline, first.baseline_seeds,
+                                     jobs, quiet)
         execute(specs)
-        report = build_report_input(suite, Store(results), selection, alphas[look], reproduce(selection))
+        board = build_leaderboard(suite, Store(results), selections, alphas[look], reproduce(selections))
         if spend_alpha:
-            report.notes.append(LookNote(look + 1, looks, len(selection.baseline_seeds), alphas[look]))
-        if report.comparison.verdict != Verdict.INCONCLUSIVE:
+            for report in board.reports:
+                report.notes.append(LookNote(look + 1, looks, len(first.baseline_seeds), alphas[look]))
+        if board.verdict != Verdict.INCONCLUSIVE:
             break
-    return report, arms
+    return board, arms
 
 
-def describe_arms(report, selection: Selection, arms: dict[str, list[str]], finished_before: set[str]) -> None:
-    """Record for each arm the code it ran and how many of its runs were reused or trained now
+def describe_arms(board: Leaderboard, selections: list[Selection], arms: dict[str, list[str]],
+                  finished_before: set[str]) -> None:
+    """Record for each arm of each report the code it ran and how many of its runs were reused or trained now
     (report.arm_provenance; reports/text.py words it after the arm's description)."""
     commit, dirty = git_state()
     here = ArmProvenance(commit, dirty=dirty)
-    for role, label in zip(("baseline", "candidate"), selection.labels):
-        code = selection.baseline_ref.code(role) if selection.baseline_ref else here
-        reused = sum(run_id in finished_before for run_id in arms[label])
-        report.arm_provenance[label] = replace(code, reused=reused, total=len(arms[label]))
+    for report, selection in zip(board.reports, selections):
+        for role, label in zip(("baseline", "candidate"), selection.labels):
+            code = selection.baseline_ref.code(role) if selection.baseline_ref else here
+            reused = sum(run_id in finished_before for run_id in arms[label])
+            report.arm_provenance[label] = replace(code, reused=reused, total=len(arms[label]))
 
 
 def sequential_sizes(selection: Selection, max_seeds: int | None) -> list[int]:

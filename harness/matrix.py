@@ -24,9 +24,10 @@ WORLDMODEL_DIR = Path(worldmodel.__file__).parent
 VARIANTS_DIR = Path(variants.__file__).parent
 # Source each stage runs; a change to any of these files retrains that stage.
 SHARED_SOURCES = ["config.py", "layers.py", "norms.py", "fused.py", "fsq.py", "train.py", "stages.py", "metrics.py",
-                  "errors.py", "files.py", "data/*.py", "kernels/*.py", "kernels/*.cpp", "kernels/*.h"]
+                  "errors.py", "files.py", "auxiliary.py", "data/*.py", "kernels/*.py", "kernels/*.cpp", "kernels/*.h"]
 STAGE_SOURCES = {
-    "tokenizer": ["tokenizer.py"],
+    # Every stage looks components up (its ffn, position code, optimizer), which may live in variants/.
+    "tokenizer": ["tokenizer.py", "registry.py", "VARIANTS"],
     "actions": ["lam.py", "registry.py", "VARIANTS"],  # lam.py holds the baseline encoder, variants/ the others
     "dynamics": ["dynamics.py", "registry.py", "VARIANTS"],  # its action_input component may live in variants/
 }

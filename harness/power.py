@@ -15,12 +15,16 @@ seeds showed:
   margin + resolution is FAILed with that power.
 - **seeds needed**: the smallest n at which a zero true difference is shown non-inferior with
   TARGET_POWER (the margin is the distance the test has to cover), capped at MAX_RECOMMENDED_SEEDS.
+- **failable regression**: the smallest true worsening the regression test (H1: d > margin) FAILs with
+  TARGET_POWER at n seeds, margin + resolution. What a guard KPI (harness.types.TIERS), which never has
+  to show non-inferiority, can still catch.
 
 Unpaired arms (Welch) are sized as a paired design whose per-seed spread is sqrt(var_c + var_b): Welch's
 test has more degrees of freedom, so this errs on the side of more seeds.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -61,6 +65,7 @@ def seeds_for_power(effect_size: float, alpha: float, power: float = TARGET_POWE
     return int(candidates[enough[0]]) if enough.size else MAX_RECOMMENDED_SEEDS
 
 
+@functools.cache  # pure, and asked for the same few (seeds, alpha) by every KPI of every comparison
 def detectable_effect_size(seeds: int, alpha: float, power: float = TARGET_POWER) -> float:
     """The true effect, in per-seed sds, that the test at `seeds` seeds detects with `power`."""
     if seeds < MIN_SEEDS:
@@ -68,14 +73,35 @@ def detectable_effect_size(seeds: int, alpha: float, power: float = TARGET_POWER
     return float(optimize.brentq(lambda size: t_test_power(size, seeds, alpha) - power, 1e-9, 1e3))
 
 
+def detectable_difference(spread: float, seeds: int, alpha: float) -> float:
+    """The smallest true difference (on the statistics' axis) a one-sided test at `seeds` seeds whose per-seed
+    effects spread by `spread` (sd) detects with TARGET_POWER: 0 without spread, inf where the spread is unknown
+    or there are too few seeds."""
+    if spread == 0:
+        return 0.0
+    if not (math.isfinite(spread) and spread > 0 and seeds >= MIN_SEEDS):
+        return math.inf
+    return detectable_effect_size(seeds, alpha) * spread
+
+
+def failable_regression(spread: float, seeds: int, margin: float, alpha: float) -> float:
+    """The smallest true worsening (on the statistics' axis) that the regression test, H1: mean d > margin at
+    level alpha, FAILs with TARGET_POWER at `seeds` seeds: the margin plus the detectable difference. Before Holm:
+    the blocking and guard KPIs' regression claims are adjusted together, so among several a regression must be
+    somewhat larger than this to FAIL."""
+    return margin + detectable_difference(spread, seeds, alpha)
+
+
 def resolution(spread: float, seeds: int, margin: float, alpha: float) -> Resolution:
     """The resolution of a comparison whose per-seed effects spread by `spread` (sd), at `seeds` seeds."""
+    detectable = detectable_difference(spread, seeds, alpha)
     if spread == 0:
-        return Resolution(seeds, 0.0, 0.0, MIN_SEEDS, margin)
-    if not (math.isfinite(spread) and spread > 0 and seeds >= MIN_SEEDS):
-        return Resolution(seeds, spread, math.inf, MAX_RECOMMENDED_SEEDS, margin)
-    needed = seeds_for_power(margin / spread, alpha) if margin > 0 else MAX_RECOMMENDED_SEEDS
-    return Resolution(seeds, spread, detectable_effect_size(seeds, alpha) * spread, needed, margin)
+        needed = MIN_SEEDS
+    elif math.isinf(detectable) or margin <= 0:
+        needed = MAX_RECOMMENDED_SEEDS
+    else:
+        needed = seeds_for_power(margin / spread, alpha)
+    return Resolution(seeds, spread, detectable, needed, margin, failable_regression(spread, seeds, margin, alpha))
 
 
 def recommended_seeds(sd_d: float, margin: float, alpha: float = 0.05, power: float = TARGET_POWER) -> int:

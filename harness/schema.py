@@ -14,8 +14,38 @@ from harness.types import KpiRule
 from worldmodel.config import STAGES, WorldModelConfig
 from worldmodel.errors import WorldbenchError
 
-# Which model-config key a component slot sets.
-SLOT_CONFIG_KEYS = {"lam_encoder": "actions.encoder", "action_input": "dynamics.action_input"}
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A component slot as bench.toml sees it: the stage-config field it sets, in which stages."""
+    key: str  # the field it sets in each stage's section
+    stages: tuple[str, ...]  # the stages it can apply to (a variant's `scope` picks among them)
+    default_scope: tuple[str, ...]  # the stages a variant's choice applies to unless its `scope` says otherwise
+
+
+# The anchor puts the MoE feed-forward in the dynamics only (tinyworlds PR #20) and Muon into every stage's trainer;
+# a position code or a conditioning changes every stage that has attention or a condition.
+SLOTS = {
+    "lam_encoder": Slot("encoder", ("actions",), ("actions",)),
+    "action_input": Slot("action_input", ("dynamics",), ("dynamics",)),
+    "action_injection": Slot("action_injection", ("dynamics",), ("dynamics",)),
+    "maskgit_schedule": Slot("maskgit_schedule", ("dynamics",), ("dynamics",)),
+    "ffn": Slot("ffn", STAGES, ("dynamics",)),
+    "position": Slot("position", STAGES, STAGES),
+    "conditioning": Slot("conditioning", ("actions", "dynamics"), ("actions", "dynamics")),
+    "optimizer": Slot("optimizer", STAGES, STAGES),
+}
+
+
+def slot_settings(slot: str, component: str, stages: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """The dotted model-config keys a component choice sets in `stages`."""
+    settings: dict[str, Any] = {f"{stage}.{SLOTS[slot].key}": component for stage in stages}
+    if slot == "position":  # the older switch `rotary = true` is the rotary code: a choice of position sets it too
+        settings.update({f"{stage}.rotary": component == "rotary" for stage in stages})
+    return settings
+
+
 MAX_NAME_LENGTH = 100  # profile, dataset and variant names are shown in tables and one-line errors
 
 
@@ -39,6 +69,9 @@ class Dataset:
     episode_len: int = 32
     seed: int = 0
     repeat_prob: float = 0.75
+    # false: the policy never plays noop (action 0). With noop, "stood still" and "walked into a wall" look
+    # alike, and a sprite's facing after a noop shows the action before it (docs/variance.md).
+    noop: bool = True
     options: dict = field(default_factory=dict)  # the game's own options (e.g. sprite_world grid, distractor)
     path: str = ""
     frame_size: int = 0  # hdf5 only: resize to this size on load (0 = keep the file's size)
@@ -55,6 +88,7 @@ class Variant:
     scale: dict[str, float] = field(default_factory=dict)  # dotted numeric keys: factor x the profile's value
     planted_fault: bool = False  # bench validate runs it against the baseline and expects FAIL
     null_change: bool = False  # bench validate runs it against the baseline on the same seeds and expects PASS
+    scope: dict[str, list[str]] = field(default_factory=dict)  # slot -> the stages its component goes to (SLOTS)
 
 
 @dataclass
@@ -93,7 +127,9 @@ class Suite:
         chosen = self.variant(variant)
         try:
             for slot, component in chosen.components.items():
-                set_dotted(values, SLOT_CONFIG_KEYS[slot], component)
+                stages = chosen.scope.get(slot, SLOTS[slot].default_scope)
+                for key, value in slot_settings(slot, component, stages).items():
+                    set_dotted(values, key, value)
             for key, value in chosen.overrides.items():
                 set_dotted(values, key, value)
             if frame_size is not None:
@@ -154,11 +190,13 @@ def set_dotted(values: dict, dotted: str, value: Any) -> None:
 
 DEFAULT_PROFILES = {"default": Profile("default", "the reference hyperparameters with their default budgets")}
 DEFAULT_DATASETS = {
-    "sprite_world": Dataset("sprite_world", repeat_prob=0.5,
-                            description="agent moved by noop/up/down/left/right and facing that way, walls, "
+    # no noop: after one the agent's facing still shows the action before it, a feature as strong as the
+    # action itself that half the LAM's seeds encoded instead (docs/variance.md)
+    "sprite_world": Dataset("sprite_world", repeat_prob=0.5, noop=False,
+                            description="agent moved by up/down/left/right and facing that way, walls, "
                             "a distractor moving on its own"),
     # actions drawn afresh each step: with sticky ones a latent code need only say "moved" and leave
-    # the direction to the past frames (README "Controllability")
+    # the direction to the past frames (docs/controllability.md)
     "pong": Dataset("pong", game="pong", repeat_prob=0.0,
                     description="a paddle moved by noop/up/down and wrapping round, a ball with momentum"),
 }
@@ -206,4 +244,4 @@ def on_baseline(baseline: Variant, builtin: Variant) -> Variant:
     return Variant(builtin.name, f"{builtin.description} (on {baseline.name})",
                    {**baseline.components, **builtin.components}, {**baseline.overrides, **builtin.overrides},
                    {**baseline.scale, **builtin.scale}, planted_fault=builtin.planted_fault,
-                   null_change=builtin.null_change)
+                   null_change=builtin.null_change, scope={**baseline.scope, **builtin.scope})

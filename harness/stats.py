@@ -29,10 +29,18 @@ Bit-identical arms (every paired difference exactly zero: a shared stage, or tie
 quantised KPI) carry no evidence either way: they get the verdict "identical", no p values,
 and stay out of the Holm family.
 
-Multiplicity: the "regressed" claims are Holm-adjusted across the blocking KPIs,
-because a single false "regressed" fails the PR.  PASS needs *every* blocking KPI to
-be non-inferior; that is an intersection-union test, whose size is already at most
-alpha without any adjustment, so non-inferiority p values are reported raw.
+Tiers (harness.types.TIERS): a *blocking* KPI must be non-inferior for a PASS and FAILs the merge when
+regressed; a *guard* KPI only FAILs it when regressed (it cannot hold up a PASS: a KPI that varies too much
+between seeds to ever show non-inferiority at the gate's seeds, which can still catch a large regression);
+an *informational* one decides nothing.
+
+Multiplicity: the "regressed" claims are Holm-adjusted across the blocking and guard KPIs together,
+because a single false "regressed" of either fails the PR.  When several candidates are compared
+with one baseline in one report (`compare_all`, a leaderboard), the family is every
+candidate's blocking and guard KPIs: one false "regressed" in any candidate fails the whole gate.
+PASS needs *every* blocking KPI to be non-inferior; that is an intersection-union test,
+whose size is already at most alpha without any adjustment, so non-inferiority p values
+are reported raw.
 """
 
 from __future__ import annotations
@@ -64,7 +72,8 @@ from harness.types import (
     count_missing,
 )
 
-__all__ = ["Comparison", "KpiComparison", "KpiRule", "compare", "compare_kpi", "floor_log_scale", "holm_adjust"]
+__all__ = ["Comparison", "ComparisonArms", "KpiComparison", "KpiRule", "compare", "compare_all", "compare_kpi",
+           "floor_log_scale", "holm_adjust", "iqm_interval"]
 
 MIN_VALUES_PER_ARM = MIN_SEEDS
 
@@ -135,6 +144,25 @@ def interquartile_mean(values: np.ndarray) -> float:
         return NAN
     with _quiet():
         return float(stats.trim_mean(values, 0.25))
+
+
+IQM_RESAMPLES = 2000  # bootstrap resamples of an arm's IQM: its interval's ends move by < 1% of its width
+
+
+def iqm_interval(values: np.ndarray, level: float, resamples: int = IQM_RESAMPLES) -> tuple[float, float]:
+    """The percentile bootstrap interval of an arm's IQM at `level` (two-sided), as rliable gives for an aggregate
+    over runs (one task: no strata). The resamples come from a fixed seed, so a report is reproducible; with fewer
+    than MIN_VALUES_PER_ARM values there is no interval (NaN, NaN)."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < MIN_VALUES_PER_ARM:
+        return NAN, NAN
+    rng = np.random.default_rng(0)
+    samples = values[rng.integers(0, len(values), size=(resamples, len(values)))]  # [resamples, n]
+    with _quiet():
+        iqms = stats.trim_mean(samples, 0.25, axis=1)
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(iqms, [tail, 1.0 - tail])
+    return float(low), float(high)
 
 
 def _median(values: np.ndarray) -> float:
@@ -528,13 +556,23 @@ def _resolution(analysis: _KpiAnalysis, alpha: float) -> Resolution | None:
     return resolution(analysis.sd_d, seeds, analysis.rule.analysis_margin, alpha)
 
 
+# The verdicts of a KPI whose values are missing (failed evaluations, NaN): they say nothing about the change.
+_MISSING_DATA = (Why.TOO_FEW_VALUES, Why.NO_VALUE)
+
+
 def _merge_verdict(kpis: list[KpiComparison], failures_baseline: int,
                    failures_candidate: int) -> tuple[Verdict, list[Reason], int | None]:
-    """The merge verdict from the blocking KPIs and the failed runs: (verdict, its reasons in order, and for
-    INCONCLUSIVE the most seeds any unsettled blocking KPI asks for)."""
+    """The merge verdict from the blocking and guard KPIs and the failed runs: (verdict, its reasons in order, and
+    for INCONCLUSIVE the most seeds any unsettled blocking KPI asks for).
+
+    FAIL: a blocking or guard KPI regressed, or the candidate failed more often. PASS: every blocking KPI
+    improved, non-inferior or identical, every guard KPI has its data, and no candidate run failed. A guard that
+    is merely unsettled does not hold up a PASS (Comparison.unresolved_guards names it); one without its data
+    does, as a blocking KPI's would: a guard that was not measured guards nothing."""
     blocking_kpis = [k for k in kpis if k.rule.blocking]
-    regressed = [k for k in blocking_kpis if k.verdict == KpiVerdict.REGRESSED]
-    unsettled = [k for k in blocking_kpis if k.verdict == KpiVerdict.INCONCLUSIVE]
+    regressed = [k for k in kpis if k.rule.can_fail and k.verdict == KpiVerdict.REGRESSED]
+    unsettled = [k for k in kpis if k.rule.can_fail and k.verdict == KpiVerdict.INCONCLUSIVE
+                 and (k.rule.blocking or k.why in _MISSING_DATA)]
     more_failures = failures_candidate > failures_baseline
 
     reasons = [Reason(Finding.KPI, k.name) for k in regressed]
@@ -604,13 +642,28 @@ def holm_adjust(p_values: list[float]) -> list[float]:
 
 
 def _holm_within_families(rules: list[KpiRule], p_regressed: list[float]) -> list[float]:
-    """Holm within the blocking KPIs (they gate the merge); informational KPIs form their own family."""
+    """Holm within the KPIs whose regression FAILs the merge (blocking and guard KPIs, one family); informational
+    KPIs form their own family. `rules` may hold the KPIs of several candidates (compare_all): the families then
+    span them all."""
     adjusted = [NAN] * len(rules)
-    for blocking in (True, False):
-        family = [i for i, rule in enumerate(rules) if rule.blocking == blocking]
+    for can_fail in (True, False):
+        family = [i for i, rule in enumerate(rules) if rule.can_fail == can_fail]
         for i, p in zip(family, holm_adjust([p_regressed[i] for i in family])):
             adjusted[i] = p
     return adjusted
+
+
+@dataclass(frozen=True)
+class ComparisonArms:
+    """One candidate against the baseline, as `compare_all` takes it: the rules (a KPI's tier may differ
+    between candidates, e.g. a timing KPI measured side by side for one and not another), kpi -> seed -> value for
+    each arm, and each arm's failed (or missing) runs."""
+
+    rules: list[KpiRule]
+    baseline: Mapping[str, Mapping[int, float]]
+    candidate: Mapping[str, Mapping[int, float]]
+    failures_baseline: int = 0
+    failures_candidate: int = 0
 
 
 def compare(
@@ -625,22 +678,45 @@ def compare(
 ) -> Comparison:
     """Decide PASS / FAIL / INCONCLUSIVE for a candidate against the baseline.
 
-    FAIL: a blocking KPI regressed beyond its margin (Holm over blocking KPIs), or the
-    candidate had more failed runs than the baseline.  PASS: every blocking KPI improved,
-    non-inferior or identical and no candidate run failed.  Otherwise INCONCLUSIVE, with the number
-    of seeds that would likely settle it.  In sequential mode pass the per-look alpha from
-    `alpha_spending`.
+    FAIL: a blocking or guard KPI regressed beyond its margin (Holm over the blocking and guard KPIs
+    together), or the candidate had more failed runs than the baseline.  PASS: every blocking KPI
+    improved, non-inferior or identical, no guard KPI lacks data and no candidate run failed.  Otherwise
+    INCONCLUSIVE, with the number of seeds that would likely settle it (`_merge_verdict`).  In sequential
+    mode pass the per-look alpha from `alpha_spending`.
     """
-    names = [rule.name for rule in rules]
-    if len(set(names)) != len(names):
-        raise ValueError(f"duplicate KPI names in rules: {names}")
+    arms = ComparisonArms(rules, baseline, candidate, failures_baseline, failures_candidate)
+    return compare_all([arms], censored_kpis=censored_kpis, alpha=alpha)[0]
+
+
+def compare_all(
+    candidates: list[ComparisonArms],
+    *,
+    censored_kpis: set[str] | frozenset[str] = frozenset(),
+    alpha: float = 0.05,
+) -> list[Comparison]:
+    """`compare` for each candidate against the same baseline, with Holm across every candidate's KPIs.
+
+    A leaderboard gate FAILs when any candidate regresses, so the "regressed" claims of all candidates are one
+    family (blocking and guard KPIs together, informational ones their own, as for one candidate): a change that
+    harms nothing FAILs the leaderboard with probability at most alpha however many candidates it holds.
+    """
     _check_alpha(alpha)
+    for arms in candidates:
+        names = [rule.name for rule in arms.rules]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate KPI names in rules: {names}")
 
     with _quiet():
-        analyses = [_analyse(rule, baseline.get(rule.name, {}), candidate.get(rule.name, {}), rule.name in censored_kpis,
-                             alpha) for rule in rules]
-        adjusted = _holm_within_families(rules, [analysis.p.regressed for analysis in analyses])
-        kpis = [_judge(analysis, p_adjusted, alpha) for analysis, p_adjusted in zip(analyses, adjusted)]
-    verdict, reasons, seeds = _merge_verdict(kpis, failures_baseline, failures_candidate)
-    return Comparison(verdict=verdict, reasons=reasons, kpis=kpis, recommended_seeds=seeds, alpha=float(alpha),
-                      failures_baseline=failures_baseline, failures_candidate=failures_candidate)
+        analyses = [[_analyse(rule, arms.baseline.get(rule.name, {}), arms.candidate.get(rule.name, {}),
+                              rule.name in censored_kpis, alpha) for rule in arms.rules] for arms in candidates]
+        flat = [analysis for per_candidate in analyses for analysis in per_candidate]
+        adjusted = iter(_holm_within_families([analysis.rule for analysis in flat],
+                                              [analysis.p.regressed for analysis in flat]))
+        judged = [[_judge(analysis, next(adjusted), alpha) for analysis in per_candidate] for per_candidate in analyses]
+    comparisons = []
+    for arms, kpis in zip(candidates, judged):
+        verdict, reasons, seeds = _merge_verdict(kpis, arms.failures_baseline, arms.failures_candidate)
+        comparisons.append(Comparison(verdict=verdict, reasons=reasons, kpis=kpis, recommended_seeds=seeds,
+                                      alpha=float(alpha), failures_baseline=arms.failures_baseline,
+                                      failures_candidate=arms.failures_candidate))
+    return comparisons

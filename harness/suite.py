@@ -14,7 +14,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from harness.kpis import COMPARE_TIME_KPIS, KPIS
 from harness.plugins import load_plugins
-from harness.schema import (BUILTIN_FAULTS, BUILTIN_NULLS, DEFAULT_DATASETS, DEFAULT_PROFILES, DEFAULT_VARIANTS, SLOT_CONFIG_KEYS,
+from harness.schema import (BUILTIN_FAULTS, BUILTIN_NULLS, DEFAULT_DATASETS, DEFAULT_PROFILES, DEFAULT_VARIANTS, SLOTS,
                             ComparisonSection, Dataset, Profile, Suite, Variant, check_name, on_baseline, set_dotted)
 from harness.seeds import parse_seeds
 from harness.types import OVERRIDABLE, KpiRule, RuleError
@@ -193,11 +193,11 @@ def _check_model_overrides(values: dict, where: str) -> None:
     # A raw override of a component's config key (actions.encoder = "...") must name a registered component,
     # like `components` does: otherwise it would fail only when the run builds the model.
     slots = registered_components()
-    for slot, dotted in SLOT_CONFIG_KEYS.items():
-        section, _, key = dotted.rpartition(".")
-        chosen = values.get(section, {}).get(key) if isinstance(values.get(section), dict) else None
-        if chosen is not None:
-            _check_choice(chosen, slots.get(slot, []), f"{where}.{dotted}")
+    for slot, spec in SLOTS.items():
+        for section in spec.stages:
+            chosen = values.get(section, {}).get(spec.key) if isinstance(values.get(section), dict) else None
+            if chosen is not None:
+                _check_choice(chosen, slots.get(slot, []), f"{where}.{section}.{spec.key}")
 
 
 def _check_model_config(model: dict, where: str) -> None:
@@ -292,9 +292,19 @@ def _parse_dataset(name: str, values: dict) -> Dataset:
 def _parse_variant(name: str, values: dict, slots: dict[str, list[str]]) -> Variant:
     variant = _fill(Variant, values, f"variants.{name}", name=name)
     for slot, component in variant.components.items():
-        _check_choice(slot, SLOT_CONFIG_KEYS, f"variants.{name}.components.{slot}")
+        _check_choice(slot, SLOTS, f"variants.{name}.components.{slot}")
         _check_choice(_check_type(component, str, f"variants.{name}.components.{slot}"), slots.get(slot, []),
                       f"variants.{name}.components.{slot}")
+    for slot, stages in variant.scope.items():
+        where = f"variants.{name}.scope.{slot}"
+        _check_choice(slot, SLOTS, where)
+        if slot not in variant.components:
+            raise WorldbenchError(f"{where}: the variant chooses no {slot} component; add one to components "
+                                  f"or drop the scope")
+        if not _check_type(stages, list, where):
+            raise WorldbenchError(f"{where}: empty; name the stages, e.g. [\"dynamics\"]")
+        for stage in stages:
+            _check_choice(_check_type(stage, str, where), SLOTS[slot].stages, where)
     nested: dict = {}
     for key, value in variant.overrides.items():
         set_dotted(nested, key, value)

@@ -77,7 +77,13 @@ SCALES = ("log", "linear")  # log: compare ratios c/b; linear: compare differenc
 # timing: depends on the machine's load, not reproducible bit for bit; regulariser, cost, data: neither.
 ROLES = ("quality", "controllability", "timing", "regulariser", "cost", "data")
 # The fields of a KpiRule that bench.toml [kpis."name"] may override (harness/suite.py); the rest say what the KPI is.
-OVERRIDABLE = ("direction", "scale", "margin", "blocking", "target", "target_epsilon")
+OVERRIDABLE = ("direction", "scale", "margin", "blocking", "guard", "target", "target_epsilon")
+# How a KPI counts in the merge verdict (KpiRule.tier; harness.stats._merge_verdict):
+# blocking: must be shown non-inferior for a PASS, and a confident regression beyond its margin FAILs the merge;
+# guard: cannot hold up a PASS, but a confident regression beyond its margin FAILs the merge (a KPI too noisy
+#   between seeds to ever show non-inferiority at the gate's seeds that can still catch a large regression);
+# informational: decides nothing.
+TIERS = ("blocking", "guard", "informational")
 
 
 class RuleError(ValueError):
@@ -100,7 +106,8 @@ class KpiRule:
     direction: str  # DIRECTIONS
     scale: str  # SCALES
     margin: float  # how much worse is still fine: fraction (log) or absolute amount (linear)
-    blocking: bool = True
+    blocking: bool = True  # TIERS: needed non-inferior for a PASS; FAILs the merge when regressed
+    guard: bool = False  # TIERS: FAILs the merge when regressed, never holds up a PASS
     # steps_to_target KPIs only (harness.gate.add_steps_to_target), from bench.toml:
     target: float | str = "auto"  # absolute loss, or "auto"
     target_epsilon: float = 0.05  # auto target = (1 + eps) * the largest final loss among the baseline's runs
@@ -122,6 +129,9 @@ class KpiRule:
             raise RuleError(self.name, "target", f'must be "auto" or a finite loss > 0, got {self.target!r}')
         if not (math.isfinite(self.target_epsilon) and self.target_epsilon >= 0):
             raise RuleError(self.name, "target_epsilon", f"must be a finite number >= 0, got {self.target_epsilon!r}")
+        if self.blocking and self.guard:
+            raise RuleError(self.name, "guard", "blocking and guard are both true; pick one (blocking: must be "
+                                                "non-inferior to PASS; guard: only FAILs a confident regression)")
 
     @property
     def badness_sign(self) -> float:
@@ -132,6 +142,16 @@ class KpiRule:
     def analysis_margin(self) -> float:
         """The margin on the axis the tests use: log(1 + margin) for ratios."""
         return math.log1p(self.margin) if self.scale == "log" else self.margin
+
+    @property
+    def can_fail(self) -> bool:
+        """Whether a confident regression of this KPI FAILs the merge: blocking and guard KPIs (one Holm family)."""
+        return self.blocking or self.guard
+
+    @property
+    def tier(self) -> str:
+        """How the KPI counts in the merge verdict: one of TIERS."""
+        return "blocking" if self.blocking else "guard" if self.guard else "informational"
 
     @property
     def timing(self) -> bool:
@@ -164,6 +184,16 @@ class Verdict(StrEnum):
     INCONCLUSIVE = "INCONCLUSIVE"
 
 
+# Best to worst: a leaderboard's verdict is its worst candidate's (a FAIL anywhere blocks the merge; an undecided
+# candidate blocks a PASS). Not the exit codes' order: INCONCLUSIVE exits 3, FAIL 1.
+VERDICT_SEVERITY = (Verdict.PASS, Verdict.INCONCLUSIVE, Verdict.FAIL)
+
+
+def worst_verdict(verdicts: list[Verdict]) -> Verdict:
+    """The worst of the verdicts (VERDICT_SEVERITY)."""
+    return max(verdicts, key=VERDICT_SEVERITY.index)
+
+
 class Why(StrEnum):
     """Why a KPI got its verdict: the branch of harness.stats._verdict that decided it."""
 
@@ -179,7 +209,8 @@ class Why(StrEnum):
 class Finding(StrEnum):
     """One line of the explanation of a merge verdict."""
 
-    KPI = "kpi"  # the blocking KPI Reason.kpi decided it (regressed, or not settled)
+    KPI = "kpi"  # the KPI Reason.kpi decided it: a blocking or guard KPI regressed, a blocking one not settled, or
+    # a guard without its data
     MORE_FAILURES = "more failures"  # the candidate failed in more runs than the baseline: FAIL
     CANDIDATE_FAILURES = "candidate failures"  # any candidate failure prevents PASS
     NO_BLOCKING_KPI = "no blocking KPI"
@@ -226,6 +257,7 @@ class Resolution:
     detectable: float  # smallest true difference the one-sided test detects with 80% power at `seeds`
     seeds_needed: int  # seeds that show a zero true difference non-inferior with 80% power (capped at 200)
     margin: float  # the KPI's margin on the same axis
+    failable: float  # smallest true worsening the regression test FAILs with 80% power at `seeds` (margin + detectable)
 
     @property
     def settles(self) -> bool:
@@ -256,7 +288,8 @@ class HypothesisTest:
     p_noninferior: float  # H1: d < m (raw; see harness.stats)
     p_improved: float  # H1: d < 0
     p_regressed: float  # H1: d > m
-    p_regressed_adjusted: float  # Holm-adjusted p_regressed (within blocking / non-blocking KPIs)
+    p_regressed_adjusted: float  # Holm-adjusted p_regressed (within the blocking and guard KPIs / the informational
+    # ones, of every candidate of a leaderboard: harness.stats.compare_all)
     p_worse: float  # H1: d > 0, worse at all (ignores the margin)
 
 
@@ -294,6 +327,12 @@ class Comparison:
 
     def __post_init__(self) -> None:
         self.verdict = Verdict(self.verdict)  # a bare string from the statistics is checked here
+
+    @property
+    def unresolved_guards(self) -> list[KpiComparison]:
+        """The guard KPIs these seeds could not settle (inconclusive: neither shown within their margin nor
+        regressed): a PASS says nothing about them below the worsening they FAIL (their Resolution.failable)."""
+        return [kpi for kpi in self.kpis if kpi.rule.guard and kpi.verdict == KpiVerdict.INCONCLUSIVE]
 
 
 # --------------------------------------------------------------------------- reports
@@ -394,3 +433,100 @@ class ReportInput:
     def variants(self) -> list[str]:
         """Baseline first, then candidate (deduplicated if someone compares a variant to itself)."""
         return list(dict.fromkeys([self.baseline, self.candidate]))
+
+    @property
+    def candidates(self) -> list[str]:
+        """The candidate arms: one (a Leaderboard has several)."""
+        return [self.candidate]
+
+
+@dataclass(frozen=True)
+class ArmInterval:
+    """One arm's IQM of one KPI over its seeds, with its percentile bootstrap interval (harness.stats.iqm_interval)."""
+
+    variant: str  # the arm's label
+    kpi: str
+    n: int  # finite values (seeds) it summarises
+    iqm: float
+    low: float  # NaN: too few values for an interval
+    high: float
+    level: float  # two-sided, e.g. 0.9
+
+
+@dataclass
+class Leaderboard:
+    """Several candidates against one baseline in one report (`bench gate --candidates a,b,c`).
+
+    Each candidate's ReportInput is its one-candidate report, except that its "regressed" p values were
+    Holm-adjusted across every candidate's blocking and guard KPIs (harness.stats.compare_all). The gate's verdict
+    is the worst candidate's. `curves`, `rollouts` and `frames` hold every arm once (the baseline's runs are shared), for
+    the figures that show all arms together; like ReportInput, plain data that the renderers only format.
+    """
+
+    reports: list[ReportInput]  # one per candidate, in the order given
+    arms: list[ArmInterval]  # baseline first, then each candidate: each blocking and guard KPI's IQM and interval
+    # As ReportInput's, for every arm once: what the figures and the run and provenance tables read.
+    runs: pd.DataFrame
+    curves: pd.DataFrame
+    rollouts: pd.DataFrame
+    frames: dict[str, dict]
+    provenance: list[dict]
+    reproduce_command: str
+    ci_run_url: str = ""
+
+    @property
+    def baseline(self) -> str:
+        return self.reports[0].baseline
+
+    @property
+    def candidates(self) -> list[str]:
+        return [report.candidate for report in self.reports]
+
+    @property
+    def variants(self) -> list[str]:
+        return list(dict.fromkeys([self.baseline, *self.candidates]))
+
+    @property
+    def profile(self) -> str:
+        return self.reports[0].profile
+
+    @property
+    def alpha(self) -> float:
+        return self.reports[0].comparison.alpha
+
+    @property
+    def title(self) -> str:
+        if len(self.reports) == 1:
+            return self.reports[0].title
+        return f"{len(self.reports)} candidates vs {self.baseline}"
+
+    @property
+    def verdict(self) -> Verdict:
+        return worst_verdict([report.comparison.verdict for report in self.reports])
+
+    @property
+    def decided_by(self) -> list[str]:
+        """The candidates whose verdict is the leaderboard's: the ones that caused it."""
+        return [report.candidate for report in self.reports if report.comparison.verdict == self.verdict]
+
+    @property
+    def crashed(self) -> bool:
+        """Whether a run of any arm crashed (an exception): the gate then exits 4 whatever the verdicts."""
+        return bool((self.runs["status"] == "failed").any())
+
+    @property
+    def compat(self) -> CompatResult | None:
+        return self.reports[0].compat  # it checks the baseline arm's checkpoints: the same for every candidate
+
+    @property
+    def descriptions(self) -> dict[str, str]:
+        return {variant: text for report in self.reports for variant, text in report.descriptions.items()}
+
+    @property
+    def arm_provenance(self) -> dict[str, ArmProvenance]:
+        return {arm: code for report in self.reports for arm, code in report.arm_provenance.items()}
+
+    @property
+    def notes(self) -> list[Note]:
+        """Every report's notes once (the baseline's targets and floors are in each)."""
+        return list(dict.fromkeys(note for report in self.reports for note in report.notes))

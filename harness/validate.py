@@ -2,10 +2,10 @@
 
 Every planted fault (a variant with `planted_fault = true`: the built-in ones in harness/schema.py plus the
 user's) is compared with the baseline exactly as `bench gate` compares a candidate and must FAIL. A fault only
-counts as caught when a blocking quality or controllability KPI regressed: not a timing KPI, not a
-regulariser, and not failed runs alone. Every null change (`null_change = true`: the built-in `null_rounding`,
-float rounding only, plus the user's) on the same seeds, and the baseline against itself on the next, disjoint
-seeds (A/A), must PASS: a gate that cannot pass a harmless change blocks every real pull request.
+counts as caught when a blocking or guard quality or controllability KPI regressed (either FAILs the merge): not a
+timing KPI, not a regulariser, and not failed runs alone. Every null change (`null_change = true`: the built-in
+`null_rounding`, float rounding only, plus the user's) on the same seeds, and the baseline against itself on the
+next, disjoint seeds (A/A), must PASS: a gate that cannot pass a harmless change blocks every real pull request.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ class CheckResult:
     candidate: str  # the candidate variant
     expected: Verdict
     observed: Verdict  # the gate's verdict
-    caught_by: str  # the blocking evidence KPI with the smallest adjusted p among those regressed; "" if none
+    caught_by: str  # the blocking or guard evidence KPI with the smallest adjusted p among those regressed; "" if none
     p_adjusted: float  # its Holm-adjusted p (NaN when none)
     ok: bool
     comparison: Comparison | None = None  # the gate's decision (reports/validate.py words its reasons)
@@ -89,8 +89,10 @@ def run_specs(suite: Suite, checks: list[Check]) -> list[RunSpec]:
 
 
 def caught_by(comparison: Comparison) -> KpiComparison | None:
-    """The evidence that a fault was caught: the most significant regressed blocking quality/controllability KPI."""
-    regressed = [k for k in comparison.kpis if k.rule.blocking and k.verdict == KpiVerdict.REGRESSED and k.rule.evidence]
+    """The evidence that a fault was caught: the most significant regressed quality/controllability KPI among those
+    whose regression FAILs the merge (blocking and guard)."""
+    regressed = [k for k in comparison.kpis
+                 if k.rule.can_fail and k.verdict == KpiVerdict.REGRESSED and k.rule.evidence]
     return min(regressed, key=lambda k: k.test.p_regressed_adjusted, default=None)
 
 
@@ -117,7 +119,7 @@ def exit_code(result: Validation, crashed: bool) -> int:
 def validate(suite: Suite, store: Store, checks: list[Check]) -> Validation:
     """Compare each check's recorded runs with the gate's statistics and judge the verdicts."""
     for check in checks:  # all trained just now: one missing means the code changed meanwhile
-        require_complete(store, check.selection, check.selection.plan(suite)[1], "bench validate")
+        require_complete(store, [check.selection], check.selection.plan(suite)[1], "bench validate")
     rows = [judge(check, compare_runs(suite, store, check.selection, suite.comparison.alpha)[0]) for check in checks]
     first, aa = checks[0].selection, checks[-1].selection
     return Validation(first.profile, first.dataset, first.baseline, aa.baseline_seeds, aa.candidate_seeds,

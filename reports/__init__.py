@@ -10,7 +10,7 @@ def __getattr__(name: str):
     """The renderers, imported on first use: they import matplotlib, which writes a font cache, and the wording
     in reports.text (used by `bench list`) must not."""
     if name in _RENDERED:
-        from reports import render
+        from reports import publish
 
-        return getattr(render, name)
+        return getattr(publish, name)
     raise AttributeError(f"module 'reports' has no attribute {name!r}")

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure as MplFigure
 from PIL import Image, ImageDraw
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
-from harness.types import KpiComparison, ReportInput
+from harness.types import KpiComparison, Leaderboard, ReportInput
 from worldmodel.config import STAGES
 from reports.text import fmt_estimate, fmt_margin
 from reports.view import MODE_LABELS, ci_label, has_columns, ordered, role_of
@@ -34,7 +34,8 @@ MAX_CLIPS = 3  # rollout grids: a few clips are enough to eyeball, more only blo
 MAX_STEPS = 8  # horizon columns per grid
 TARGET_FRAME_PX = 64  # nearest-neighbour upscale small frames (16x16, 32x32) to about this size
 GAP_PX = 2
-VARIANT_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple")
+VARIANT_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive",
+                  "tab:cyan", "tab:red", "tab:gray")  # a leaderboard draws every arm in one plot
 VERDICT_COLORS = {"improved": "#1a7f37", "non-inferior": "#2da44e", "identical": "#57606a", "regressed": "#cf222e",
                   "inconclusive": "#9a6700"}  # the HTML report's badge colours
 GIF_STEP_MS = 600  # how long each horizon step of the rollout animation shows
@@ -100,7 +101,7 @@ def _to_svg(figure: MplFigure, name: str) -> bytes:
     return text[text.index(b"<svg"):]  # drop the XML prolog and doctype: the page embeds the element
 
 
-def _colors(report: ReportInput, variants: list[str]) -> dict[str, str]:
+def _colors(report: ReportInput | Leaderboard, variants: list[str]) -> dict[str, str]:
     known = report.variants
     palette = {v: VARIANT_COLORS[i] for i, v in enumerate(known)}
     extra = [v for v in variants if v not in palette]
@@ -133,7 +134,7 @@ def curve_bands(curves: pd.DataFrame, stage: str, metric: str = "loss") -> dict[
     return bands
 
 
-def _curve_stages(report: ReportInput, metric: str = "loss") -> list[str]:
+def _curve_stages(report: ReportInput | Leaderboard, metric: str = "loss") -> list[str]:
     curves = report.curves
     if not has_columns(curves, ("stage", "metric", "value")):
         return []
@@ -143,7 +144,7 @@ def _curve_stages(report: ReportInput, metric: str = "loss") -> list[str]:
     return ordered(list(stages), STAGES)
 
 
-def _draw_curves(report: ReportInput, stage: str) -> MplFigure:
+def _draw_curves(report: ReportInput | Leaderboard, stage: str) -> MplFigure:
     bands = curve_bands(report.curves, stage)
     variants = ordered(list(bands), tuple(report.variants))
     colors = _colors(report, variants)
@@ -177,7 +178,7 @@ def _draw_curves(report: ReportInput, stage: str) -> MplFigure:
 # --------------------------------------------------------------------------- rollout quality
 
 
-def _draw_psnr(report: ReportInput) -> MplFigure:
+def _draw_psnr(report: ReportInput | Leaderboard) -> MplFigure:
     rollouts = report.rollouts.copy()
     rollouts["psnr"] = pd.to_numeric(rollouts["psnr"], errors="coerce").replace([np.inf, -np.inf], np.nan)
     figure = _new_figure((FIGSIZE[0] + 1.8, FIGSIZE[1]))  # room for the legend on the right
@@ -208,7 +209,7 @@ def _draw_psnr(report: ReportInput) -> MplFigure:
     return figure
 
 
-def _has_psnr(report: ReportInput) -> bool:
+def _has_psnr(report: ReportInput | Leaderboard) -> bool:
     if not has_columns(report.rollouts, ("variant", "mode", "horizon_step", "psnr")):
         return False
     return bool(np.isfinite(pd.to_numeric(report.rollouts["psnr"], errors="coerce")).any())
@@ -289,7 +290,7 @@ def _reconstruction_row(variant: str, frames: dict) -> tuple[str, np.ndarray] | 
 _VariantRow = Callable[[str, dict], tuple[str, np.ndarray] | str]  # (variant, its frames) -> (label, row) or a note
 
 
-def _plan_grid(report: ReportInput, variant_row: _VariantRow = _prediction_row,
+def _plan_grid(report: ReportInput | Leaderboard, variant_row: _VariantRow = _prediction_row,
                rows_are: str = "prediction after {context} context frames") -> _GridPlan | None:
     """Ground truth of the predicted frames above one row per variant from `variant_row`."""
     frames = {v: f for v, f in (report.frames or {}).items() if isinstance(f, dict) and "ground_truth" in f}
@@ -373,13 +374,31 @@ def in_margins(kpi: KpiComparison, value: float) -> float:
     return badness / rule.analysis_margin if rule.analysis_margin > 0 else badness
 
 
-def _draw_forest(report: ReportInput, kpis: list[KpiComparison]) -> MplFigure:
-    """Each blocking KPI's interval (the one dual to the test) against its margin, on the shared axis of
+def forest_rows(report: ReportInput | Leaderboard) -> list[tuple[str, KpiComparison]]:
+    """The forest plot's rows, (label, KPI comparison): each blocking and guard KPI (those whose regression FAILs the
+    merge); for a leaderboard each such KPI of each candidate, grouped by KPI so that the candidates' intervals
+    stack."""
+    if isinstance(report, ReportInput):
+        return [(kpi.name, kpi) for kpi in report.comparison.kpis if kpi.rule.can_fail]
+    by_kpi: dict[str, list[tuple[str, KpiComparison]]] = {}
+    for each in report.reports:
+        for kpi in each.comparison.kpis:
+            if kpi.rule.can_fail:
+                by_kpi.setdefault(kpi.name, []).append((f"{kpi.name} · {each.candidate}", kpi))
+    return [row for rows in by_kpi.values() for row in rows]
+
+
+def _draw_forest(rows: list[tuple[str, KpiComparison]], alpha: float) -> MplFigure:
+    """Each row's interval (the one dual to the test) against its KPI's margin, on the shared axis of
     `in_margins`: an interval wholly left of the margin line is non-inferior, wholly right of it regressed."""
-    figure = _new_figure((9.0, 0.42 * len(kpis) + 1.3))
+    # Inches: the row labels (about 0.067 in a character at 8 pt), the axes, and the change text on the right.
+    labels_in = max(1.8, 0.067 * max((len(_safe_label(label, 60)) for label, _ in rows), default=0) + 0.2)
+    axes_in, text_in = 3.15, 4.05
+    width = labels_in + axes_in + text_in
+    figure = _new_figure((width, 0.42 * len(rows) + 1.3))
     ax = figure.add_subplot()
-    for row, kpi in enumerate(kpis):
-        y = len(kpis) - 1 - row
+    for row, (_, kpi) in enumerate(rows):
+        y = len(rows) - 1 - row
         color = VERDICT_COLORS.get(kpi.verdict, "0.3")
         effect = kpi.effect
         low, high = sorted(in_margins(kpi, end) for end in (effect.ci_low, effect.ci_high))
@@ -396,23 +415,22 @@ def _draw_forest(report: ReportInput, kpis: list[KpiComparison]) -> MplFigure:
                 va="center", fontsize=7, color=color)
     ax.axvline(0, color="0.4", lw=1)
     ax.axvline(1, color=VERDICT_COLORS["regressed"], lw=1, ls="--")
-    ax.set_yticks(range(len(kpis)), [_safe_label(k.name, 32) for k in reversed(kpis)], fontsize=8)
-    ax.set_ylim(-0.7, len(kpis) - 0.3)
+    ax.set_yticks(range(len(rows)), [_safe_label(label, 60) for label, _ in reversed(rows)], fontsize=8)
+    ax.set_ylim(-0.7, len(rows) - 0.3)
     low, high = ax.get_xlim()
     ax.set_xlim(max(min(low, -1.2), -FOREST_CLIP - 0.2), min(max(high, 1.5), FOREST_CLIP + 0.2))
     ax.set_xlabel("change in units of the KPI's margin (0: none, 1: the margin; right is worse)", fontsize=8)
-    ax.set_title(f"Blocking KPIs: change with its {ci_label(report.comparison.alpha)} against the margin (dashed)",
-                 fontsize=9)
+    ax.set_title(f"Blocking KPIs: change with its {ci_label(alpha)} against the margin (dashed)", fontsize=9)
     ax.grid(True, axis="x", alpha=0.3)
-    figure.subplots_adjust(left=0.2, right=0.55, top=1 - 0.45 / figure.get_figheight(),
-                           bottom=0.55 / figure.get_figheight())
+    figure.subplots_adjust(left=labels_in / width, right=(labels_in + axes_in) / width,
+                           top=1 - 0.45 / figure.get_figheight(), bottom=0.55 / figure.get_figheight())
     return figure
 
 
 # --------------------------------------------------------------------------- rollout animation
 
 
-def rollout_gif(report: ReportInput) -> bytes | None:
+def rollout_gif(report: ReportInput | Leaderboard) -> bytes | None:
     """An animated GIF of the rollout grid, one horizon step per frame: rows ground truth and each variant's
     prediction, columns the clips, labelled in the image. None when there are no frames."""
     plan = _plan_grid(report)
@@ -441,16 +459,20 @@ def rollout_gif(report: ReportInput) -> bytes | None:
 # --------------------------------------------------------------------------- the plan
 
 
-def plan_figures(report: ReportInput) -> list[Figure]:
-    """Which figures this report has (cheap: decided from the data, drawn only on demand)."""
+def plan_figures(report: ReportInput | Leaderboard) -> list[Figure]:
+    """Which figures this report has (cheap: decided from the data, drawn only on demand). A leaderboard's show
+    every arm: one forest row per candidate and blocking or guard KPI, each arm's curves and rollouts in one plot."""
     figures: list[Figure] = []
-    blocking = [kpi for kpi in report.comparison.kpis if kpi.rule.blocking]
-    if blocking:
-        figures.append(Figure("forest.png", "Blocking KPIs against their margins",
-                              "Each blocking KPI's change with the interval dual to its test, in units of its margin: "
+    rows = forest_rows(report)
+    if rows:
+        alpha = report.comparison.alpha if isinstance(report, ReportInput) else report.alpha
+        whose = ("each candidate's blocking and guard KPI" if isinstance(report, Leaderboard)
+                 else "each blocking and guard KPI")
+        figures.append(Figure("forest.png", "Blocking and guard KPIs against their margins",
+                              f"The change of {whose} with the interval dual to its test, in units of its margin: "
                               "left of the dashed line is within the margin (non-inferior when the whole interval "
                               "is), right of it worse. The text gives each change on its own scale.",
-                              lambda: _draw_forest(report, blocking)))
+                              lambda: _draw_forest(rows, alpha)))
     used: set[str] = set()
     for stage in _curve_stages(report):
         name = f"curves_{_safe_filename(stage)}.png"

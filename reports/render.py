@@ -12,7 +12,6 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Sequence
 from pathlib import Path
 
 import jinja2
@@ -21,11 +20,12 @@ from markupsafe import Markup
 import pandas as pd
 
 from harness.seeds import format_seeds
-from harness.types import KpiComparison, ReportInput
+from harness.types import KpiComparison, Leaderboard, ReportInput
 from reports import view
-from reports.figures import Figure, plan_figures, rollout_gif
-from reports.template import HTML_TEMPLATE, KPI_TABLE_SCRIPT
-from reports.text import VERDICT_EMOJI, VERDICT_SYMBOL, comparison_reasons, kpi_reason, md_escape, truncate
+from reports.figures import Figure, plan_figures
+from reports.template import KPI_TABLE_SCRIPT, TEMPLATES
+from reports.text import (VERDICT_EMOJI, VERDICT_SYMBOL, comparison_reasons, kpi_reason, md_escape, resolution_text,
+                          truncate, worse_by)
 
 MARKER = "<!-- worldbench-report -->"  # first line of the markdown: a bot finds and updates its PR comment by it
 FORMATS = ("md", "html", "json")
@@ -56,7 +56,7 @@ HEADLINE_PICTURES = ("rollouts.png", "reconstructions.png")
 # --------------------------------------------------------------------------- markdown
 
 
-def _md_table(table: view.Table, max_rows: int | None = None) -> str:
+def md_table(table: view.Table, max_rows: int | None = None) -> str:
     if not table.rows:
         return ""
     rows = table.rows if max_rows is None else table.rows[:max_rows]
@@ -78,7 +78,7 @@ def _numeric_column(table: view.Table, index: int) -> bool:
     return bool(cells) and all(re.match(r"^[+−\-]?[\d∞—<≤≥]", cell) for cell in cells)
 
 
-def _details(summary: str, body: str) -> str:
+def details(summary: str, body: str) -> str:
     """A collapsed section; the blank lines let GitHub render the markdown inside it."""
     return f"<details><summary>{summary}</summary>\n\n{body}\n\n</details>"
 
@@ -99,7 +99,7 @@ def visible_part(markdown: str) -> str:
 # ----------------------------------------------------------------- above the fold
 
 
-def _with_emoji(verdict: str) -> str:
+def with_emoji(verdict: str) -> str:
     return f"{VERDICT_EMOJI.get(verdict, '')} {verdict}".strip()
 
 
@@ -123,39 +123,49 @@ def _md_context(report: ReportInput) -> str:
             f"α = {report.comparison.alpha:g} · {' · '.join(links)}</sub>")
 
 
-def _md_alert(report: ReportInput, reasons: int, reason_chars: int) -> str:
+def md_alert(banner: view.Banner, warnings: list[str], reasons: int, reason_chars: int) -> str:
     """The verdict's reasons (the first few), the seeds that would settle it, and what else went wrong."""
-    banner = view.banner(report)
     lines = [f"> [!{GITHUB_ALERT.get(banner.verdict, 'NOTE')}]"]
     lines += [f"> - {md_escape(truncate(reason, reason_chars))}" for reason in banner.reasons[:reasons]]
     if len(banner.reasons) > reasons:
         lines.append(f"> - … and {len(banner.reasons) - reasons} more (see the table and the details)")
     if banner.recommended_seeds:
         lines.append(f"> - **Recommended:** about {banner.recommended_seeds} seeds per variant would settle it.")
-    warnings = ([f"Runs that did not finish: {p}" for p in view.problem_summary(report)]
-                + [f"Provenance: {w}" for w in view.provenance_warnings(report)]
-                + [f"Collapsed LAM: {w}" for w in view.collapsed_lam_warnings(report)])
     lines += [f"> - ⚠️ {md_escape(truncate(w, reason_chars))}" for w in warnings[:reasons]]
     if len(warnings) > reasons:
         lines.append(f"> - ⚠️ … and {len(warnings) - reasons} more warnings (details)")
     return "\n".join(lines)
 
 
+def md_guards(banner: view.Banner, max_chars: int) -> str:
+    """The line right under a PASS's heading that names the guards its seeds could not settle, "PASS · guards not
+    resolved at these seeds: rollout.tf_mse (fails from +85.0%), …"; "" for none."""
+    line = banner.guards_line(max_chars)
+    return f"**{md_escape(banner.verdict)}** · {md_escape(line, block_start=False)}" if line else ""
+
+
+def warning_lines(problems: list[str], provenance: list[str], collapsed_lam: list[str]) -> list[str]:
+    """What else went wrong, one line each, for the alert above the fold."""
+    return ([f"Runs that did not finish: {p}" for p in problems] + [f"Provenance: {w}" for w in provenance]
+            + [f"Collapsed LAM: {w}" for w in collapsed_lam])
+
+
 def _md_headline(report: ReportInput, max_rows: int) -> str:
     kpis, hidden = view.headline_kpis(report, max_rows)
     if not kpis:
-        return "No blocking KPI was compared."
+        return "No blocking or guard KPI was compared."
     table = view.headline_table(report, kpis)
     for row in table.rows:
         row[0] = truncate(row[0], VISIBLE_NAME_CHARS)
-        row[-1] = _with_emoji(row[-1])
-    more = f" {hidden} more blocking or regressed KPIs are in the details." if hidden else ""
-    table.note = ("Blocking KPIs, and any other that regressed. Arms: geometric mean (ratio KPIs) or mean "
-                  f"(differences) over seeds, so their ratio or difference is the change the test uses.{more}")
-    return _md_table(table)
+        row[-1] = with_emoji(row[-1])
+    more = f" {hidden} more blocking, guard or regressed KPIs are in the details." if hidden else ""
+    table.note = ("Blocking and guard KPIs (a guard FAILs the merge when regressed, but need not be non-inferior to "
+                  "PASS), and any other that regressed. Arms: geometric mean (ratio KPIs) or mean (differences) over "
+                  f"seeds, so their ratio or difference is the change the test uses.{more}")
+    return md_table(table)
 
 
-def _md_pictures(figures: list[Figure], pictures: bool, has_gif: bool) -> str:
+def md_pictures(figures: list[Figure], pictures: bool, has_gif: bool) -> str:
     shown = [f for f in figures if f.filename in HEADLINE_PICTURES]
     if not shown:
         return ""
@@ -169,13 +179,18 @@ def _md_pictures(figures: list[Figure], pictures: bool, has_gif: bool) -> str:
 def _visible(report: ReportInput, figures: list[Figure], pictures: bool, has_gif: bool) -> str:
     """Above the fold, shrunk until it fits MAX_VISIBLE_BYTES and MAX_VISIBLE_LINES: fewer reasons and shorter,
     then fewer KPI rows."""
-    title = f"{MARKER}\n## {_md_verdict(report.comparison.verdict)} · {md_escape(truncate(report.title, 2 * VISIBLE_NAME_CHARS))}"
+    title = f"{MARKER}\n## {md_verdict(report.comparison.verdict)} · {md_escape(truncate(report.title, 2 * VISIBLE_NAME_CHARS))}"
+    banner = view.banner(report)
+    warnings = warning_lines(view.problem_summary(report), view.provenance_warnings(report),
+                             view.collapsed_lam_warnings(report))
     text = ""
     for reasons, chars, rows in ((VISIBLE_REASONS, VISIBLE_REASON_CHARS, MAX_HEADLINE_ROWS),
                                  (2, 140, MAX_HEADLINE_ROWS), (1, 100, MAX_HEADLINE_ROWS), (1, 100, 8), (1, 80, 5),
                                  (0, 80, 3)):
-        parts = [title, _md_counts(report) + "<br>\n" + _md_context(report), _md_alert(report, reasons, chars),
-                 _md_headline(report, rows), _md_pictures(figures, pictures, has_gif)]
+        parts = ["\n".join(filter(None, [title, md_guards(banner, chars)])),
+                 _md_counts(report) + "<br>\n" + _md_context(report),
+                 md_alert(banner, warnings, reasons, chars),
+                 _md_headline(report, rows), md_pictures(figures, pictures, has_gif)]
         text = "\n\n".join(part for part in parts if part)
         if len(text.encode()) <= MAX_VISIBLE_BYTES and text.count("\n") + 1 <= MAX_VISIBLE_LINES:
             break
@@ -185,7 +200,7 @@ def _visible(report: ReportInput, figures: list[Figure], pictures: bool, has_gif
 # ----------------------------------------------------------------- below the fold
 
 
-def _md_variants(report: ReportInput) -> str:
+def md_variants(report: ReportInput | Leaderboard) -> str:
     parts = ["### Variants"]
     for variant in report.variants:
         description = view.description_of(report, variant)
@@ -206,16 +221,17 @@ def _md_kpis(report: ReportInput, max_rows: int | None = None) -> str:
         return "### All KPIs\n\nNo KPIs were compared."
     if max_rows is not None and max_rows < len(table.rows):
         kpis = report.comparison.kpis
-        order = sorted(range(len(kpis)), key=lambda i: (not kpis[i].rule.blocking, _KPI_URGENCY.get(kpis[i].verdict, 1), i))
+        order = sorted(range(len(kpis)),
+                       key=lambda i: (not kpis[i].rule.can_fail, _KPI_URGENCY.get(kpis[i].verdict, 1), i))
         kept = sorted(order[:max_rows])
         table.rows = [table.rows[i] for i in kept]
         table.note += (
-            f" Showing {len(kept)} of {len(kpis)} KPIs (blocking, regressed and inconclusive first) to fit a "
-            "PR comment; report.html and report.json have all of them."
+            f" Showing {len(kept)} of {len(kpis)} KPIs (blocking and guard, regressed and inconclusive first) to "
+            "fit a PR comment; report.html and report.json have all of them."
         )
     for row in table.rows:  # the verdict column gets its emoji (markdown only: HTML uses badges)
-        row[-1] = _with_emoji(row[-1])
-    return "### All KPIs\n\n" + _md_table(table)
+        row[-1] = with_emoji(row[-1])
+    return "### All KPIs\n\n" + md_table(table)
 
 
 def _md_explanations(report: ReportInput) -> str:
@@ -231,10 +247,10 @@ def _md_explanations(report: ReportInput) -> str:
 
 def _md_seeds(report: ReportInput) -> str:
     table = view.seed_table(report, max_seeds=MD_MAX_SEEDS)
-    return _details("Per-seed values", _md_table(table)) if table.rows else ""
+    return details("Per-seed values", md_table(table)) if table.rows else ""
 
 
-def _md_figures(figures: list[Figure], pictures: bool) -> str:
+def md_figures(figures: list[Figure], pictures: bool) -> str:
     if not figures:
         return "### Figures\n\nNo figures: no training curves, rollout frames or rollout scores were recorded."
     if not pictures:
@@ -246,17 +262,17 @@ def _md_figures(figures: list[Figure], pictures: bool) -> str:
     return "### Figures\n\n" + "\n\n".join(items)
 
 
-def _md_rollouts(report: ReportInput) -> str:
+def md_rollouts(report: ReportInput | Leaderboard) -> str:
     table = view.rollout_table(report)
-    return "### Rollout scores\n\n" + (_md_table(table) if table.rows else "No rollout scores were recorded.")
+    return "### Rollout scores\n\n" + (md_table(table) if table.rows else "No rollout scores were recorded.")
 
 
 def _md_speed(report: ReportInput) -> str:
     table = view.speed_table(report)
-    return "### Speed\n\n" + (_md_table(table) if table.rows else "No speed measurements.")
+    return "### Speed\n\n" + (md_table(table) if table.rows else "No speed measurements.")
 
 
-def _md_compat(report: ReportInput) -> str:
+def md_compat(report: ReportInput | Leaderboard) -> str:
     compat = report.compat
     if compat is None:
         return "### Backward compatibility\n\nNot checked."
@@ -265,30 +281,30 @@ def _md_compat(report: ReportInput) -> str:
     return "### Backward compatibility\n\n" + "\n".join([head, ""] + lines)
 
 
-def _md_runs(report: ReportInput) -> str:
+def md_runs(report: ReportInput | Leaderboard) -> str:
     counts = view.run_counts(report)
     if not counts.rows:
         return "### Runs\n\nNo runs recorded."
-    parts = ["### Runs", _md_table(counts)]
+    parts = ["### Runs", md_table(counts)]
     problems = view.problem_runs(report, error_limit=MD_ERROR_CHARS)
     if problems.rows:
-        parts.append("**Failed or diverged runs**\n\n" + _md_table(problems, max_rows=MD_MAX_RUN_ROWS))
+        parts.append("**Failed or diverged runs**\n\n" + md_table(problems, max_rows=MD_MAX_RUN_ROWS))
     return "\n\n".join(parts)
 
 
-def _md_all_runs(report: ReportInput) -> str:
+def md_all_runs(report: ReportInput | Leaderboard) -> str:
     table = view.all_runs(report)
-    return _details(f"All {len(table.rows)} runs", _md_table(table, max_rows=MD_MAX_RUN_ROWS)) if table.rows else ""
+    return details(f"All {len(table.rows)} runs", md_table(table, max_rows=MD_MAX_RUN_ROWS)) if table.rows else ""
 
 
-def _md_provenance(report: ReportInput) -> str:
+def md_provenance(report: ReportInput | Leaderboard) -> str:
     table = view.provenance_table(report)
     if not table.rows:
         return "### Provenance\n\nNo provenance recorded."
-    return "### Provenance\n\n" + _md_table(table)
+    return "### Provenance\n\n" + md_table(table)
 
 
-def _md_reproduce(report: ReportInput) -> str:
+def md_reproduce(report: ReportInput | Leaderboard) -> str:
     command = report.reproduce_command or ""
     # A fence longer than any backtick run inside, so the command cannot close it early.
     longest = max((len(run) for run in re.findall(r"`+", command)), default=0)
@@ -296,7 +312,7 @@ def _md_reproduce(report: ReportInput) -> str:
     return f"### Reproduce\n\n{fence}bash\n{command}\n{fence}"
 
 
-def _md_notes(report: ReportInput) -> str:
+def md_notes(report: ReportInput | Leaderboard) -> str:
     if not report.notes:
         return ""
     return "### Notes\n\n" + "\n".join(f"- {md_escape(truncate(note, MD_REASON_CHARS))}"
@@ -304,7 +320,7 @@ def _md_notes(report: ReportInput) -> str:
 
 
 @dataclasses.dataclass
-class _Section:
+class Section:
     label: str  # how the "left out" note names it
     text: str
     drop_order: int | None = None  # optional sections are replaced by a note, lowest first, when too long
@@ -312,6 +328,15 @@ class _Section:
 
 DETAILS_SUMMARY = ("<b>Details</b>: every KPI and why it got its verdict, per-seed values, figures, rollout scores, "
                    "speed, compatibility, runs, provenance, the command that reproduces this")
+
+
+def shown(report: ReportInput | Leaderboard) -> ReportInput | Leaderboard:
+    """What a report shows: a leaderboard of one candidate is that candidate's report (with the board's CI link)."""
+    if not isinstance(report, Leaderboard) or len(report.reports) > 1:
+        return report
+    only = report.reports[0]
+    only.ci_run_url = report.ci_run_url or only.ci_run_url
+    return only
 
 
 def render_markdown(report: ReportInput, figures: list[Figure] | None = None, pictures: bool = True,
@@ -327,53 +352,61 @@ def render_markdown(report: ReportInput, figures: list[Figure] | None = None, pi
     figures = plan_figures(report) if figures is None else figures
     visible = _visible(report, figures, pictures, has_gif and any(f.filename in HEADLINE_PICTURES for f in figures))
     sections = {
-        "kpis": _Section("KPIs", _md_kpis(report)),
-        "explanations": _Section("KPI explanations", _md_explanations(report), 3),
-        "seeds": _Section("per-seed values", _md_seeds(report), 2),
-        "figures": _Section("figure list", _md_figures(figures, pictures), 6),
-        "rollouts": _Section("rollout table", _md_rollouts(report), 7),
-        "speed": _Section("speed", _md_speed(report)),
-        "compat": _Section("backward compatibility", _md_compat(report)),
-        "runs": _Section("runs", _md_runs(report)),
-        "all_runs": _Section("list of all runs", _md_all_runs(report), 1),
-        "variants": _Section("variant descriptions", _md_variants(report), 5),
-        "provenance": _Section("provenance", _md_provenance(report), 4),
-        "reproduce": _Section("reproduce command", _md_reproduce(report)),
-        "notes": _Section("notes", _md_notes(report), 8),
+        "kpis": Section("KPIs", _md_kpis(report)),
+        "explanations": Section("KPI explanations", _md_explanations(report), 3),
+        "seeds": Section("per-seed values", _md_seeds(report), 2),
+        "figures": Section("figure list", md_figures(figures, pictures), 6),
+        "rollouts": Section("rollout table", md_rollouts(report), 7),
+        "speed": Section("speed", _md_speed(report)),
+        "compat": Section("backward compatibility", md_compat(report)),
+        "runs": Section("runs", md_runs(report)),
+        "all_runs": Section("list of all runs", md_all_runs(report), 1),
+        "variants": Section("variant descriptions", md_variants(report), 5),
+        "provenance": Section("provenance", md_provenance(report), 4),
+        "reproduce": Section("reproduce command", md_reproduce(report)),
+        "notes": Section("notes", md_notes(report), 8),
     }
 
     def joined() -> str:
-        return _join(visible, sections)
+        return join_details(visible, sections)
 
-    optional = sorted((s for s in sections.values() if s.drop_order is not None), key=lambda s: s.drop_order)
-    for section in optional:
-        if len(joined()) <= MAX_MD_CHARS:
-            break
-        section.text = f"<sub>({section.label} left out to fit a PR comment; see report.html / report.json)</sub>"
-        section.drop_order = -1  # marks "shortened" for the footer
-
+    drop_optional(visible, sections)
     n_kpis = len(report.comparison.kpis)
     while len(joined()) > MAX_MD_CHARS and n_kpis > 1:
         excess = len(joined()) - MAX_MD_CHARS
         row_chars = max(1, len(sections["kpis"].text) // max(1, n_kpis))
         n_kpis = max(1, n_kpis - excess // row_chars - 1)
         sections["kpis"].text = _md_kpis(report, max_rows=n_kpis)
-
-    markdown = joined()
-    if len(markdown) > MAX_MD_CHARS:  # last resort: even the essentials are too long
-        tail = "\n\n…\n\n</details>\n\n**Report truncated to fit a PR comment; see report.html / report.json.**\n"
-        markdown = markdown[: MAX_MD_CHARS - len(tail)] + tail
-    return markdown
+    return cut_to_fit(joined())
 
 
-def _join(visible: str, sections: dict[str, _Section]) -> str:
+def drop_optional(visible: str, sections: dict[str, Section], summary: str = DETAILS_SUMMARY) -> None:
+    """Replace optional sections by a one-line note, lowest drop_order first, until the comment fits MAX_MD_CHARS."""
+    optional = sorted((s for s in sections.values() if s.drop_order is not None), key=lambda s: s.drop_order)
+    for section in optional:
+        if len(join_details(visible, sections, summary)) <= MAX_MD_CHARS:
+            break
+        section.text = f"<sub>({section.label} left out to fit a PR comment; see report.html / report.json)</sub>"
+        section.drop_order = -1  # marks "shortened" for the footer
+
+
+def cut_to_fit(markdown: str) -> str:
+    """The last resort when even the essentials are too long: the comment cut at MAX_MD_CHARS, saying so."""
+    if len(markdown) <= MAX_MD_CHARS:
+        return markdown
+    tail = "\n\n…\n\n</details>\n\n**Report truncated to fit a PR comment; see report.html / report.json.**\n"
+    return markdown[: MAX_MD_CHARS - len(tail)] + tail
+
+
+def join_details(visible: str, sections: dict[str, Section], summary: str = DETAILS_SUMMARY) -> str:
+    """The visible part, then every section folded in one <details> under `summary`."""
     body = "\n\n".join(s.text for s in sections.values() if s.text)
     if any(s.drop_order == -1 for s in sections.values()):
         body += "\n\n<sub>This comment was shortened to fit GitHub's size limit.</sub>"
-    return f"{visible}\n\n{_details(DETAILS_SUMMARY, body)}\n"
+    return f"{visible}\n\n{details(summary, body)}\n"
 
 
-def _md_verdict(verdict: str) -> str:
+def md_verdict(verdict: str) -> str:
     return f"{VERDICT_EMOJI.get(verdict, '')} {md_escape(verdict)}".strip()
 
 
@@ -381,7 +414,7 @@ def _md_verdict(verdict: str) -> str:
 
 
 @dataclasses.dataclass
-class _InlineFigure:
+class InlineFigure:
     anchor: str
     title: str
     caption: str
@@ -389,17 +422,17 @@ class _InlineFigure:
     png: str  # otherwise the PNG, base64
 
 
-def _inline_figure(figure: Figure, png: bytes) -> _InlineFigure:
+def inline_figure(figure: Figure, png: bytes) -> InlineFigure:
     """A figure as the page embeds it: inline SVG when that is smaller than the PNG as a data URI (4/3 of its
     bytes), else the PNG. matplotlib writes the SVG and escapes its text, so it is markup we made."""
     anchor = "figure-" + Path(figure.filename).stem
     svg = figure.svg() if figure.vector else None
     if svg is not None and len(svg) < len(png) * 4 / 3:
-        return _InlineFigure(anchor, figure.title, figure.caption, Markup(svg.decode("utf-8")), "")
-    return _InlineFigure(anchor, figure.title, figure.caption, None, base64.b64encode(png).decode("ascii"))
+        return InlineFigure(anchor, figure.title, figure.caption, Markup(svg.decode("utf-8")), "")
+    return InlineFigure(anchor, figure.title, figure.caption, None, base64.b64encode(png).decode("ascii"))
 
 
-def _sort_key(value: float) -> str:
+def sort_key(value: float) -> str:
     """A KPI table cell's data-sort attribute: a number JavaScript's parseFloat reads, "" for none."""
     if math.isnan(value):
         return ""
@@ -411,70 +444,72 @@ def script_hash(script: str) -> str:
     return "sha256-" + base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
 
 
-def _environment() -> jinja2.Environment:
+def environment() -> jinja2.Environment:
+    """The report templates (reports.template.TEMPLATES) by name."""
     # autoescape=True: every {{ value }} is HTML-escaped, untrusted or not.
-    return jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    return jinja2.Environment(loader=jinja2.DictLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined,
+                              trim_blocks=True, lstrip_blocks=True)
+
+
+def html_figures(report: ReportInput | Leaderboard, pngs: dict[str, bytes] | None) -> dict[str, InlineFigure]:
+    """The report's figures inlined for its HTML page, drawn unless `pngs` already holds them."""
+    figures = plan_figures(report)
+    pngs = pngs if pngs is not None else {f.filename: f.png() for f in figures}
+    return {f.filename: inline_figure(f, pngs[f.filename]) for f in figures if f.filename in pngs}
+
+
+def page_fields(report: ReportInput | Leaderboard, inline: dict[str, InlineFigure], notes: list[str]) -> dict:
+    """What the report's and the leaderboard's HTML pages both show, from either."""
+    return dict(
+        title=report.title, symbols=VERDICT_SYMBOL, script=Markup(KPI_TABLE_SCRIPT),
+        script_hash=script_hash(KPI_TABLE_SCRIPT), sort_key=sort_key,
+        problems=view.problem_summary(report), provenance_warnings=view.provenance_warnings(report),
+        variants=[{"role": view.role_of(report, v), "name": v, "description": view.description_of(report, v)}
+                  for v in report.variants],
+        curve_figures=[fig for name, fig in inline.items() if name.startswith("curves_")],
+        rollout_figures=[fig for name, fig in inline.items() if not name.startswith("curves_")],
+        rollouts=view.rollout_table(report), compat=report.compat, run_counts=view.run_counts(report),
+        problem_runs=view.problem_runs(report, error_limit=5_000), all_runs=view.all_runs(report, error_limit=300),
+        provenance=view.provenance_table(report), reproduce_command=report.reproduce_command, notes=notes,
+    )
 
 
 def render_html(report: ReportInput, pngs: dict[str, bytes] | None = None) -> str:
     """One self-contained HTML page. `pngs` (filename -> bytes) reuses figures already drawn; only the figures
     it holds are shown."""
-    figures = plan_figures(report)
-    pngs = pngs if pngs is not None else {f.filename: f.png() for f in figures}
-    inline = {f.filename: _inline_figure(f, pngs[f.filename]) for f in figures if f.filename in pngs}
+    inline = html_figures(report, pngs)
     forest = inline.pop("forest.png", None)
-    variants = [
-        {"role": view.role_of(report, v), "name": v, "description": view.description_of(report, v)}
-        for v in report.variants
-    ]
     notes = view.notes(report)
-    toc = [("verdict", "Verdict")] + ([("forest", "Blocking KPIs against their margins")] if forest else []) + [
+    forest_entry = [("forest", "Blocking and guard KPIs against their margins")] if forest else []
+    toc = [("verdict", "Verdict")] + forest_entry + [
         ("kpis", "KPIs"), ("explanations", "Why each KPI got its verdict"), ("seeds", "Per-seed values"),
         ("variants", "Variants"), ("curves", "Training curves"), ("rollouts", "Rollouts"), ("speed", "Speed"),
         ("compat", "Backward compatibility"), ("runs", "Runs"), ("provenance", "Provenance"),
         ("reproduce", "Reproduce")] + ([("notes", "Notes")] if notes else [])
-    template = _environment().from_string(HTML_TEMPLATE)
-    return template.render(
-        title=report.title,
+    return environment().get_template("report").render(
+        **page_fields(report, inline, notes),
         banner=view.banner(report),
-        symbols=VERDICT_SYMBOL,
         toc=toc,
-        script=Markup(KPI_TABLE_SCRIPT),
-        script_hash=script_hash(KPI_TABLE_SCRIPT),
-        sort_key=_sort_key,
         forest=forest,
-        problems=view.problem_summary(report),
-        provenance_warnings=view.provenance_warnings(report),
         collapsed_lam_warnings=view.collapsed_lam_warnings(report),
-        variants=variants,
         kpis=view.kpi_table(report),
         explanations=view.kpi_explanations(report),
         seeds=view.seed_table(report),
-        curve_figures=[fig for name, fig in inline.items() if name.startswith("curves_")],
-        rollout_figures=[fig for name, fig in inline.items() if not name.startswith("curves_")],
-        rollouts=view.rollout_table(report),
         speed=view.speed_table(report),
-        compat=report.compat,
-        run_counts=view.run_counts(report),
-        problem_runs=view.problem_runs(report, error_limit=5_000),
-        all_runs=view.all_runs(report, error_limit=300),
-        provenance=view.provenance_table(report),
-        reproduce_command=report.reproduce_command,
-        notes=notes,
     )
 
 
 # --------------------------------------------------------------------------- JSON
 
 
-def _jsonable(value: object) -> object:
+def jsonable(value: object) -> object:
     """Plain JSON types; NaN -> null, ±inf -> "inf"/"-inf" (a never-reached target is not missing)."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _jsonable(dataclasses.asdict(value))
+        return jsonable(dataclasses.asdict(value))
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if isinstance(value, (int, np.integer)):
@@ -493,13 +528,14 @@ def _jsonable(value: object) -> object:
     return str(value)
 
 
-def _records(frame: pd.DataFrame | None) -> list[dict]:
+def records(frame: pd.DataFrame | None) -> list[dict]:
     return [] if frame is None or frame.empty else frame.to_dict("records")
 
 
 def _kpi_data(kpi: KpiComparison) -> dict:
     """One KPI as the schema (worldbench-report/1) has it: flat keys, in this order."""
     baseline, candidate, effect, test, rule = kpi.baseline, kpi.candidate, kpi.effect, kpi.test, kpi.rule
+    failable = None if kpi.resolution is None else worse_by(rule, kpi.resolution.failable)
     return {
         "name": kpi.name,
         "n_baseline": baseline.n,
@@ -532,13 +568,18 @@ def _kpi_data(kpi: KpiComparison) -> dict:
         "scale": rule.scale,
         "blocking": rule.blocking,
         "margin_rule": rule.margin,
+        "guard": rule.guard,
+        "tier": rule.tier,
+        # the smallest worsening its regression test FAILs with 80% power at these seeds, on the estimate's scale
+        "failable_regression": failable,
+        "resolution": resolution_text(kpi),  # what these seeds can tell apart, worded
     }
 
 
 def report_data(report: ReportInput) -> dict:
     """Everything a machine needs to act on the report (no pictures, no curves)."""
     comparison = report.comparison
-    return _jsonable(
+    return jsonable(
         {
             "schema": "worldbench-report/1",
             "title": report.title,
@@ -548,11 +589,12 @@ def report_data(report: ReportInput) -> dict:
             "descriptions": view.descriptions(report),
             "verdict": comparison.verdict,
             "reasons": comparison_reasons(comparison),
+            "unresolved_guards": [kpi.name for kpi in view.passed_unresolved_guards(comparison)],
             "recommended_seeds": comparison.recommended_seeds,
             "alpha": comparison.alpha,
             "kpis": [_kpi_data(kpi) for kpi in comparison.kpis],
-            "runs": _records(report.runs),
-            "speed": _records(report.speed),
+            "runs": records(report.runs),
+            "speed": records(report.speed),
             "compat": None if report.compat is None else dataclasses.asdict(report.compat),
             "provenance": report.provenance,
             "reproduce_command": report.reproduce_command,
@@ -561,37 +603,13 @@ def report_data(report: ReportInput) -> dict:
     )
 
 
-def render_json(report: ReportInput) -> str:
+def to_json(data: dict) -> str:
     # allow_nan=False: fail loudly rather than emit the invalid JSON tokens NaN/Infinity.
-    return json.dumps(report_data(report), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    return json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def render_json(report: ReportInput) -> str:
+    return to_json(report_data(report))
 
 
 # --------------------------------------------------------------------------- files
-
-
-def write_reports(report: ReportInput, out_dir: Path, formats: Sequence[str] = FORMATS) -> dict[str, Path]:
-    """Write report.md (+ its PNGs and the rollout GIF), report.html and/or report.json into out_dir."""
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown:
-        raise ValueError(f"unknown report format(s) {unknown}; choose from {list(FORMATS)}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    figures = plan_figures(report)
-    # Draw each figure once, only if a format needs pictures.
-    pngs = {f.filename: f.png() for f in figures} if {"md", "html"} & set(formats) else {}
-    written: dict[str, Path] = {}
-    for fmt in dict.fromkeys(formats):
-        path = out_dir / FILENAMES[fmt]
-        if fmt == "md":
-            for name, data in pngs.items():
-                (out_dir / name).write_bytes(data)
-            gif = rollout_gif(report)
-            if gif is not None:
-                (out_dir / GIF_FILENAME).write_bytes(gif)
-            path.write_text(render_markdown(report, figures, has_gif=gif is not None), encoding="utf-8")
-        elif fmt == "html":
-            path.write_text(render_html(report, pngs), encoding="utf-8")
-        else:
-            path.write_text(render_json(report), encoding="utf-8")
-        written[fmt] = path
-    return written

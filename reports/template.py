@@ -1,13 +1,15 @@
 """The HTML report template (Jinja2, rendered with autoescape: every string is escaped).
 
-Kept as a Python string rather than a .j2 file so it ships with the package without
-package-data configuration.  The page is self-contained: inline CSS, figures as inline SVG or
-PNG data URIs, one inline script (KPI_TABLE_SCRIPT: sort and filter the KPI table), and a
+Kept as Python strings rather than .j2 files so they ship with the package without
+package-data configuration: TEMPLATES, by name, for a jinja2.DictLoader. "report" (one candidate) and
+"leaderboard" (several) extend "page" and share the macros of "macros". The page is self-contained: inline
+CSS, figures as inline SVG or PNG data URIs, one inline script (KPI_TABLE_SCRIPT: sort and filter the KPI table), and a
 Content-Security-Policy that forbids loading anything else and runs that script alone, by its hash.
 """
 
 # Sorts the KPI table by a clicked column (by each cell's data-sort number where it has one, else its text) and
-# filters it to the blocking KPIs; "#blocking-only" in the address starts filtered. Marks the table "ready".
+# filters it to the blocking and guard KPIs (those that can decide the merge); "#blocking-only" in the address
+# starts filtered. Marks the table "ready".
 KPI_TABLE_SCRIPT = """
 (function () {
   var table = document.getElementById("kpi-table");
@@ -16,7 +18,7 @@ KPI_TABLE_SCRIPT = """
   var body = table.tBodies[0];
   function filter() {
     Array.prototype.forEach.call(body.rows, function (row) {
-      row.hidden = only.checked && !row.classList.contains("blocking");
+      row.hidden = only.checked && !row.classList.contains("blocking") && !row.classList.contains("guard");
     });
   }
   function key(cell) { return cell.dataset.sort === "" ? NaN : parseFloat(cell.dataset.sort); }
@@ -44,7 +46,8 @@ KPI_TABLE_SCRIPT = """
 })();
 """
 
-HTML_TEMPLATE = r"""<!DOCTYPE html>
+# The page around a report: the head (its Content-Security-Policy, the styles) and the one script, at the end.
+PAGE_TEMPLATE = r"""<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -64,7 +67,7 @@ HTML_TEMPLATE = r"""<!DOCTYPE html>
   .banner.pass { background: #1a7f37; }
   .banner.fail { background: #cf222e; }
   .banner.inconclusive { background: #9a6700; }
-  .recommend { font-weight: bold; margin-top: 8px; }
+  .recommend, .guards { font-weight: bold; margin-top: 8px; }
   .alert { border-left: 5px solid #cf222e; background: #ffebe9; padding: 8px 14px; margin: 10px 0; border-radius: 4px; }
   .alert.warn { border-color: #bf8700; background: #fff8c5; }
   .alert ul { margin: 4px 0; padding-left: 20px; }
@@ -110,13 +113,21 @@ HTML_TEMPLATE = r"""<!DOCTYPE html>
 </head>
 <body>
 <main>
-{%- macro table(t, numeric_from=1) -%}
+{% block content %}{% endblock %}
+</main>
+<script>{{ script }}</script>
+</body>
+</html>
+"""
+
+# Shared by the one-candidate report and the leaderboard.
+MACROS_TEMPLATE = r"""{%- macro table(t, numeric_from=1, numeric_to=999) -%}
 {% if t.rows %}
 <div class="scroll"><table>
 <thead><tr>{% for column in t.columns %}<th>{{ column }}</th>{% endfor %}</tr></thead>
 <tbody>
 {% for row in t.rows %}<tr class="{{ t.row_classes[loop.index0] if t.row_classes else '' }}">
-{%- for cell in row %}<td{% if loop.index0 >= numeric_from %} class="num"{% endif %}>{{ cell }}</td>{% endfor %}</tr>
+{%- for cell in row %}<td{% if numeric_from <= loop.index0 < numeric_to %} class="num"{% endif %}>{{ cell }}</td>{% endfor %}</tr>
 {% endfor %}</tbody>
 </table></div>
 {% if t.note %}<p class="note">{{ t.note }}</p>{% endif %}
@@ -129,7 +140,21 @@ HTML_TEMPLATE = r"""<!DOCTYPE html>
 {%- macro figure(fig) -%}
 <figure id="{{ fig.anchor }}">{% if fig.svg %}{{ fig.svg }}{% else %}<img src="data:image/png;base64,{{ fig.png }}" alt="{{ fig.title }}">{% endif %}<figcaption><strong>{{ fig.title }}.</strong> {{ fig.caption }}</figcaption></figure>
 {%- endmacro %}
+{%- macro kpi_table(kpis, symbols, sort_key, numeric_from=2) -%}
+<label class="filter"><input type="checkbox" id="blocking-only"> blocking and guard KPIs only</label>
+<div class="scroll"><table id="kpi-table">
+<thead><tr>{% for column in kpis.columns %}<th>{{ column }}</th>{% endfor %}</tr></thead>
+<tbody>
+{% for row in kpis.rows %}{% set keys = kpis.sort_keys[loop.index0] %}<tr class="{{ kpis.row_classes[loop.index0] }}">
+{%- for cell in row[:-1] %}<td data-sort="{{ sort_key(keys[loop.index0]) }}"{% if loop.index0 >= numeric_from %} class="num"{% endif %}>{{ cell }}</td>{% endfor -%}
+<td data-sort="{{ sort_key(keys[-1]) }}"><span class="badge {{ row[-1] | replace('-', '_') }}">{{ symbols.get(row[-1], '') }} {{ row[-1] }}</span></td></tr>
+{% endfor %}</tbody>
+</table></div>
+<p class="note">{{ kpis.note }}</p>
+{%- endmacro %}
 
+{#- the title, contents, verdict banner and warnings that open every report #}
+{%- macro top(title, banner, toc, symbols, problems, provenance_warnings, collapsed_lam_warnings) -%}
 <h1>{{ title }}</h1>
 <div class="context">{{ banner.context }}</div>
 <nav class="toc" id="contents"><strong>Contents</strong>
@@ -139,6 +164,7 @@ HTML_TEMPLATE = r"""<!DOCTYPE html>
 <section class="banner {{ banner.verdict | lower }}" id="verdict">
   <h2>{{ symbols[banner.verdict] }} {{ banner.verdict }}</h2>
   <ul>{% for reason in banner.reasons %}<li>{{ reason }}</li>{% endfor %}</ul>
+  {% if banner.unresolved_guards %}<div class="guards">{{ banner.verdict }} · {{ banner.guards_line() }}</div>{% endif %}
   {% if banner.recommended_seeds %}<div class="recommend">Recommended: about {{ banner.recommended_seeds }} seeds per variant would settle it.</div>{% endif %}
 </section>
 
@@ -154,24 +180,50 @@ HTML_TEMPLATE = r"""<!DOCTYPE html>
 <div class="alert warn"><strong>Collapsed LAM</strong>
 <ul>{% for line in collapsed_lam_warnings %}<li>{{ line }}</li>{% endfor %}</ul></div>
 {% endif %}
+{%- endmacro %}
+{#- compatibility, runs, provenance, the command and the notes that close every report #}
+{%- macro bottom(compat, symbols, run_counts, problem_runs, all_runs, provenance, reproduce_command, notes) -%}
+{{ heading("compat", "Backward compatibility") }}
+{% if compat is none %}<p class="muted">Not checked.</p>
+{% else %}
+<p class="{{ 'ok' if compat.ok else 'failed' }}">{{ symbols['PASS'] if compat.ok else symbols['FAIL'] }} {{ 'compatible' if compat.ok else 'INCOMPATIBLE' }}</p>
+<ul>{% for line in compat.lines %}<li>{{ line }}</li>{% endfor %}</ul>
+{% endif %}
+
+{{ heading("runs", "Runs") }}
+{% if run_counts.rows %}{{ table(run_counts, 2) }}{% else %}<p class="muted">No runs recorded.</p>{% endif %}
+{% if problem_runs.rows %}<h3>Failed or diverged runs</h3>{{ table(problem_runs, 99) }}{% endif %}
+{% if all_runs.rows %}<details><summary>All {{ all_runs.rows | length }} runs</summary>{{ table(all_runs, 99) }}</details>{% endif %}
+
+{{ heading("provenance", "Provenance") }}
+{% if provenance.rows %}{{ table(provenance, 99) }}{% else %}<p class="muted">No provenance recorded.</p>{% endif %}
+
+{{ heading("reproduce", "Reproduce") }}
+<pre class="command"><code>{{ reproduce_command }}</code></pre>
+
+{% if notes %}
+{{ heading("notes", "Notes") }}
+<ul>{% for note in notes %}<li>{{ note }}</li>{% endfor %}</ul>
+{% endif %}
+{%- endmacro %}
+"""
+
+IMPORTS = """{% extends "page" %}
+{% from "macros" import table, heading, figure, kpi_table, top, bottom %}
+"""
+
+# One candidate against the baseline.
+HTML_TEMPLATE = IMPORTS + r"""{% block content %}
+{{ top(title, banner, toc, symbols, problems, provenance_warnings, collapsed_lam_warnings) }}
 
 {% if forest %}
-{{ heading("forest", "Blocking KPIs against their margins") }}
+{{ heading("forest", "Blocking and guard KPIs against their margins") }}
 {{ figure(forest) }}
 {% endif %}
 
 {{ heading("kpis", "KPIs") }}
 {% if kpis.rows %}
-<label class="filter"><input type="checkbox" id="blocking-only"> blocking KPIs only</label>
-<div class="scroll"><table id="kpi-table">
-<thead><tr>{% for column in kpis.columns %}<th>{{ column }}</th>{% endfor %}</tr></thead>
-<tbody>
-{% for row in kpis.rows %}{% set keys = kpis.sort_keys[loop.index0] %}<tr class="{{ kpis.row_classes[loop.index0] }}">
-{%- for cell in row[:-1] %}<td data-sort="{{ sort_key(keys[loop.index0]) }}"{% if loop.index0 >= 2 %} class="num"{% endif %}>{{ cell }}</td>{% endfor -%}
-<td data-sort="{{ sort_key(keys[-1]) }}"><span class="badge {{ row[-1] | replace('-', '_') }}">{{ symbols.get(row[-1], '') }} {{ row[-1] }}</span></td></tr>
-{% endfor %}</tbody>
-</table></div>
-<p class="note">{{ kpis.note }}</p>
+{{ kpi_table(kpis, symbols, sort_key) }}
 {{ heading("explanations", "Why each KPI got its verdict") }}
 <ul class="explanations">{% for e in explanations %}<li><strong>{{ e.name }}</strong> ({{ e.verdict }}): {{ e.reason }}{% if e.resolution %}<br>Resolution: {{ e.resolution }}{% endif %}<br><span class="muted">{{ e.detail }}</span></li>{% endfor %}</ul>
 {% else %}<p class="muted">No KPIs were compared.</p>{% endif %}
@@ -199,30 +251,60 @@ HTML_TEMPLATE = r"""<!DOCTYPE html>
 {{ heading("speed", "Speed") }}
 {% if speed.rows %}{{ table(speed) }}{% else %}<p class="muted">No speed measurements.</p>{% endif %}
 
-{{ heading("compat", "Backward compatibility") }}
-{% if compat is none %}<p class="muted">Not checked.</p>
-{% else %}
-<p class="{{ 'ok' if compat.ok else 'failed' }}">{{ symbols['PASS'] if compat.ok else symbols['FAIL'] }} {{ 'compatible' if compat.ok else 'INCOMPATIBLE' }}</p>
-<ul>{% for line in compat.lines %}<li>{{ line }}</li>{% endfor %}</ul>
-{% endif %}
-
-{{ heading("runs", "Runs") }}
-{% if run_counts.rows %}{{ table(run_counts, 2) }}{% else %}<p class="muted">No runs recorded.</p>{% endif %}
-{% if problem_runs.rows %}<h3>Failed or diverged runs</h3>{{ table(problem_runs, 99) }}{% endif %}
-{% if all_runs.rows %}<details><summary>All {{ all_runs.rows | length }} runs</summary>{{ table(all_runs, 99) }}</details>{% endif %}
-
-{{ heading("provenance", "Provenance") }}
-{% if provenance.rows %}{{ table(provenance, 99) }}{% else %}<p class="muted">No provenance recorded.</p>{% endif %}
-
-{{ heading("reproduce", "Reproduce") }}
-<pre class="command"><code>{{ reproduce_command }}</code></pre>
-
-{% if notes %}
-{{ heading("notes", "Notes") }}
-<ul>{% for note in notes %}<li>{{ note }}</li>{% endfor %}</ul>
-{% endif %}
-</main>
-<script>{{ script }}</script>
-</body>
-</html>
+{{ bottom(compat, symbols, run_counts, problem_runs, all_runs, provenance, reproduce_command, notes) }}
+{% endblock %}
 """
+
+# Several candidates against the baseline (reports/leaderboard.py).
+LEADERBOARD_TEMPLATE = IMPORTS + r"""{% block content %}
+{{ top(title, banner, toc, symbols, problems, provenance_warnings, collapsed_lam_warnings) }}
+
+{{ heading("leaderboard", "Leaderboard") }}
+{{ table(leaderboard, 2, leaderboard.columns | length - 1) }}
+
+{{ heading("arms", "Each arm's IQM") }}
+{% if arms.rows %}{{ table(arms) }}{% else %}<p class="muted">No blocking or guard KPIs.</p>{% endif %}
+
+{% if forest %}
+{{ heading("forest", "Blocking and guard KPIs against their margins") }}
+{{ figure(forest) }}
+{% endif %}
+
+{{ heading("kpis", "KPIs of every candidate") }}
+{% if kpis.rows %}
+{{ kpi_table(kpis, symbols, sort_key, 3) }}
+{{ heading("explanations", "Why each KPI got its verdict") }}
+{% for candidate in candidates %}
+<details{% if candidate.decided %} open{% endif %}><summary>{{ symbols[candidate.verdict] }} {{ candidate.verdict }} · {{ candidate.name }}</summary>
+<ul>{% for reason in candidate.reasons %}<li>{{ reason }}</li>{% endfor %}</ul>
+<ul class="explanations">{% for e in candidate.explanations %}<li><strong>{{ e.name }}</strong> ({{ e.verdict }}): {{ e.reason }}{% if e.resolution %}<br>Resolution: {{ e.resolution }}{% endif %}<br><span class="muted">{{ e.detail }}</span></li>{% endfor %}</ul>
+</details>
+{% endfor %}
+{% else %}<p class="muted">No KPIs were compared.</p>{% endif %}
+
+{{ heading("variants", "Variants") }}
+{% for variant in variants %}
+<p><strong>{{ variant.role }}</strong>: {{ variant.name }}</p>
+{% if variant.description %}<pre>{{ variant.description }}</pre>{% else %}<p class="muted">no description</p>{% endif %}
+{% endfor %}
+
+{{ heading("curves", "Training curves") }}
+{% for fig in curve_figures %}
+{{ figure(fig) }}
+{% else %}<p class="muted">No training curves were recorded.</p>{% endfor %}
+
+{{ heading("rollouts", "Rollouts") }}
+{% for fig in rollout_figures %}
+{{ figure(fig) }}
+{% else %}<p class="muted">No rollout frames or scores were recorded.</p>{% endfor %}
+{{ table(rollouts, 3) }}
+
+{{ heading("speed", "Speed") }}
+{% for candidate in candidates %}{% if candidate.speed.rows %}<h3>{{ candidate.name }}</h3>{{ table(candidate.speed) }}{% endif %}
+{% endfor %}
+
+{{ bottom(compat, symbols, run_counts, problem_runs, all_runs, provenance, reproduce_command, notes) }}
+{% endblock %}
+"""
+
+TEMPLATES = {"page": PAGE_TEMPLATE, "macros": MACROS_TEMPLATE, "report": HTML_TEMPLATE, "leaderboard": LEADERBOARD_TEMPLATE}

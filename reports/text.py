@@ -217,14 +217,26 @@ def kpi_reason(kpi: KpiComparison) -> str:
     return reason
 
 
+def fails_from(kpi: KpiComparison) -> str:
+    """The smallest worsening the KPI's regression test FAILs with TARGET_POWER at its seeds (Resolution.failable),
+    on the change's own scale, e.g. "+85.0%"; "" where no t-test ran (rank tests, too few values)."""
+    return "" if kpi.resolution is None else fmt_worsening(kpi.rule, kpi.resolution.failable)
+
+
 def resolution_text(kpi: KpiComparison) -> str:
-    """What the KPI's seeds can tell apart (its harness.types.Resolution), on the KPI's own scale: the smallest
-    true worsening detected with TARGET_POWER, against the margin, and, when a harmless change could not be shown
-    non-inferior, why. "" where no t-test ran (rank tests, too few values)."""
+    """What the KPI's seeds can tell apart (its harness.types.Resolution), on the KPI's own scale. A guard: its
+    change and the smallest worsening it FAILs with TARGET_POWER, e.g. "+18.0% [−20.0%, +60.0%] — a guard: at 5
+    seeds it fails the change only from +85.0% (…)". Otherwise the smallest true worsening detected with
+    TARGET_POWER, against the margin, and, when a harmless change could not be shown non-inferior, why. "" where no
+    t-test ran (rank tests, too few values)."""
     res = kpi.resolution
     if res is None:
         return ""
     rule = kpi.rule
+    if rule.guard:  # "only": its interval is wider than its margin, so a regression up to there may go unnoticed
+        which = "a change" if res.settles else "the change only"
+        return (f"{fmt_estimate(kpi)} — a guard: at {res.seeds} seeds it fails {which} from {fails_from(kpi)} "
+                f"({TARGET_POWER:.0%} power; margin {fmt_rule_margin(rule)})")
     detectable = fmt_worsening(rule, res.detectable) if math.isfinite(res.detectable) else "nothing"
     text = f"detectable at {res.seeds} seeds: {detectable} (margin {fmt_rule_margin(rule)})"
     if res.settles:
@@ -234,6 +246,27 @@ def resolution_text(kpi: KpiComparison) -> str:
     needed = (f"at least {MAX_RECOMMENDED_SEEDS}" if res.seeds_needed >= MAX_RECOMMENDED_SEEDS
               else str(res.seeds_needed))
     return f"{text}. Cannot settle at {res.seeds} seeds: its per-seed spread {spread} needs {needed} seeds"
+
+
+def guard_brief(kpi: KpiComparison) -> str:
+    """A guard in a few words: "rollout.tf_mse (fails from +85.0%)"."""
+    failable = fails_from(kpi)
+    return f"{kpi.name} (fails from {failable})" if failable else kpi.name
+
+
+def unresolved_guards_line(briefs: list[str], max_chars: int | None = None) -> str:
+    """The line a PASS adds for the guards its seeds could not settle (harness.types.Comparison.unresolved_guards),
+    "guards not resolved at these seeds: rollout.tf_mse (fails from +85.0%), …", whole guards only, cut to
+    `max_chars` with the number left out; "" for none."""
+    if not briefs:
+        return ""
+    lead = "guards not resolved at these seeds: "
+    line = lead + ", ".join(briefs)
+    shown = len(briefs)
+    while max_chars is not None and len(line) > max_chars and shown > 1:
+        shown -= 1
+        line = f"{lead}{', '.join(briefs[:shown])}, … ({len(briefs) - shown} more)"
+    return line
 
 
 def comparison_reasons(comparison: Comparison) -> list[str]:

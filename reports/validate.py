@@ -7,7 +7,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from harness.validate import EXPECT_PASS, Validation
-from reports.text import comparison_reasons, fmt_change, fmt_rule_margin, md_escape, worse_by
+from reports.text import comparison_reasons, fails_from, fmt_change, fmt_rule_margin, md_escape, worse_by
 
 FILENAMES = {"md": "validate.md", "json": "validate.json"}
 
@@ -23,8 +23,8 @@ def render_markdown(result: Validation) -> str:
         "",
         f"Profile {md_escape(result.profile)}, dataset {md_escape(result.dataset)}, baseline "
         f"{md_escape(result.baseline)}, seeds {', '.join(map(str, result.seeds))} (A/A candidate seeds "
-        f"{', '.join(map(str, result.aa_seeds))}), alpha {result.alpha:g}. A fault is caught only when a blocking "
-        "quality or controllability KPI regressed; a null change (float rounding only, or the baseline on other "
+        f"{', '.join(map(str, result.aa_seeds))}), alpha {result.alpha:g}. A fault is caught only when a blocking or "
+        "guard quality or controllability KPI regressed; a null change (float rounding only, or the baseline on other "
         "seeds) must PASS.",
         "",
         "| check | candidate | expected | observed | caught by | adjusted p | ok |",
@@ -39,29 +39,33 @@ def render_markdown(result: Validation) -> str:
 def resolution_lines(result: Validation) -> list[str]:
     """Per blocking KPI and null row: the smallest worsening its seeds detect with 80% power, and the seeds it
     needs to show a zero difference non-inferior (harness.power): where that exceeds the seeds run, the KPI
-    cannot settle and the row cannot PASS however harmless the change."""
+    cannot settle and the row cannot PASS however harmless the change. Per guard KPI, which never has to settle:
+    the smallest worsening it FAILs with 80% power at these seeds."""
     nulls = [row for row in result.rows if row.expected == EXPECT_PASS and row.comparison]
     if not nulls:
         return []
     lines = ["", "### Can each blocking KPI settle at these seeds?", "",
              "Smallest worsening detected with 80% power, and seeds needed to show a zero difference non-inferior "
-             "(80% power), from the spread each null row's seeds showed.", "",
+             "(80% power), from the spread each null row's seeds showed; for a guard (it FAILs a regression but "
+             "need not settle), the smallest worsening it FAILs with 80% power.", "",
              "| KPI | margin | " + " | ".join(md_escape(row.name) for row in nulls) + " |",
              "|---|---|" + "---|" * len(nulls)]
-    names = [k.name for k in nulls[0].comparison.kpis if k.rule.blocking]
-    for name in names:
+    rules = {k.name: k.rule for k in nulls[0].comparison.kpis if k.rule.can_fail}
+    for name, rule in rules.items():
         cells = []
         for row in nulls:
             kpi = next(k for k in row.comparison.kpis if k.name == name)
             resolution = kpi.resolution
             if resolution is None:
                 cells.append("—")
-                continue
-            detectable = fmt_change(kpi, worse_by(kpi.rule, resolution.detectable))
-            settles = "settles" if resolution.settles else "**cannot settle**"
-            cells.append(f"{detectable} at {resolution.seeds}; needs {resolution.seeds_needed} ({settles})")
-        rule = nulls[0].comparison.kpis[[k.name for k in nulls[0].comparison.kpis].index(name)].rule
-        lines.append(f"| {md_escape(name)} | {fmt_rule_margin(rule)} | " + " | ".join(cells) + " |")
+            elif rule.guard:
+                cells.append(f"fails from {fails_from(kpi)} at {resolution.seeds}")
+            else:
+                detectable = fmt_change(kpi, worse_by(kpi.rule, resolution.detectable))
+                settles = "settles" if resolution.settles else "**cannot settle**"
+                cells.append(f"{detectable} at {resolution.seeds}; needs {resolution.seeds_needed} ({settles})")
+        label = f"{md_escape(name)} (guard)" if rule.guard else md_escape(name)
+        lines.append(f"| {label} | {fmt_rule_margin(rule)} | " + " | ".join(cells) + " |")
     return lines
 
 

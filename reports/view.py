@@ -15,7 +15,8 @@ import pandas as pd
 
 from harness.kpis import COMPARE_TIME_KPIS
 from harness.seeds import format_seeds
-from harness.types import ArmSummary, KpiComparison, KpiVerdict, ReportInput
+from harness.types import (TIERS, VERDICT_SEVERITY, ArmSummary, Comparison, KpiComparison, KpiVerdict, Leaderboard,
+                           ReportInput, Verdict)
 from worldmodel.config import STAGES
 from reports.text import (
     MISSING,
@@ -26,12 +27,14 @@ from reports.text import (
     fmt_number,
     fmt_p,
     fmt_seconds,
+    guard_brief,
     is_missing,
     kpi_reason,
     note_text,
     resolution_text,
     to_float,
     truncate,
+    unresolved_guards_line,
 )
 
 MODE_ORDER = ("ar", "tf", "random", "copy_last")
@@ -59,6 +62,12 @@ class Banner:
     reasons: list[str]
     recommended_seeds: int | None
     context: str  # one line: who vs whom, profile, seeds, alpha
+    # a PASS: the guards its seeds could not settle, each in a few words (reports/text.py guard_brief)
+    unresolved_guards: list[str] = field(default_factory=list)
+
+    def guards_line(self, max_chars: int | None = None) -> str:
+        """The unresolved guards in one line (reports/text.py unresolved_guards_line); "" for none."""
+        return unresolved_guards_line(self.unresolved_guards, max_chars)
 
 
 @dataclass
@@ -67,7 +76,7 @@ class KpiExplanation:
     verdict: str
     reason: str
     detail: str  # method, sample sizes and effect sizes, for the curious
-    resolution: str = ""  # what the seeds can tell apart (blocking KPIs with a t-test; reports/text.py)
+    resolution: str = ""  # what the seeds can tell apart (blocking and guard KPIs with a t-test; reports/text.py)
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -83,7 +92,7 @@ def has_columns(frame: pd.DataFrame | None, columns: tuple[str, ...]) -> bool:
     return frame is not None and not frame.empty and all(c in frame.columns for c in columns)
 
 
-def descriptions(report: ReportInput) -> dict[str, str]:
+def descriptions(report: ReportInput | Leaderboard) -> dict[str, str]:
     """Variant -> its description, followed by the code it ran and its reused runs (bench gate) where known."""
     provenance = report.arm_provenance
     shown = dict(report.descriptions or {})
@@ -92,21 +101,21 @@ def descriptions(report: ReportInput) -> dict[str, str]:
     return shown
 
 
-def description_of(report: ReportInput, variant: str) -> str:
+def description_of(report: ReportInput | Leaderboard, variant: str) -> str:
     return str(descriptions(report).get(variant) or "")
 
 
-def notes(report: ReportInput) -> list[str]:
+def notes(report: ReportInput | Leaderboard) -> list[str]:
     """The report's notes, worded (reports/text.py note_text)."""
     return [note_text(note) for note in report.notes]
 
 
-def role_of(report: ReportInput, variant: str) -> str:
-    if variant == report.baseline and variant == report.candidate:
+def role_of(report: ReportInput | Leaderboard, variant: str) -> str:
+    if variant == report.baseline and variant in report.candidates:
         return "baseline = candidate"
     if variant == report.baseline:
         return "baseline"
-    if variant == report.candidate:
+    if variant in report.candidates:
         return "candidate"
     return "other"
 
@@ -137,7 +146,14 @@ def banner(report: ReportInput) -> Banner:
         f"{seed_text} · α = {comparison.alpha:g}"
     )
     recommended = comparison.recommended_seeds if comparison.verdict == "INCONCLUSIVE" else None
-    return Banner(comparison.verdict, comparison_reasons(comparison), recommended, context)
+    return Banner(comparison.verdict, comparison_reasons(comparison), recommended, context,
+                  [guard_brief(kpi) for kpi in passed_unresolved_guards(comparison)])
+
+
+def passed_unresolved_guards(comparison: Comparison) -> list[KpiComparison]:
+    """The guards a PASS says nothing about (Comparison.unresolved_guards); none unless the verdict is PASS, whose
+    reader would otherwise take it for "nothing got worse"."""
+    return comparison.unresolved_guards if comparison.verdict == Verdict.PASS else []
 
 
 # --------------------------------------------------------------------------- KPIs
@@ -184,12 +200,12 @@ def verdict_counts(report: ReportInput) -> dict[str, int]:
 
 
 def headline_kpis(report: ReportInput, max_rows: int) -> tuple[list[KpiComparison], int]:
-    """The KPIs a PR comment shows: every blocking KPI and any other that regressed, in the suite's order; when more
-    than `max_rows`, the most urgent ones. Returns them and how many were left out."""
-    kpis = [k for k in report.comparison.kpis if k.rule.blocking or k.verdict == KpiVerdict.REGRESSED]
+    """The KPIs a PR comment shows: every blocking and guard KPI and any other that regressed, in the suite's order;
+    when more than `max_rows`, the most urgent ones. Returns them and how many were left out."""
+    kpis = [k for k in report.comparison.kpis if k.rule.can_fail or k.verdict == KpiVerdict.REGRESSED]
     if len(kpis) <= max_rows:
         return kpis, 0
-    order = sorted(range(len(kpis)), key=lambda i: (URGENCY[kpis[i].verdict], not kpis[i].rule.blocking, i))
+    order = sorted(range(len(kpis)), key=lambda i: (URGENCY[kpis[i].verdict], TIERS.index(kpis[i].rule.tier), i))
     return [kpis[i] for i in sorted(order[:max_rows])], len(kpis) - max_rows
 
 
@@ -209,7 +225,7 @@ def headline_table(report: ReportInput, kpis: list[KpiComparison]) -> Table:
     for kpi in kpis:
         row = kpi_row(kpi) + [kpi.verdict]
         if not kpi.rule.blocking:
-            row[0] += " (not blocking)"
+            row[0] += " (guard)" if kpi.rule.guard else " (not blocking)"
         rows.append(row)
     return Table(["KPI", "baseline", "candidate", ci_column(report), "margin", "verdict"], rows)
 
@@ -224,24 +240,26 @@ def table_note(report: ReportInput) -> str:
         f"its {ci_label(alpha)}, dual to the one-sided tests at α = {alpha:g}: its worse end is inside the margin "
         "exactly when the KPI is non-inferior. Margin: how far the change may go and still be non-inferior. "
         "\"Regressed\" is Holm-adjusted, so stricter than the interval. Identical: the same value in every paired "
-        "seed (a shared stage); no test."
+        "seed (a shared stage); no test. Tier: a blocking KPI must be non-inferior for a PASS and FAILs the merge "
+        "when regressed; a guard only FAILs it when regressed (too noisy between seeds to show non-inferiority); "
+        "an informational one decides nothing."
     )
 
 
 def kpi_table(report: ReportInput) -> Table:
     """Every KPI, with the test's p values (the HTML report and the comment's details)."""
-    columns = ["KPI", "blocking", "baseline", "candidate", ci_column(report), "margin", "p non-inferior",
+    columns = ["KPI", "tier", "baseline", "candidate", ci_column(report), "margin", "p non-inferior",
                "p regressed (Holm)", "verdict"]
     rows, classes, keys = [], [], []
     for kpi in report.comparison.kpis:
         label, baseline, candidate, change, margin = kpi_row(kpi)
-        rows.append([label, "yes" if kpi.rule.blocking else "no", baseline, candidate, change, margin,
+        rows.append([label, kpi.rule.tier, baseline, candidate, change, margin,
                      fmt_p(kpi.test.p_noninferior), fmt_p(kpi.test.p_regressed_adjusted), kpi.verdict])
-        classes.append(kpi.verdict.replace("-", "_") + (" blocking" if kpi.rule.blocking else " informational"))
-        keys.append([math.nan, float(kpi.rule.blocking), arm_center(kpi, kpi.baseline),
+        classes.append(f"{kpi.verdict.replace('-', '_')} {kpi.rule.tier}")
+        keys.append([math.nan, float(TIERS.index(kpi.rule.tier)), arm_center(kpi, kpi.baseline),
                      arm_center(kpi, kpi.candidate), kpi.effect.estimate, kpi.effect.margin,
                      kpi.test.p_noninferior, kpi.test.p_regressed_adjusted, float(URGENCY[kpi.verdict])])
-    table = Table(columns, rows, classes, table_note(report) + " Non-blocking KPIs are informational.")
+    table = Table(columns, rows, classes, table_note(report))
     table.sort_keys = keys
     return table
 
@@ -259,7 +277,7 @@ def kpi_explanations(report: ReportInput) -> list[KpiExplanation]:
             f"median {fmt_number(kpi.baseline.median)} → {fmt_number(kpi.candidate.median)}; "
             f"IQM {fmt_number(kpi.baseline.iqm)} → {fmt_number(kpi.candidate.iqm)}"
         )
-        resolution = resolution_text(kpi) if kpi.rule.blocking else ""
+        resolution = resolution_text(kpi) if kpi.rule.can_fail else ""
         out.append(KpiExplanation(kpi.name, kpi.verdict, kpi_reason(kpi), detail, resolution))
     return out
 
@@ -294,7 +312,7 @@ def seed_table(report: ReportInput, max_seeds: int | None = None) -> Table:
 # --------------------------------------------------------------------------- rollouts and speed
 
 
-def rollout_table(report: ReportInput) -> Table:
+def rollout_table(report: ReportInput | Leaderboard) -> Table:
     frame = report.rollouts
     if not has_columns(frame, ("variant", "mode", "horizon_step", "psnr")):
         return Table([], [])
@@ -354,13 +372,13 @@ def speed_table(report: ReportInput) -> Table:
 # --------------------------------------------------------------------------- runs and provenance
 
 
-def _run_records(report: ReportInput) -> list[dict]:
+def _run_records(report: ReportInput | Leaderboard) -> list[dict]:
     if not has_columns(report.runs, ("variant", "status")):
         return []
     return report.runs.to_dict("records")
 
 
-def run_counts(report: ReportInput) -> Table:
+def run_counts(report: ReportInput | Leaderboard) -> Table:
     records = _run_records(report)
     if not records:
         return Table([], [])
@@ -377,7 +395,7 @@ def run_counts(report: ReportInput) -> Table:
     return Table(["variant", "role"] + statuses, rows, classes)
 
 
-def problem_runs(report: ReportInput, error_limit: int = 600) -> Table:
+def problem_runs(report: ReportInput | Leaderboard, error_limit: int = 600) -> Table:
     """Runs that did not finish cleanly, with their error, baseline first."""
     records = [r for r in _run_records(report) if str(r["status"]) != "ok"]
     variants = tuple(report.variants)
@@ -395,7 +413,7 @@ def problem_runs(report: ReportInput, error_limit: int = 600) -> Table:
     return Table(["run", "variant", "seed", "status", "error"], rows, ["bad"] * len(rows))
 
 
-def all_runs(report: ReportInput, error_limit: int = 200) -> Table:
+def all_runs(report: ReportInput | Leaderboard, error_limit: int = 200) -> Table:
     records = _run_records(report)
     rows, classes = [], []
     for r in records:
@@ -412,7 +430,7 @@ def all_runs(report: ReportInput, error_limit: int = 200) -> Table:
     return Table(["run", "variant", "seed", "status", "error"], rows, classes)
 
 
-def problem_summary(report: ReportInput) -> list[str]:
+def problem_summary(report: ReportInput | Leaderboard) -> list[str]:
     """One line per variant with failed or diverged runs, for the top of the report."""
     lines = []
     for variant in ordered([str(r["variant"]) for r in _run_records(report)], tuple(report.variants)):
@@ -474,7 +492,7 @@ def _summarise_field(records: list[dict], key: str) -> str:
     return ", ".join(shown)
 
 
-def provenance_table(report: ReportInput) -> Table:
+def provenance_table(report: ReportInput | Leaderboard) -> Table:
     """Each property once: one value when all runs agree, else per variant or with counts."""
     records = [dict(r) for r in report.provenance]
     if not records:
@@ -498,7 +516,7 @@ def _not_comparable(records: list[dict], key: str) -> bool:
     return (key == "git_dirty" and "yes" in distinct) or (key in VERSION_KEYS and len(distinct) > 1)
 
 
-def provenance_warnings(report: ReportInput) -> list[str]:
+def provenance_warnings(report: ReportInput | Leaderboard) -> list[str]:
     records = [dict(r) for r in report.provenance]
     return [f"{label}: {_summarise_field(records, key)}" for key, label in PROVENANCE_FIELDS
             if records and _not_comparable(records, key)]
@@ -518,3 +536,91 @@ def collapsed_lam_warnings(report: ReportInput) -> list[str]:
         for variant, median in medians.items()
         if median < COLLAPSED_LAM_PERPLEXITY  # NaN (not measured) compares False
     ]
+
+
+# --------------------------------------------------------------------------- leaderboard (several candidates)
+
+
+def by_severity(board: Leaderboard) -> list[ReportInput]:
+    """The candidates' reports, the worst verdict first (those that decided the leaderboard), then as given."""
+    return sorted(board.reports, key=lambda report: -VERDICT_SEVERITY.index(report.comparison.verdict))
+
+
+def multiplicity_text(board: Leaderboard) -> str:
+    """What the "regressed" p values were adjusted over, in a few words."""
+    return f"\"regressed\" Holm-adjusted across all {len(board.reports)} candidates' blocking and guard KPIs"
+
+
+def leaderboard_banner(board: Leaderboard) -> Banner:
+    """The leaderboard's verdict (its worst candidate's) and, for each candidate that decided it, its reasons."""
+    deciders = [report for report in board.reports if report.candidate in board.decided_by]
+    reasons = [f"{report.candidate}: {reason}" for report in deciders for reason in comparison_reasons(report.comparison)]
+    recommended = [report.comparison.recommended_seeds for report in deciders
+                   if report.comparison.verdict == "INCONCLUSIVE" and report.comparison.recommended_seeds]
+    seeds = seeds_by_variant(board.reports[0])[board.baseline]
+    context = (f"{len(board.reports)} candidates vs baseline {board.baseline} · profile {board.profile} · "
+               f"seeds {format_seeds(seeds) or MISSING} · α = {board.alpha:g}, {multiplicity_text(board)}")
+    guards = [f"{report.candidate}: {guard_brief(kpi)}" for report in board.reports
+              for kpi in passed_unresolved_guards(report.comparison)]
+    return Banner(board.verdict, reasons, max(recommended, default=None), context, guards)
+
+
+LEADERBOARD_COUNTS = (KpiVerdict.IMPROVED, KpiVerdict.NON_INFERIOR, KpiVerdict.INCONCLUSIVE, KpiVerdict.REGRESSED,
+                      KpiVerdict.IDENTICAL)
+
+
+def leaderboard_table(board: Leaderboard, reason_chars: int | None = None) -> Table:
+    """One row per candidate, worst first: its verdict, how many KPIs got each verdict, and its first reason."""
+    rows, classes = [], []
+    for report in by_severity(board):
+        counts = verdict_counts(report)
+        reason = comparison_reasons(report.comparison)[0]
+        rows.append([report.candidate, str(report.comparison.verdict)] + [str(counts[str(v)]) for v in LEADERBOARD_COUNTS]
+                    + [reason if reason_chars is None else truncate(reason, reason_chars)])
+        classes.append({"FAIL": "bad", "INCONCLUSIVE": "warn"}.get(report.comparison.verdict, ""))
+    columns = ["candidate", "verdict", *(str(v) for v in LEADERBOARD_COUNTS), "first reason"]
+    note = (f"Each candidate against {board.baseline}, the worst verdict first; the leaderboard's verdict is the "
+            f"worst one. The counts are KPIs by verdict; {multiplicity_text(board)}.")
+    return Table(columns, rows, classes, note)
+
+
+def arms_table(board: Leaderboard) -> Table:
+    """One row per arm (the baseline, then each candidate), one column per blocking and guard KPI: the IQM over
+    seeds with its percentile bootstrap interval (harness.stats.iqm_interval)."""
+    kpis = list(dict.fromkeys(arm.kpi for arm in board.arms))
+    cells = {(arm.variant, arm.kpi): arm for arm in board.arms}
+    rows = []
+    for variant in board.variants:
+        row = [variant, role_of(board, variant)]
+        for kpi in kpis:
+            arm = cells.get((variant, kpi))
+            if arm is None:
+                row.append(MISSING)
+                continue
+            interval = (f" [{fmt_number(arm.low, 3)}, {fmt_number(arm.high, 3)}]"
+                        if not math.isnan(arm.low) else " (no interval)")
+            row.append(fmt_number(arm.iqm) + interval)
+        rows.append(row)
+    level = next((arm.level for arm in board.arms), math.nan)
+    note = (f"IQM (mean of the middle 50% of seeds) of each blocking and guard KPI over each arm's seeds, with its "
+            f"{level:.0%} percentile bootstrap interval (resampling the seeds, as rliable does); an arm's spread, not "
+            "a test: the verdicts come from the paired changes in the KPI tables.")
+    return Table(["arm", "role", *kpis], rows, [], note)
+
+
+def leaderboard_kpi_table(board: Leaderboard) -> Table:
+    """Every KPI of every candidate in one table (kpi_table's rows, the candidate first), for sorting and filtering."""
+    combined = Table(["candidate"], [], [], "", [])
+    for report in board.reports:
+        table = kpi_table(report)
+        combined.columns = ["candidate", *table.columns]
+        combined.rows += [[report.candidate, *row] for row in table.rows]
+        combined.row_classes += table.row_classes
+        combined.sort_keys += [[math.nan, *keys] for keys in table.sort_keys]
+        combined.note = table.note
+    return combined
+
+
+def leaderboard_collapsed_lam_warnings(board: Leaderboard) -> list[str]:
+    """collapsed_lam_warnings of every candidate, each arm once."""
+    return list(dict.fromkeys(line for report in board.reports for line in collapsed_lam_warnings(report)))

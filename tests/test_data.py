@@ -340,3 +340,18 @@ def test_bad_files_get_one_line_errors(tmp_path, case: str) -> None:
     with pytest.raises(WorldbenchError, match=message) as err:
         load_hdf5(path)
     assert_one_line_error(err)
+
+
+@pytest.mark.parametrize("game", ["sprite_world", "pong"])
+def test_policy_without_noop_always_moves(game: str) -> None:
+    """noop=False: every transition's action is a move (action 0 appears only as the unused last-frame label)."""
+    data = generate(game, n_episodes=6, episode_len=12, frame_size=16, seed=3, repeat_prob=0.5, noop=False)
+    transitions = data.actions.reshape(6, 12)[:, :-1]  # [episodes, T-1]
+    assert transitions.min() == 1 and set(np.unique(transitions)) == set(range(1, GAMES[game].n_actions))
+    with_noop = generate(game, n_episodes=6, episode_len=12, frame_size=16, seed=3, repeat_prob=0.5)
+    assert (with_noop.actions.reshape(6, 12)[:, :-1] == 0).any()
+
+
+def test_noop_switch_must_be_a_bool() -> None:
+    with pytest.raises(WorldbenchError, match="noop must be true or false"):
+        generate("sprite_world", n_episodes=1, episode_len=4, frame_size=16, seed=0, noop="no")

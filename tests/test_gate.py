@@ -1,6 +1,7 @@
 """The verdict from recorded runs, the gate's exit codes, and the backward-compatibility check."""
 from __future__ import annotations
 
+from dataclasses import replace
 import re
 import shutil
 from pathlib import Path
@@ -124,3 +125,26 @@ def test_gate_usage_errors_exit_2(tmp_path, capsys):
     assert code == 2 and "unknown variant 'nope'" in capsys.readouterr().err
     code = main(["report", "--config", SUITE, "--format", "pdf", "--results", str(tmp_path / "r")])
     assert code == 2
+
+
+@pytest.mark.parametrize("tier", ["blocking", "guard"])
+def test_a_kpi_neither_arm_measured_is_left_out_unless_it_blocks_or_guards(tmp_path, tier):
+    """An MoE's expert-load KPIs are NaN in a comparison without an MoE: no row for them, and no INCONCLUSIVE;
+    a blocking or guard KPI that neither arm measured stays in the comparison and keeps it from passing (a guard
+    that was not measured guards nothing)."""
+    suite = load_suite(SUITE)
+    selection = Selection("smoke", "sprite_world", "meanpool_concat", "windowed_attention", [0, 1, 2], [0, 1, 2])
+    specs, _ = selection.plan(suite)
+    store = Store(tmp_path / "results")
+    for spec in specs:
+        kpis = {k: 1 + 0.01 * spec.seed for k in KPIS if not k.endswith("steps_to_target")}
+        kpis.update({k: float("nan") for k in kpis if ".moe_" in k})
+        record_fabricated(store, spec, kpis, "ok", loss_scale=1 + 0.01 * spec.seed)
+    comparison, *_ = compare_runs(suite, store, selection, alpha=0.05)
+    names = {kpi.name for kpi in comparison.kpis}
+    assert "dynamics.moe_load_cv" not in names and "dynamics.val_loss" in names
+    assert comparison.verdict == "PASS"
+    suite.kpis["dynamics.moe_load_cv"] = replace(suite.kpis["dynamics.moe_load_cv"], blocking=tier == "blocking",
+                                                 guard=tier == "guard")
+    comparison, *_ = compare_runs(suite, store, selection, alpha=0.05)
+    assert "dynamics.moe_load_cv" in {kpi.name for kpi in comparison.kpis} and comparison.verdict == "INCONCLUSIVE"

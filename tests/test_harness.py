@@ -221,7 +221,7 @@ def test_a_profile_with_a_base_gets_its_model_and_data_under_its_own_keys():
 def test_the_pong_profile_is_the_ci_profile_with_eight_latent_actions():
     suite = load_suite(REPO / "bench.toml")
     ci, pong = suite.model_config("ci", "meanpool_concat").to_dict(), suite.model_config("pong", "meanpool_concat").to_dict()
-    assert {key for key in ci if ci[key] != pong[key]} == {"n_actions"} and pong["n_actions"] == 8
+    assert ci == pong and pong["n_actions"] == 8
     assert suite.profile("pong").data == suite.profile("ci").data
 
 
@@ -242,6 +242,10 @@ HDF5_DATASET = '[datasets.mine]\nkind = "hdf5"\npath = "{{tmp}}/{file}"\n'
     ([], "[variants.v]\ncomponents = { lam_encoder = \"nope\" }",
      "variants.v.components.lam_encoder: 'nope' is not allowed; use one of: blind, meanpool_concat"),
     ([], "[kpis.\"rollout.ar_mse\"]\ndirection = \"up\"", "kpis.rollout.ar_mse.direction: 'up' is not allowed"),
+    # a guard KPI FAILs a regression and cannot hold up a PASS; a blocking one must be non-inferior: not both
+    ([], '[kpis."rollout.ar_mse"]\nguard = "yes"', "kpis.rollout.ar_mse.guard: expected true or false, got 'yes'"),
+    ([], '[kpis."rollout.ar_mse"]\nblocking = true', "kpis.rollout.ar_mse.guard: blocking and guard are both true; "
+                                                    "pick one"),
     (["--seeds", "3-1"], "", "--seeds: '3-1' is not a seed list"),
     (["--jobs", "0"], "", "argument --jobs: must be >= 1, got 0"),
     # ranges checked when the suite loads, before any run trains

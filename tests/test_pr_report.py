@@ -49,7 +49,7 @@ def gate_report(smoke_results, tmp_path_factory) -> Path:
 # --------------------------------------------------------------------------- the PR comment
 
 
-def test_the_comment_shows_counts_the_blocking_kpis_and_the_pictures_on_one_screen(gate_report):
+def test_the_comment_shows_counts_the_blocking_and_guard_kpis_and_the_pictures_on_one_screen(gate_report):
     markdown = (gate_report / "report.md").read_text()
     data = json.loads((gate_report / "report.json").read_text())
     visible = visible_part(markdown)
@@ -61,8 +61,8 @@ def test_the_comment_shows_counts_the_blocking_kpis_and_the_pictures_on_one_scre
     counts_line = next(line for line in visible.splitlines() if line.startswith("**KPIs:**"))
     assert [int(n) for n in re.findall(r"(\d+) (?:improved|non-inferior|inconclusive|regressed|identical)",
                                        counts_line)] == list(counts.values())
-    # The table: a row per blocking KPI and per regressed other one, nothing else.
-    shown = [k for k in data["kpis"] if k["blocking"] or k["verdict"] == "regressed"]
+    # The table: a row per blocking and guard KPI and per regressed other one, nothing else.
+    shown = [k for k in data["kpis"] if k["tier"] in ("blocking", "guard") or k["verdict"] == "regressed"]
     rows = [line for line in visible.splitlines() if line.startswith("| ") and ("↓" in line or "↑" in line)]
     assert len(rows) == len(shown) <= MAX_HEADLINE_ROWS
     for kpi in shown:
@@ -171,8 +171,8 @@ def test_the_html_report_has_a_forest_plot_contents_and_a_sortable_table_within_
     assert 'id="contents"' in html and 'id="forest"' in html and 'id="kpi-table"' in html
     forest = html.split('id="figure-forest"')[1].split("</figure>")[0]
     assert "<svg" in forest or "data:image/png" in forest
-    if "<svg" in forest:  # text stays text in the SVG: every blocking KPI is named
-        assert all(name in forest for name, rule in KPIS.items() if rule.blocking and not rule.timing)
+    if "<svg" in forest:  # text stays text in the SVG: every blocking and guard KPI is named
+        assert all(name in forest for name, rule in KPIS.items() if rule.can_fail and not rule.timing)
     scripts = re.findall(r"<script>(.*?)</script>", html, re.S)
     digest = base64.b64encode(hashlib.sha256(scripts[0].encode()).digest()).decode()
     assert len(scripts) == 1 and f"'sha256-{digest}'" in html
@@ -181,7 +181,7 @@ def test_the_html_report_has_a_forest_plot_contents_and_a_sortable_table_within_
 @pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (Debian package: chromium; .ci/run installs it)")
 def test_the_html_report_works_in_headless_chromium(gate_report, tmp_path):
     """Chromium loads the page, runs its one script (the CSP allows it by hash) and filters the KPI table to the
-    blocking KPIs when asked; the forest plot and the contents are there."""
+    blocking and guard KPIs when asked; the forest plot and the contents are there."""
     def dom(fragment: str = "") -> str:
         result = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
                                  f"--user-data-dir={tmp_path / 'profile'}",
@@ -195,4 +195,5 @@ def test_the_html_report_works_in_headless_chromium(gate_report, tmp_path):
     assert 'id="contents"' in page and 'id="figure-forest"' in page
     filtered = dom("#blocking-only")
     rows = re.findall(r"<tr class=\"([^\"]*)\"([^>]*)>", filtered.split('id="kpi-table"')[1].split("</table>")[0])
-    assert rows and all(("hidden" in attributes) == ("blocking" not in classes.split()) for classes, attributes in rows)
+    assert rows and all(("hidden" in attributes) == (not {"blocking", "guard"} & set(classes.split()))
+                        for classes, attributes in rows)

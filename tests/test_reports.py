@@ -20,7 +20,7 @@ from harness.types import ArmProvenance, FloorNote, LookNote, TargetNote, Target
 from reports import MARKER, CompatResult, ReportInput, render_html, render_json, render_markdown, write_reports
 from reports.render import MAX_VISIBLE_BYTES, MAX_VISIBLE_LINES, visible_part
 from reports.figures import curve_bands, horizon_columns, plan_figures, rollout_grid
-from reports.text import arm_description, fmt_estimate, md_escape, note_text
+from reports.text import arm_description, fmt_estimate, md_escape, note_text, unresolved_guards_line
 from worldmodel.config import STAGES
 
 BASELINE, CANDIDATE = "meanpool_concat", "windowed_attention"
@@ -261,6 +261,58 @@ def test_inconclusive_banner_recommends_more_seeds():
     md = render_markdown(noisy)
     assert f"about {noisy.comparison.recommended_seeds} seeds per variant" in md
     assert "[!WARNING]" in md.split("### KPIs")[0]
+
+
+# Five seeds whose per-seed ratios run from 0.73 to 1.5: a guard that no five seeds settle (tests/test_stats.py
+# works out its interval, +11.9% [−18.0%, +52.7%], and the +71.3% it FAILs from, by hand).
+GUARD_BASE = {0: 1.0, 1: 1.1, 2: 0.95, 3: 1.05, 4: 1.02}
+GUARD_NOISY = {0: 1.5, 1: 0.8, 2: 1.3, 3: 0.9, 4: 1.4}
+GUARD_LINE = "rollout.tf_mse: +11.9% [−18.0%, +52.7%] — a guard: at 5 seeds it fails the change only from +71.3%"
+
+
+def guarded_report(blocking_values: dict[int, float]) -> ReportInput:
+    """A 5-seed report with one blocking KPI (candidate `blocking_values`) and the unsettled guard above."""
+    report = make_report(n_seeds=5)
+    rules = [KpiRule("rollout.action_response", "higher", "log", 0.5),
+             KpiRule("rollout.tf_mse", "lower", "log", 0.10, blocking=False, guard=True)]
+    report.comparison = compare(rules, {"rollout.action_response": GUARD_BASE, "rollout.tf_mse": GUARD_BASE},
+                                {"rollout.action_response": blocking_values, "rollout.tf_mse": GUARD_NOISY})
+    return report
+
+
+def test_a_pass_names_the_guards_its_seeds_could_not_settle_in_every_format():
+    """Under the PASS heading of the PR comment (within its limits), in the HTML banner and in the JSON; and each
+    guard's explanation says its change and the worsening it FAILs from."""
+    report = guarded_report(dict(GUARD_BASE))  # the blocking KPI identical: PASS
+    assert report.comparison.verdict == "PASS"
+    md = render_markdown(report)
+    visible = visible_part(md).splitlines()
+    assert "PASS" in visible[1]
+    assert visible[2] == "**PASS** · guards not resolved at these seeds: rollout.tf\\_mse (fails from +71.3%)"
+    assert len("\n".join(visible).encode()) <= MAX_VISIBLE_BYTES and len(visible) <= MAX_VISIBLE_LINES
+    assert "| rollout.tf\\_mse ↓ (guard) |" in md  # a row of the table above the fold
+    guard_resolution = GUARD_LINE.split(": ", 1)[1]
+    assert f"<br>Resolution: {md_escape(guard_resolution)} (80% power; margin ≤ +10.0%)" in md  # in the details
+    html = render_html(report, pngs={})
+    assert "PASS · guards not resolved at these seeds: rollout.tf_mse (fails from +71.3%)" in html
+    data = _strict_json(render_json(report))
+    guard = next(k for k in data["kpis"] if k["name"] == "rollout.tf_mse")
+    assert data["unresolved_guards"] == ["rollout.tf_mse"] and guard["tier"] == "guard" and guard["guard"]
+    assert guard["failable_regression"] == pytest.approx(1.713, abs=5e-4)  # the ratio c/b it FAILs from
+    assert guard["resolution"] == f"{guard_resolution} (80% power; margin ≤ +10.0%)"
+    # Not a PASS (the blocking KPI unsettled): nothing calls the guard merely unresolved.
+    inconclusive = guarded_report({0: 0.5, 1: 1.6, 2: 0.6, 3: 1.5, 4: 0.7})
+    assert inconclusive.comparison.verdict == "INCONCLUSIVE"
+    assert "guards not resolved" not in render_markdown(inconclusive)
+    assert _strict_json(render_json(inconclusive))["unresolved_guards"] == []
+
+
+def test_the_unresolved_guards_line_keeps_whole_names_within_its_length():
+    briefs = [f"dynamics.val_loss_{i} (fails from +85.0%)" for i in range(5)]
+    assert unresolved_guards_line([]) == ""
+    assert unresolved_guards_line(briefs) == "guards not resolved at these seeds: " + ", ".join(briefs)
+    cut = unresolved_guards_line(briefs, 140)
+    assert cut == f"guards not resolved at these seeds: {briefs[0]}, {briefs[1]}, … (3 more)" and len(cut) <= 140
 
 
 # --------------------------------------------------------------------------- JSON

@@ -113,14 +113,14 @@ def test_sequential_gate_runs_looks_of_5_10_12_with_max_seeds_12(tmp_path, monke
             record_fabricated(Store(execution.results), spec, undecidable_kpis(spec.seed))
         return Store(execution.results).runs()
 
-    build = gate.build_report_input
+    build = gate.build_leaderboard
 
-    def look(suite, store, selection, alpha, reproduce):  # the real report input, each look's seeds noted
-        looks.append((list(selection.baseline_seeds), list(selection.candidate_seeds), alpha))
-        return build(suite, store, selection, alpha, reproduce)
+    def look(suite, store, selections, alpha, reproduce):  # the real report, each look's seeds noted
+        looks.append((list(selections[0].baseline_seeds), list(selections[0].candidate_seeds), alpha))
+        return build(suite, store, selections, alpha, reproduce)
 
     monkeypatch.setattr("harness.cli.run_with_progress", train)
-    monkeypatch.setattr(gate, "build_report_input", look)
+    monkeypatch.setattr(gate, "build_leaderboard", look)
     results = tmp_path / "r"
     code = main(["gate", "--config", SUITE, "--profile", "smoke", "--baseline", "meanpool_concat",
                  "--candidate", "windowed_attention", "--seeds", "0-4", "--candidate-seeds", "10-14",

@@ -15,7 +15,7 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 
 from harness.curves import smoothed_loss, steps_to_target
-from harness.power import detectable_effect_size, recommended_seeds, t_test_power
+from harness.power import detectable_effect_size, failable_regression, recommended_seeds, t_test_power
 from harness.sequential import alpha_spending
 from harness.stats import (
     LOG_SCALE_FLOOR,
@@ -27,7 +27,9 @@ from harness.stats import (
     holm_adjust,
 )
 from harness.kpis import final_loss
-from reports.text import comparison_reasons, kpi_reason  # the statistics return numbers; reports/ words them
+from harness.types import Finding, Reason, RuleError
+from reports.text import (comparison_reasons, kpi_reason,  # the statistics return numbers; reports/ words them
+                          resolution_text)
 
 LOSS = KpiRule("loss", "lower", "log", 0.05)
 LOG_MARGIN = math.log(1.05)
@@ -110,14 +112,15 @@ BORDERLINE_CAND = by_seed([1.0 + 0.1 + x for x in (0.00357, 0.02357, 0.04357, 0.
 LATENCY = KpiRule("latency", "lower", "linear", 0.1)
 
 
-def test_holm_applies_across_blocking_kpis_in_compare():
+def test_holm_applies_across_blocking_and_guard_kpis_in_compare():
+    """A regression of either FAILs the merge, so the blocking and guard KPIs are one family (fvd a guard here)."""
     alone = compare_kpi(LATENCY, BORDERLINE_BASE, BORDERLINE_CAND)
     assert 0.025 < alone.test.p_regressed < 0.05 and alone.verdict == "regressed"
 
     rules = [
         LATENCY,
         KpiRule("loss", "lower", "log", 0.05),
-        KpiRule("fvd", "lower", "log", 0.05),
+        KpiRule("fvd", "lower", "log", 0.05, blocking=False, guard=True),
         KpiRule("info", "lower", "log", 0.05, blocking=False),
     ]
     same = by_seed([1.0, 1.1, 0.9, 1.05])
@@ -136,7 +139,7 @@ def test_holm_applies_across_blocking_kpis_in_compare():
     expected = {p: h for p, h in zip(sorted(blocking_raw), hand)}
     for name in ("latency", "loss", "fvd"):
         assert kpis[name].test.p_regressed_adjusted == pytest.approx(expected[kpis[name].test.p_regressed])
-    # The non-blocking KPI is its own family of one: unadjusted.
+    # The informational KPI is its own family of one: unadjusted.
     assert kpis["info"].test.p_regressed_adjusted == pytest.approx(kpis["info"].test.p_regressed)
     # After Holm (x3) the borderline latency regression is no longer claimed.
     assert kpis["latency"].test.p_regressed_adjusted > 0.05
@@ -252,6 +255,83 @@ def test_candidate_failures_block_pass():
     assert equal_failures.verdict == "INCONCLUSIVE"
     assert any("failed" in r for r in comparison_reasons(equal_failures))
     assert compare([LOSS], same, same, failures_baseline=1, failures_candidate=0).verdict == "PASS"
+
+
+# --------------------------------------------------------------------------- guard KPIs
+
+GUARD = KpiRule("guard", "lower", "log", 0.10, blocking=False, guard=True)
+WITHIN = by_seed(np.array([1.0, 1.1, 0.95, 1.05, 1.02]) * 1.01)  # LOSS's baseline, 1% worse: non-inferior
+BASE = by_seed([1.0, 1.1, 0.95, 1.05, 1.02])
+NOISY = by_seed([1.5, 0.8, 1.3, 0.9, 1.4])  # per-seed ratios 0.73-1.5: no 5 seeds settle a 10% margin
+
+
+def test_a_guard_regressed_beyond_its_margin_fails_the_merge():
+    worse = by_seed(np.array(list(BASE.values())) * [1.5, 1.6, 1.55, 1.45, 1.5])  # ~+52%, margin 10%
+    result = compare([LOSS, GUARD], {"loss": BASE, "guard": BASE}, {"loss": WITHIN, "guard": worse})
+    loss, guard = result.kpis
+    assert loss.verdict == "non-inferior" and guard.verdict == "regressed"
+    assert result.verdict == "FAIL" and result.reasons == [Reason(Finding.KPI, "guard")]
+    assert "beyond its margin (≤ +10.0%;" in comparison_reasons(result)[0]
+
+
+def test_an_unsettled_guard_does_not_hold_up_a_pass_and_the_pass_names_it():
+    result = compare([LOSS, GUARD], {"loss": BASE, "guard": BASE}, {"loss": WITHIN, "guard": NOISY})
+    loss, guard = result.kpis
+    assert loss.verdict == "non-inferior" and guard.verdict == "inconclusive"
+    assert result.verdict == "PASS" and result.reasons == [Reason(Finding.ALL_BLOCKING_OK)]
+    assert result.unresolved_guards == [guard]
+    # What it could FAIL at these seeds, by hand: the margin plus the detectable difference, 1.3594 sds of the
+    # per-seed log ratios (the noncentral t at 5 seeds, alpha 0.05, 80% power: statsmodels' number).
+    d = np.log(np.array(list(NOISY.values())) / np.array(list(BASE.values())))
+    size = TTestPower().solve_power(nobs=5, alpha=0.05, power=0.8, alternative="larger")
+    failable = math.log(1.1) + size * d.std(ddof=1)
+    assert guard.resolution.failable == pytest.approx(failable, rel=1e-6)
+    half = stats.t.isf(0.05, 4) * d.std(ddof=1) / math.sqrt(5)  # of the 90% t interval of the mean log ratio
+    percent = [f"{(math.exp(x) - 1) * 100:+.1f}%".replace("-", "−") for x in (d.mean(), d.mean() - half,
+                                                                               d.mean() + half, failable)]
+    assert percent == ["+11.9%", "−18.0%", "+52.7%", "+71.3%"]
+    assert resolution_text(guard) == ("+11.9% [−18.0%, +52.7%] — a guard: at 5 seeds it fails the change only from "
+                                      "+71.3% (80% power; margin ≤ +10.0%)")
+    # The same KPI blocking: it would hold up the PASS.
+    blocking = dataclasses.replace(GUARD, blocking=True, guard=False)
+    assert compare([LOSS, blocking], {"loss": BASE, "guard": BASE},
+                   {"loss": WITHIN, "guard": NOISY}).verdict == "INCONCLUSIVE"
+
+
+@pytest.mark.parametrize("missing", [
+    by_seed([1.0, 1.1, float("nan"), 1.05, 1.02]),  # one ok run without a value
+    by_seed([float("nan")] * 5),  # none measured
+    {},  # the KPI absent altogether
+])
+def test_a_guard_without_its_values_cannot_pass(missing):
+    """Fail closed: a guard that was not measured guards nothing, so like a blocking KPI's it holds up a PASS."""
+    result = compare([LOSS, GUARD], {"loss": BASE, "guard": BASE}, {"loss": WITHIN, "guard": missing})
+    guard = result.kpis[1]
+    assert result.kpis[0].verdict == "non-inferior" and guard.verdict == "inconclusive"
+    assert result.verdict == "INCONCLUSIVE" and Reason(Finding.KPI, "guard") in result.reasons
+    assert result.unresolved_guards == [guard]  # not a PASS, so nothing names it as merely unresolved
+
+
+def test_a_rule_is_blocking_or_a_guard_not_both():
+    with pytest.raises(RuleError, match="blocking and guard are both true; pick one") as error:
+        KpiRule("x", "lower", "log", 0.1, blocking=True, guard=True)
+    assert "\n" not in str(error.value)
+    assert [KpiRule("x", "lower", "log", 0.1, blocking=b, guard=g).tier for b, g in
+            ((True, False), (False, True), (False, False))] == ["blocking", "guard", "informational"]
+
+
+def test_failable_regression_is_the_margin_plus_what_80_percent_power_detects():
+    """At 5 seeds a one-sided t-test at alpha 0.05 detects 1.3594 per-seed sds with 80% power (statsmodels), so a
+    guard with a 10% margin and a per-seed sd of 0.1 (log ratio) FAILs with 80% power from log(1.1) + 0.13594:
+    a ratio of 1.1 x exp(0.13594) = 1.2602, +26.0%."""
+    failable = failable_regression(0.1, 5, math.log(1.1), 0.05)
+    assert failable == pytest.approx(math.log(1.1) + 0.1 * 1.3594173, abs=1e-6)
+    assert math.exp(failable) == pytest.approx(1.26018, abs=1e-5)
+    # The definition: at that true worsening the regression test (H1: d > margin) rejects with 80% power.
+    noncentrality = (failable - math.log(1.1)) / 0.1 * math.sqrt(5)
+    assert stats.nct.sf(stats.t.isf(0.05, 4), 4, noncentrality) == pytest.approx(0.8, abs=1e-6)
+    assert failable_regression(0.0, 5, 0.1, 0.05) == 0.1  # no spread: any worsening beyond the margin
+    assert failable_regression(0.1, 1, 0.1, 0.05) == math.inf  # one seed: no test
 
 
 def test_inconclusive_recommends_seeds():

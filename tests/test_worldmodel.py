@@ -389,12 +389,12 @@ def test_anti_collapse_options_leave_the_anchors_ids_and_parameters_alone():
 
 
 def test_rotary_code_makes_spatial_attention_scores_depend_on_the_offset_alone():
-    from worldmodel.layers import Attention
+    from worldmodel.layers import Attention, Rotary
 
-    attention = Attention(32, heads=8, rotary_grid=4)
+    attention = Attention(32, heads=8, position=Rotary(grid=4, head_dim=4, heads=8))
     # The same q and k content on every patch: with the rotary code, q_i . k_j depends on j - i only.
     content = torch.randn(1, 1, 1, 96).expand(1, 1, 16, 96)  # [B, T, P, 3E]
-    rotated = rotate(content, attention.rotary)
+    rotated = rotate(content, attention.position.tables)
     q, k = rearrange(rotated[..., :64], "b t p (two h d) -> two (b t) h p d", two=2, h=8)  # [BT, H, P, d]
     scores = q[0] @ k[0].transpose(-1, -2)  # [H, P, P]
     at = lambda x, y: y * 4 + x  # noqa: E731  (patch index of column x, row y)
@@ -499,3 +499,53 @@ def test_checkpoints_from_another_config_or_corrupted_or_pickled_are_refused(tmp
     with pytest.raises(WorldbenchError, match="corrupted or not a plain-tensor worldbench checkpoint") as err:
         stages.load_stage("tokenizer", config, pickled)
     one_line(err)
+
+
+def test_tokenizer_latent_penalty_pulls_saturated_latents_back_and_stays_out_of_the_task_loss() -> None:
+    """The hinge is zero while every pre-quantisation latent is inside [-1, 1] and grows past it; it adds to
+    the training loss only (the val loss is the plain reconstruction) and is off, and out of the ids, by default."""
+    config = tiny_config()
+    frames = torch.rand(2, config.window, 3, config.frame_size, config.frame_size) * 2 - 1  # [B, T, 3, H, W]
+    torch.manual_seed(0)
+    plain = VideoTokenizer(config)
+    config.tokenizer.latent_penalty = 0.5
+    torch.manual_seed(0)
+    penalised = VideoTokenizer(config)
+    recon, _ = penalised(frames)
+    reconstruction = torch.nn.functional.smooth_l1_loss(recon, frames)
+    with torch.no_grad():  # latents inside tanh's live range: no penalty, the same loss as without it
+        penalised.to_latent[1].weight.mul_(1e-3)
+        plain.to_latent[1].weight.mul_(1e-3)
+    loss, extras = penalised.loss(frames)
+    assert float(extras["range_penalty"]) == 0.0
+    assert torch.allclose(loss, plain.loss(frames)[0])
+    with torch.no_grad():  # driven far past +-1: the hinge is (|z| - 1)^2 on average
+        penalised.to_latent[1].bias.fill_(3.0)
+    loss, extras = penalised.loss(frames)
+    pre = penalised.pre_latents(frames)
+    assert float(extras["range_penalty"]) == pytest.approx(float(((pre.abs() - 1).clamp(min=0) ** 2).mean()))
+    assert float(extras["range_penalty"]) > 1.0
+    recon, _ = penalised(frames)
+    assert float(loss) == pytest.approx(float(torch.nn.functional.smooth_l1_loss(recon, frames)
+                                               + 0.5 * extras["range_penalty"]))
+    assert "latent_penalty" not in stages.stage_config_json(tiny_config(), "tokenizer")
+    assert "latent_penalty" in stages.stage_config_json(config, "tokenizer")
+
+
+def test_dynamics_val_masks_come_from_their_own_generator() -> None:
+    """Evaluation draws its masks from a generator seeded the same for every run, so two runs' val losses
+    differ by their models only: the global RNG (the seed's stream) does not reach the masks."""
+    config = tiny_config()
+    torch.manual_seed(0)
+    model = Dynamics(config).eval()
+    codes = torch.randint(config.codebook_size, (4, config.window, config.patches))  # [B, T, P]
+    actions = torch.randint(0, 2, (4, config.window - 1, config.action_dim)).float() * 2 - 1  # [B, T-1, A]
+    losses = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        with torch.no_grad():
+            losses.append(model.loss(codes, actions, generator=torch.Generator().manual_seed(stages.EVAL_MASK_SEED))[0])
+    assert torch.equal(losses[0], losses[1])
+    torch.manual_seed(1)
+    with torch.no_grad():
+        assert not torch.equal(model.loss(codes, actions)[0], model.loss(codes, actions)[0])

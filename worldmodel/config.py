@@ -9,7 +9,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from worldmodel.errors import WorldbenchError
-from worldmodel.layers import position_code_split
+from worldmodel.layers import BlockChoices, position_code_split
 
 STAGES = ("tokenizer", "actions", "dynamics")
 OPT_IN = "opt_in"  # field metadata: a switch that is off by default and omitted from stage ids while off
@@ -47,11 +47,35 @@ class StageConfig:
     # its own: the same model and data with different float rounding, as a harmless refactor or another
     # CPU gives (bench validate's null row). 0 = off.
     init_noise: float = field(default=0.0, metadata={OPT_IN: True})
+    # Component slots (worldmodel/registry.py, `bench list components`), each a registered name, the anchor's by
+    # default and opt-in, so a config that leaves them alone keeps its stage ids and checkpoints.
+    # ffn: the blocks' feed-forward, "swiglu" (dense) or "moe" (Mixture-of-Experts; moe_* are its options).
+    ffn: str = field(default="swiglu", metadata={OPT_IN: True})
+    moe_experts: int = field(default=4, metadata={OPT_IN: True})
+    moe_top_k: int = field(default=2, metadata={OPT_IN: True})
+    moe_balance_weight: float = field(default=0.01, metadata={OPT_IN: True})
+    # optimizer: "adamw" (the anchor) or "muon" (Newton-Schulz orthogonalised updates for the weight matrices).
+    optimizer: str = field(default="adamw", metadata={OPT_IN: True})
+    # position: what the spatial attention knows of where patches are, besides the absolute sin/cos code:
+    # "absolute" (nothing more), "rotary", "alibi". "rotary" is stored as `rotary = true` (the older switch), so a
+    # config written either way has the same stage ids.
+    position: str = field(default="absolute", metadata={OPT_IN: True})
+    # conditioning: how the actions condition the norms of a conditioned stack (LAM decoder, dynamics): "film" or
+    # "adaln_zero". The tokenizer has no conditioning.
+    conditioning: str = field(default="film", metadata={OPT_IN: True})
+
+    def __post_init__(self):
+        if self.position == "rotary":  # the component name for the older switch: one spelling in the stage ids
+            self.position, self.rotary = "absolute", True
 
 
 @dataclass
 class TokenizerConfig(StageConfig):
-    pass
+    # latent_penalty: adds weight x mean(relu(|z| - 1)^2) over the pre-quantisation latents z. FSQ bounds z
+    # with tanh, so a latent dim driven far past +-1 saturates: its gradient vanishes and it stays on one
+    # level for every patch, a dead dim some seeds never leave (docs/variance.md). The hinge pulls such
+    # dims back into tanh's live range and is zero inside it. 0 = off (the anchor).
+    latent_penalty: float = field(default=0.0, metadata={OPT_IN: True})
 
 
 @dataclass
@@ -61,7 +85,7 @@ class ActionsConfig(StageConfig):
     encoder: str = "meanpool_concat"  # a registered `lam_encoder` variant
     variance_floor: float = 0.01  # the latent-variance hinge that keeps actions from collapsing
     variance_weight: float = 100.0
-    # Remedies for latent-action collapse (README "Controllability"). The defaults are
+    # Remedies for latent-action collapse (docs/controllability.md). The defaults are
     # the anchor's recipe; all are opt-in, so a config that leaves them off has the anchor's ids and checkpoints.
     # decoder_context: what the LAM decoder sees of the input frames. "first": frame 0 only, the rest
     # masked (the anchor); "all": frames 0..t, causally, as in Genie, so the action only has to explain
@@ -70,7 +94,7 @@ class ActionsConfig(StageConfig):
     # action_norm: "batch" standardises each transition step's pre-quantisation latents over the
     # batch (running statistics at eval), so every step's 2-level codes split the batch instead of
     # all falling on one side, or encoding only the time step. "whiten" also decorrelates the action
-    # dims, so they cannot both learn the same feature (README "Controllability").
+    # dims, so they cannot both learn the same feature (docs/controllability.md).
     action_norm: str = field(default="none", metadata={OPT_IN: True})
     # moving_weight: the pixels that change between frames t and t+1 weigh 1 + moving_weight in the
     # reconstruction the LAM trains on (its val_loss stays the plain mean), so the few pixels an action
@@ -96,6 +120,12 @@ class DynamicsConfig(StageConfig):
     # before conditioning on them ("latent_actions": as inferred; bench validate's planted fault "blind"
     # zeroes them). Opt-in, so the default stays out of the stage ids and checkpoints.
     action_input: str = field(default="latent_actions", metadata={OPT_IN: True})
+    # maskgit_schedule: which masked tokens a MaskGIT round unmasks, and how many: "exponential" (the anchor's,
+    # k = 5, the most confident first), "cosine", "halton". Used by rollouts only; training is the same.
+    maskgit_schedule: str = field(default="exponential", metadata={OPT_IN: True})
+    # action_injection: how the latent actions enter the dynamics transformer: "norm_conditioning" (the anchor's:
+    # they condition every norm) or "prepend_token" (one action token per frame beside the patches, Jasmine's).
+    action_injection: str = field(default="norm_conditioning", metadata={OPT_IN: True})
 
 
 @dataclass
@@ -127,9 +157,12 @@ class WorldModelConfig:
         """Patches along each side of a frame."""
         return self.frame_size // self.patch_size
 
-    def rotary_grid(self, stage: str) -> int | None:
-        """The grid for the stage's rotary code, or None when the stage has it off."""
-        return self.grid if self.stage(stage).rotary else None
+    def block_choices(self, stage: str) -> BlockChoices:
+        """The components of the stage's ST-transformers, as its config names them."""
+        section = self.stage(stage)
+        return BlockChoices(ffn=section.ffn, experts=section.moe_experts, top_k=section.moe_top_k,
+                            balance_weight=section.moe_balance_weight, conditioning=section.conditioning,
+                            position="rotary" if section.rotary else section.position, grid=self.grid)
 
     @property
     def patches(self) -> int:
@@ -222,9 +255,25 @@ class WorldModelConfig:
                 position_code_split(stage.embed_dim)
             except WorldbenchError as err:
                 raise WorldbenchError(f"{name}.{err}") from None
+            check_components(name, stage)
             if stage.checkpoint_every % stage.log_every:
                 raise WorldbenchError(
                     f"{name}.checkpoint_every {stage.checkpoint_every} is not a multiple of "
                     f"{name}.log_every {stage.log_every}; checkpoints are written at log points"
                 )
         return self
+
+
+def check_components(name: str, stage: StageConfig) -> None:
+    """The component options' ranges (the names themselves are checked against the registry where it is known)."""
+    if stage.moe_experts < 1 or not 1 <= stage.moe_top_k <= stage.moe_experts:
+        raise WorldbenchError(f"{name}.moe_top_k {stage.moe_top_k} must be between 1 and {name}.moe_experts "
+                              f"{stage.moe_experts} (experts >= 1); e.g. moe_experts = 4, moe_top_k = 2")
+    if not (math.isfinite(stage.moe_balance_weight) and stage.moe_balance_weight >= 0):
+        raise WorldbenchError(f"{name}.moe_balance_weight {stage.moe_balance_weight} must be a finite number >= 0")
+    if stage.rotary and stage.position != "absolute":
+        raise WorldbenchError(f"{name}: rotary = true and position = {stage.position!r} are two position codes; "
+                              f"set position = \"rotary\" (or rotary = false)")
+    if name == "tokenizer" and stage.conditioning != "film":
+        raise WorldbenchError(f"tokenizer.conditioning {stage.conditioning!r}: the tokenizer is not conditioned on "
+                              f"actions; set it on actions or dynamics")

@@ -1,4 +1,10 @@
-"""MaskGIT dynamics: predict masked tokenizer codes from visible ones and the latent actions."""
+"""MaskGIT dynamics: predict masked tokenizer codes from visible ones and the latent actions.
+
+Three component slots are the dynamics' own (worldmodel/registry.py), each taking the WorldModelConfig:
+`action_input` (what it makes of the latent actions), `action_injection` (how they enter the transformer)
+and `maskgit_schedule` (which tokens a decoding round unmasks). The anchor's choices are defined here;
+the others in variants/.
+"""
 from __future__ import annotations
 
 import math
@@ -8,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from worldmodel.config import WorldModelConfig
+from worldmodel.errors import WorldbenchError
 from worldmodel.fsq import FSQ
 from worldmodel.layers import STTransformer, spatial_code
 from worldmodel.registry import lookup, register
@@ -26,6 +33,64 @@ class LatentActions(nn.Module):
         return actions  # [B, T-1, A]
 
 
+# ----------------------------------------------------------------------------- action injection
+#
+# An `action_injection` component takes the patch tokens [B, T, P, E] and the per-frame actions [B, T, A]
+# (action t-1 leads into frame t, frame 0 gets zeros) and returns (the transformer's tokens, its condition or
+# None). `cond_dim` is the condition's width (None: an unconditioned transformer); `strip` drops whatever
+# tokens it added from the transformer's output.
+
+@register("action_injection", "norm_conditioning")
+class NormConditioning(nn.Module):
+    """The anchor's: the action conditions every norm of the dynamics transformer (the `conditioning` slot's)."""
+
+    def __init__(self, config: WorldModelConfig):
+        super().__init__()
+        self.cond_dim = config.action_dim
+
+    def forward(self, tokens: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return tokens, actions  # [B, T, P, E], [B, T, A]
+
+    def strip(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden  # [B, T, P, E]
+
+
+# ----------------------------------------------------------------------------- MaskGIT schedules
+#
+# A `maskgit_schedule` component says, for each decoding round, how many masked tokens to unmask (`counts`)
+# and which (`choose`). Subclasses of ConfidenceSchedule change only `unmasked_fraction`.
+
+@register("maskgit_schedule", "exponential")
+class ConfidenceSchedule:
+    """The anchor's: cumulative unmasked N expm1(k s / S) / expm1(k), k = 5, the most confident tokens first."""
+
+    def __init__(self, config: WorldModelConfig):
+        self.grid = config.grid
+
+    def unmasked_fraction(self, round_index: int, rounds: int) -> float:
+        """Share of the frame's tokens unmasked by the end of round `round_index` of `rounds` (1-based)."""
+        return math.expm1(SCHEDULE_SHARPNESS * round_index / rounds) / math.expm1(SCHEDULE_SHARPNESS)
+
+    def counts(self, rounds: int, positions: int) -> list[int]:
+        """Tokens to unmask in each round but the last, which fills whatever is left (MaskGIT, Chang et al. 2022).
+
+        Each round unmasks at least positions / 16, and the list stops once every position is unmasked.
+        """
+        minimum_per_round, already, counts = math.ceil(positions / 16), 0, []
+        for round_index in range(1, rounds):
+            target = positions * self.unmasked_fraction(round_index, rounds)
+            count = min(max(math.ceil(target) - already, minimum_per_round), positions - already)
+            counts.append(count)
+            already += count
+            if already == positions:
+                break
+        return counts
+
+    def choose(self, confidence: torch.Tensor, already: int, count: int) -> torch.Tensor:
+        """The positions [B, count] to unmask, from confidence [B, P] (-1 where already unmasked)."""
+        return confidence.topk(count, dim=-1).indices
+
+
 class Dynamics(nn.Module):
     def __init__(self, config: WorldModelConfig):
         super().__init__()
@@ -33,12 +98,17 @@ class Dynamics(nn.Module):
         E, L = stage.embed_dim, config.latent_dim
         self.fsq = FSQ(L, config.bins)
         self.action_input = lookup("action_input", stage.action_input)(config)  # no parameters: ids unchanged
+        self.inject = lookup("action_injection", stage.action_injection)(config)
+        if self.inject.cond_dim is None and stage.conditioning != "film":
+            raise WorldbenchError(f"dynamics.conditioning {stage.conditioning!r} conditions nothing with "
+                                  f"action_injection {stage.action_injection!r}; leave conditioning at 'film'")
+        self.schedule = lookup("maskgit_schedule", stage.maskgit_schedule)(config)
         self.masked_frames = stage.masked_frames
         self.mask_latent = nn.Parameter(torch.zeros(L))
         self.from_latent = nn.Linear(L, E)
         self.register_buffer("spatial_code", spatial_code(config.grid, E), persistent=False)
         self.transformer = STTransformer(E, stage.heads, stage.hidden, stage.blocks, config.window,
-                                         cond_dim=config.action_dim, rotary_grid=config.rotary_grid("dynamics"))
+                                         cond_dim=self.inject.cond_dim, choices=config.block_choices("dynamics"))
         self.to_logits = nn.Linear(E, self.fsq.codebook_size)
 
     def hidden(self, latents: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -48,31 +118,35 @@ class Dynamics(nn.Module):
         actions = self.action_input(actions)  # [B, T-1, A]
         # Left-pad with a zero action so action t-1 conditions frame t.
         cond = F.pad(actions, (0, 0, 1, 0))  # [B, T, A]
-        return self.transformer(tokens, cond)
+        tokens, cond = self.inject(tokens, cond)  # [B, T, P (+ its own tokens), E], [B, T, A] or None
+        return self.inject.strip(self.transformer(tokens, cond))  # [B, T, P, E]
 
     @staticmethod
     def training_mask(batch: int, steps: int, patches: int, device: torch.device | str = "cpu",
-                      frames: str = "all") -> torch.Tensor:
+                      frames: str = "all", generator: torch.Generator | None = None) -> torch.Tensor:
         """Mask ratio U[0.5, 1) per batch, Bernoulli per token: a bool mask [B, T, P].
 
         frames "all" (the anchor): every frame is masked so, and one random step per (b, p) is kept
         visible. "last": only the last frame is, and the frames before it stay whole, as the context
         does when a rollout predicts the next frame.
-        Drawn on `device` from that device's global RNG (seeded per stage), so a mask follows from the seed.
+        Drawn on `device` from `generator`, by default that device's global RNG (seeded per stage), so a
+        mask follows from the seed.
         """
-        ratio = 0.5 + 0.5 * torch.rand((), device=device)
+        ratio = 0.5 + 0.5 * torch.rand((), device=device, generator=generator)
         if frames == "last":
             mask = torch.zeros(batch, steps, patches, dtype=torch.bool, device=device)
-            mask[:, -1] = torch.rand(batch, patches, device=device) < ratio
+            mask[:, -1] = torch.rand(batch, patches, device=device, generator=generator) < ratio
             return mask
-        mask = torch.rand(batch, steps, patches, device=device) < ratio  # [B, T, P]
-        keep = torch.randint(steps, (batch, 1, patches), device=device)
+        mask = torch.rand(batch, steps, patches, device=device, generator=generator) < ratio  # [B, T, P]
+        keep = torch.randint(steps, (batch, 1, patches), device=device, generator=generator)
         return mask.scatter(1, keep, False)
 
-    def loss(self, indices: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        # indices [B, T, P] codes, actions [B, T-1, A] quantised latent actions
+    def loss(self, indices: torch.Tensor, actions: torch.Tensor,
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        # indices [B, T, P] codes, actions [B, T-1, A] quantised latent actions; generator: the masks' RNG
         # Extras are detached 0-d tensors: the trainer reads them at log points, not every step.
-        mask = self.training_mask(*indices.shape, device=indices.device, frames=self.masked_frames)
+        mask = self.training_mask(*indices.shape, device=indices.device, frames=self.masked_frames,
+                                  generator=generator)
         hidden = self.hidden(self.fsq.from_indices(indices), actions, mask)
         logits = self.to_logits(hidden[mask])  # only masked positions are scored: [M, V]
         targets = indices[mask]
@@ -93,7 +167,7 @@ class Dynamics(nn.Module):
         codes = torch.zeros(B, P, dtype=torch.long, device=device)
         masked = torch.ones(B, P, dtype=torch.bool, device=device)
         frame_mask = torch.zeros(B, Tc + 1, P, dtype=torch.bool, device=device)
-        minimum_per_round = math.ceil(P / 16)
+        counts = self.schedule.counts(rounds, P)
         already = 0  # positions unmasked so far, the same in every row: counted here, never read off the device
         for round_index in range(1, rounds + 1):
             new_frame = torch.where(masked.unsqueeze(-1), 0.0, self.fsq.from_indices(codes))
@@ -108,10 +182,9 @@ class Dynamics(nn.Module):
                 confidence = probs.gather(-1, sample.unsqueeze(-1)).squeeze(-1)
             if round_index == rounds:
                 return torch.where(masked, sample, codes)  # fill whatever is left
-            target = P * math.expm1(SCHEDULE_SHARPNESS * round_index / rounds) / math.expm1(SCHEDULE_SHARPNESS)
-            count = min(max(math.ceil(target) - already, minimum_per_round), P - already)
+            count = counts[round_index - 1]
             confidence = confidence.masked_fill(~masked, -1.0)
-            chosen = confidence.topk(count, dim=-1).indices  # [B, count]
+            chosen = self.schedule.choose(confidence, already, count)  # [B, count]
             codes.scatter_(1, chosen, sample.gather(1, chosen))
             masked.scatter_(1, chosen, False)
             already += count

@@ -24,29 +24,38 @@ from worldmodel.norms import FiLMNorm, RMSNorm
 
 # ----------------------------------------------------------------------------- attention
 
-def _torch_attention(qkv: torch.Tensor, heads: int, causal: bool, seq_dim: int) -> torch.Tensor:
+def _torch_attention(qkv: torch.Tensor, heads: int, causal: bool, seq_dim: int,
+                     bias: torch.Tensor | None = None) -> torch.Tensor:
     """Reference path: F.scaled_dot_product_attention over axis seq_dim of qkv [..., 3E] -> [..., E]."""
     moved = qkv.movedim(seq_dim, -2)  # [..., S, 3E]
     q, k, v = rearrange(moved.reshape(-1, *moved.shape[-2:]), "n s (three h d) -> three n h s d", three=3, h=heads)
-    y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # [N, h, S, d]
+    if bias is not None and causal:  # SDPA takes a mask or is_causal, not both
+        seq = q.shape[-2]
+        future = torch.ones(seq, seq, dtype=torch.bool, device=q.device).triu(1)
+        bias, causal = bias.masked_fill(future, float("-inf")), False
+    bias = None if bias is None else bias.to(q.dtype)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=causal)  # [N, h, S, d]
     y = rearrange(y, "n h s d -> n s (h d)").reshape(*moved.shape[:-1], -1)
     return y.movedim(-2, seq_dim)
 
 
-def attend(qkv: torch.Tensor, heads: int, causal: bool = False, seq_dim: int = -2) -> torch.Tensor:
+def attend(qkv: torch.Tensor, heads: int, causal: bool = False, seq_dim: int = -2,
+           bias: torch.Tensor | None = None) -> torch.Tensor:
     """Multi-head softmax attention over axis `seq_dim` of qkv [..., 3E] -> [..., E].
 
     qkv's last axis is (three heads d): q, k, v, each heads x d. Every position along the other
     axes (but the last) is an independent sequence; `causal` lets position s see keys <= s.
+    `bias` [heads, S, S] is added to the scores (ALiBi); the native kernel has no such input, so a
+    biased attention always runs the PyTorch path.
     """
     seq_dim = seq_dim % qkv.dim()
     if seq_dim == qkv.dim() - 1:
         raise WorldbenchError("attention cannot run over the channel axis; pass seq_dim < -1")
     if qkv.shape[-1] % (3 * heads):
         raise WorldbenchError(f"qkv width {qkv.shape[-1]} is not 3 x heads x head dim for {heads} heads")
-    if kernels.use_native(qkv):
+    if bias is None and kernels.use_native(qkv):
         return kernels.attention(qkv, heads, causal, seq_dim)
-    return _torch_attention(qkv, heads, causal, seq_dim)
+    return _torch_attention(qkv, heads, causal, seq_dim, bias)
 
 
 # ----------------------------------------------------------------------------- residual + norm

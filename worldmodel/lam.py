@@ -37,7 +37,7 @@ class EncoderTrunk(nn.Module):
         stage = config.actions
         self.embed = PatchEmbed(config.frame_size, config.patch_size, stage.embed_dim)
         self.transformer = STTransformer(stage.embed_dim, stage.heads, stage.hidden, stage.blocks, config.window,
-                                         rotary_grid=config.rotary_grid("actions"))
+                                         choices=config.block_choices("actions"))
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         return self.transformer(self.embed(frames))  # [B, T, P, E]
@@ -150,7 +150,7 @@ class LatentActionModel(nn.Module):
         self.embed = PatchEmbed(config.frame_size, config.patch_size, E)
         self.mask_token = nn.Parameter(torch.zeros(E))
         self.decoder = STTransformer(E, stage.heads, stage.hidden, stage.blocks, config.window, cond_dim=A,
-                                     rotary_grid=config.rotary_grid("actions"))
+                                     choices=config.block_choices("actions"))
         self.to_pixels = nn.Sequential(nn.LayerNorm(E), nn.Linear(E, 3 * config.patch_size**2), nn.Tanh())
 
     def infer_actions(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,7 +1,12 @@
 """Building blocks shared by every stage: position codes, attention, SwiGLU, the ST-transformer.
 
 Token layout everywhere: x is [B, T, P, E] (batch, time, patches per frame, embed).
-Every sub-layer is post-norm, `norm(x + f(x))`, as in the anchor implementation.
+Every sub-layer is post-norm, `norm(x + f(x))`, as in the anchor implementation (a `conditioning`
+component may wire its sub-layers otherwise: AdaLN-Zero is pre-norm).
+
+Three component slots are filled here (worldmodel/registry.py), chosen per stage by `BlockChoices`:
+`ffn` (the anchor's dense `swiglu`), `position` (`absolute`, the anchor's; `rotary`) and, through
+worldmodel/norms.py, `conditioning` (`film`). The other choices live in variants/.
 
 The attention, the residual + norm and the SwiGLU run through worldmodel/fused.py, which picks the
 native CPU kernels (float32 CPU tensors) or plain PyTorch (anything else, or WORLDBENCH_ATTENTION=torch):
@@ -10,6 +15,8 @@ this file is the model, that one the speed path. The norms are in worldmodel/nor
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from einops import rearrange
@@ -18,6 +25,22 @@ from torch import nn
 from worldmodel.errors import WorldbenchError
 from worldmodel.fused import add_norm, attend, swiglu
 from worldmodel.norms import make_norm
+from worldmodel.registry import lookup, register
+
+
+@dataclass(frozen=True)
+class BlockChoices:
+    """The components one ST-transformer is built from, by registered name, with their options.
+
+    Defaults are the anchor's. WorldModelConfig.block_choices(stage) fills it from a stage's config.
+    """
+    ffn: str = "swiglu"  # slot `ffn`: factory (dim, hidden, choices) -> module [..., E] -> [..., E]
+    experts: int = 4  # ffn "moe": experts, each a full SwiGLU
+    top_k: int = 2  # ffn "moe": experts per token
+    balance_weight: float = 0.01  # ffn "moe": weight of the load-balancing loss
+    conditioning: str = "film"  # slot `conditioning`: (dim, cond_dim) -> norm, for conditioned stacks only
+    position: str = "absolute"  # slot `position`: (grid, head_dim, heads) -> module or None, spatial attention
+    grid: int = 0  # patches along a side of a frame (the position codes need it)
 
 
 # ----------------------------------------------------------------------------- position codes
@@ -85,6 +108,28 @@ def rotate(qkv: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
     return torch.cat([rotated.to(qkv.dtype), qkv[..., 2 * width :]], dim=-1)
 
 
+@register("position", "absolute")
+def absolute(grid: int, head_dim: int, heads: int) -> None:
+    """The anchor's: the 2-D sin/cos code added to the patch embeddings, nothing inside the attention."""
+    return None
+
+
+@register("position", "rotary")
+class Rotary(nn.Module):
+    """Absolute code plus a 2-D rotary code in the spatial attention (RoFormer, Su et al. 2021; x and y halves)."""
+
+    def __init__(self, grid: int, head_dim: int, heads: int):
+        super().__init__()
+        self.register_buffer("tables", rotary_tables(grid, head_dim, heads), persistent=False)  # complex [P, E]
+
+    def forward(self, qkv: torch.Tensor) -> tuple[torch.Tensor, None]:
+        # qkv [B, T, S, 3E], S = P patches, after any prepended tokens (an action token), which are not turned
+        tables = self.tables
+        if extra := qkv.shape[-2] - tables.shape[0]:
+            tables = torch.cat([torch.ones_like(tables[:1]).expand(extra, -1), tables])  # [S, E] complex
+        return rotate(qkv, tables), None
+
+
 def time_code(steps: int, embed_dim: int) -> torch.Tensor:
     """1-D code [T, E] occupying the last `time_dim` channels."""
     _, time_dim = position_code_split(embed_dim)
@@ -98,23 +143,23 @@ def time_code(steps: int, embed_dim: int) -> torch.Tensor:
 class Attention(nn.Module):
     """Multi-head self-attention over one axis (default: second-to-last); q/k/v/out projections with biases."""
 
-    def __init__(self, dim: int, heads: int, causal: bool = False, rotary_grid: int | None = None):
+    def __init__(self, dim: int, heads: int, causal: bool = False, position: nn.Module | None = None):
         super().__init__()
         self.heads = heads
         self.causal = causal
         self.qkv = nn.Linear(dim, 3 * dim)  # q, k and v fused: same parameters, one matmul
         self.out = nn.Linear(dim, dim)
-        # Spatial attention only: the 2-D rotary code of a rotary_grid x rotary_grid patch layout.
-        tables = None if rotary_grid is None else rotary_tables(rotary_grid, dim // heads, heads)
-        self.register_buffer("rotary", tables, persistent=False)  # complex [P, E] or None
+        # Spatial attention only: a `position` component, qkv -> (qkv, score bias or None); no parameters.
+        self.position = position
 
     def forward(self, x: torch.Tensor, seq_dim: int = -2) -> torch.Tensor:
         # x [..., S, ..., E]: attention over axis seq_dim, independently at every other position.
         # The attention reads q/k/v straight from the projection's layout: no rearranges.
         qkv = self.qkv(x)  # [..., 3E]
-        if self.rotary is not None:
-            qkv = rotate(qkv, self.rotary)  # x is [B, T, P, E], seq_dim the patch axis
-        return self.out(attend(qkv, self.heads, self.causal, seq_dim))
+        bias = None
+        if self.position is not None:
+            qkv, bias = self.position(qkv)  # x is [B, T, P, E], seq_dim the patch axis; bias [heads, P, P]
+        return self.out(attend(qkv, self.heads, self.causal, seq_dim, bias))
 
 
 class SwiGLU(nn.Module):
@@ -130,41 +175,59 @@ class SwiGLU(nn.Module):
         return swiglu(x, self.value_gate, self.out)  # [..., E]
 
 
+@register("ffn", "swiglu")
+def dense_swiglu(dim: int, hidden: int, choices: BlockChoices) -> SwiGLU:
+    """The anchor's dense SwiGLU feed-forward (Shazeer 2020), inner width floor(2 hidden / 3)."""
+    return SwiGLU(dim, hidden)
+
+
+def sublayer(norm: nn.Module, x: torch.Tensor, f: Callable[[torch.Tensor], torch.Tensor],
+             cond: torch.Tensor | None) -> torch.Tensor:
+    """x after one sub-layer f: the anchor's post-norm norm(x + f(x), cond), unless the norm wires it itself."""
+    if hasattr(norm, "residual"):  # a pre-norm conditioning component (AdaLN-Zero)
+        return norm.residual(x, f, cond)
+    return add_norm(norm, x, f(x), cond)  # [B, T, P, E]
+
+
 class STBlock(nn.Module):
-    """Spatial attention -> causal temporal attention -> SwiGLU, each post-normed."""
+    """Spatial attention -> causal temporal attention -> feed-forward, each post-normed (or as its norm wires it)."""
 
     def __init__(self, dim: int, heads: int, hidden: int, cond_dim: int | None = None,
-                 rotary_grid: int | None = None):
+                 choices: BlockChoices = BlockChoices()):
         super().__init__()
-        self.spatial = Attention(dim, heads, rotary_grid=rotary_grid)
+        position = lookup("position", choices.position)(choices.grid, dim // heads, heads)  # no parameters
+        self.spatial = Attention(dim, heads, position=position)
         self.temporal = Attention(dim, heads, causal=True)
-        self.ffn = SwiGLU(dim, hidden)
-        self.norm_spatial = make_norm(dim, cond_dim)
-        self.norm_temporal = make_norm(dim, cond_dim)
-        self.norm_ffn = make_norm(dim, cond_dim)
+        self.ffn = lookup("ffn", choices.ffn)(dim, hidden, choices)
+        self.norm_spatial = make_norm(dim, cond_dim, choices.conditioning)
+        self.norm_temporal = make_norm(dim, cond_dim, choices.conditioning)
+        self.norm_ffn = make_norm(dim, cond_dim, choices.conditioning)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        # x [B, T, P, E]; cond [B, T, A] or None. Each line is x = norm(x + f(x), cond).
-        x = add_norm(self.norm_spatial, x, self.spatial(x, seq_dim=2), cond)  # over the P patches of a frame
-        x = add_norm(self.norm_temporal, x, self.temporal(x, seq_dim=1), cond)  # causal over T, per patch
-        return add_norm(self.norm_ffn, x, self.ffn(x), cond)  # [B, T, P, E]
+        # x [B, T, P, E]; cond [B, T, A] or None. Each line is x = norm(x + f(x), cond) in the anchor.
+        x = sublayer(self.norm_spatial, x, lambda h: self.spatial(h, seq_dim=2), cond)  # over the P patches of a frame
+        x = sublayer(self.norm_temporal, x, lambda h: self.temporal(h, seq_dim=1), cond)  # causal over T, per patch
+        return sublayer(self.norm_ffn, x, self.ffn, cond)  # [B, T, P, E]
 
 
 class STTransformer(nn.Module):
-    """A stack of ST blocks; adds the 1-D time code at the start. rotary_grid: see rotary_tables."""
+    """A stack of ST blocks; adds the 1-D time code at the start. choices: the blocks' components."""
 
     def __init__(self, dim: int, heads: int, hidden: int, blocks: int, max_steps: int, cond_dim: int | None = None,
-                 rotary_grid: int | None = None):
+                 choices: BlockChoices = BlockChoices()):
         super().__init__()
-        self.blocks = nn.ModuleList(STBlock(dim, heads, hidden, cond_dim, rotary_grid) for _ in range(blocks))
+        self.blocks = nn.ModuleList(STBlock(dim, heads, hidden, cond_dim, choices) for _ in range(blocks))
         self.register_buffer("time_code", time_code(max_steps, dim), persistent=False)  # [T, E]
+        # A pre-norm conditioning leaves the stream un-normed: it brings the final norm the heads expect (DiT's).
+        final = getattr(lookup("conditioning", choices.conditioning), "final_norm", None) if cond_dim else None
+        self.final_norm = None if final is None else final(dim, cond_dim)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         # x [B, T, P, E]
         x = x + self.time_code[: x.shape[1], None, :]
         for block in self.blocks:
             x = block(x, cond)
-        return x
+        return x if self.final_norm is None else self.final_norm(x, cond)
 
 
 class PatchEmbed(nn.Module):

@@ -2,12 +2,17 @@
 
 Both take `(x, cond)`, so a block treats them alike. A block's post-norm `norm(x + f(x), cond)` goes
 through `worldmodel.fused.add_norm`, which runs the add and the norm as one native kernel where it can.
+A conditioned block's norm is a `conditioning` component (the anchor's `film` here; `adaln_zero` in
+variants/adaln_zero.py). One that defines `residual(x, f, cond)` wires its sub-layer itself (pre-norm);
+one that does not is a post-norm, called as `norm(x + f(x), cond)`.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from worldmodel.registry import lookup, register
 
 
 class RMSNorm(nn.Module):
@@ -21,8 +26,9 @@ class RMSNorm(nn.Module):
         return self.norm(x)
 
 
+@register("conditioning", "film")
 class FiLMNorm(nn.Module):
-    """Affine-free layer norm, then x * (1 + gamma) + beta with (gamma, beta) = Linear(SiLU(cond))."""
+    """The anchor's FiLM (Perez et al. 2018): affine-free layer norm, x (1 + gamma) + beta from Linear(SiLU(cond))."""
 
     eps = 1e-5  # F.layer_norm's default
 
@@ -43,5 +49,6 @@ class FiLMNorm(nn.Module):
         return F.layer_norm(x, x.shape[-1:], eps=self.eps) * (1 + gamma) + beta
 
 
-def make_norm(dim: int, cond_dim: int | None) -> nn.Module:
-    return RMSNorm(dim) if cond_dim is None else FiLMNorm(dim, cond_dim)
+def make_norm(dim: int, cond_dim: int | None, conditioning: str = "film") -> nn.Module:
+    """RMSNorm without a condition; else the registered `conditioning` component (dim, cond_dim)."""
+    return RMSNorm(dim) if cond_dim is None else lookup("conditioning", conditioning)(dim, cond_dim)

@@ -1,12 +1,20 @@
 """The component registry: `@register(slot, name)` makes a component choosable from bench.toml.
 
-A slot is a swappable part of the model (`lam_encoder` and `action_input` today; `ffn`, `norm`,
-`mask_schedule`, `optimizer` can join). Components are looked up by name; unknown names fail with the list.
+A slot is a swappable part of the model; each is filled by name from the stage config, and unknown names
+fail with the list. The slots, what a component of each is called with, and where the anchor's lives:
+
+  lam_encoder       (config) -> frames -> latent actions        worldmodel/lam.py        meanpool_concat
+  action_input      (config) -> actions -> actions              worldmodel/dynamics.py   latent_actions
+  action_injection  (config) -> how actions enter the dynamics  worldmodel/dynamics.py   norm_conditioning
+  maskgit_schedule  (config) -> counts and choice per round     worldmodel/dynamics.py   exponential
+  ffn               (dim, hidden, BlockChoices) -> feed-forward worldmodel/layers.py     swiglu
+  position          (grid, head_dim, heads) -> spatial code     worldmodel/layers.py     absolute (and rotary)
+  conditioning      (dim, cond_dim) -> conditioned norm         worldmodel/norms.py      film
+  optimizer         (model, StageConfig) -> optimizer           worldmodel/train.py      adamw
 
 It lives at the bottom of the stack because the model looks its components up here. A component is
-known once the module that registers it has been imported: the anchor's `meanpool_concat` with
-worldmodel/lam.py and its `latent_actions` with worldmodel/dynamics.py, the other built-in ones with
-the `variants` package, a user's with its plugin.
+known once the module that registers it has been imported: the anchor's with the modules above, the
+other built-in ones with the `variants` package, a user's with its plugin.
 """
 from __future__ import annotations
 

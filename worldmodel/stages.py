@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from worldmodel.auxiliary import measurements, reset_measurements
 from worldmodel.config import OPT_IN, STAGES, WorldModelConfig
 from worldmodel.data import VideoWindows
 from worldmodel.dynamics import Dynamics
@@ -123,7 +124,9 @@ def train_and_evaluate(stage: str, model: nn.Module, config: WorldModelConfig, s
     model.eval()
     torch.manual_seed(seed)  # evaluation randomness (dynamics masks) is fixed per seed
     with torch.no_grad():
+        reset_measurements(model)
         metrics = evaluate(model)
+        metrics.update(measurements(model))  # the components' own (an MoE's expert load), over the evaluation
     return StageOutput(result, metrics, count_params(model))
 
 
@@ -222,6 +225,11 @@ def encode_windows(tokenizer: VideoTokenizer, lam: LatentActionModel, windows: V
     return torch.cat(codes), torch.cat(actions)
 
 
+# The val masks come from a generator of their own, the same for every seed and variant: val losses then
+# differ between runs by what the models predict, not by which tokens each run happened to mask.
+EVAL_MASK_SEED = 0
+
+
 def run_dynamics(config: WorldModelConfig, train: VideoWindows, val: VideoWindows, tokenizer: VideoTokenizer,
                  lam: LatentActionModel, checkpoint: Path, seed: int,
                  progress: ProgressHook | None = None, placement: Placement = CPU) -> tuple[Dynamics, StageOutput]:
@@ -240,9 +248,10 @@ def run_dynamics(config: WorldModelConfig, train: VideoWindows, val: VideoWindow
 
     def evaluate(model: Dynamics) -> dict[str, float]:
         losses, accuracies = [], []
+        masks = torch.Generator(placement.torch_device).manual_seed(EVAL_MASK_SEED)
         for which in eval_indices(val, config, "dynamics"):
             val_codes, val_actions = encode_windows(tokenizer, lam, val, which)
-            loss, extras = model.loss(val_codes.long(), val_actions.float())
+            loss, extras = model.loss(val_codes.long(), val_actions.float(), generator=masks)
             losses.append(loss.item())
             accuracies.append(float(extras["token_accuracy"]))
         return {"val_loss": float(np.mean(losses)), "val_token_accuracy": float(np.mean(accuracies))}

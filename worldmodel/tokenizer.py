@@ -16,19 +16,24 @@ class VideoTokenizer(nn.Module):
         stage = config.tokenizer
         E, L = stage.embed_dim, config.latent_dim
         self.patch_size = config.patch_size
+        self.latent_penalty = stage.latent_penalty
         self.fsq = FSQ(L, config.bins)
         self.embed = PatchEmbed(config.frame_size, config.patch_size, E)
         self.encoder = STTransformer(E, stage.heads, stage.hidden, stage.blocks, config.window,
-                                     rotary_grid=config.rotary_grid("tokenizer"))
+                                     choices=config.block_choices("tokenizer"))
         self.to_latent = nn.Sequential(nn.LayerNorm(E), nn.Linear(E, L))
         self.from_latent = nn.Linear(L, E)
         self.decoder = STTransformer(E, stage.heads, stage.hidden, stage.blocks, config.window,
-                                     rotary_grid=config.rotary_grid("tokenizer"))
+                                     choices=config.block_choices("tokenizer"))
         self.to_pixels = nn.Linear(E, 3 * config.patch_size**2)
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         # [B, T, 3, H, W] -> quantised latents [B, T, P, L]
-        return self.fsq.quantize(self.to_latent(self.encoder(self.embed(frames))))
+        return self.fsq.quantize(self.pre_latents(frames))
+
+    def pre_latents(self, frames: torch.Tensor) -> torch.Tensor:
+        # [B, T, 3, H, W] -> latents before quantisation [B, T, P, L]
+        return self.to_latent(self.encoder(self.embed(frames)))
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         # [B, T, P, L] -> frames [B, T, 3, H, W]
@@ -40,6 +45,11 @@ class VideoTokenizer(nn.Module):
         return self.decode(latents), latents
 
     def loss(self, frames: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        recon, _ = self(frames)
-        loss = F.smooth_l1_loss(recon, frames)
-        return loss, {}
+        if not self.latent_penalty:
+            recon, _ = self(frames)
+            return F.smooth_l1_loss(recon, frames), {}
+        pre = self.pre_latents(frames)  # [B, T, P, L]
+        recon = self.decode(self.fsq.quantize(pre))  # [B, T, 3, H, W]
+        range_penalty = F.relu(pre.abs() - 1.0).pow(2).mean()
+        loss = F.smooth_l1_loss(recon, frames) + self.latent_penalty * range_penalty
+        return loss, {"range_penalty": range_penalty.detach()}

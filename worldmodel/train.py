@@ -1,4 +1,9 @@
-"""The stage training loop: AdamW, clipping, logging, atomic checkpoints with full RNG state.
+"""The stage training loop: the optimizer, clipping, logging, atomic checkpoints with full RNG state.
+
+The optimizer is a component of the `optimizer` slot (worldmodel/registry.py): a factory (model,
+StageConfig) -> torch.optim.Optimizer (or anything with its param_groups, zero_grad, step and state
+dicts). The anchor's AdamW is registered here; Muon in variants/muon.py. Loss terms that components
+bring (worldmodel/auxiliary.py) are added to what the step optimises and logged under their own names.
 
 A stage killed at any point resumes from its last checkpoint and produces exactly the losses
 an uninterrupted run would have: model, optimiser, step, curve and both RNG streams (the
@@ -25,9 +30,11 @@ from typing import Callable
 import torch
 from torch import nn
 
+from worldmodel.auxiliary import pop_loss_terms
 from worldmodel.config import StageConfig
 from worldmodel.errors import WorldbenchError
 from worldmodel.files import write_atomic
+from worldmodel.registry import lookup, register
 
 CHECKPOINT_FORMAT = "worldbench-checkpoint-1"
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -164,6 +171,12 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.op
     # foreach: one multi-tensor update, bit-identical to a loop over the ~100 small tensors, which on the CPU
     # (where PyTorch does not pick it by itself) costs a large share of a step at these model sizes.
     return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, foreach=True)
+
+
+@register("optimizer", "adamw")
+def adamw(model: nn.Module, config: StageConfig) -> torch.optim.AdamW:
+    """The anchor's AdamW (Loshchilov & Hutter 2019) on every parameter, the stage's lr and weight decay."""
+    return make_optimizer(model, config.lr, config.weight_decay)
 
 
 def update(model: nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, grad_clip: float) -> None:
@@ -309,7 +322,7 @@ def train_stage(
     if config.init_noise:
         perturb_initial_weights(model, config.init_noise, seed)
     model.to(device)
-    optimizer = make_optimizer(model, config.lr, config.weight_decay)
+    optimizer = lookup("optimizer", config.optimizer)(model, config)
     sampler = torch.Generator().manual_seed(seed)
     average = WeightAverage(model, config.ema) if config.ema else None
     result, step = TrainResult(), 0
@@ -327,8 +340,10 @@ def train_stage(
         batch = tuple(t.to(device, non_blocking=True) for t in sample_batch(sampler))
         with placement.autocast():
             loss, extras = model.loss(*batch)
-        interval.add(step + 1, loss, extras)
-        update(model, optimizer, loss, config.grad_clip)
+        # Component terms (an MoE's load balance) are trained on, and logged beside the model's own loss, not in it.
+        terms = pop_loss_terms(model)
+        interval.add(step + 1, loss, {**extras, **terms})
+        update(model, optimizer, loss + sum(terms.values()) if terms else loss, config.grad_clip)
         if average is not None:
             average.update(model, step)
         step += 1

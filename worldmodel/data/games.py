@@ -93,7 +93,7 @@ def sticky_random_actions(
 # -----------------------------------------------------------------------------
 # sprite_world: an agent on a walled grid plus a distractor that moves on its own
 #
-# Defaults are the controllable design (README "Controllability"): at 16x16 with 4x4 patches a cell is
+# Defaults are the controllable design (docs/controllability.md): at 16x16 with 4x4 patches a cell is
 # one patch, the agent turns to face the way it was told to go (the half of its cell on that side lights
 # up, nothing after a noop), so even a move into a wall shows its action, and the distractor is a
 # spinner that circles inside its own cell, so it moves on every step but never competes with the
@@ -227,7 +227,7 @@ def _check_sprite_options(grid: int, border: bool, walls: int, distractor: str, 
 # -----------------------------------------------------------------------------
 # pong: the player's paddle on the left, a ball with momentum, a tracking opponent
 #
-# Defaults are the controllable design (README "Controllability"): at 16x16 with 4x4 patches the
+# Defaults are the controllable design (docs/controllability.md): at 16x16 with 4x4 patches the
 # player's paddle is a patch wide and moves two pixels per action, and it wraps from one edge of the
 # board to the other, so no push against a wall goes unseen. On the original one-pixel paddle that
 # stopped at the walls the ci profile's LAM found nothing (NMI 0.02 at 16x16).
@@ -392,9 +392,11 @@ def check_game_options(game: str, options: dict) -> None:
 
 
 def check_generation(game: str, n_episodes: int, episode_len: int, frame_size: int, seed: int,
-                     repeat_prob: float, options: dict | None = None) -> None:
+                     repeat_prob: float, options: dict | None = None, noop: bool = True) -> None:
     """One clear line for any argument `generate` cannot use (checked before generating anything)."""
     check_game_options(game, dict(options or {}))
+    if not isinstance(noop, bool):
+        raise WorldbenchError(f"game {game!r}: noop must be true or false, got {noop!r}")
     if n_episodes < 1 or episode_len < 1:
         raise WorldbenchError(
             f"game {game!r}: n_episodes and episode_len must be >= 1, got {n_episodes} and {episode_len}"
@@ -415,15 +417,19 @@ def generate(
     seed: int,
     repeat_prob: float = 0.75,
     options: dict | None = None,
+    noop: bool = True,
 ) -> VideoData:
     """Play n_episodes episodes of episode_len frames each with the sticky-random policy.
+
+    noop: whether the policy plays action 0 (noop); false: it moves on every step (actions 1..n-1).
 
     `options` are the game's own keyword options: the defaulted parameters of its play function
     (sprite_world: grid, border, walls, distractor, facing, wrap; pong: paddle_width, paddle_step, wrap).
     """
     spec = get_game(game)
     options = dict(options or {})
-    check_generation(game, n_episodes, episode_len, frame_size, seed, repeat_prob, options)
+    check_generation(game, n_episodes, episode_len, frame_size, seed, repeat_prob, options, noop)
+    first_action = 0 if noop else 1
 
     all_frames, all_actions = [], []
     for episode in range(n_episodes):
@@ -431,7 +437,8 @@ def generate(
         world_rng, policy_rng = np.random.default_rng(world_seed), np.random.default_rng(policy_seed)
         # the action at the last frame produces nothing, so it is recorded as 0
         actions = np.zeros(episode_len, dtype=np.int64)  # [T]
-        actions[:-1] = sticky_random_actions(policy_rng, episode_len - 1, spec.n_actions, repeat_prob)
+        actions[:-1] = first_action + sticky_random_actions(policy_rng, episode_len - 1,
+                                                            spec.n_actions - first_action, repeat_prob)
         all_frames.append(spec.play(world_rng, actions, frame_size, **options))  # [T, S, S, 3]
         all_actions.append(actions)
 
