@@ -182,6 +182,25 @@ MACROS_TEMPLATE = r"""{%- macro table(t, numeric_from=1, numeric_to=999) -%}
 {% endif %}
 {%- endmacro %}
 {#- compatibility, runs, provenance, the command and the notes that close every report #}
+{%- macro variants_curves_rollouts(variants, curve_figures, rollout_figures, rollouts) -%}
+{{ heading("variants", "Variants") }}
+{% for variant in variants %}
+<p><strong>{{ variant.role }}</strong>: {{ variant.name }}</p>
+{% if variant.description %}<pre>{{ variant.description }}</pre>{% else %}<p class="muted">no description</p>{% endif %}
+{% endfor %}
+
+{{ heading("curves", "Training curves") }}
+{% for fig in curve_figures %}
+{{ figure(fig) }}
+{% else %}<p class="muted">No training curves were recorded.</p>{% endfor %}
+
+{{ heading("rollouts", "Rollouts") }}
+{% for fig in rollout_figures %}
+{{ figure(fig) }}
+{% else %}<p class="muted">No rollout frames or scores were recorded.</p>{% endfor %}
+{{ table(rollouts, 3) }}
+{%- endmacro %}
+
 {%- macro bottom(compat, symbols, run_counts, problem_runs, all_runs, provenance, reproduce_command, notes) -%}
 {{ heading("compat", "Backward compatibility") }}
 {% if compat is none %}<p class="muted">Not checked.</p>
@@ -209,7 +228,7 @@ MACROS_TEMPLATE = r"""{%- macro table(t, numeric_from=1, numeric_to=999) -%}
 """
 
 IMPORTS = """{% extends "page" %}
-{% from "macros" import table, heading, figure, kpi_table, top, bottom %}
+{% from "macros" import table, heading, figure, kpi_table, top, variants_curves_rollouts, bottom %}
 """
 
 # One candidate against the baseline.
@@ -231,22 +250,7 @@ HTML_TEMPLATE = IMPORTS + r"""{% block content %}
 {{ heading("seeds", "Per-seed values") }}
 {% if seeds.rows %}{{ table(seeds) }}{% else %}<p class="muted">No per-seed values.</p>{% endif %}
 
-{{ heading("variants", "Variants") }}
-{% for variant in variants %}
-<p><strong>{{ variant.role }}</strong>: {{ variant.name }}</p>
-{% if variant.description %}<pre>{{ variant.description }}</pre>{% else %}<p class="muted">no description</p>{% endif %}
-{% endfor %}
-
-{{ heading("curves", "Training curves") }}
-{% for fig in curve_figures %}
-{{ figure(fig) }}
-{% else %}<p class="muted">No training curves were recorded.</p>{% endfor %}
-
-{{ heading("rollouts", "Rollouts") }}
-{% for fig in rollout_figures %}
-{{ figure(fig) }}
-{% else %}<p class="muted">No rollout frames or scores were recorded.</p>{% endfor %}
-{{ table(rollouts, 3) }}
+{{ variants_curves_rollouts(variants, curve_figures, rollout_figures, rollouts) }}
 
 {{ heading("speed", "Speed") }}
 {% if speed.rows %}{{ table(speed) }}{% else %}<p class="muted">No speed measurements.</p>{% endif %}
@@ -282,22 +286,7 @@ LEADERBOARD_TEMPLATE = IMPORTS + r"""{% block content %}
 {% endfor %}
 {% else %}<p class="muted">No KPIs were compared.</p>{% endif %}
 
-{{ heading("variants", "Variants") }}
-{% for variant in variants %}
-<p><strong>{{ variant.role }}</strong>: {{ variant.name }}</p>
-{% if variant.description %}<pre>{{ variant.description }}</pre>{% else %}<p class="muted">no description</p>{% endif %}
-{% endfor %}
-
-{{ heading("curves", "Training curves") }}
-{% for fig in curve_figures %}
-{{ figure(fig) }}
-{% else %}<p class="muted">No training curves were recorded.</p>{% endfor %}
-
-{{ heading("rollouts", "Rollouts") }}
-{% for fig in rollout_figures %}
-{{ figure(fig) }}
-{% else %}<p class="muted">No rollout frames or scores were recorded.</p>{% endfor %}
-{{ table(rollouts, 3) }}
+{{ variants_curves_rollouts(variants, curve_figures, rollout_figures, rollouts) }}
 
 {{ heading("speed", "Speed") }}
 {% for candidate in candidates %}{% if candidate.speed.rows %}<h3>{{ candidate.name }}</h3>{{ table(candidate.speed) }}{% endif %}
