@@ -76,6 +76,9 @@ def main() -> int:
         print(f"bench gate exited {finished.returncode}; no leaderboard to read", file=sys.stderr)
         return finished.returncode
     board = json.loads(next(out.glob("*.json")).read_text())
+    if "comparisons" not in board:  # one candidate: its report is the leaderboard's only row
+        board = {"baseline": board["baseline"], "verdict": board["verdict"], "comparisons": [board],
+                 "decided_by": [board["candidate"]] if board["verdict"] != "PASS" else []}
     print(f"{args.profile}/{args.dataset}, baseline {board['baseline']}, verdict {board['verdict']} "
           f"(decided by {', '.join(board['decided_by']) or '-'})\n")
     print(table(board, args.kpis.split(",")))
