@@ -81,7 +81,7 @@ def episode_layout(data: dict) -> VideoData:
     """What a procedural dataset's generated video looks like to windows and splits: its episodes, of
     frames of the model's size that take no memory (one zero pixel, broadcast)."""
     check_generation(data["game"], data["episodes"], data["episode_len"], data["frame_size"], data["seed"],
-                     data["repeat_prob"], data.get("options"), data.get("noop", True))
+                     data["repeat_prob"], data.get("options"), data["noop"])
     count, size = data["episodes"] * data["episode_len"], data["frame_size"]
     frames = np.broadcast_to(np.zeros((1, 1, 1, 3), np.uint8), (count, size, size, 3))  # [N, S, S, 3]
     return VideoData(frames, None, np.arange(data["episodes"], dtype=np.int64) * data["episode_len"])

@@ -104,7 +104,7 @@ def load_dataset(spec: RunSpec, cache: Path) -> VideoData:
     with file_lock(path.with_suffix(".lock")):
         if not path.exists():
             save_hdf5(generate(data["game"], data["episodes"], data["episode_len"], data["frame_size"],
-                               data["seed"], data["repeat_prob"], data.get("options"), data.get("noop", True)), path)
+                               data["seed"], data["repeat_prob"], data.get("options"), data["noop"]), path)
     return load_hdf5(path)
 
 
