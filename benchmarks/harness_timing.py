@@ -32,25 +32,25 @@ def bench_run(results: Path, profile: str, variants: str, seeds: str, jobs: int)
 
 def bare_run(profile: str, variant: str, seed: int) -> float:
     """The same run with no harness: generate data, train the three stages, roll out, in this process."""
+    from harness.matrix import dataset_spec
     from harness.suite import load_suite
+    from harness.worker import generate_procedural
     from worldmodel import stages
-    from worldmodel.data import VideoWindows, generate
+    from worldmodel.data import VideoWindows
     from worldmodel.rollout import evaluate_rollouts, rollout_clips
 
     started = time.perf_counter()
     suite = load_suite(REPO / "bench.toml")
     config = suite.model_config(profile, variant)
-    dataset = suite.dataset(suite.comparison.dataset)
-    sizes = {"episodes": dataset.episodes, "episode_len": dataset.episode_len, **suite.profile(profile).data}
-    data = generate(dataset.game, sizes["episodes"], sizes["episode_len"], config.frame_size, dataset.seed,
-                    dataset.repeat_prob, dataset.options)
-    train, val = (VideoWindows(data, config.window, split, dataset.val_fraction) for split in ("train", "val"))
+    spec = dataset_spec(suite, profile, suite.comparison.dataset, config.frame_size)
+    data = generate_procedural(spec)
+    train, val = (VideoWindows(data, config.window, split, spec["val_fraction"]) for split in ("train", "val"))
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         tokenizer, _ = stages.run_tokenizer(config, train, val, folder / "t.pt", seed)
         lam, _ = stages.run_actions(config, train, val, folder / "a.pt", seed)
         dynamics, _ = stages.run_dynamics(config, train, val, tokenizer, lam, folder / "d.pt", seed)
-        evaluate_rollouts(tokenizer, lam, dynamics, rollout_clips(data, config, dataset.val_fraction), config)
+        evaluate_rollouts(tokenizer, lam, dynamics, rollout_clips(data, config, spec["val_fraction"]), config)
     return time.perf_counter() - started
 
 

@@ -63,7 +63,7 @@ def main() -> int:
     parser.add_argument("--variants", default=",".join(ROADMAP))
     parser.add_argument("--seeds", default="", help="default: the profile's")
     parser.add_argument("--results", default="results/roadmap")
-    parser.add_argument("--kpis", default="actions.majority_accuracy,rollout.action_response,rollout.tf_mse,"
+    parser.add_argument("--kpis", default="actions.majority_accuracy,rollout.tf_action_response,rollout.tf_mse,"
                                           "dynamics.val_loss")
     args = parser.parse_args()
     out = Path(args.results) / f"report-{args.profile}-{args.dataset}"

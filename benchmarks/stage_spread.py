@@ -42,8 +42,9 @@ def build(args: argparse.Namespace, seed: int, noise: float):
     from harness.matrix import dataset_spec
     from harness.schema import set_dotted
     from harness.suite import load_suite
+    from harness.worker import generate_procedural
     from worldmodel.config import WorldModelConfig
-    from worldmodel.data import VideoWindows, generate
+    from worldmodel.data import VideoWindows
 
     suite = load_suite(args.config)
     config = suite.model_config(args.profile, suite.comparison.baseline).to_dict()
@@ -53,8 +54,7 @@ def build(args: argparse.Namespace, seed: int, noise: float):
     config[args.stage]["init_noise"] = noise
     config = WorldModelConfig.from_dict(config)
     spec = dataset_spec(suite, args.profile, args.dataset or suite.comparison.dataset, config.frame_size)
-    data = generate(spec["game"], spec["episodes"], spec["episode_len"], spec["frame_size"], spec["seed"],
-                    spec["repeat_prob"], spec["options"])
+    data = generate_procedural(spec)
     return (config, VideoWindows(data, config.window, "train", spec["val_fraction"]),
             VideoWindows(data, config.window, "val", spec["val_fraction"]))
 

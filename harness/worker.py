@@ -96,6 +96,12 @@ def lock_held_elsewhere(path: Path) -> bool:
 
 # ----------------------------------------------------------------------------- data
 
+def generate_procedural(data: dict) -> VideoData:
+    """A procedural dataset from its spec (harness.matrix.dataset_spec): the one place its fields meet `generate`."""
+    return generate(data["game"], data["episodes"], data["episode_len"], data["frame_size"], data["seed"],
+                    data["repeat_prob"], data.get("options"), data["noop"])
+
+
 def load_dataset(spec: RunSpec, cache: Path) -> VideoData:
     data = spec.data
     if data["kind"] == "hdf5":
@@ -103,8 +109,7 @@ def load_dataset(spec: RunSpec, cache: Path) -> VideoData:
     path = cache / "data" / f"{spec.data_id}.h5"
     with file_lock(path.with_suffix(".lock")):
         if not path.exists():
-            save_hdf5(generate(data["game"], data["episodes"], data["episode_len"], data["frame_size"],
-                               data["seed"], data["repeat_prob"], data.get("options"), data["noop"]), path)
+            save_hdf5(generate_procedural(data), path)
     return load_hdf5(path)
 
 

@@ -571,3 +571,24 @@ def test_editing_a_plugin_module_changes_the_stage_and_run_ids(tmp_path, monkeyp
     after = ids()
     assert after[0] != before[0]
     assert all(after[1][stage] != before[1][stage] for stage in before[1])
+
+
+def test_a_stage_alone_benchmark_trains_on_the_data_a_run_of_the_profile_trains_on(tmp_path):
+    """benchmarks/stage_spread.py measures one stage outside the harness; its data must be the run's (the ci
+    profile's sprite world without noop), or its spreads describe another dataset."""
+    import argparse
+    import importlib.util
+
+    from harness.matrix import plan_runs
+    from harness.worker import load_dataset
+
+    loader = importlib.util.spec_from_file_location("stage_spread", REPO / "benchmarks" / "stage_spread.py")
+    stage_spread = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(stage_spread)
+    args = argparse.Namespace(config=SUITE, profile="ci", dataset="", stage="actions", set=[])
+    _, train, _ = stage_spread.build(args, seed=0, noise=0.0)
+    run = plan_runs(load_suite(SUITE), "ci", "sprite_world", ["meanpool_concat"], [0])[0]
+    data = load_dataset(run, tmp_path)
+    assert np.array_equal(train.data.frames, data.frames) and np.array_equal(train.data.actions, data.actions)
+    transitions = data.actions.reshape(run.data["episodes"], run.data["episode_len"])[:, :-1]  # [episodes, T-1]
+    assert transitions.min() == 1  # no noop: every step moves the agent

@@ -72,8 +72,8 @@ def test_version_json_listings_and_untruncated_names_when_piped(smoke_results, c
     assert re.match(r"worldbench \S+", capsys.readouterr().out)
     assert main(["list", "kpis", "--json"]) == 0
     kpis = json.loads(capsys.readouterr().out)
-    assert {"kpi": "rollout.action_response", "better": "higher", "scale": "log", "margin": 0.5, "blocking": True} \
-        .items() <= next(k for k in kpis if k["kpi"] == "rollout.action_response").items()
+    assert {"kpi": "rollout.tf_action_response", "better": "higher", "scale": "log", "margin": 1 / 3,
+            "blocking": True}.items() <= next(k for k in kpis if k["kpi"] == "rollout.tf_action_response").items()
     assert main(["list", "kpis"]) == 0  # piped (not a terminal): one tab-separated record a line, nothing cut
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split("\t")[0] == "kpi" and "tokenizer.steps_to_target" in [line.split("\t")[0] for line in lines]

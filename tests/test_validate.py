@@ -158,7 +158,7 @@ def test_caught_by_is_the_most_significant_regressed_blocking_or_guard_quality_o
 def test_a_guard_kpi_that_regressed_catches_a_fault():
     """A guard's regression FAILs the merge as a blocking KPI's does, so it is evidence that the fault was caught."""
     guards = [kpi("rollout.tf_mse", "regressed", 0.02), kpi("dynamics.val_loss", "regressed", 0.004),
-              kpi("rollout.action_response", "inconclusive")]
+              kpi("rollout.tf_action_response", "inconclusive")]
     assert all(k.rule.guard for k in guards[:2]) and guards[2].rule.blocking
     comparison = verdict_of(guards)
     row = judge(FAULT, comparison)
@@ -246,11 +246,12 @@ def test_actions_majority_accuracy_blocks_on_a_dataset_with_true_actions(tmp_pat
 
 def test_the_losses_are_guards_and_the_controllability_kpis_block_by_default():
     """Training is chaotic: the losses vary 2-4x between seeds, too much to ever show non-inferiority at the gate's
-    seeds (docs/variance.md), so they guard; majority accuracy and action response block; NMI only informs."""
+    seeds (docs/variance.md), so they guard, as does the autoregressive action response; majority accuracy and the
+    teacher-forced action response block; NMI only informs."""
     losses = [f"{stage}.val_loss" for stage in ("tokenizer", "actions", "dynamics")] + ["rollout.ar_mse",
                                                                                         "rollout.tf_mse"]
     expected = {**dict.fromkeys(losses, "guard"), "actions.majority_accuracy": "blocking",
-                "rollout.action_response": "blocking"}
+                "rollout.action_response": "guard", "rollout.tf_action_response": "blocking"}
     for kpis in (KPIS, load_suite(SUITE).kpis):  # the defaults, and as the project's bench.toml leaves them
         assert {name: rule.tier for name, rule in kpis.items() if rule.can_fail} == expected
         assert kpis["actions.nmi"].tier == "informational" and kpis["actions.majority_accuracy"].margin == 0.05
@@ -298,18 +299,18 @@ def read_rows(results: Path) -> list[dict]:
 
 def test_validate_runs_each_fault_against_the_baseline_and_a_users_fault_joins(tmp_path, monkeypatch, capsys):
     results = tmp_path / "results"
-    # A 24-step smoke model barely follows its actions: its action response is a handful of flipped tokens,
-    # which float rounding alone flips too, so here it guards (FAILs a blind dynamics) rather than blocks.
+    # A 24-step smoke model barely follows its actions: its teacher-forced action response is a handful of flipped
+    # tokens, which float rounding alone flips too, so here it guards (FAILs a blind dynamics) rather than blocks.
     args = ["--profile", "smoke", "--seeds", "0-2", "--results", str(results), "--jobs", "2", "--quiet",
-            "--set", 'kpis."rollout.action_response".blocking=false',
-            "--set", 'kpis."rollout.action_response".guard=true']
+            "--set", 'kpis."rollout.tf_action_response".blocking=false',
+            "--set", 'kpis."rollout.tf_action_response".guard=true']
     code = main(["validate", "--config", SUITE, *args])
     rows = {row["name"]: row for row in read_rows(results)}
     assert list(rows) == [*BUILTIN_FAULTS, "null_rounding", AA_CHECK]
     # The two faults the smoke profile tells apart at three seeds are caught, each by the KPI its damage
     # shows in (adjusted p about 0.001 at the time of writing).
     for name, evidence in (("fault_tokenizer_undertrained", "tokenizer."), ("fault_dynamics_blind",
-                                                                             "rollout.action_response")):
+                                                                             "rollout.")):
         row = rows[name]
         assert (row["observed"], row["ok"]) == ("FAIL", True), row
         assert row["caught_by"].startswith(evidence) and row["p_adjusted"] < 0.05, row

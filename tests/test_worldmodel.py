@@ -16,7 +16,7 @@ from worldmodel.dynamics import Dynamics
 from worldmodel.errors import WorldbenchError
 from worldmodel.fsq import FSQ
 from worldmodel.lam import LatentActionModel, code_entropies
-from worldmodel.rollout import evaluate_rollouts, infer_clip_actions, rollout_clips, to_uint8
+from worldmodel.rollout import evaluate_rollouts, infer_clip_actions, rollout_clips, shuffled_actions, to_uint8
 from worldmodel.tokenizer import VideoTokenizer
 from worldmodel.layers import rotate
 from worldmodel.train import StageDiverged, learning_rate, load_checkpoint, train_stage
@@ -214,7 +214,7 @@ def test_rollouts_score_predicted_frames_and_copy_last(windows):
     assert np.array_equal(result.reconstructions[:, 4:], to_uint8(tokenizer(clips[:, 3:])[0][:, 1:]))
 
 
-def test_action_response_is_zero_exactly_when_the_dynamics_ignores_its_actions(windows):
+def test_action_responses_are_zero_exactly_when_the_dynamics_ignores_its_actions(windows):
     data, _, _ = windows
     config = tiny_config()
     clips = rollout_clips(data, config, 0.25)
@@ -229,8 +229,19 @@ def test_action_response_is_zero_exactly_when_the_dynamics_ignores_its_actions(w
         result = evaluate_rollouts(tokenizer, lam, dynamics, clips, config)
         ar, random = (result.predictions[mode].astype(np.float64) / 255 for mode in ("ar", "random"))
         assert np.isclose(result.kpis["action_response"], ((ar - random) ** 2).mean(), atol=1e-4)  # uint8 rounding
-        responses[blind] = result.kpis["action_response"]
-    assert responses[True] == 0.0 and responses[False] > 1e-4
+        responses[blind] = result.kpis["action_response"], result.kpis["tf_action_response"]
+    assert responses[True] == (0.0, 0.0) and min(responses[False]) > 1e-4
+
+
+def test_shuffled_actions_are_the_same_actions_on_other_clips_and_steps():
+    actions = torch.arange(2 * 6 * 3, dtype=torch.float32).reshape(2, 6, 3)  # [B, N, A], every row distinct
+    shuffled = shuffled_actions(actions)
+    assert shuffled.shape == actions.shape and not torch.equal(shuffled, actions)
+    rows = lambda a: sorted(map(tuple, a.reshape(-1, 3).tolist()))  # noqa: E731
+    assert rows(shuffled) == rows(actions)  # a permutation of whole action vectors
+    assert torch.equal(shuffled_actions(actions), shuffled)  # one fixed permutation: every variant and seed
+    one_code = torch.ones(2, 6, 3)
+    assert torch.equal(shuffled_actions(one_code), one_code)  # a LAM with one code: nothing to respond to
 
 
 def test_moving_psnr_sees_a_small_sprite_that_plain_psnr_hides():

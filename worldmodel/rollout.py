@@ -4,6 +4,7 @@ Modes (each predicts `horizon` frames after `window - 1` ground-truth context fr
   ar         own predictions fed back, actions inferred by the LAM from the ground-truth clip
   tf         teacher-forced: the context is always the ground truth, LAM actions
   random     like ar but with uniformly random latent actions (for Genie's Delta_t PSNR)
+  tf_shuffled  like tf but with the LAM's actions shuffled across clips and steps (for tf_action_response)
   copy_last  repeat the last context frame: the bar any world model must clear
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from einops import rearrange
 
 from worldmodel.config import WorldModelConfig
 from worldmodel.data import VideoData, VideoWindows
@@ -103,6 +105,18 @@ def predict(tokenizer: VideoTokenizer, dynamics: Dynamics, frames: torch.Tensor,
     return torch.stack(predicted, dim=1)
 
 
+def shuffled_actions(actions: torch.Tensor) -> torch.Tensor:
+    """The same latent actions [B, N, A] reassigned to other clips and steps, by one fixed permutation.
+
+    They keep the distribution the dynamics was trained on (no code the LAM never uses), and they are the
+    actions themselves when the LAM has only one code.
+    """
+    generator = torch.Generator().manual_seed(RANDOM_ACTION_SEED)
+    flat = rearrange(actions, "b n a -> (b n) a")  # [B*N, A]
+    order = torch.randperm(flat.shape[0], generator=generator).to(actions.device)  # drawn on the CPU
+    return rearrange(flat[order], "(b n) a -> b n a", b=actions.shape[0])  # [B, N, A]
+
+
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
     # [..., 3, H, W] in [-1, 1] -> uint8 [..., H, W, 3]
     return (to_unit(frames) * 255).round().to(torch.uint8).movedim(-3, -1).cpu().numpy()
@@ -126,6 +140,8 @@ def evaluate_rollouts(tokenizer: VideoTokenizer, lam: LatentActionModel, dynamic
         "random": predict(tokenizer, dynamics, clips, random_actions, context, horizon, False, config),
         "copy_last": clips[:, context - 1 : context].expand(-1, horizon, -1, -1, -1),
     }
+    tf_shuffled = to_unit(predict(tokenizer, dynamics, clips, shuffled_actions(lam_actions), context, horizon, True,
+                                  config))  # [B, horizon, 3, H, W]: scored against tf only, not shown
     truth = to_unit(clips[:, context:])
     unit = {mode: to_unit(frames) for mode, frames in predictions.items()}  # [B, horizon, 3, H, W] in [0, 1]
     scores = {}
@@ -142,6 +158,9 @@ def evaluate_rollouts(tokenizer: VideoTokenizer, lam: LatentActionModel, dynamic
         # How far the rollout moves when the actions change: exactly 0 for a dynamics that ignores them.
         # Unlike delta_psnr it needs no correct actions, so it is steady across seeds where delta_psnr is not.
         "action_response": float(mse_per_frame(unit["ar"], unit["random"]).mean()),
+        # The same question one step at a time from true context, under the LAM's own actions shuffled: no
+        # compounding over the horizon and no action the dynamics never saw, so it varies 4x less across seeds.
+        "tf_action_response": float(mse_per_frame(unit["tf"], tf_shuffled).mean()),
     }
     reconstructions = reconstruct_clips(tokenizer, clips, config.window)  # deterministic: after the sampling
     return RolloutResult(scores, to_uint8(clips), {m: to_uint8(f) for m, f in predictions.items()}, kpis,
