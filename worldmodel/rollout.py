@@ -113,7 +113,7 @@ def shuffled_actions(actions: torch.Tensor) -> torch.Tensor:
     """
     generator = torch.Generator().manual_seed(RANDOM_ACTION_SEED)
     flat = rearrange(actions, "b n a -> (b n) a")  # [B*N, A]
-    order = torch.randperm(flat.shape[0], generator=generator).to(actions.device)  # drawn on the CPU
+    order = torch.randperm(flat.shape[0], generator=generator, device="cpu").to(actions.device)  # drawn on the CPU
     return rearrange(flat[order], "(b n) a -> b n a", b=actions.shape[0])  # [B, N, A]
 
 
