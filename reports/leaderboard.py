@@ -14,10 +14,11 @@ from harness.types import Leaderboard, ReportInput
 from reports import view
 from reports.figures import Figure, plan_figures
 from reports.render import (FILENAMES, HEADLINE_PICTURES, MARKER, MAX_VISIBLE_BYTES, MAX_VISIBLE_LINES,
-                            VISIBLE_NAME_CHARS, VISIBLE_REASON_CHARS, VISIBLE_REASONS, Section, cut_to_fit, details,
-                            drop_optional, environment, html_figures, join_details, jsonable, md_alert, md_compat,
-                            md_figures, md_guards, md_notes, md_pictures, md_provenance, md_reproduce, md_rollouts, md_runs,
-                            md_table, md_variants, md_verdict, page_fields, report_data, warning_lines, with_emoji)
+                            SHARED_MIDDLE_TOC, VISIBLE_NAME_CHARS, VISIBLE_REASON_CHARS, VISIBLE_REASONS, Section,
+                            closing_toc, cut_to_fit, details, drop_optional, environment, forest_toc, html_figures,
+                            join_details, jsonable, md_alert, md_compat, md_figures, md_guards, md_notes, md_pictures,
+                            md_provenance, md_reproduce, md_rollouts, md_runs, md_table, md_variants, md_verdict,
+                            page_fields, report_data, warning_lines, with_emoji)
 from reports.text import comparison_reasons, md_escape, truncate
 
 SCHEMA = "worldbench-leaderboard/1"
@@ -121,12 +122,9 @@ def render_html(board: Leaderboard, pngs: dict[str, bytes] | None = None) -> str
     inline = html_figures(board, pngs)
     forest = inline.pop("forest.png", None)
     notes = view.notes(board)
-    toc = [("verdict", "Verdict"), ("leaderboard", "Leaderboard"), ("arms", "Each arm's IQM")] + (
-        [("forest", "Blocking and guard KPIs against their margins")] if forest else []) + [
-        ("kpis", "KPIs of every candidate"), ("explanations", "Why each KPI got its verdict"), ("variants", "Variants"),
-        ("curves", "Training curves"), ("rollouts", "Rollouts"), ("speed", "Speed"),
-        ("compat", "Backward compatibility"), ("runs", "Runs"), ("provenance", "Provenance"),
-        ("reproduce", "Reproduce")] + ([("notes", "Notes")] if notes else [])
+    toc = [("verdict", "Verdict"), ("leaderboard", "Leaderboard"), ("arms", "Each arm's IQM")] + forest_toc(forest) + [
+        ("kpis", "KPIs of every candidate"), ("explanations", "Why each KPI got its verdict"), *SHARED_MIDDLE_TOC,
+        ("speed", "Speed"), *closing_toc(notes)]
     candidates = [{"name": report.candidate, "verdict": report.comparison.verdict,
                    "decided": report.candidate in board.decided_by,
                    "reasons": comparison_reasons(report.comparison),

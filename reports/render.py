@@ -458,6 +458,20 @@ def html_figures(report: ReportInput | Leaderboard, pngs: dict[str, bytes] | Non
     return {f.filename: inline_figure(f, pngs[f.filename]) for f in figures if f.filename in pngs}
 
 
+# Contents entries of the sections both pages render through the same template macros (reports/template.py).
+SHARED_MIDDLE_TOC = [("variants", "Variants"), ("curves", "Training curves"), ("rollouts", "Rollouts")]
+
+
+def forest_toc(forest: InlineFigure | None) -> list[tuple[str, str]]:
+    return [("forest", "Blocking and guard KPIs against their margins")] if forest else []
+
+
+def closing_toc(notes: list[str]) -> list[tuple[str, str]]:
+    """The `bottom` macro's sections: compatibility, runs, provenance, reproduce, and notes when there are any."""
+    return [("compat", "Backward compatibility"), ("runs", "Runs"), ("provenance", "Provenance"),
+            ("reproduce", "Reproduce")] + ([("notes", "Notes")] if notes else [])
+
+
 def page_fields(report: ReportInput | Leaderboard, inline: dict[str, InlineFigure], notes: list[str]) -> dict:
     """What the report's and the leaderboard's HTML pages both show, from either."""
     return dict(
@@ -480,12 +494,9 @@ def render_html(report: ReportInput, pngs: dict[str, bytes] | None = None) -> st
     inline = html_figures(report, pngs)
     forest = inline.pop("forest.png", None)
     notes = view.notes(report)
-    forest_entry = [("forest", "Blocking and guard KPIs against their margins")] if forest else []
-    toc = [("verdict", "Verdict")] + forest_entry + [
+    toc = [("verdict", "Verdict")] + forest_toc(forest) + [
         ("kpis", "KPIs"), ("explanations", "Why each KPI got its verdict"), ("seeds", "Per-seed values"),
-        ("variants", "Variants"), ("curves", "Training curves"), ("rollouts", "Rollouts"), ("speed", "Speed"),
-        ("compat", "Backward compatibility"), ("runs", "Runs"), ("provenance", "Provenance"),
-        ("reproduce", "Reproduce")] + ([("notes", "Notes")] if notes else [])
+        *SHARED_MIDDLE_TOC, ("speed", "Speed"), *closing_toc(notes)]
     return environment().get_template("report").render(
         **page_fields(report, inline, notes),
         banner=view.banner(report),
