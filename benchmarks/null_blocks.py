@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -24,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     from harness.driver import Execution, execute
-    from harness.gate import Selection, compare_runs
+    from harness.gate import Selection, compare_runs, plan_lineup, require_complete
     from harness.matrix import plan_runs
     from harness.store import Store
     from harness.suite import load_suite
@@ -55,11 +56,15 @@ def main() -> None:
     print(f"{len(specs)} runs of {profile}/{dataset} in {results} ({time.perf_counter() - started:.0f} s)")
 
     store = Store(results)
+    rows_per_block = [{"A/A": Selection(profile, dataset, baseline, baseline, seeds[:n], seeds[n:]),
+                       "null_rounding": Selection(profile, dataset, baseline, "null_rounding", seeds[:n], seeds[:n])}
+                      for seeds in blocks]
+    for rows in rows_per_block:  # run ids hash the source: a code change while this ran leaves unmatched runs
+        for selection in rows.values():
+            require_complete(store, [selection], plan_lineup(suite, [selection])[1], "benchmarks/null_blocks.py")
     verdicts: dict[str, list[str]] = {"A/A": [], "null_rounding": []}
     needed: dict[tuple[str, str], list[int]] = {}
-    for k, seeds in enumerate(blocks):
-        rows = {"A/A": Selection(profile, dataset, baseline, baseline, seeds[:n], seeds[n:]),
-                "null_rounding": Selection(profile, dataset, baseline, "null_rounding", seeds[:n], seeds[:n])}
+    for k, (seeds, rows) in enumerate(zip(blocks, rows_per_block)):
         line = [f"block {k} (seeds {seeds[0]}-{seeds[-1]}):"]
         for name, selection in rows.items():
             comparison = compare_runs(suite, store, selection, suite.comparison.alpha)[0]
@@ -82,4 +87,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from worldmodel.errors import WorldbenchError
+    try:
+        main()
+    except WorldbenchError as error:
+        print(f"null_blocks: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -191,10 +191,13 @@ def set_dotted(values: dict, dotted: str, value: Any) -> None:
 DEFAULT_PROFILES = {"default": Profile("default", "the reference hyperparameters with their default budgets")}
 DEFAULT_DATASETS = {
     # no noop: after one the agent's facing still shows the action before it, a feature as strong as the
-    # action itself that half the LAM's seeds encoded instead (docs/variance.md)
+    # action itself that half the LAM's seeds encoded instead. No obstacles: a move into one showed its
+    # direction by the facing alone, and LAMs grouped such moves of different directions arbitrarily
+    # (docs/variance.md)
     "sprite_world": Dataset("sprite_world", repeat_prob=0.5, noop=False,
-                            description="agent moved by up/down/left/right and facing that way, walls, "
-                            "a distractor moving on its own"),
+                            options={"walls": 0, "spinner_blocks": False},
+                            description="agent moved by up/down/left/right and facing that way on an open "
+                            "torus, a distractor moving on its own"),
     # actions drawn afresh each step: with sticky ones a latent code need only say "moved" and leave
     # the direction to the past frames (docs/controllability.md)
     "pong": Dataset("pong", game="pong", repeat_prob=0.0,

@@ -355,3 +355,25 @@ def test_policy_without_noop_always_moves(game: str) -> None:
 def test_noop_switch_must_be_a_bool() -> None:
     with pytest.raises(WorldbenchError, match="noop must be true or false"):
         generate("sprite_world", n_episodes=1, episode_len=4, frame_size=16, seed=0, noop="no")
+
+
+def test_the_built_in_sprite_world_has_no_obstacles_so_every_move_moves_the_agent() -> None:
+    """The harness's sprite_world (no walls, a spinner the agent walks over, no noop): each transition
+    shows its action as a move of one cell, where the game's defaults block some moves."""
+    from harness.schema import DEFAULT_DATASETS
+
+    size, grid = 16, 4
+    built_in = DEFAULT_DATASETS["sprite_world"]
+    moved_as_told = {}
+    for name, options in (("built-in", built_in.options), ("game defaults", {})):
+        data = generate("sprite_world", n_episodes=12, episode_len=20, frame_size=size, seed=5,
+                        repeat_prob=built_in.repeat_prob, options=options, noop=built_in.noop)
+        hits = []
+        for start in data.episode_starts:
+            for t in range(start, start + 19):
+                agent = sprite_cell(data.frames[t], games.AGENT_COLOUR, size // grid)
+                agent_next = sprite_cell(data.frames[t + 1], games.AGENT_COLOUR, size // grid)
+                d_row, d_col = games.SPRITE_MOVES[int(data.actions[t])]
+                hits.append(agent_next == ((agent[0] + d_row) % grid, (agent[1] + d_col) % grid))
+        moved_as_told[name] = float(np.mean(hits))
+    assert moved_as_told["built-in"] == 1.0 and moved_as_told["game defaults"] < 0.95

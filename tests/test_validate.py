@@ -95,7 +95,7 @@ def test_builtin_faults_are_the_baseline_with_one_thing_broken():
     base = suite.model_config("smoke", suite.comparison.baseline)
     fault = {name: suite.model_config("smoke", name) for name in BUILTIN_FAULTS}
     assert fault["fault_tokenizer_undertrained"].tokenizer.steps == max(1, round(0.05 * base.tokenizer.steps))
-    assert suite.model_config("ci", "fault_tokenizer_undertrained").tokenizer.steps == 45  # 5% of ci's 900
+    assert suite.model_config("ci", "fault_tokenizer_undertrained").tokenizer.steps == 40  # 5% of ci's 800
     assert fault["fault_lam_blind"].actions.encoder == "blind"
     assert fault["fault_dynamics_blind"].dynamics.action_input == "blind"
     assert base.dynamics.action_input == "latent_actions"
@@ -301,9 +301,13 @@ def test_validate_runs_each_fault_against_the_baseline_and_a_users_fault_joins(t
     results = tmp_path / "results"
     # A 24-step smoke model barely follows its actions: its teacher-forced action response is a handful of flipped
     # tokens, which float rounding alone flips too, so here it guards (FAILs a blind dynamics) rather than blocks.
-    args = ["--profile", "smoke", "--seeds", "0-2", "--results", str(results), "--jobs", "2", "--quiet",
-            "--set", 'kpis."rollout.tf_action_response".blocking=false',
-            "--set", 'kpis."rollout.tf_action_response".guard=true']
+    # On the walled sprite world (a wall and a solid spinner, the built-in data before the open torus), where its
+    # dynamics' blindness shows at three seeds; on the open torus 24 steps learn too little of the actions to tell.
+    walled = ['datasets.walled.game="sprite_world"', "datasets.walled.noop=false", "datasets.walled.repeat_prob=0.5",
+              "datasets.walled.options={walls=1}"]
+    args = ["--profile", "smoke", "--dataset", "walled", "--seeds", "0-2", "--results", str(results), "--jobs", "2",
+            "--quiet", "--set", 'kpis."rollout.tf_action_response".blocking=false',
+            "--set", 'kpis."rollout.tf_action_response".guard=true', *[f for item in walled for f in ("--set", item)]]
     code = main(["validate", "--config", SUITE, *args])
     rows = {row["name"]: row for row in read_rows(results)}
     assert list(rows) == [*BUILTIN_FAULTS, "null_rounding", AA_CHECK]

@@ -162,11 +162,12 @@ def _walk(actions: np.ndarray, agent: np.ndarray, blocked: np.ndarray, wrap: boo
 
 def _play_sprite_world(world_rng: np.random.Generator, actions: np.ndarray, frame_size: int, grid: int = 4,
                        border: bool = False, walls: int = 1, distractor: str = "spinner",
-                       facing: bool = True, wrap: bool = True) -> np.ndarray:
+                       facing: bool = True, wrap: bool = True, spinner_blocks: bool = True) -> np.ndarray:
     """Simulate one episode; frame t+1 results from actions[t]. Returns uint8 [T, S, S, 3].
 
     wrap: leaving the board re-enters on the opposite side (a torus, like Pac-Man's tunnels), so only
-    walls block a move; otherwise the board's edge blocks too.
+    walls block a move; otherwise the board's edge blocks too. spinner_blocks: the spinner's cell is
+    an obstacle; otherwise the agent walks over it.
     """
     n_frames = len(actions)
 
@@ -182,7 +183,7 @@ def _play_sprite_world(world_rng: np.random.Generator, actions: np.ndarray, fram
     blocked = wall_cells.copy()  # [grid, grid]: cells the agent cannot enter
     if distractor == "spinner":
         spinner_cell = np.array(picks[walls], dtype=np.int64)
-        blocked[tuple(spinner_cell)] = True  # a machine: the agent walks around it
+        blocked[tuple(spinner_cell)] = spinner_blocks  # a machine: the agent walks around it
     agent = np.array(picks[-1], dtype=np.int64)  # (row, col), never on a wall
 
     # bouncer: moves diagonally, bouncing off the board's edge (inside the border), ignoring walls
@@ -211,7 +212,8 @@ def _play_sprite_world(world_rng: np.random.Generator, actions: np.ndarray, fram
     return _to_uint8(canvas)
 
 
-def _check_sprite_options(grid: int, border: bool, walls: int, distractor: str, facing: bool, wrap: bool) -> None:
+def _check_sprite_options(grid: int, border: bool, walls: int, distractor: str, facing: bool, wrap: bool,
+                          spinner_blocks: bool) -> None:
     inner = grid - 2 if border else grid
     if not isinstance(grid, int) or isinstance(grid, bool) or inner < 2:
         raise WorldbenchError(f"sprite_world option grid={grid!r} leaves no room; use grid >= 2 (>= 4 with border)")
@@ -219,7 +221,7 @@ def _check_sprite_options(grid: int, border: bool, walls: int, distractor: str, 
         raise WorldbenchError(f"sprite_world option distractor={distractor!r}; use one of: {', '.join(DISTRACTORS)}")
     if not isinstance(walls, int) or isinstance(walls, bool) or not 0 <= walls <= inner * inner - 3:
         raise WorldbenchError(f"sprite_world option walls={walls!r}; use 0..{inner * inner - 3} for this grid")
-    for name, value in (("border", border), ("facing", facing), ("wrap", wrap)):
+    for name, value in (("border", border), ("facing", facing), ("wrap", wrap), ("spinner_blocks", spinner_blocks)):
         if not isinstance(value, bool):
             raise WorldbenchError(f"sprite_world option {name}={value!r} must be true or false")
 
@@ -353,7 +355,7 @@ GAMES: dict[str, GameSpec] = {
         description=(
             "4x4-cell torus: a red agent moved one cell per action and facing that way, blocked by "
             "a grey wall and a green spinner that circles inside its own cell; options grid, border, walls, "
-            "distractor (spinner|bouncer|none), facing, wrap"
+            "distractor (spinner|bouncer|none), facing, wrap, spinner_blocks"
         ),
         play=_play_sprite_world,
         check_options=_check_sprite_options,
