@@ -183,7 +183,7 @@ def _play_sprite_world(world_rng: np.random.Generator, actions: np.ndarray, fram
     blocked = wall_cells.copy()  # [grid, grid]: cells the agent cannot enter
     if distractor == "spinner":
         spinner_cell = np.array(picks[walls], dtype=np.int64)
-        blocked[tuple(spinner_cell)] = spinner_blocks  # a machine: the agent walks around it
+        blocked[tuple(spinner_cell)] = spinner_blocks  # a machine the agent walks around, or over when off
     agent = np.array(picks[-1], dtype=np.int64)  # (row, col), never on a wall
 
     # bouncer: moves diagonally, bouncing off the board's edge (inside the border), ignoring walls
