@@ -95,7 +95,7 @@ def test_builtin_faults_are_the_baseline_with_one_thing_broken():
     base = suite.model_config("smoke", suite.comparison.baseline)
     fault = {name: suite.model_config("smoke", name) for name in BUILTIN_FAULTS}
     assert fault["fault_tokenizer_undertrained"].tokenizer.steps == max(1, round(0.05 * base.tokenizer.steps))
-    assert suite.model_config("ci", "fault_tokenizer_undertrained").tokenizer.steps == 40  # 5% of ci's 800
+    assert suite.model_config("ci", "fault_tokenizer_undertrained").tokenizer.steps == 30  # 5% of ci's 600
     assert fault["fault_lam_blind"].actions.encoder == "blind"
     assert fault["fault_dynamics_blind"].dynamics.action_input == "blind"
     assert base.dynamics.action_input == "latent_actions"

@@ -73,8 +73,9 @@ def test_temporal_attention_is_causal():
         assert torch.equal(dynamics.hidden(latents, actions, mask)[:, :3], dynamics.hidden(other, actions, mask)[:, :3])
 
 
-def test_fsq_round_trip_and_straight_through_gradient():
-    fsq = FSQ(dim=5, bins=4)
+@pytest.mark.parametrize("bins", [3, 4])
+def test_fsq_round_trip_and_straight_through_gradient(bins):
+    fsq = FSQ(dim=5, bins=bins)
     indices = torch.arange(fsq.codebook_size)
     codes = fsq.from_indices(indices)
     assert torch.equal(fsq.to_indices(codes), indices)
@@ -88,6 +89,13 @@ def test_fsq_round_trip_and_straight_through_gradient():
     # straight-through: the gradient is that of the smooth part, (1 - tanh^2) * half / half
     expected = 1 - torch.tanh(z.detach()) ** 2
     assert torch.allclose(z.grad, expected)
+
+
+def test_fsq_with_an_odd_level_count_has_a_level_at_zero_that_small_latents_keep():
+    small = torch.tensor([[-0.2, -0.05, 0.0, 0.05, 0.2]])  # [1, L]: latents about 0, as a plain patch's may be
+    assert torch.equal(FSQ(dim=5, bins=3).quantize(small), torch.zeros(1, 5))
+    even = FSQ(dim=5, bins=4).quantize(small)  # even: 0 is a boundary, and the sign picks the level
+    assert torch.allclose(even.abs(), torch.full((1, 5), 1 / 3)) and even[0, 0] < 0 < even[0, 4]
 
 
 UNFILLED = -1  # a code no position can decode to
