@@ -26,7 +26,6 @@ REPO = Path(__file__).resolve().parents[1]
 def main() -> None:
     from harness.driver import Execution, execute
     from harness.gate import Selection, compare_runs, plan_lineup, require_complete
-    from harness.matrix import plan_runs
     from harness.store import Store
     from harness.suite import load_suite
 
@@ -47,18 +46,16 @@ def main() -> None:
     n = args.seeds_per_block or len(suite.default_seeds(profile))
     blocks = [list(range(2 * k * n, (2 * k + 2) * n)) for k in range(args.blocks)]
     results = Path(args.results)
-    specs = []
-    for seeds in blocks:  # a block at a time, so an interrupted call leaves whole blocks behind
-        specs += plan_runs(suite, profile, dataset, [baseline, "null_rounding"], seeds[:n])
-        specs += plan_runs(suite, profile, dataset, [baseline], seeds[n:])
+    rows_per_block = [{"A/A": Selection(profile, dataset, baseline, baseline, seeds[:n], seeds[n:]),
+                       "null_rounding": Selection(profile, dataset, baseline, "null_rounding", seeds[:n], seeds[:n])}
+                      for seeds in blocks]
+    # a block at a time, so an interrupted call leaves whole blocks behind
+    specs = [spec for rows in rows_per_block for spec in plan_lineup(suite, list(rows.values()))[0]]
     started = time.perf_counter()
     execute(suite, specs, Execution(results, args.jobs))
     print(f"{len(specs)} runs of {profile}/{dataset} in {results} ({time.perf_counter() - started:.0f} s)")
 
     store = Store(results)
-    rows_per_block = [{"A/A": Selection(profile, dataset, baseline, baseline, seeds[:n], seeds[n:]),
-                       "null_rounding": Selection(profile, dataset, baseline, "null_rounding", seeds[:n], seeds[:n])}
-                      for seeds in blocks]
     for rows in rows_per_block:  # run ids hash the source: a code change while this ran leaves unmatched runs
         for selection in rows.values():
             require_complete(store, [selection], plan_lineup(suite, [selection])[1], "benchmarks/null_blocks.py")
