@@ -373,13 +373,14 @@ def test_each_maskgit_schedule_unmasks_every_token_by_its_last_step(name, rounds
     context = model.fsq.from_indices(torch.randint(config.codebook_size, (2, 3, config.patches)))
     actions = torch.randn(2, 3, config.action_dim).sign()
     unmasked = []  # per round, the positions of the new frame already unmasked (row 0)
-    hidden = model.hidden
+    tokens = model.tokens
 
-    def spy(latents, actions_, mask):
-        unmasked.append(set((~mask[0, -1]).nonzero().flatten().tolist()))
-        return hidden(latents, actions_, mask)
+    def spy(latents, mask):
+        if mask.shape[1] == 1:  # the new frame (the context goes through once, whole)
+            unmasked.append(set((~mask[0, -1]).nonzero().flatten().tolist()))
+        return tokens(latents, mask)
 
-    model.hidden = spy
+    model.tokens = spy
     # predict_next starts from torch.zeros codes, and 0 is a valid code: start from a sentinel instead, so a
     # position no round fills shows up.
     zeros = torch.zeros
@@ -392,6 +393,42 @@ def test_each_maskgit_schedule_unmasks_every_token_by_its_last_step(name, rounds
     if name == "halton":  # its order, not the model's confidence
         order = halton_order(config.grid)
         assert unmasked == [set(order[: sum(counts[:i])]) for i in range(len(unmasked))]
+
+
+CACHED_DECODING = [("conditioning", "film"), ("conditioning", "adaln_zero"), ("action_injection", "prepend_token"),
+                   ("ffn", "moe"), ("position", "alibi"), ("position", "rotary"), ("maskgit_schedule", "halton")]
+
+
+def uncached(transformer: torch.nn.Module):
+    """STTransformer.extend as if there were no cache: every frame so far through forward, the new ones kept."""
+    def extend(x, cond, past=None):
+        frames = x if past is None else torch.cat([past[0], x], dim=1)
+        conds = cond if past is None or cond is None else torch.cat([past[1], cond], dim=1)
+        return transformer(frames, conds)[:, -x.shape[1]:], (frames, conds)
+    return extend
+
+
+@pytest.mark.parametrize("slot,name", CACHED_DECODING, ids=[f"{s}-{n}" for s, n in CACHED_DECODING])
+def test_maskgit_decoding_from_the_context_cache_equals_running_every_frame_again(slot, name):
+    config = with_component(slot, name)
+    config.dynamics.blocks = 2  # a cache per block, the second fed by the first
+    torch.manual_seed(0)
+    model = Dynamics(config).eval()
+    for parameter in model.parameters():  # away from the zero / near-zero inits, so actions and every block matter
+        parameter.data += 0.3 * torch.randn_like(parameter)
+    frames = torch.randn(3, 4, config.patches, E)  # [B, T, P, E]
+    cond = torch.randn(3, 4, A) if model.inject.cond_dim else None
+    whole = model.transformer(frames, cond)  # [B, T, P, E]
+    first, cache = model.transformer.extend(frames[:, :3], None if cond is None else cond[:, :3])
+    last, _ = model.transformer.extend(frames[:, 3:], None if cond is None else cond[:, 3:], cache)
+    assert torch.allclose(torch.cat([first, last], dim=1), whole, atol=1e-5)
+    assert [qkv.shape for qkv in cache] == [(3, 3, config.patches, 3 * E)] * 2
+
+    context = model.fsq.from_indices(torch.randint(config.codebook_size, (6, 3, config.patches)))  # [B, Tc, P, L]
+    actions = torch.randn(6, 3, A).sign()
+    cached = model.predict_next(context, actions, rounds=4)
+    model.transformer.extend = uncached(model.transformer)
+    assert torch.equal(cached, model.predict_next(context, actions, rounds=4))
 
 
 def test_the_exponential_schedule_keeps_the_anchors_counts_and_halton_spreads_its_positions():

@@ -221,7 +221,7 @@ def test_a_profile_with_a_base_gets_its_model_and_data_under_its_own_keys():
 def test_the_pong_profile_is_the_ci_profile_with_eight_latent_actions():
     suite = load_suite(REPO / "bench.toml")
     ci, pong = suite.model_config("ci", "meanpool_concat").to_dict(), suite.model_config("pong", "meanpool_concat").to_dict()
-    assert {**ci, "n_actions": 8} == pong and ci["n_actions"] == 16
+    assert {**ci, "n_actions": 8} == pong and ci["n_actions"] == 64
     assert suite.profile("pong").data == suite.profile("ci").data
 
 

@@ -113,13 +113,17 @@ class Dynamics(nn.Module):
 
     def hidden(self, latents: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # latents [B, T, P, L], actions [B, T-1, A], mask [B, T, P] bool -> [B, T, P, E]
-        visible = torch.where(mask.unsqueeze(-1), self.mask_latent, latents)
-        tokens = self.from_latent(visible) + self.spatial_code
-        actions = self.action_input(actions)  # [B, T-1, A]
-        # Left-pad with a zero action so action t-1 conditions frame t.
-        cond = F.pad(actions, (0, 0, 1, 0))  # [B, T, A]
-        tokens, cond = self.inject(tokens, cond)  # [B, T, P (+ its own tokens), E], [B, T, A] or None
+        tokens, cond = self.inject(self.tokens(latents, mask), self.frame_actions(actions))
         return self.inject.strip(self.transformer(tokens, cond))  # [B, T, P, E]
+
+    def tokens(self, latents: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # latents [B, T, P, L], mask [B, T, P] bool (True: masked) -> [B, T, P, E]
+        visible = torch.where(mask.unsqueeze(-1), self.mask_latent, latents)
+        return self.from_latent(visible) + self.spatial_code
+
+    def frame_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        # actions [B, T-1, A] -> [B, T, A]: left-padded with a zero action, so action t-1 conditions frame t
+        return F.pad(self.action_input(actions), (0, 0, 1, 0))
 
     @staticmethod
     def training_mask(batch: int, steps: int, patches: int, device: torch.device | str = "cpu",
@@ -166,14 +170,18 @@ class Dynamics(nn.Module):
         device = context.device
         codes = torch.zeros(B, P, dtype=torch.long, device=device)
         masked = torch.ones(B, P, dtype=torch.bool, device=device)
-        frame_mask = torch.zeros(B, Tc + 1, P, dtype=torch.bool, device=device)
         counts = self.schedule.counts(rounds, P)
         already = 0  # positions unmasked so far, the same in every row: counted here, never read off the device
+        # The context runs through the transformer once; each round runs only the new frame against its cache
+        # (the temporal attention is causal, so the context never sees the new frame).
+        cond = self.frame_actions(actions)  # [B, Tc + 1, A]
+        tokens, context_cond = self.inject(self.tokens(context, masked.new_zeros(B, Tc, P)), cond[:, :Tc])
+        _, cache = self.transformer.extend(tokens, context_cond)
         for round_index in range(1, rounds + 1):
-            new_frame = torch.where(masked.unsqueeze(-1), 0.0, self.fsq.from_indices(codes))
-            latents = torch.cat([context, new_frame.unsqueeze(1)], dim=1)  # [B, Tc+1, P, L]
-            frame_mask[:, -1] = masked
-            logits = self.to_logits(self.hidden(latents, actions, frame_mask)[:, -1])  # [B, P, V]
+            new_frame = self.fsq.from_indices(codes).unsqueeze(1)  # [B, 1, P, L]; masked positions: mask_latent
+            tokens, new_cond = self.inject(self.tokens(new_frame, masked.unsqueeze(1)), cond[:, Tc:])
+            hidden, _ = self.transformer.extend(tokens, new_cond, cache)
+            logits = self.to_logits(self.inject.strip(hidden)[:, -1])  # [B, P, V]
             if temperature <= 0:
                 confidence, sample = logits.softmax(-1).max(-1)
             else:

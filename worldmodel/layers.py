@@ -161,6 +161,19 @@ class Attention(nn.Module):
             qkv, bias = self.position(qkv)  # x is [B, T, P, E], seq_dim the patch axis; bias [heads, P, P]
         return self.out(attend(qkv, self.heads, self.causal, seq_dim, bias))
 
+    def extend(self, x: torch.Tensor, past: torch.Tensor, seq_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Causal attention for new positions x after `past`, the qkv of the positions before them along seq_dim:
+        (the output for x's positions [..., E], the qkv of past's and x's positions [..., 3E]).
+
+        Causal and without a position code only (the temporal attention): the earlier positions never see the
+        new ones, so their qkv is the same whether or not the new positions are there.
+        """
+        if not self.causal or self.position is not None:
+            raise WorldbenchError("only a causal attention without a position code can extend cached positions")
+        qkv = torch.cat([past, self.qkv(x)], dim=seq_dim)  # [..., Sp + Sx, ..., 3E]
+        y = attend(qkv, self.heads, True, seq_dim).narrow(seq_dim, past.shape[seq_dim], x.shape[seq_dim])
+        return self.out(y), qkv
+
 
 class SwiGLU(nn.Module):
     """Wo(silu(Wv x) * Wg x) with inner width floor(2 * hidden / 3)."""
@@ -204,9 +217,30 @@ class STBlock(nn.Module):
         self.norm_ffn = make_norm(dim, cond_dim, choices.conditioning)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        # x [B, T, P, E]; cond [B, T, A] or None. Each line is x = norm(x + f(x), cond) in the anchor.
+        # x [B, T, P, E]; cond [B, T, A] or None
+        return self.sublayers(x, cond, lambda h: self.temporal(h, seq_dim=1))
+
+    def extend(self, x: torch.Tensor, cond: torch.Tensor | None,
+               past: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frames x [B, Tx, P, E] after the frames whose temporal qkv is `past` [B, Tp, P, 3E]: (x's output
+        [B, Tx, P, E], the temporal qkv of past's and x's frames [B, Tp + Tx, P, 3E]). cond [B, Tx, A] or None.
+
+        The output equals forward's on all Tp + Tx frames, to float rounding: the temporal attention is causal.
+        """
+        qkv = []
+
+        def temporal(h: torch.Tensor) -> torch.Tensor:
+            out, all_qkv = self.temporal.extend(h, past, seq_dim=1)
+            qkv.append(all_qkv)
+            return out
+
+        return self.sublayers(x, cond, temporal), qkv[0]
+
+    def sublayers(self, x: torch.Tensor, cond: torch.Tensor | None,
+                  temporal: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        # Each line is x = norm(x + f(x), cond) in the anchor.
         x = sublayer(self.norm_spatial, x, lambda h: self.spatial(h, seq_dim=2), cond)  # over the P patches of a frame
-        x = sublayer(self.norm_temporal, x, lambda h: self.temporal(h, seq_dim=1), cond)  # causal over T, per patch
+        x = sublayer(self.norm_temporal, x, temporal, cond)  # causal over T, per patch
         return sublayer(self.norm_ffn, x, self.ffn, cond)  # [B, T, P, E]
 
 
@@ -228,6 +262,24 @@ class STTransformer(nn.Module):
         for block in self.blocks:
             x = block(x, cond)
         return x if self.final_norm is None else self.final_norm(x, cond)
+
+    def extend(self, x: torch.Tensor, cond: torch.Tensor | None,
+               past: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Frames x [B, Tx, P, E] after the frames cached in `past` (each block's temporal qkv [B, Tp, P, 3E];
+        None: no earlier frames): (x's output [B, Tx, P, E], the cache of past's and x's frames).
+
+        Decoding one frame at a time reuses the earlier frames' cache instead of running them again; the output
+        equals forward's on every frame, to float rounding. cond [B, Tx, A] or None: x's frames only.
+        """
+        start = 0 if past is None else past[0].shape[1]
+        if past is None:
+            past = [x.new_zeros(*x.shape[:1], 0, *x.shape[2:-1], 3 * x.shape[-1])] * len(self.blocks)
+        x = x + self.time_code[start : start + x.shape[1], None, :]
+        cache = []
+        for block, block_past in zip(self.blocks, past):
+            x, qkv = block.extend(x, cond, block_past)
+            cache.append(qkv)
+        return (x if self.final_norm is None else self.final_norm(x, cond)), cache
 
 
 class PatchEmbed(nn.Module):
