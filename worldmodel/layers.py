@@ -271,9 +271,9 @@ class STTransformer(nn.Module):
         Decoding one frame at a time reuses the earlier frames' cache instead of running them again; the output
         equals forward's on every frame, to float rounding. cond [B, Tx, A] or None: x's frames only.
         """
-        start = 0 if past is None else past[0].shape[1]
         if past is None:
             past = [x.new_zeros(*x.shape[:1], 0, *x.shape[2:-1], 3 * x.shape[-1])] * len(self.blocks)
+        start = past[0].shape[1]  # frames already cached
         x = x + self.time_code[start : start + x.shape[1], None, :]
         cache = []
         for block, block_past in zip(self.blocks, past):
