@@ -63,8 +63,8 @@ def main() -> int:
     parser.add_argument("--variants", default=",".join(ROADMAP))
     parser.add_argument("--seeds", default="", help="default: the profile's")
     parser.add_argument("--results", default="results/roadmap")
-    parser.add_argument("--kpis", default="actions.majority_accuracy,rollout.tf_action_response,rollout.tf_mse,"
-                                          "dynamics.val_loss")
+    parser.add_argument("--kpis", default="actions.majority_accuracy,rollout.tf_action_response,rollout.ar_mse,"
+                                          "rollout.tf_mse,dynamics.val_loss")
     args = parser.parse_args()
     out = Path(args.results) / f"report-{args.profile}-{args.dataset}"
     command = ["bench", "gate", "--profile", args.profile, "--dataset", args.dataset, "--candidates", args.variants,

@@ -27,7 +27,7 @@ from harness.kpis import every_run_kpi, stage_kpis
 from harness.matrix import RunSpec
 from harness.store import stage_folder
 from harness.types import RunRow
-from worldmodel import stages
+from worldmodel import kernels, stages
 from worldmodel.config import STAGES, WorldModelConfig
 from worldmodel.data import VideoData, VideoWindows, generate, load_hdf5, save_hdf5
 from worldmodel.errors import WorldbenchError
@@ -144,10 +144,14 @@ def cached_stage(stage: str, stage_id: str, cache: Path, config: WorldModelConfi
 
 
 def device_label(device: str) -> str:
-    """The runs table's device column: "cpu", or "cuda (<GPU name>)"."""
+    """The runs table's device column: "cuda (<GPU name>)", or on the CPU the SIMD level PyTorch's own kernels
+    dispatched to and whether the native kernels ran: "cpu (ATen AVX512, native kernels)". Either changes the
+    float rounding, so the same run id on two machines (or with ATEN_CPU_CAPABILITY / WORLDBENCH_ATTENTION
+    set) gives other numbers, and the gate must not tell such runs apart (benchmarks/cross_store.py)."""
     if torch.device(device).type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(torch.device(device))})"
-    return device
+    ops = "native kernels" if kernels.backend() == "native" else "PyTorch ops"
+    return f"{device} (ATen {torch.backends.cpu.get_cpu_capability()}, {ops})"
 
 
 def execute_run(spec: RunSpec, results_root: str, threads: int, executor: str,

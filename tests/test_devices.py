@@ -76,6 +76,19 @@ def test_native_kernels_take_only_float32_cpu_tensors(monkeypatch):
         assert not kernels.use_native(cpu.to(dtype))
 
 
+
+def test_a_run_records_which_kernels_computed_it(monkeypatch):
+    """The SIMD level of PyTorch's kernels and the PyTorch ops instead of the native ones each change the float
+    rounding under the same run id, so the runs table says which computed a run."""
+    from harness.worker import device_label
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    monkeypatch.setenv(kernels.ENV_VAR, "native")
+    assert device_label("cpu") == f"cpu (ATen {capability}, native kernels)"
+    monkeypatch.setenv(kernels.ENV_VAR, "torch")
+    assert device_label("cpu") == f"cpu (ATen {capability}, PyTorch ops)"
+
+
 AUTOCAST_SCRIPT = """
 import sys, torch
 sys.path.insert(0, "tests")

@@ -1,0 +1,90 @@
+"""The same runs recorded twice (another CPU, the PyTorch ops instead of the native kernels, other library
+versions): would the gate tell the two recordings apart, and does each give the same verdict?
+
+    python benchmarks/cross_store.py results/epyc results/xeon           # the gate's default arms and seeds
+    python benchmarks/cross_store.py A B --seeds 0-4 --profile ci
+
+Each store must hold the gate's two arms (`bench gate` with the same profile, dataset and seeds). Prints
+  - each store's own verdict (baseline vs candidate), as `bench gate` computes it;
+  - for each arm, the runs in A against the same seeds' runs in B, paired by seed, judged exactly as the gate
+    judges a change (harness.stats.compare_all, Holm across both arms): the machines' A/A, which must PASS;
+  - what each store's runs recorded about the machine (CPU, device and kernels, library versions).
+Run ids do not name the machine, so two machines' runs of one change have the same ids in their own stores.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MACHINE = ["cpu_model", "device", "torch_version", "numpy_version", "scipy_version", "pandas_version"]
+
+
+def change_text(kpi) -> str:
+    """The change with its interval, on the KPI's scale: +1.2% [-3.0%, +5.1%] or +0.004 [-0.003, +0.012]."""
+    effect = kpi.effect
+    if kpi.rule.scale == "log":
+        return f"{effect.estimate - 1:+.1%} [{effect.ci_low - 1:+.1%}, {effect.ci_high - 1:+.1%}]"
+    return f"{effect.estimate:+.4f} [{effect.ci_low:+.4f}, {effect.ci_high:+.4f}]"
+
+
+def main() -> None:
+    from harness import stats
+    from harness.gate import (Selection, compare_lineup, dataset_has_actions, plan_lineup, recorded_arms,
+                              require_complete, rules_for)
+    from harness.kpis import COMPARE_TIME_KPIS
+    from harness.seeds import parse_seeds
+    from harness.store import Store
+    from harness.suite import load_suite
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stores", nargs=2, metavar="RESULTS", help="two results dirs (A, then B)")
+    parser.add_argument("--config", default=str(REPO / "bench.toml"))
+    parser.add_argument("--profile", default="")
+    parser.add_argument("--dataset", default="")
+    parser.add_argument("--seeds", default="", help="default: the profile's")
+    args = parser.parse_args()
+
+    suite = load_suite(args.config)
+    comparison = suite.comparison
+    profile = args.profile or comparison.profile
+    dataset = args.dataset or comparison.dataset
+    seeds = parse_seeds(args.seeds) if args.seeds else suite.default_seeds(profile)
+    candidate = comparison.candidates[0]
+    selection = Selection(profile, dataset, comparison.baseline, candidate, seeds, seeds)
+    stores = [Store(Path(path)) for path in args.stores]
+
+    recorded = []
+    for path, store in zip(args.stores, stores):
+        require_complete(store, [selection], plan_lineup(suite, [selection])[1], "benchmarks/cross_store.py")
+        own = compare_lineup(suite, store, [selection], comparison.alpha)[0].comparison
+        recorded.append(recorded_arms(suite, store, selection))
+        runs = recorded[-1].runs
+        machine = "; ".join(f"{key} {', '.join(sorted(set(runs[key].astype(str))))}" for key in MACHINE)
+        print(f"{path}: {candidate} vs {comparison.baseline}: {own.verdict}\n  {machine}")
+
+    # across machines no run pair shared the load, so the timing KPIs decide nothing (rules_for)
+    judged_in_a = {rule.name for rule in recorded[0].arms.rules}
+    rules = [rule for rule in rules_for(suite, dataset_has_actions(suite, dataset), timing_paired=False)
+             if rule.name in judged_in_a]
+    arms = [stats.ComparisonArms(rules, getattr(recorded[0].arms, side), getattr(recorded[1].arms, side),
+                                 getattr(recorded[0].arms, f"failures_{side}"),
+                                 getattr(recorded[1].arms, f"failures_{side}"))
+            for side in ("baseline", "candidate")]
+    judged = stats.compare_all(arms, censored_kpis=set(COMPARE_TIME_KPIS), alpha=comparison.alpha)
+    print(f"\nB against A, paired by seed ({len(seeds)} seeds), Holm across both arms:\n")
+    print("| arm | verdict | " + " | ".join(rule.name for rule in rules if rule.can_fail) + " |")
+    print("|---|---|" + "---|" * sum(rule.can_fail for rule in rules))
+    for variant, result in zip((comparison.baseline, candidate), judged):
+        cells = [f"{change_text(kpi)} {kpi.verdict}" for kpi in result.kpis if kpi.rule.can_fail]
+        print(f"| `{variant}` | {result.verdict} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    from worldmodel.errors import WorldbenchError
+    try:
+        main()
+    except WorldbenchError as error:
+        print(f"cross_store: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
