@@ -29,14 +29,12 @@ def change_text(kpi) -> str:
     return f"{effect.estimate:+.4f} [{effect.ci_low:+.4f}, {effect.ci_high:+.4f}]"
 
 
-def main() -> None:
-    from harness import stats
-    from harness.gate import (Selection, compare_lineup, dataset_has_actions, plan_lineup, recorded_arms,
-                              require_complete, rules_for)
-    from harness.kpis import COMPARE_TIME_KPIS
+def main() -> int:
+    from harness.gate import Selection, compare_lineup, compare_recordings, require_recorded
     from harness.seeds import parse_seeds
     from harness.store import Store
     from harness.suite import load_suite
+    from worldmodel.errors import WorldbenchError
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("stores", nargs=2, metavar="RESULTS", help="two results dirs (A, then B)")
@@ -45,46 +43,39 @@ def main() -> None:
     parser.add_argument("--dataset", default="")
     parser.add_argument("--seeds", default="", help="default: the profile's")
     args = parser.parse_args()
+    for path in args.stores:
+        if not (Path(path) / "store").is_dir():
+            parser.error(f"{path} is not a results dir (no store/ in it); pass the --results of a bench gate")
 
-    suite = load_suite(args.config)
-    comparison = suite.comparison
-    profile = args.profile or comparison.profile
-    dataset = args.dataset or comparison.dataset
-    seeds = parse_seeds(args.seeds) if args.seeds else suite.default_seeds(profile)
-    candidate = comparison.candidates[0]
-    selection = Selection(profile, dataset, comparison.baseline, candidate, seeds, seeds)
-    stores = [Store(Path(path)) for path in args.stores]
+    try:
+        suite = load_suite(args.config)
+        comparison = suite.comparison
+        profile = args.profile or comparison.profile
+        dataset = args.dataset or comparison.dataset
+        seeds = parse_seeds(args.seeds) if args.seeds else suite.default_seeds(profile)
+        candidate = comparison.candidates[0]
+        selection = Selection(profile, dataset, comparison.baseline, candidate, seeds, seeds)
+        stores = [Store(Path(path)) for path in args.stores]
+        for path, store in zip(args.stores, stores):
+            require_recorded(suite, store, [selection], Path(path))
+            own, = compare_lineup(suite, store, [selection], comparison.alpha)
+            runs = own.recorded.runs
+            machine = "; ".join(f"{key} {', '.join(sorted(set(runs[key].astype(str))))}" for key in MACHINE)
+            print(f"{path}: {candidate} vs {comparison.baseline}: {own.comparison.verdict}\n  {machine}")
+        judged = compare_recordings(suite, (stores[0], stores[1]), selection, comparison.alpha)
+    except WorldbenchError as error:
+        print(f"cross_store: {error}", file=sys.stderr)
+        return 2
 
-    recorded = []
-    for path, store in zip(args.stores, stores):
-        require_complete(store, [selection], plan_lineup(suite, [selection])[1], "benchmarks/cross_store.py")
-        own = compare_lineup(suite, store, [selection], comparison.alpha)[0].comparison
-        recorded.append(recorded_arms(suite, store, selection))
-        runs = recorded[-1].runs
-        machine = "; ".join(f"{key} {', '.join(sorted(set(runs[key].astype(str))))}" for key in MACHINE)
-        print(f"{path}: {candidate} vs {comparison.baseline}: {own.verdict}\n  {machine}")
-
-    # across machines no run pair shared the load, so the timing KPIs decide nothing (rules_for)
-    judged_in_a = {rule.name for rule in recorded[0].arms.rules}
-    rules = [rule for rule in rules_for(suite, dataset_has_actions(suite, dataset), timing_paired=False)
-             if rule.name in judged_in_a]
-    arms = [stats.ComparisonArms(rules, getattr(recorded[0].arms, side), getattr(recorded[1].arms, side),
-                                 getattr(recorded[0].arms, f"failures_{side}"),
-                                 getattr(recorded[1].arms, f"failures_{side}"))
-            for side in ("baseline", "candidate")]
-    judged = stats.compare_all(arms, censored_kpis=set(COMPARE_TIME_KPIS), alpha=comparison.alpha)
+    rules = [kpi.rule for kpi in judged[0].kpis if kpi.rule.can_fail]
     print(f"\nB against A, paired by seed ({len(seeds)} seeds), Holm across both arms:\n")
-    print("| arm | verdict | " + " | ".join(rule.name for rule in rules if rule.can_fail) + " |")
-    print("|---|---|" + "---|" * sum(rule.can_fail for rule in rules))
+    print("| arm | verdict | " + " | ".join(rule.name for rule in rules) + " |")
+    print("|---|---|" + "---|" * len(rules))
     for variant, result in zip((comparison.baseline, candidate), judged):
         cells = [f"{change_text(kpi)} {kpi.verdict}" for kpi in result.kpis if kpi.rule.can_fail]
         print(f"| `{variant}` | {result.verdict} | " + " | ".join(cells) + " |")
+    return 0
 
 
 if __name__ == "__main__":
-    from worldmodel.errors import WorldbenchError
-    try:
-        main()
-    except WorldbenchError as error:
-        print(f"cross_store: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    sys.exit(main())

@@ -227,6 +227,22 @@ def compare_lineup(suite: Suite, store: Store, selections: list[Selection], alph
     return [Compared(r, comparison) for r, comparison in zip(recorded, comparisons)]
 
 
+def compare_recordings(suite: Suite, stores: tuple[Store, Store], selection: Selection,
+                       alpha: float) -> list[Comparison]:
+    """The same runs recorded in two results dirs (two machines, kernels or library versions: run ids do not name
+    the machine): each arm of `selection` in the second store against the same arm in the first, paired by
+    seed, judged as a change is, with Holm across both arms; one Comparison per arm (baseline, candidate).
+    No pair of runs shared one machine's load, so the timing KPIs decide nothing here."""
+    first, second = (recorded_arms(suite, store, selection) for store in stores)
+    judged_in_first = {rule.name for rule in first.arms.rules}
+    rules = [rule for rule in rules_for(suite, dataset_has_actions(suite, selection.dataset), timing_paired=False)
+             if rule.name in judged_in_first]
+    arms = [stats.ComparisonArms(rules, getattr(first.arms, side), getattr(second.arms, side),
+                                 getattr(first.arms, f"failures_{side}"), getattr(second.arms, f"failures_{side}"))
+            for side in ("baseline", "candidate")]
+    return stats.compare_all(arms, censored_kpis=set(COMPARE_TIME_KPIS), alpha=alpha)
+
+
 def compare_runs(suite: Suite, store: Store, selection: Selection, alpha: float):
     """Statistics for the selected runs: (Comparison, runs with an `arm` column, kpis, curves, notes)."""
     compared = compare_lineup(suite, store, [selection], alpha)[0]

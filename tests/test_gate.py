@@ -148,3 +148,36 @@ def test_a_kpi_neither_arm_measured_is_left_out_unless_it_blocks_or_guards(tmp_p
                                                  guard=tier == "guard")
     comparison, *_ = compare_runs(suite, store, selection, alpha=0.05)
     assert "dynamics.moe_load_cv" in {kpi.name for kpi in comparison.kpis} and comparison.verdict == "INCONCLUSIVE"
+
+
+def test_two_machines_runs_of_one_change_pass_against_each_other_unless_one_machine_is_worse(tmp_path):
+    """compare_recordings: the same runs recorded in two results dirs. Rounding-sized differences PASS for both
+    arms; a machine whose candidate runs lost half their action response FAILs that arm only; the timing KPIs
+    (each machine's own load) decide nothing, even blocking ones, where one machine is twice as slow."""
+    from harness.gate import compare_recordings
+
+    suite = load_suite(SUITE)
+    suite.kpis["dynamics.it_per_s"] = replace(suite.kpis["dynamics.it_per_s"], blocking=True)
+    selection = Selection("smoke", "sprite_world", "meanpool_concat", "windowed_attention", [0, 1, 2, 3, 4],
+                          [0, 1, 2, 3, 4])
+    specs, _ = selection.plan(suite)
+
+    def record(name: str, scale) -> Store:
+        store = Store(tmp_path / name)
+        for spec in specs:
+            kpis = {k: (1 + 0.05 * spec.seed) * scale(spec, k) for k in KPIS if not k.endswith("steps_to_target")}
+            record_fabricated(store, spec, kpis, "ok", loss_scale=1 + 0.05 * spec.seed)
+        return store
+
+    here = record("here", lambda spec, kpi: 1.0)
+    rounding = record("rounding", lambda spec, kpi: 1 + 1e-3 * (-1) ** spec.seed * (1 + spec.seed % 3))
+    slower = record("slower", lambda spec, kpi: 0.5 if kpi.endswith("it_per_s") else 2.0 if kpi.endswith(
+        "wall_s") else 1.0)
+    blunted = record("blunted", lambda spec, kpi: 0.5 if kpi == "rollout.tf_action_response"
+                     and spec.variant == "windowed_attention" else 1.0)
+
+    assert [c.verdict for c in compare_recordings(suite, (here, rounding), selection, 0.05)] == ["PASS", "PASS"]
+    assert [c.verdict for c in compare_recordings(suite, (here, slower), selection, 0.05)] == ["PASS", "PASS"]
+    baseline, candidate = compare_recordings(suite, (here, blunted), selection, 0.05)
+    assert baseline.verdict == "PASS" and candidate.verdict == "FAIL"
+    assert {kpi.name for kpi in candidate.kpis if kpi.verdict == "regressed"} == {"rollout.tf_action_response"}
