@@ -451,26 +451,15 @@ def _analyse_censored(
     all pairwise differences (unpaired), where two censored runs tie.  No CI, no effect
     size and no power analysis: with censoring those would need a survival model.
     """
-    censored_counts = dict(censored_baseline=int(np.isinf(b).sum()), censored_candidate=int(np.isinf(c).sum()))
     if analysis.paired:
-        differences = _censored_differences(c, b, 0.0)
-        return replace(
-            analysis,
-            method="Wilcoxon signed-rank (censored ranked worst)",
-            effect=_median(differences),
-            p=_wilcoxon_p_values(c, b, margin),
-            prob_improvement=prob,
-            **censored_counts,
-        )
-    all_pairs = _censored_differences(c[:, None], b[None, :], 0.0).ravel()
-    return replace(
-        analysis,
-        method="Mann-Whitney U (censored ranked worst)",
-        effect=_median(all_pairs),
-        p=_mann_whitney_p_values(c, b, margin),
-        prob_improvement=prob,
-        **censored_counts,
-    )
+        method, differences, p = ("Wilcoxon signed-rank", _censored_differences(c, b, 0.0),
+                                  _wilcoxon_p_values(c, b, margin))
+    else:
+        method, differences, p = ("Mann-Whitney U", _censored_differences(c[:, None], b[None, :], 0.0).ravel(),
+                                  _mann_whitney_p_values(c, b, margin))
+    return replace(analysis, method=f"{method} (censored ranked worst)", effect=_median(differences), p=p,
+                   prob_improvement=prob, censored_baseline=int(np.isinf(b).sum()),
+                   censored_candidate=int(np.isinf(c).sum()))
 
 
 # --------------------------------------------------------------------------- verdicts

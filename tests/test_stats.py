@@ -466,6 +466,17 @@ def test_censored_candidate_that_never_reaches_target_regresses():
     assert unpaired.verdict == "regressed" and "Mann-Whitney" in unpaired.test.method
 
 
+def test_censored_change_is_the_median_ratio_per_seed_paired_and_over_all_run_pairs_unpaired():
+    """Hand-computed. Paired seeds 0-2: ratios 400/100, 100/200, inf/400 -> 4, 0.5, inf, median 4. Unpaired (the
+    same values on seeds 10-12): all nine ratios 0.25, 0.5, 1, 1, 2, 4, inf, inf, inf, median 2."""
+    steps = KpiRule("steps_to_target", "lower", "log", 0.10)
+    base = by_seed([100, 200, 400])
+    paired = compare_kpi(steps, base, by_seed([400, 100, math.inf]), censored=True)
+    assert paired.effect.estimate == pytest.approx(4.0) and paired.test.method.startswith("Wilcoxon")
+    unpaired = compare_kpi(steps, base, by_seed([400, 100, math.inf], first_seed=10), censored=True)
+    assert unpaired.effect.estimate == pytest.approx(2.0) and unpaired.test.method.startswith("Mann-Whitney")
+
+
 def test_censored_candidate_cannot_pass_with_more_censored_runs():
     steps = KpiRule("steps_to_target", "lower", "log", 0.10)
     base = by_seed(1000 + 10 * np.arange(10))
