@@ -21,19 +21,12 @@ REPO = Path(__file__).resolve().parents[1]
 MACHINE = ["cpu_model", "device", "torch_version", "numpy_version", "scipy_version", "pandas_version"]
 
 
-def change_text(kpi) -> str:
-    """The change with its interval, on the KPI's scale: +1.2% [-3.0%, +5.1%] or +0.004 [-0.003, +0.012]."""
-    effect = kpi.effect
-    if kpi.rule.scale == "log":
-        return f"{effect.estimate - 1:+.1%} [{effect.ci_low - 1:+.1%}, {effect.ci_high - 1:+.1%}]"
-    return f"{effect.estimate:+.4f} [{effect.ci_low:+.4f}, {effect.ci_high:+.4f}]"
-
-
 def main() -> int:
     from harness.gate import Selection, compare_lineup, compare_recordings, require_recorded
     from harness.seeds import parse_seeds
     from harness.store import Store
     from harness.suite import load_suite
+    from reports.text import fmt_estimate
     from worldmodel.errors import WorldbenchError
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -72,7 +65,7 @@ def main() -> int:
     print("| arm | verdict | " + " | ".join(rule.name for rule in rules) + " |")
     print("|---|---|" + "---|" * len(rules))
     for variant, result in zip((comparison.baseline, candidate), judged):
-        cells = [f"{change_text(kpi)} {kpi.verdict}" for kpi in result.kpis if kpi.rule.can_fail]
+        cells = [f"{fmt_estimate(kpi)} {kpi.verdict}" for kpi in result.kpis if kpi.rule.can_fail]
         print(f"| `{variant}` | {result.verdict} | " + " | ".join(cells) + " |")
     return 0
 
