@@ -8,8 +8,9 @@ baseline's first n seeds are compared, exactly as `bench gate` compares, with
   - A/A: the baseline's next n seeds (disjoint, unpaired), and
   - null: the built-in null change `null_rounding` on the same n seeds (paired; initial weights x (1 + 1e-6
     N(0, 1)), float rounding only).
-Both must PASS. Prints each block's verdicts, the PASS rate of each row, and per blocking KPI the seeds each
-comparison needs to show a zero difference non-inferior with 80% power (harness.power), the median over blocks.
+Both must PASS. Prints each block's verdicts (with the guard nearest to holding up the PASS: its p of a regression
+beyond the margin before Holm, which holds it up below alpha), the PASS rate of each row, and per blocking KPI the
+seeds each comparison needs to show a zero difference non-inferior with 80% power (harness.power), the median over blocks.
 Runs are recorded in --results and reused by a second call.
 """
 from __future__ import annotations
@@ -72,6 +73,11 @@ def main() -> None:
                     needed.setdefault((kpi.name, name), []).append(kpi.resolution.seeds_needed)
                 if kpi.rule.blocking and kpi.verdict not in ("non-inferior", "improved", "identical"):
                     unsettled.append(f"{kpi.name} {kpi.verdict}")
+            # How near a guard came to holding up the PASS: its interval beyond the margin is p_regressed < alpha.
+            guards = [kpi for kpi in comparison.kpis if kpi.rule.guard and kpi.test.p_regressed == kpi.test.p_regressed]
+            nearest = min(guards, key=lambda kpi: kpi.test.p_regressed, default=None)
+            if nearest is not None:
+                unsettled.append(f"nearest guard {nearest.name} p {nearest.test.p_regressed:.2f}")
             line.append(f"{name} {comparison.verdict}" + (f" ({', '.join(unsettled)})" if unsettled else ""))
         print(" ".join(line))
     for name, got in verdicts.items():

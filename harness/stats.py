@@ -30,9 +30,14 @@ quantised KPI) carry no evidence either way: they get the verdict "identical", n
 and stay out of the Holm family.
 
 Tiers (harness.types.TIERS): a *blocking* KPI must be non-inferior for a PASS and FAILs the merge when
-regressed; a *guard* KPI only FAILs it when regressed (it cannot hold up a PASS: a KPI that varies too much
-between seeds to ever show non-inferiority at the gate's seeds, which can still catch a large regression);
-an *informational* one decides nothing.
+regressed; a *guard* KPI only FAILs it when regressed (it need not be shown non-inferior for a PASS: a KPI that
+varies too much between seeds to ever show non-inferiority at the gate's seeds, which can still catch a large
+regression); an *informational* one decides nothing.
+
+A PASS never contradicts its own intervals: a guard whose interval lies wholly beyond its margin (its own
+one-sided test rejects "within the margin" at alpha) but which is not regressed after the Holm correction is
+INCONCLUSIVE (Why.BEYOND_MARGIN) and holds up the PASS: evidence of a regression too weak to FAIL the merge,
+too strong to let it through. More seeds settle it either way.
 
 Multiplicity: the "regressed" claims are Holm-adjusted across the blocking and guard KPIs together,
 because a single false "regressed" of either fails the PR.  When several candidates are compared
@@ -479,6 +484,8 @@ def _verdict(analysis: _KpiAnalysis, p_regressed_adjusted: float, alpha: float) 
         # A run that finished but has no value (its evaluation broke) never helps a KPI pass: missing
         # data must not shrink the sample until what is left looks fine.
         return KpiVerdict.INCONCLUSIVE, Why.NO_VALUE
+    if p.regressed < alpha:
+        return KpiVerdict.INCONCLUSIVE, Why.BEYOND_MARGIN
     if analysis.identical:
         return KpiVerdict.IDENTICAL, Why.IDENTICAL
     if p.improved < alpha and censoring_ok:
@@ -513,7 +520,7 @@ def _judge(analysis: _KpiAnalysis, p_regressed_adjusted: float, alpha: float) ->
     rule, p = analysis.rule, analysis.p
     verdict, why = _verdict(analysis, p_regressed_adjusted, alpha)
     seeds_needed = (seeds_to_settle(analysis.effect, analysis.sd_d, rule.analysis_margin, alpha)
-                    if why == Why.UNSETTLED else None)
+                    if why in (Why.UNSETTLED, Why.BEYOND_MARGIN) else None)
     return KpiComparison(
         name=rule.name,
         rule=rule,
@@ -555,13 +562,14 @@ def _merge_verdict(kpis: list[KpiComparison], failures_baseline: int,
     for INCONCLUSIVE the most seeds any unsettled blocking KPI asks for).
 
     FAIL: a blocking or guard KPI regressed, or the candidate failed more often. PASS: every blocking KPI
-    improved, non-inferior or identical, every guard KPI has its data, and no candidate run failed. A guard that
-    is merely unsettled does not hold up a PASS (Comparison.unresolved_guards names it); one without its data
-    does, as a blocking KPI's would: a guard that was not measured guards nothing."""
+    improved, non-inferior or identical, every guard KPI has its data and is not beyond its margin, and no
+    candidate run failed. A guard that is merely unsettled does not hold up a PASS (Comparison.unresolved_guards
+    names it); one without its data does, as a blocking KPI's would (a guard that was not measured guards
+    nothing), and so does one whose interval lies beyond its margin before the Holm correction."""
     blocking_kpis = [k for k in kpis if k.rule.blocking]
     regressed = [k for k in kpis if k.rule.can_fail and k.verdict == KpiVerdict.REGRESSED]
     unsettled = [k for k in kpis if k.rule.can_fail and k.verdict == KpiVerdict.INCONCLUSIVE
-                 and (k.rule.blocking or k.why in _MISSING_DATA)]
+                 and (k.rule.blocking or k.why in _MISSING_DATA or k.why == Why.BEYOND_MARGIN)]
     more_failures = failures_candidate > failures_baseline
 
     reasons = [Reason(Finding.KPI, k.name) for k in regressed]

@@ -80,8 +80,9 @@ ROLES = ("quality", "controllability", "timing", "regulariser", "cost", "data")
 OVERRIDABLE = ("direction", "scale", "margin", "blocking", "guard", "target", "target_epsilon")
 # How a KPI counts in the merge verdict (KpiRule.tier; harness.stats._merge_verdict):
 # blocking: must be shown non-inferior for a PASS, and a confident regression beyond its margin FAILs the merge;
-# guard: cannot hold up a PASS, but a confident regression beyond its margin FAILs the merge (a KPI too noisy
-#   between seeds to ever show non-inferiority at the gate's seeds that can still catch a large regression);
+# guard: need not be shown non-inferior for a PASS, but a confident regression beyond its margin FAILs the merge,
+#   and an interval wholly beyond it that Holm does not confirm holds up the PASS (a KPI too noisy between seeds
+#   to ever show non-inferiority at the gate's seeds that can still catch a large regression);
 # informational: decides nothing.
 TIERS = ("blocking", "guard", "informational")
 
@@ -107,7 +108,7 @@ class KpiRule:
     scale: str  # SCALES
     margin: float  # how much worse is still fine: fraction (log) or absolute amount (linear)
     blocking: bool = True  # TIERS: needed non-inferior for a PASS; FAILs the merge when regressed
-    guard: bool = False  # TIERS: FAILs the merge when regressed, never holds up a PASS
+    guard: bool = False  # TIERS: FAILs the merge when regressed; need not be non-inferior for a PASS
     # steps_to_target KPIs only (harness.gate.add_steps_to_target), from bench.toml:
     target: float | str = "auto"  # absolute loss, or "auto"
     target_epsilon: float = 0.05  # auto target = (1 + eps) * the largest final loss among the baseline's runs
@@ -204,13 +205,15 @@ class Why(StrEnum):
     IMPROVED = "improved"
     NON_INFERIOR = "non-inferior"
     UNSETTLED = "unsettled"  # inconclusive: too few seeds to tell (see recommended_seeds)
+    # inconclusive: its interval lies wholly beyond the margin (raw p_regressed < alpha), but not after Holm
+    BEYOND_MARGIN = "beyond its margin before the Holm correction"
 
 
 class Finding(StrEnum):
     """One line of the explanation of a merge verdict."""
 
     KPI = "kpi"  # the KPI Reason.kpi decided it: a blocking or guard KPI regressed, a blocking one not settled, or
-    # a guard without its data
+    # a guard without its data or beyond its margin before the Holm correction
     MORE_FAILURES = "more failures"  # the candidate failed in more runs than the baseline: FAIL
     CANDIDATE_FAILURES = "candidate failures"  # any candidate failure prevents PASS
     NO_BLOCKING_KPI = "no blocking KPI"

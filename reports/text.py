@@ -194,6 +194,12 @@ def kpi_reason(kpi: KpiComparison) -> str:
                 f"candidate values (need {MIN_SEEDS} each)")
     if kpi.why == Why.REGRESSED:
         return f"{effect}, beyond its margin ({margin}; adjusted p={test.p_regressed_adjusted:.2g})"
+    if kpi.why == Why.BEYOND_MARGIN:
+        reason = (f"{effect}, beyond its margin ({margin}; p={test.p_regressed:.2g}), but not after Holm "
+                  f"(adjusted p={test.p_regressed_adjusted:.2g}): too weak to FAIL, too strong to PASS")
+        if kpi.recommended_seeds is not None and kpi.recommended_seeds < MAX_RECOMMENDED_SEEDS:
+            reason += f"; about {kpi.recommended_seeds} seeds would settle it with {TARGET_POWER:.0%} power"
+        return reason
     if kpi.why == Why.NO_VALUE:
         missing_baseline, missing_candidate = baseline.missing, candidate.missing
         return (f"{effect}; {missing_baseline + missing_candidate} run(s) have no value for this KPI "

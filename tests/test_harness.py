@@ -242,7 +242,7 @@ HDF5_DATASET = '[datasets.mine]\nkind = "hdf5"\npath = "{{tmp}}/{file}"\n'
     ([], "[variants.v]\ncomponents = { lam_encoder = \"nope\" }",
      "variants.v.components.lam_encoder: 'nope' is not allowed; use one of: blind, meanpool_concat"),
     ([], "[kpis.\"rollout.ar_mse\"]\ndirection = \"up\"", "kpis.rollout.ar_mse.direction: 'up' is not allowed"),
-    # a guard KPI FAILs a regression and cannot hold up a PASS; a blocking one must be non-inferior: not both
+    # a guard KPI FAILs a regression and need not be non-inferior; a blocking one must be: not both
     ([], '[kpis."rollout.ar_mse"]\nguard = "yes"', "kpis.rollout.ar_mse.guard: expected true or false, got 'yes'"),
     ([], '[kpis."rollout.ar_mse"]\nblocking = true', "kpis.rollout.ar_mse.guard: blocking and guard are both true; "
                                                     "pick one"),

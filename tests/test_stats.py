@@ -298,6 +298,27 @@ def test_an_unsettled_guard_does_not_hold_up_a_pass_and_the_pass_names_it():
                    {"loss": WITHIN, "guard": NOISY}).verdict == "INCONCLUSIVE"
 
 
+def test_a_guard_beyond_its_margin_before_holm_holds_up_the_pass():
+    """A PASS never contradicts its own intervals: a guard whose 90% interval lies wholly beyond its margin, though
+    not regressed after the Holm correction, is inconclusive and holds up the PASS (more seeds settle it)."""
+    ratios = np.array([1.10, 1.45, 1.20, 1.55, 1.30])  # about +27% on every seed, margin 10%
+    beyond = by_seed(np.array(list(BASE.values())) * ratios)
+    other = dataclasses.replace(GUARD, name="other")
+    result = compare([LOSS, GUARD, other], {"loss": BASE, "guard": BASE, "other": BASE},
+                     {"loss": WITHIN, "guard": beyond, "other": NOISY})
+    loss, guard, _ = result.kpis
+    d = np.log(ratios)
+    p_raw = stats.t.sf((d.mean() - math.log(1.1)) / (d.std(ddof=1) / math.sqrt(5)), 4)  # 0.024 by hand
+    assert guard.test.p_regressed == pytest.approx(p_raw) and p_raw == pytest.approx(0.0240, abs=5e-4)
+    assert guard.effect.ci_low > 1.1 and guard.test.p_regressed_adjusted == pytest.approx(3 * p_raw)  # Holm: 3 tests
+    assert loss.verdict == "non-inferior" and guard.verdict == "inconclusive"
+    assert result.verdict == "INCONCLUSIVE" and result.reasons == [Reason(Finding.KPI, "guard")]
+    assert "beyond its margin (≤ +10.0%; p=0.024), but not after Holm (adjusted p=0.072)" in comparison_reasons(result)[0]
+    assert guard.recommended_seeds is not None
+    # Alone (a family of one) the same guard is regressed and FAILs the merge.
+    assert compare([LOSS, GUARD], {"loss": BASE, "guard": BASE}, {"loss": WITHIN, "guard": beyond}).verdict == "FAIL"
+
+
 @pytest.mark.parametrize("missing", [
     by_seed([1.0, 1.1, float("nan"), 1.05, 1.02]),  # one ok run without a value
     by_seed([float("nan")] * 5),  # none measured
