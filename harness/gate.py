@@ -220,10 +220,12 @@ def recorded_arms(suite: Suite, store: Store, selection: Selection) -> Recorded:
     return Recorded(judged, runs, kpis, curves, notes)
 
 
-def compare_lineup(suite: Suite, store: Store, selections: list[Selection], alpha: float) -> list[Compared]:
+def compare_lineup(suite: Suite, store: Store, selections: list[Selection], alpha: float,
+                   hold_alpha: float | None = None) -> list[Compared]:
     """Statistics for each selection's runs, Holm across every selection's KPIs (harness.stats.compare_all)."""
     recorded = [recorded_arms(suite, store, selection) for selection in selections]
-    comparisons = stats.compare_all([r.arms for r in recorded], censored_kpis=set(COMPARE_TIME_KPIS), alpha=alpha)
+    comparisons = stats.compare_all([r.arms for r in recorded], censored_kpis=set(COMPARE_TIME_KPIS), alpha=alpha,
+                                    hold_alpha=hold_alpha)
     return [Compared(r, comparison) for r, comparison in zip(recorded, comparisons)]
 
 
@@ -317,9 +319,10 @@ def build_report_input(suite: Suite, store: Store, selection: Selection, alpha: 
 
 
 def build_leaderboard(suite: Suite, store: Store, selections: list[Selection], alpha: float,
-                      reproduce: str) -> Leaderboard:
-    """One report of a baseline against each selection's candidate: a leaderboard (one selection: its report)."""
-    lineup = compare_lineup(suite, store, selections, alpha)
+                      reproduce: str, hold_alpha: float | None = None) -> Leaderboard:
+    """One report of a baseline against each selection's candidate: a leaderboard (one selection: its report).
+    `hold_alpha`: see harness.stats.compare (a sequential look's alpha is spent; the hold-up keeps the gate's)."""
+    lineup = compare_lineup(suite, store, selections, alpha, hold_alpha)
     compat = check_baseline_compat(store, selections[0], lineup[0].recorded.runs)  # every selection's baseline arm
     return leaderboard_of([report_input(suite, store, selection, compared, compat, reproduce)
                            for selection, compared in zip(selections, lineup)], reproduce)
@@ -423,7 +426,7 @@ def run_looks(suite: Suite, selections: list[Selection], results: Path, sizes: l
             first.baseline_ref.train(results, first.profile, first.dataset, first.baseline, first.baseline_seeds,
                                      jobs, quiet)
         execute(specs)
-        board = build_leaderboard(suite, Store(results), selections, alphas[look], reproduce(selections))
+        board = build_leaderboard(suite, Store(results), selections, alphas[look], reproduce(selections), alpha)
         if spend_alpha:
             for report in board.reports:
                 report.notes.append(LookNote(look + 1, looks, len(first.baseline_seeds), alphas[look]))

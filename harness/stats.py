@@ -470,7 +470,8 @@ def _analyse_censored(
 # --------------------------------------------------------------------------- verdicts
 
 
-def _verdict(analysis: _KpiAnalysis, p_regressed_adjusted: float, alpha: float) -> tuple[KpiVerdict, Why]:
+def _verdict(analysis: _KpiAnalysis, p_regressed_adjusted: float, alpha: float,
+             hold_alpha: float) -> tuple[KpiVerdict, Why]:
     """The KPI's verdict and the rule that gave it, in the order the rules apply."""
     p = analysis.p
     # A censored KPI can only pass if the candidate misses the target no more often than the baseline.
@@ -484,7 +485,7 @@ def _verdict(analysis: _KpiAnalysis, p_regressed_adjusted: float, alpha: float) 
         # A run that finished but has no value (its evaluation broke) never helps a KPI pass: missing
         # data must not shrink the sample until what is left looks fine.
         return KpiVerdict.INCONCLUSIVE, Why.NO_VALUE
-    if p.regressed < alpha:
+    if p.regressed < hold_alpha:
         return KpiVerdict.INCONCLUSIVE, Why.BEYOND_MARGIN
     if analysis.identical:
         return KpiVerdict.IDENTICAL, Why.IDENTICAL
@@ -516,9 +517,10 @@ def _effect(analysis: _KpiAnalysis, alpha: float) -> Effect:
     )
 
 
-def _judge(analysis: _KpiAnalysis, p_regressed_adjusted: float, alpha: float) -> KpiComparison:
+def _judge(analysis: _KpiAnalysis, p_regressed_adjusted: float, alpha: float,
+           hold_alpha: float | None = None) -> KpiComparison:
     rule, p = analysis.rule, analysis.p
-    verdict, why = _verdict(analysis, p_regressed_adjusted, alpha)
+    verdict, why = _verdict(analysis, p_regressed_adjusted, alpha, alpha if hold_alpha is None else hold_alpha)
     seeds_needed = (seeds_to_settle(analysis.effect, analysis.sd_d, rule.analysis_margin, alpha)
                     if why in (Why.UNSETTLED, Why.BEYOND_MARGIN) else None)
     return KpiComparison(
@@ -672,6 +674,7 @@ def compare(
     failures_candidate: int = 0,
     censored_kpis: set[str] | frozenset[str] = frozenset(),
     alpha: float = 0.05,
+    hold_alpha: float | None = None,
 ) -> Comparison:
     """Decide PASS / FAIL / INCONCLUSIVE for a candidate against the baseline.
 
@@ -679,10 +682,12 @@ def compare(
     together), or the candidate had more failed runs than the baseline.  PASS: every blocking KPI
     improved, non-inferior or identical, no guard KPI lacks data and no candidate run failed.  Otherwise
     INCONCLUSIVE, with the number of seeds that would likely settle it (`_merge_verdict`).  In sequential
-    mode pass the per-look alpha from `alpha_spending`.
+    mode pass the per-look alpha from `alpha_spending` as `alpha` and the gate's own as `hold_alpha`: the level
+    at which a guard beyond its margin before Holm holds up a PASS (default `alpha`), so that an early look,
+    whose spent alpha is small, never lets through a guard that a fixed-seed gate would hold up.
     """
     arms = ComparisonArms(rules, baseline, candidate, failures_baseline, failures_candidate)
-    return compare_all([arms], censored_kpis=censored_kpis, alpha=alpha)[0]
+    return compare_all([arms], censored_kpis=censored_kpis, alpha=alpha, hold_alpha=hold_alpha)[0]
 
 
 def compare_all(
@@ -690,6 +695,7 @@ def compare_all(
     *,
     censored_kpis: set[str] | frozenset[str] = frozenset(),
     alpha: float = 0.05,
+    hold_alpha: float | None = None,
 ) -> list[Comparison]:
     """`compare` for each candidate against the same baseline, with Holm across every candidate's KPIs.
 
@@ -709,7 +715,8 @@ def compare_all(
         flat = [analysis for per_candidate in analyses for analysis in per_candidate]
         adjusted = iter(_holm_within_families([analysis.rule for analysis in flat],
                                               [analysis.p.regressed for analysis in flat]))
-        judged = [[_judge(analysis, next(adjusted), alpha) for analysis in per_candidate] for per_candidate in analyses]
+        judged = [[_judge(analysis, next(adjusted), alpha, hold_alpha) for analysis in per_candidate]
+                  for per_candidate in analyses]
     comparisons = []
     for arms, kpis in zip(candidates, judged):
         verdict, reasons, seeds = _merge_verdict(kpis, arms.failures_baseline, arms.failures_candidate)

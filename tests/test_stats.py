@@ -317,6 +317,12 @@ def test_a_guard_beyond_its_margin_before_holm_holds_up_the_pass():
     assert guard.recommended_seeds is not None
     # Alone (a family of one) the same guard is regressed and FAILs the merge.
     assert compare([LOSS, GUARD], {"loss": BASE, "guard": BASE}, {"loss": WITHIN, "guard": beyond}).verdict == "FAIL"
+    # A sequential look spends a small alpha; the hold-up keeps the gate's own, or an early look would PASS it.
+    look = {"alpha": 0.0056}
+    arms = ([LOSS, GUARD, other], {"loss": BASE, "guard": BASE, "other": BASE},
+            {"loss": WITHIN, "guard": beyond, "other": NOISY})
+    assert compare(*arms, **look).verdict == "PASS"
+    assert compare(*arms, **look, hold_alpha=0.05).verdict == "INCONCLUSIVE"
 
 
 @pytest.mark.parametrize("missing", [
