@@ -115,9 +115,9 @@ def test_sequential_gate_runs_looks_of_5_10_12_with_max_seeds_12(tmp_path, monke
 
     build = gate.build_leaderboard
 
-    def look(suite, store, selections, alpha, reproduce):  # the real report, each look's seeds noted
-        looks.append((list(selections[0].baseline_seeds), list(selections[0].candidate_seeds), alpha))
-        return build(suite, store, selections, alpha, reproduce)
+    def look(suite, store, selections, alpha, reproduce, hold_alpha=None):  # the real report, each look's seeds noted
+        looks.append((list(selections[0].baseline_seeds), list(selections[0].candidate_seeds), alpha, hold_alpha))
+        return build(suite, store, selections, alpha, reproduce, hold_alpha)
 
     monkeypatch.setattr("harness.cli.run_with_progress", train)
     monkeypatch.setattr(gate, "build_leaderboard", look)
@@ -126,12 +126,15 @@ def test_sequential_gate_runs_looks_of_5_10_12_with_max_seeds_12(tmp_path, monke
                  "--candidate", "windowed_attention", "--seeds", "0-4", "--candidate-seeds", "10-14",
                  "--sequential", "--max-seeds", "12", "--results", str(results), "--format", "json", "--quiet"])
     assert code == 3
-    assert [(len(b), len(c)) for b, c, _ in looks] == [(5, 5), (10, 10), (12, 12)]
-    for (b1, c1, _), (b2, c2, _) in zip(looks, looks[1:]):
+    assert [(len(b), len(c)) for b, c, *_ in looks] == [(5, 5), (10, 10), (12, 12)]
+    for (b1, c1, *_), (b2, c2, *_) in zip(looks, looks[1:]):
         assert b2[:len(b1)] == b1 and c2[:len(c1)] == c1  # a later look keeps every seed of the one before
     assert [len(batch) for batch in trained] == [10, 10, 4]  # each look trains its new seeds only
     assert not set(looks[-1][0]) & set(looks[-1][1])  # unpaired arms stay apart
-    assert sum(alpha for *_, alpha in looks) == pytest.approx(load_suite(SUITE).comparison.alpha)
+    gate_alpha = load_suite(SUITE).comparison.alpha
+    assert sum(alpha for _, _, alpha, _ in looks) == pytest.approx(gate_alpha)
+    # a guard beyond its margin holds up a PASS at the gate's alpha at every look, not at the look's spent one
+    assert [hold for *_, hold in looks] == [gate_alpha] * 3
     report = json.loads((results / "report" / "report.json").read_text())
     assert report["verdict"] == "INCONCLUSIVE" and any("look 3 of 3: 12 seeds" in note for note in report["notes"])
     runs = pd.read_parquet(results / "store" / "runs")
