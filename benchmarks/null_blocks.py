@@ -16,6 +16,7 @@ Runs are recorded in --results and reused by a second call.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -74,7 +75,7 @@ def main() -> None:
                 if kpi.rule.blocking and kpi.verdict not in ("non-inferior", "improved", "identical"):
                     unsettled.append(f"{kpi.name} {kpi.verdict}")
             # How near a guard came to holding up the PASS: its interval beyond the margin is p_regressed < alpha.
-            guards = [kpi for kpi in comparison.kpis if kpi.rule.guard and kpi.test.p_regressed == kpi.test.p_regressed]
+            guards = [kpi for kpi in comparison.kpis if kpi.rule.guard and not math.isnan(kpi.test.p_regressed)]
             nearest = min(guards, key=lambda kpi: kpi.test.p_regressed, default=None)
             if nearest is not None:
                 unsettled.append(f"nearest guard {nearest.name} p {nearest.test.p_regressed:.2f}")

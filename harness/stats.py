@@ -517,10 +517,9 @@ def _effect(analysis: _KpiAnalysis, alpha: float) -> Effect:
     )
 
 
-def _judge(analysis: _KpiAnalysis, p_regressed_adjusted: float, alpha: float,
-           hold_alpha: float | None = None) -> KpiComparison:
+def _judge(analysis: _KpiAnalysis, p_regressed_adjusted: float, alpha: float, hold_alpha: float) -> KpiComparison:
     rule, p = analysis.rule, analysis.p
-    verdict, why = _verdict(analysis, p_regressed_adjusted, alpha, alpha if hold_alpha is None else hold_alpha)
+    verdict, why = _verdict(analysis, p_regressed_adjusted, alpha, hold_alpha)
     seeds_needed = (seeds_to_settle(analysis.effect, analysis.sd_d, rule.analysis_margin, alpha)
                     if why in (Why.UNSETTLED, Why.BEYOND_MARGIN) else None)
     return KpiComparison(
@@ -618,7 +617,7 @@ def compare_kpi(
     _check_alpha(alpha)
     with _quiet():
         analysis = _analyse(rule, baseline, candidate, censored, alpha)
-        return _judge(analysis, analysis.p.regressed, alpha)
+        return _judge(analysis, analysis.p.regressed, alpha, alpha)
 
 
 def holm_adjust(p_values: list[float]) -> list[float]:
@@ -715,7 +714,8 @@ def compare_all(
         flat = [analysis for per_candidate in analyses for analysis in per_candidate]
         adjusted = iter(_holm_within_families([analysis.rule for analysis in flat],
                                               [analysis.p.regressed for analysis in flat]))
-        judged = [[_judge(analysis, next(adjusted), alpha, hold_alpha) for analysis in per_candidate]
+        hold = alpha if hold_alpha is None else hold_alpha
+        judged = [[_judge(analysis, next(adjusted), alpha, hold) for analysis in per_candidate]
                   for per_candidate in analyses]
     comparisons = []
     for arms, kpis in zip(candidates, judged):

@@ -195,11 +195,9 @@ def kpi_reason(kpi: KpiComparison) -> str:
     if kpi.why == Why.REGRESSED:
         return f"{effect}, beyond its margin ({margin}; adjusted p={test.p_regressed_adjusted:.2g})"
     if kpi.why == Why.BEYOND_MARGIN:
-        reason = (f"{effect}, beyond its margin ({margin}; p={test.p_regressed:.2g}), but not after Holm "
-                  f"(adjusted p={test.p_regressed_adjusted:.2g}): too weak to FAIL, too strong to PASS")
-        if kpi.recommended_seeds is not None and kpi.recommended_seeds < MAX_RECOMMENDED_SEEDS:
-            reason += f"; about {kpi.recommended_seeds} seeds would settle it with {TARGET_POWER:.0%} power"
-        return reason
+        return (f"{effect}, beyond its margin ({margin}; p={test.p_regressed:.2g}), but not after Holm "
+                f"(adjusted p={test.p_regressed_adjusted:.2g}): too weak to FAIL, too strong to PASS"
+                + seeds_to_settle_clause(kpi))
     if kpi.why == Why.NO_VALUE:
         missing_baseline, missing_candidate = baseline.missing, candidate.missing
         return (f"{effect}; {missing_baseline + missing_candidate} run(s) have no value for this KPI "
@@ -215,12 +213,16 @@ def kpi_reason(kpi: KpiComparison) -> str:
     reason = f"{effect}; {n_used} seeds cannot tell whether it is within its margin ({margin})"
     if candidate.censored > baseline.censored:
         reason += f"; candidate missed the target in {candidate.censored} runs vs {baseline.censored} for baseline"
-    if kpi.recommended_seeds is not None:
-        if kpi.recommended_seeds >= MAX_RECOMMENDED_SEEDS:
-            reason += f"; at least {MAX_RECOMMENDED_SEEDS} seeds would be needed"
-        else:
-            reason += f"; about {kpi.recommended_seeds} seeds would settle it with {TARGET_POWER:.0%} power"
-    return reason
+    return reason + seeds_to_settle_clause(kpi)
+
+
+def seeds_to_settle_clause(kpi: KpiComparison) -> str:
+    """'; about N seeds would settle it …' for an inconclusive KPI's recommended_seeds, "" without one."""
+    if kpi.recommended_seeds is None:
+        return ""
+    if kpi.recommended_seeds >= MAX_RECOMMENDED_SEEDS:
+        return f"; at least {MAX_RECOMMENDED_SEEDS} seeds would be needed"
+    return f"; about {kpi.recommended_seeds} seeds would settle it with {TARGET_POWER:.0%} power"
 
 
 def fails_from(kpi: KpiComparison) -> str:

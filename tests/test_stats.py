@@ -304,8 +304,9 @@ def test_a_guard_beyond_its_margin_before_holm_holds_up_the_pass():
     ratios = np.array([1.10, 1.45, 1.20, 1.55, 1.30])  # about +27% on every seed, margin 10%
     beyond = by_seed(np.array(list(BASE.values())) * ratios)
     other = dataclasses.replace(GUARD, name="other")
-    result = compare([LOSS, GUARD, other], {"loss": BASE, "guard": BASE, "other": BASE},
-                     {"loss": WITHIN, "guard": beyond, "other": NOISY})
+    arms = ([LOSS, GUARD, other], {"loss": BASE, "guard": BASE, "other": BASE},
+            {"loss": WITHIN, "guard": beyond, "other": NOISY})
+    result = compare(*arms)
     loss, guard, _ = result.kpis
     d = np.log(ratios)
     p_raw = stats.t.sf((d.mean() - math.log(1.1)) / (d.std(ddof=1) / math.sqrt(5)), 4)  # 0.024 by hand
@@ -319,8 +320,6 @@ def test_a_guard_beyond_its_margin_before_holm_holds_up_the_pass():
     assert compare([LOSS, GUARD], {"loss": BASE, "guard": BASE}, {"loss": WITHIN, "guard": beyond}).verdict == "FAIL"
     # A sequential look spends a small alpha; the hold-up keeps the gate's own, or an early look would PASS it.
     look = {"alpha": 0.0056}
-    arms = ([LOSS, GUARD, other], {"loss": BASE, "guard": BASE, "other": BASE},
-            {"loss": WITHIN, "guard": beyond, "other": NOISY})
     assert compare(*arms, **look).verdict == "PASS"
     assert compare(*arms, **look, hold_alpha=0.05).verdict == "INCONCLUSIVE"
 
