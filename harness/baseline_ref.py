@@ -1,7 +1,8 @@
 """`bench gate --baseline-ref REF`: the baseline arm trained by the code at a git commit.
 
 REF is resolved in the git checkout this code runs from and checked out, detached, into
-`<results>/worktrees/<sha12>`. The baseline arm is planned and trained there by REF's own code
+`<results>/worktrees/<sha12>`: a clone that borrows the checkout's objects (`git clone --shared`), so nothing
+is written into the user's repository. The baseline arm is planned and trained there by REF's own code
 (`python -m harness.cli run` with that tree first on sys.path), with REF's own bench.toml unless
 --config is given, and recorded into the same store as the candidate arm. Run ids hash the
 source they run, so a commit benchmarked before (the push to the main branch, or an earlier
@@ -123,7 +124,10 @@ def worktree(commit: str, results: Path) -> Path:
 
 
 def checkout(commit: str, results: Path) -> Path:
-    """A detached worktree of `commit` under <results>/worktrees, reused when it is already there and clean."""
+    """`commit` checked out, detached, under <results>/worktrees, reused when it is already there and clean.
+
+    A shared clone rather than `git worktree add`, which would register the tree in the checkout's .git.
+    """
     tree = worktree(commit, results)
     if tree.exists():
         top = git("rev-parse", "--show-toplevel", cwd=tree).stdout.strip()
@@ -131,14 +135,15 @@ def checkout(commit: str, results: Path) -> Path:
         clean = not git("status", "--porcelain", "--untracked-files=no", cwd=tree).stdout.strip()
         if top and Path(top).resolve() == tree and head == commit and clean:
             return tree
-        # A stale copy, e.g. restored from a CI cache without its git metadata: check it out afresh.
-        git("worktree", "remove", "--force", str(tree))
-        shutil.rmtree(tree, ignore_errors=True)
-    git("worktree", "prune")
+        shutil.rmtree(tree, ignore_errors=True)  # stale, e.g. restored from a CI cache without its git metadata
     tree.parent.mkdir(parents=True, exist_ok=True)
-    added = git("worktree", "add", "--detach", str(tree), commit)
-    if added.returncode != 0:
-        raise WorldbenchError(f"cannot check out {commit[:12]} into '{tree}': {last_line(added.stderr)}")
+    top = git("rev-parse", "--show-toplevel").stdout.strip()
+    for step, cwd in ((("clone", "--quiet", "--shared", "--no-checkout", top, str(tree)), ROOT),
+                      (("checkout", "--quiet", "--detach", commit), tree)):
+        done = git(*step, cwd=cwd)
+        if done.returncode != 0:
+            shutil.rmtree(tree, ignore_errors=True)
+            raise WorldbenchError(f"cannot check out {commit[:12]} into '{tree}': {last_line(done.stderr)}")
     return tree
 
 

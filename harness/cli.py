@@ -4,8 +4,8 @@ How the process ends is decided in one place, `main`, from what the command retu
 0, 1 or 3 only when the command returned them, i.e. a verdict (or recorded runs, a listing) that was
 computed and written; every user mistake is one line on stderr and exit 2, before anything is written;
 anything else that stops a command (a bug, a plugin's sys.exit or KeyboardInterrupt) is one line and
-exit 4; Ctrl-C and SIGTERM are 130 and 143. `guard` makes the same hold when code ends the process
-outright (os._exit, a signal), which `main` could never see.
+exit 4; Ctrl-C, SIGTERM and SIGHUP are 130, 143 and 129. `guard` makes the same hold when code ends the
+process outright (os._exit, a signal), which `main` could never see.
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ from rich.table import Table
 from harness import outcome, outputs
 from harness.exits import (EXIT_CRASHED, EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_INTERRUPTED, EXIT_OK,  # noqa: F401
                            EXIT_TERMINATED, EXIT_USAGE, VERDICT_EXIT)
+from harness.seeds import MAX_SEEDS
 from worldmodel.errors import WorldbenchError
 
 if TYPE_CHECKING:
@@ -53,14 +54,27 @@ class Parser(argparse.ArgumentParser):
         raise WorldbenchError(f"{self.prog}: {message} (see `{self.prog} --help`)")
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def count_up_to(limit: int):
+    """An argparse type: a whole number in [1, limit] (a typo of a billion workers or seeds is refused, not tried)."""
+    def count(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+        if not 1 <= value <= limit:
+            raise argparse.ArgumentTypeError(f"must be from 1 to {limit:,}, got {value}")
+        return value
+    return count
+
+
+def path_argument(text: str) -> Path:
+    """An argparse type: a path, never "" (which Path reads as the working directory: a silent default)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; name a file or folder")
+    return Path(text)
+
+
+MAX_JOBS = 256  # worker processes; more than any one machine's cores
 
 
 # Two runs at once: each run trains single-threaded, so two use two cores, and a seed's baseline and candidate
@@ -71,8 +85,9 @@ JOBS_HELP = (f"runs in parallel (default {DEFAULT_JOBS}: each run trains on one 
 
 
 def add_config(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="suite file (default: the first bench.toml in the working directory or a "
-                                         "folder above it, else the default suite that ships with worldbench)")
+    parser.add_argument("--config", type=path_argument,
+                        help="suite file (default: the first bench.toml in the working directory or a folder above "
+                             "it, else the default suite that ships with worldbench)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="set a suite key on top of the file, checked as the file is: a dotted TOML key and a "
                              "TOML value, e.g. --set comparison.alpha=0.1 --set profiles.ci.seeds=[0,1] "
@@ -104,7 +119,7 @@ def package_version() -> str:
 
 
 def add_results(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--results", type=Path, default=Path("results"),
+    parser.add_argument("--results", type=path_argument, default=Path("results"),
                         help="results dir, the only place written (default: results/)")
 
 
@@ -120,7 +135,7 @@ def build_parser() -> Parser:
     run.add_argument("--dataset", help="dataset from the suite (default: the comparison's)")
     run.add_argument("--variants", help="comma-separated variants (default: baseline and candidates)")
     run.add_argument("--seeds", help="seeds, e.g. 0-4 or 0,3 (default: the profile's)")
-    run.add_argument("--jobs", type=positive_int, default=DEFAULT_JOBS, help=JOBS_HELP)
+    run.add_argument("--jobs", type=count_up_to(MAX_JOBS), default=DEFAULT_JOBS, help=JOBS_HELP)
     run.add_argument("--executor", choices=["local", "ray"], default="local", help="where runs execute")
     run.add_argument("--ray-address", help="address of a running Ray cluster (default: start a local one)")
     add_results(run)
@@ -135,7 +150,8 @@ def build_parser() -> Parser:
     listing.add_argument("what", nargs="?", default="variants",
                          choices=["variants", "components", "datasets", "kpis", "profiles", "runs"])
     # Read by `list runs` only, so no default here: the other listings touch no results dir, not even its caches.
-    listing.add_argument("--results", type=Path, help="with `runs`: the results dir to list (default: results/)")
+    listing.add_argument("--results", type=path_argument,
+                         help="with `runs`: the results dir to list (default: results/)")
     add_json(listing)
 
     show = commands.add_parser("show", help="print one run's record and KPIs")
@@ -151,7 +167,7 @@ def build_parser() -> Parser:
     export.add_argument("--to", required=True, choices=["tensorboard", "mlflow", "wandb"],
                         help="the tracker (each needs its extra: pip install 'worldbench[TRACKER]')")
     add_results(export)
-    export.add_argument("--out", type=Path, required=True, help="folder to write into (outside the store)")
+    export.add_argument("--out", type=path_argument, required=True, help="folder to write into (outside the store)")
 
     validate = commands.add_parser(
         "validate", help="planted faults and null changes: each fault must FAIL against the baseline, each null "
@@ -162,7 +178,7 @@ def build_parser() -> Parser:
     validate.add_argument("--dataset", help="dataset (default: the comparison's)")
     validate.add_argument("--seeds", help="seeds, e.g. 0-4 (default: the comparison's or profile's); the A/A "
                                           "check's candidate arm takes as many seeds after them")
-    validate.add_argument("--jobs", type=positive_int, default=DEFAULT_JOBS, help=JOBS_HELP)
+    validate.add_argument("--jobs", type=count_up_to(MAX_JOBS), default=DEFAULT_JOBS, help=JOBS_HELP)
     add_results(validate)
     validate.add_argument("--quiet", action="store_true", help="no progress bars")
     add_json(validate)
@@ -416,13 +432,14 @@ def add_report_commands(commands) -> None:
         parser.add_argument("--candidate-seeds", help="the candidate's seeds when they differ (unpaired comparison)")
         add_results(parser)
         parser.add_argument("--format", default="md,html,json", help="report formats (default md,html,json)")
-        parser.add_argument("--out", type=Path, help="report dir (default: <results>/report)")
+        parser.add_argument("--out", type=path_argument, help="report dir (default: <results>/report)")
         if name == "gate":
-            parser.add_argument("--jobs", type=positive_int, default=DEFAULT_JOBS, help=JOBS_HELP)
+            parser.add_argument("--jobs", type=count_up_to(MAX_JOBS), default=DEFAULT_JOBS, help=JOBS_HELP)
             add_json(parser)
             parser.add_argument("--sequential", action="store_true",
                                 help="add seeds in groups until decided, spending alpha per look")
-            parser.add_argument("--max-seeds", type=positive_int, help="with --sequential: most seeds (default 2x)")
+            parser.add_argument("--max-seeds", type=count_up_to(MAX_SEEDS),
+                                help="with --sequential: most seeds (default 2x)")
             parser.add_argument("--quiet", action="store_true", help="no progress bars")
             parser.set_defaults(config=None)  # given or not decides which suite file --baseline-ref's code reads
             parser.add_argument("--baseline-ref", metavar="REF",
@@ -571,7 +588,7 @@ def command_report(args) -> int:
     selections = selections_from_args(args, suite)
     store = Store(args.results, create=False)
     gate.require_recorded(suite, store, selections, args.results)
-    out, summary = outputs.report_dir(args.results, args.out), outputs.job_summary()
+    out, summary = outputs.report_dir(args.results, args.out), outputs.job_summary(args.results)
     board = gate.build_leaderboard(suite, store, selections, suite.comparison.alpha,
                                    reproduce_command(args, selections))
     print_verdict(board, write_report(board, out, formats, summary))
@@ -597,12 +614,13 @@ def command_gate(args) -> int:
     selections = selections_from_args(args, suite)
     first = selections[0]  # every selection has the same baseline and seeds
     sizes = gate.sequential_sizes(first, args.max_seeds) if args.sequential else [len(first.baseline_seeds)]
-    preflight(gate.plan_lineup(suite, selections)[0])  # this checkout's code; REF's own `bench run` checks its arm
     finished_before = finished_runs(args.results)  # also refuses a results dir that is not worldbench's
+    # the runs this checkout's code trains at the first look; REF's own `bench run` checks its arm
+    preflight([spec for spec in gate.plan_lineup(suite, selections)[0] if spec.run_id not in finished_before])
     if args.baseline_ref:  # REF's own bench.toml unless --config was given
         first.baseline_ref = prepare_baseline_ref(args.baseline_ref, args.results,
                                                   args.config if config_given else None, args.allow_dirty)
-    out, summary = outputs.report_dir(args.results, args.out), outputs.job_summary()
+    out, summary = outputs.report_dir(args.results, args.out), outputs.job_summary(args.results)
     Store(args.results)
     if first.baseline_ref:
         first.baseline_ref.check_out(args.results)
@@ -680,37 +698,47 @@ COMMANDS = {"run": command_run, "list": command_list, "show": command_show, "rep
 
 
 class Terminated(BaseException):
-    """SIGTERM arrived: unwind like Ctrl-C, so the executors stop their workers on the way out."""
+    """SIGTERM or SIGHUP arrived: unwind like Ctrl-C, so the executors stop their workers on the way out."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
 @contextmanager
 def sigterm_unwinds():
-    """While a command runs, SIGTERM raises Terminated instead of killing the driver outright, which
-    would orphan its worker processes; the previous handler comes back afterwards."""
+    """While a command runs, SIGTERM and SIGHUP raise Terminated instead of killing the driver outright,
+    which would orphan its worker processes; the previous handlers come back afterwards."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def terminate(signum, frame):
-        raise Terminated()
+        raise Terminated(signum)
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    previous = {signum: signal.signal(signum, terminate) for signum in (signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def main(argv: list[str] | None = None) -> int:
     """`main(argv)` runs one command in this process and returns its exit code (tests, embedding).
 
     Called as the program (no argv: the `bench` script, `python -m harness.cli`), it becomes `guard`, which
-    runs the command in a child process: the child is this same function, whose decision it reports.
+    runs the command in a child process (`guarded_child`) whose decision it reports.
     """
     if argv is None:
-        if not outcome.adopt_channel():
-            return guard(sys.argv[1:])
-        outcome.exit_with_parent(os.getppid())  # the guard was killed outright: stop, as a driver would
+        return guard(sys.argv[1:])
+    return run_command(argv)
+
+
+def guarded_child(channel_fd: int, argv: list[str]) -> int:
+    """The command as `guard`'s child runs it: the exit code it decides goes to the guard on `channel_fd`."""
+    outcome.adopt_channel(channel_fd)
+    outcome.exit_with_parent(os.getppid())  # the guard was killed outright: stop, as a driver would
     code = run_command(argv)
     outcome.report_exit(code)
     return code
@@ -722,7 +750,7 @@ def run_command(argv: list[str] | None) -> int:
     0, 1 and 3 only come back from the command itself, i.e. from a verdict (or recorded runs, a listing)
     computed and written. Whatever else ends it is 2 (a WorldbenchError: the user's to fix) or 4 (a bug, or
     code inside the command raising SystemExit or KeyboardInterrupt), with one line on stderr; Ctrl-C and
-    SIGTERM from outside are 130 and 143.
+    SIGTERM from outside are 130 and 143 (SIGHUP 129).
     """
     args = None
     try:
@@ -742,9 +770,10 @@ def run_command(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         print_line("", "interrupted; rerun the same command to resume")
         return EXIT_INTERRUPTED
-    except Terminated:
-        print_line("", "terminated (SIGTERM); workers stopped; rerun the same command to resume")
-        return EXIT_TERMINATED
+    except Terminated as ended:
+        name = signal.Signals(ended.signum).name
+        print_line("", f"terminated ({name}); workers stopped; rerun the same command to resume")
+        return EXIT_TERMINATED if ended.signum == signal.SIGTERM else 128 + ended.signum
     except BaseException as err:  # noqa: BLE001 - a bug, or SystemExit from code the command ran: never 0/1
         print_line("[red]internal error:[/]", crash_line(err, getattr(args, "results", None)))
         return EXIT_CRASHED
@@ -758,16 +787,18 @@ def guard(argv: list[str]) -> int:
     a process outright, with os._exit or a signal, and then no exception handler runs; the parent, which
     runs none of that code, still decides. A child that ends without reporting is exit 2 naming the plugin
     it was importing, else 4: never 0 or 1. The parent forwards SIGTERM to the child and ignores Ctrl-C,
-    which the terminal delivers to the child (same process group); the child exits when the parent dies.
+    which the terminal delivers to the child (same process group), and forwards SIGHUP too; the child exits
+    when the parent dies.
     """
     read_end, write_end = os.pipe()
-    child_code = ("import json, sys; sys.path[:] = json.loads(sys.argv.pop(1)); "
-                  "from harness.cli import main; sys.exit(main())")
-    child = subprocess.Popen([sys.executable, "-c", child_code, json.dumps(sys.path), *argv],
-                             env={**os.environ, outcome.CHANNEL_ENV: str(write_end)}, pass_fds=(write_end,))
+    child_code = ("import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
+                  "from harness.cli import guarded_child; sys.exit(guarded_child(int(sys.argv[2]), sys.argv[3:]))")
+    child = subprocess.Popen([sys.executable, "-c", child_code, json.dumps(sys.path), str(write_end), *argv],
+                             pass_fds=(write_end,))
     os.close(write_end)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))
+    for forwarded in (signal.SIGTERM, signal.SIGHUP):  # a hang-up ends the child, and the guard says so
+        signal.signal(forwarded, lambda signum, frame: child.send_signal(signum))
     status = child.wait()
     notes = outcome.read_notes(read_end)
     os.close(read_end)

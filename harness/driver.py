@@ -19,7 +19,7 @@ from harness.worker import Progress, RunRecord
 from worldmodel.data import VideoData, VideoWindows, load_hdf5
 from worldmodel.data.games import check_generation
 from worldmodel.errors import WorldbenchError
-from worldmodel.kernels import backend
+from worldmodel.kernels import backend, library
 from worldmodel.rollout import rollout_clips
 from worldmodel.stages import check_data_matches
 
@@ -48,10 +48,11 @@ def record_run(store: Store, record: RunRecord) -> None:
     store.append("runs", [record.run], run_id)
 
 
-def preflight(specs: list[RunSpec]) -> None:
+def preflight(specs: list[RunSpec], device: str = "cpu") -> None:
     """Check every input a run would otherwise fail on minutes later, before anything is written: the kernel
-    backend named by WORLDBENCH_ATTENTION, each dataset's values, a user's HDF5 file against the model, and
-    whether the episodes hold a training window and the rollout clips.
+    backend named by WORLDBENCH_ATTENTION, each dataset's values, a user's HDF5 file against the model,
+    whether the episodes hold a training window and the rollout clips, and, for runs on the CPU with the
+    native backend, that the kernels build and load (into the kernel cache, the one place outside --results).
 
     Each problem is a usage error (one line, exit 2), never a `failed` run. Procedural datasets are checked
     on their episode layout (harness.driver.episode_layout), so nothing is rendered here.
@@ -75,6 +76,8 @@ def preflight(specs: list[RunSpec]) -> None:
             rollout_clips(data, config, spec.data["val_fraction"])
         except WorldbenchError as err:
             raise WorldbenchError(f"datasets.{spec.dataset} on profiles.{spec.profile}: {err}") from None
+    if specs and device == "cpu" and backend() == "native":
+        library()  # a missing compiler is one line now, not a failed run per spec
 
 
 def episode_layout(data: dict) -> VideoData:
@@ -104,7 +107,7 @@ def execute(suite: Suite, specs: list[RunSpec], execution: Execution, progress: 
     """
     finished = finished_runs(execution.results)
     todo = specs if execution.force else [spec for spec in specs if spec.run_id not in finished]
-    preflight(todo)
+    preflight(todo, execution.device)
     if todo and execution.executor == "ray":
         start_ray(execution.jobs, execution.ray_address)
     store = Store(execution.results)

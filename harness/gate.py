@@ -474,7 +474,7 @@ def extend_seeds(baseline: list[int], candidate: list[int], extra: int) -> tuple
     seed of an earlier look and no run is wasted.
     """
     start = max(baseline + candidate) + 1
-    if baseline == candidate:
+    if set(baseline) == set(candidate):  # paired, whatever order the seeds were given in
         new = list(range(start, start + extra))
         return baseline + new, candidate + new
     return (baseline + list(range(start, start + 2 * extra, 2)),

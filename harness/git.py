@@ -10,8 +10,11 @@ ROOT = WORLDMODEL_DIR.parent  # the checkout whose code is running
 
 
 def git(*args: str, cwd: Path = ROOT, timeout: float | None = None) -> subprocess.CompletedProcess:
-    """`git ARGS` in `cwd`, its output captured as text; the caller reads returncode, stdout and stderr."""
-    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    """`git ARGS` in `cwd`, its output captured as text; the caller reads returncode, stdout and stderr.
+    Without optional locks: `git status` would otherwise take .git/index.lock and refresh the index, writing
+    into the user's checkout."""
+    return subprocess.run(["git", "--no-optional-locks", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def git_state() -> tuple[str, bool]:

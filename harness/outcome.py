@@ -1,9 +1,10 @@
 """The private channel from a guarded `bench` command to the process that sets its exit code.
 
-harness.cli.guard runs each command in a child process and passes it the write end of a pipe. The child
-notes on it which plugin it is importing (`note_plugin`) and, once harness.cli.main has decided, the exit
-code (`report_exit`). Outside a guarded child (tests calling main directly, worker processes) both do
-nothing. A leaf module: it imports nothing of the project, so the plugin loader can note through it.
+harness.cli.guard runs each command in a child process and passes it the write end of a pipe, by number on
+the child's command line (never through the environment, which a user or CI can set). The child notes on it
+which plugin it is importing (`note_plugin`) and, once the command has decided, the exit code (`report_exit`).
+Outside a guarded child (tests calling main directly, worker processes) both do nothing. A leaf module: it
+imports nothing of the project, so the plugin loader can note through it.
 """
 from __future__ import annotations
 
@@ -12,22 +13,17 @@ import os
 import threading
 import time
 
-CHANNEL_ENV = "WORLDBENCH_OUTCOME_FD"
 PARENT_POLL_S = 0.5
 
 _channel: int | None = None
 
 
-def adopt_channel() -> bool:
-    """In the guarded child: take the pipe from the environment, so that no process this one starts inherits
-    it (a worker must never be able to report for the command). False when this process is not one."""
+def adopt_channel(fd: int) -> None:
+    """In the guarded child: report on `fd`, and let no process this one starts inherit it (a worker must never
+    be able to report for the command)."""
     global _channel
-    fd = os.environ.pop(CHANNEL_ENV, None)
-    if fd is None:
-        return False
-    _channel = int(fd)
+    _channel = fd
     os.set_inheritable(_channel, False)
-    return True
 
 
 def _send(kind: str, value: object) -> None:

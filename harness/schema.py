@@ -46,7 +46,7 @@ def slot_settings(slot: str, component: str, stages: tuple[str, ...] | list[str]
     return settings
 
 
-MAX_NAME_LENGTH = 100  # profile, dataset and variant names are shown in tables and one-line errors
+MAX_NAME_LENGTH = 100  # bytes: names are shown in tables and one-line errors, and name export folders (<= 255)
 
 
 @dataclass
@@ -167,10 +167,10 @@ def _pick(table: dict, name: str, what: str):
 def check_name(name: str, where: str) -> None:
     """A profile, dataset or variant name must be one printable line that could name a file: names are shown
     in one-line errors and report tables, and a hostile one must not reach a path."""
-    if not (0 < len(name) <= MAX_NAME_LENGTH and name.isprintable() and not set(name) & set("/\\")
-            and name not in (".", "..")):
-        raise WorldbenchError(f"{where}: the name {name!r} cannot be used; use 1 to {MAX_NAME_LENGTH} printable "
-                              f"characters without '/' or '\\' (e.g. my_variant)")
+    if not (0 < len(name.encode(errors="replace")) <= MAX_NAME_LENGTH and name.isprintable()
+            and not set(name) & set("/\\") and name not in (".", "..")):
+        raise WorldbenchError(f"{where}: the name {name!r} cannot be used; use printable characters without '/' "
+                              f"or '\\', 1 to {MAX_NAME_LENGTH} bytes in UTF-8 (e.g. my_variant)")
 
 
 def get_dotted(values: dict, dotted: str) -> Any:

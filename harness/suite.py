@@ -29,6 +29,7 @@ DEFAULT_CONFIG_FILE = "bench.toml"
 # The project's default suite, shipped inside the package (a link to the repository's bench.toml in a checkout),
 # read when no bench.toml is found from the working directory upwards.
 PACKAGED_CONFIG = Path(__file__).with_name(DEFAULT_CONFIG_FILE)
+MAX_SCALE = 1000.0  # a variant's scale factor: beyond a thousandfold budget is a typo, not a plan
 SECTIONS = ("profiles", "datasets", "variants", "comparison", "kpis", "plugins")
 TARGET_FIELDS = ("target", "target_epsilon")  # a steps_to_target KPI's own keys
 
@@ -85,6 +86,9 @@ def build_suite(raw: dict, path: Path | None = None) -> Suite:
         if key not in SECTIONS:
             raise WorldbenchError(f"{key}: unknown section; allowed: {', '.join(sorted(SECTIONS))}")
     plugins = _check_type(raw.get("plugins", {}), dict, "plugins")
+    for key in plugins:
+        if key != "modules":
+            raise WorldbenchError(f"plugins.{key}: unknown key; allowed: modules")
     plugin_modules = [_check_type(module, str, "plugins.modules")
                       for module in _check_type(plugins.get("modules", []), list, "plugins.modules")]
     load_plugins(plugin_modules)  # first: a plugin's components are choosable in the sections below
@@ -209,7 +213,7 @@ def _check_model_config(model: dict, where: str) -> None:
 
 
 def _check_scale(scale: dict, where: str) -> dict[str, float]:
-    """Scale factors must name numeric model keys and be positive numbers."""
+    """Scale factors must name numeric model keys and be numbers in (0, MAX_SCALE]."""
     defaults = _flatten(WorldModelConfig().to_dict())
     checked = {}
     for key, factor in scale.items():
@@ -217,8 +221,8 @@ def _check_scale(scale: dict, where: str) -> dict[str, float]:
             numeric = sorted(k for k, v in defaults.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
             raise WorldbenchError(f"{where}.{key}: not a numeric model key; allowed: {', '.join(numeric)}")
         checked[key] = _check_type(factor, float, f"{where}.{key}")
-        if not checked[key] > 0:
-            raise WorldbenchError(f"{where}.{key}: the factor must be > 0, got {factor!r}")
+        if not 0 < checked[key] <= MAX_SCALE:
+            raise WorldbenchError(f"{where}.{key}: the factor must be > 0 and <= {MAX_SCALE:g}, got {factor!r}")
     return checked
 
 

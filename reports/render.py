@@ -24,8 +24,8 @@ from harness.types import KpiComparison, Leaderboard, ReportInput
 from reports import view
 from reports.figures import Figure, plan_figures
 from reports.template import KPI_TABLE_SCRIPT, TEMPLATES
-from reports.text import (VERDICT_EMOJI, VERDICT_SYMBOL, comparison_reasons, kpi_reason, md_escape, resolution_text,
-                          truncate, worse_by)
+from reports.text import (VERDICT_EMOJI, VERDICT_SYMBOL, comparison_reasons, fmt_estimate, kpi_reason, md_escape,
+                          resolution_text, truncate, worse_by)
 
 MARKER = "<!-- worldbench-report -->"  # first line of the markdown: a bot finds and updates its PR comment by it
 FORMATS = ("md", "html", "json")
@@ -562,6 +562,7 @@ def _kpi_data(kpi: KpiComparison) -> dict:
         "estimate": effect.estimate,
         "ci_low": effect.ci_low,
         "ci_high": effect.ci_high,
+        "change": fmt_estimate(kpi),  # the estimate and its interval, worded as the PR comment's table has them
         "margin": effect.margin,
         "p_noninferior": test.p_noninferior,
         "p_improved": test.p_improved,

@@ -88,9 +88,12 @@ def test_gate_against_the_base_commit(project, tmp_path):
     results = tmp_path / "results"
     base = git(project, "rev-parse", "HEAD")
     # A push to main records the base arm, as the workflow's push job does.
+    os.utime(project / "README.md")  # the index's stat data is stale now: a plain `git status` would rewrite it
+    index = (project / ".git" / "index").stat().st_mtime_ns
     recorded = bench(project, "run", "--profile", "smoke", "--variants", BASELINE, "--seeds", SEEDS,
                      "--results", str(results), "--jobs", "2", "--quiet")
     assert recorded.returncode == 0, recorded.stderr
+    assert (project / ".git" / "index").stat().st_mtime_ns == index, "recording the commit wrote the user's index"
 
     # A pull request that breaks shared config: FAIL, and the base arm comes from the store.
     git(project, "checkout", "-q", "-b", "regression", "main")
@@ -108,6 +111,8 @@ def test_gate_against_the_base_commit(project, tmp_path):
     compat = report["compat"]
     assert compat["ok"] and sum("checkpoint trained by" in line for line in compat["lines"]) == 3, compat
     assert (results / "worktrees" / base[:12] / "bench.toml").exists()
+    # REF's tree borrows the repository's objects; nothing is registered in, or locked inside, its .git.
+    assert not (project / ".git" / "worktrees").exists() and not (project / ".git" / "index.lock").exists()
 
     # A README-only change: not FAIL, and every baseline run is reused (its code is the base's).
     git(project, "checkout", "-q", "-b", "docs", "main")

@@ -85,6 +85,30 @@ def test_a_plugin_that_ends_the_process_at_import_is_exit_2_naming_it(tmp_path, 
         assert not (tmp_path / "r").exists()
 
 
+def test_no_environment_variable_makes_a_process_report_for_the_guard(tmp_path):
+    """The guard's channel is not in the environment: a variable naming an open file descriptor (stderr) does
+    not turn `bench` into an unguarded child whose plugin's os._exit(0) would be its exit code."""
+    (tmp_path / "os_exit0_plugin.py").write_text(EXITING_PLUGINS["os_exit0_plugin"])
+    (tmp_path / "bench.toml").write_text(TINY + '[plugins]\nmodules = ["os_exit0_plugin"]\n')
+    for fd in ("2", "abc", ""):
+        done = bench("gate", "--profile", "tiny", "--results", str(tmp_path / "r"), "--quiet", cwd=tmp_path,
+                     env={"WORLDBENCH_OUTCOME_FD": fd})
+        assert done.returncode == EXIT_USAGE and done.stderr.startswith("error: plugins.modules"), done.stderr
+
+
+def test_kernels_that_cannot_be_built_are_one_line_before_anything_is_written(tmp_path):
+    """No working compiler and an empty kernel cache: exit 2 naming the compiler and the way out, from `run`
+    and `gate`, with no results dir (a fresh process: one that has loaded the kernels never builds them again)."""
+    (tmp_path / "bench.toml").write_text(TINY)
+    env = {"CXX": "/bin/false", "WORLDBENCH_KERNEL_CACHE": str(tmp_path / "kernels"), "WORLDBENCH_ATTENTION": ""}
+    for command in ("run", "gate"):
+        done = bench(command, "--profile", "tiny", "--results", str(tmp_path / "r"), "--quiet", cwd=tmp_path, env=env)
+        assert done.returncode == EXIT_USAGE and done.stderr.count("\n") == 1, done.stderr
+        assert done.stderr.startswith("error: the native worldbench kernels are unavailable (no working C++ "
+                                      "compiler '/bin/false'") and "WORLDBENCH_ATTENTION=torch" in done.stderr
+        assert not (tmp_path / "r").exists() and not (tmp_path / "kernels").exists()
+
+
 def test_a_component_that_ends_its_run_is_a_failed_run_and_exit_4(tmp_path):
     """Code a run executes (in a worker) raising SystemExit or KeyboardInterrupt, or calling os._exit:
     those runs fail, the others are kept, and the command exits 4, never 0 or 1."""

@@ -157,10 +157,10 @@ def test_faults_never_lose_what_was_recorded(tmp_path, monkeypatch, capsys):
     assert set(pd.read_parquet(results / "store" / "runs")["seed"]) == {0, 1, 2}
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGKILL], ids=["sigterm", "sighup", "sigkill"])
 def test_workers_never_outlive_their_driver(tmp_path, sig):
-    """SIGTERM: the driver stops its workers and exits 143 with one line. SIGKILL: it can do nothing,
-    so each worker notices its parent is gone and exits by itself."""
+    """SIGTERM (or a hang-up): the driver stops its workers and exits 143 (129) with one line. SIGKILL: it can
+    do nothing, so each worker notices its parent is gone and exits by itself."""
     suite = write_suite(tmp_path, steps=2000)
     results = tmp_path / "results"
     driver = bench(*run_args(suite, results, "0"))
@@ -169,6 +169,6 @@ def test_workers_never_outlive_their_driver(tmp_path, sig):
     os.kill(driver.pid, sig)
     code = driver.wait(timeout=60)
     wait_for(lambda: not any(alive(pid) for pid in workers), 30, "the workers to exit")
-    if sig == signal.SIGTERM:
+    if sig != signal.SIGKILL:
         err = driver.stderr.read().strip()
-        assert code == EXIT_TERMINATED and len(err.splitlines()) == 1 and "rerun the same command" in err, err
+        assert code == (EXIT_TERMINATED if sig == signal.SIGTERM else 129) and len(err.splitlines()) == 1 and "rerun the same command" in err, err

@@ -247,7 +247,7 @@ HDF5_DATASET = '[datasets.mine]\nkind = "hdf5"\npath = "{{tmp}}/{file}"\n'
     ([], '[kpis."rollout.ar_mse"]\nblocking = true', "kpis.rollout.ar_mse.guard: blocking and guard are both true; "
                                                     "pick one"),
     (["--seeds", "3-1"], "", "--seeds: '3-1' is not a seed list"),
-    (["--jobs", "0"], "", "argument --jobs: must be >= 1, got 0"),
+    (["--jobs", "0"], "", "argument --jobs: must be from 1 to 256, got 0"),
     # ranges checked when the suite loads, before any run trains
     ([], "[profiles.x.model.tokenizer]\nheads = 0", "tokenizer.heads 0 must be >= 1"),
     ([], "[profiles.x.model]\npatch_size = 0", "patch_size 0 must be >= 1"),
@@ -392,6 +392,19 @@ HDF5_DATASET = '[datasets.mine]\nkind = "hdf5"\npath = "{{tmp}}/{file}"\n'
     (["--variants", "v"], '[variants.v]\noverrides = { "tokenizer.steps" = -5 }',
      "variants.v on profiles.default: tokenizer.steps -5 must be >= 1"),
     ([], '[kpis."rollout.ar_mse"]\ntarget = 1.0', "kpis.rollout.ar_mse.target: unknown key"),
+    # a second hostile pass
+    (["--jobs", "3000000000"], "", "argument --jobs: must be from 1 to 256, got 3000000000"),
+    (["gate", "--sequential", "--max-seeds", "100000000000"], "", "argument --max-seeds: must be from 1 to 10,000"),
+    (["--variants", "v"], '[variants.v]\nscale = { "tokenizer.steps" = inf }',
+     "variants.v.scale.tokenizer.steps: the factor must be > 0 and <= 1000, got inf"),
+    (["--variants", "v"], '[variants.v]\nscale = { "tokenizer.steps" = 1e308 }', "the factor must be > 0 and <= 1000"),
+    ([], '[plugins]\nmodule = ["my_plugin"]', "plugins.module: unknown key; allowed: modules"),
+    (["--results", ""], "", "argument --results: an empty path; name a file or folder"),
+    (["gate", "--out", " "], "", "argument --out: an empty path"),
+    (["--config", ""], "", "argument --config: an empty path"),
+    (["gate", "env:GITHUB_STEP_SUMMARY={tmp}/r/store/runs/part.parquet"], "",
+     "GITHUB_STEP_SUMMARY '{tmp}/r/store/runs/part.parquet' is inside the store"),
+    ([], f'[variants."{"世" * 40}"]', "bytes in UTF-8"),  # 120 bytes: a folder name of export's must fit
 ])
 def test_bad_input_gets_one_line_and_exit_2(tmp_path, capsys, monkeypatch, args, toml, expected):
     """Exit 2, exactly one line on stderr (the raw output: no leading blank line), no traceback, and nothing

@@ -300,6 +300,7 @@ def test_a_pass_names_the_guards_its_seeds_could_not_settle_in_every_format():
     assert data["unresolved_guards"] == ["rollout.tf_mse"] and guard["tier"] == "guard" and guard["guard"]
     assert guard["failable_regression"] == pytest.approx(1.713, abs=5e-4)  # the ratio c/b it FAILs from
     assert guard["resolution"] == f"{guard_resolution} (80% power; margin ≤ +10.0%)"
+    assert guard["change"] == "+11.9% [−18.0%, +52.7%]"  # worded as the comment's table and the guard line have it
     # Not a PASS (the blocking KPI unsettled): nothing calls the guard merely unresolved.
     inconclusive = guarded_report({0: 0.5, 1: 1.6, 2: 0.6, 3: 1.5, 4: 0.7})
     assert inconclusive.comparison.verdict == "INCONCLUSIVE"

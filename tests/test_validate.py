@@ -377,7 +377,7 @@ def test_validate_says_the_code_changed_when_its_runs_are_not_under_this_codes_i
 @pytest.mark.parametrize("args, expected", [
     (["--profile", "nope"], "unknown profile 'nope'"),
     (["--seeds", "3-1"], "--seeds: '3-1' is not a seed list"),
-    (["--jobs", "0"], "must be >= 1"),
+    (["--jobs", "0"], "must be from 1 to 256"),
 ])
 def test_validate_usage_errors_exit_2(tmp_path, capsys, args, expected):
     assert main(["validate", "--config", SUITE, "--results", str(tmp_path / "r"), *args]) == 2
