@@ -793,8 +793,11 @@ def guard(argv: list[str]) -> int:
     read_end, write_end = os.pipe()
     child_code = ("import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
                   "from harness.cli import guarded_child; sys.exit(guarded_child(int(sys.argv[2]), sys.argv[3:]))")
+    # A driver killed outright leaves its semaphores to multiprocessing's resource tracker, which frees them
+    # and would add its own warning to the one line below.
+    warnings = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), "ignore:resource_tracker:UserWarning"]))
     child = subprocess.Popen([sys.executable, "-c", child_code, json.dumps(sys.path), str(write_end), *argv],
-                             pass_fds=(write_end,))
+                             pass_fds=(write_end,), env={**os.environ, "PYTHONWARNINGS": warnings})
     os.close(write_end)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for forwarded in (signal.SIGTERM, signal.SIGHUP):  # a hang-up ends the child, and the guard says so

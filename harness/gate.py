@@ -354,7 +354,8 @@ def arm_intervals(reports: list[ReportInput]) -> list[ArmInterval]:
              if kpi.rule.can_fail]
     intervals = []
     for arm, name, summary in rows:
-        values = np.array([v for v in summary.values.values() if np.isfinite(v)], dtype=float)
+        # a censored run (inf: never reached the target) counts as the worst, as in the tests; NaN is missing
+        values = np.array([v for v in summary.values.values() if not np.isnan(v)], dtype=float)
         low, high = stats.iqm_interval(values, level)
         intervals.append(ArmInterval(arm, name, len(values), stats.interquartile_mean(values), low, high, level))
     return intervals

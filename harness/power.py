@@ -34,6 +34,7 @@ from harness.types import Resolution
 
 TARGET_POWER = 0.8
 MIN_SEEDS = 2  # a t-test needs two values
+LARGEST_EFFECT_SIZE = 1e3  # per-seed sds; a difference beyond it is "not detectable" (inf)
 # Seed recommendations are capped here; a value equal to the cap means "this many or more".
 MAX_RECOMMENDED_SEEDS = 200
 
@@ -67,10 +68,11 @@ def seeds_for_power(effect_size: float, alpha: float, power: float = TARGET_POWE
 
 @functools.cache  # pure, and asked for the same few (seeds, alpha) by every KPI of every comparison
 def detectable_effect_size(seeds: int, alpha: float, power: float = TARGET_POWER) -> float:
-    """The true effect, in per-seed sds, that the test at `seeds` seeds detects with `power`."""
-    if seeds < MIN_SEEDS:
+    """The true effect, in per-seed sds, that the test at `seeds` seeds detects with `power`; inf beyond
+    LARGEST_EFFECT_SIZE sds (two seeds at an early sequential look's tiny alpha)."""
+    if seeds < MIN_SEEDS or t_test_power(LARGEST_EFFECT_SIZE, seeds, alpha) < power:
         return math.inf
-    return float(optimize.brentq(lambda size: t_test_power(size, seeds, alpha) - power, 1e-9, 1e3))
+    return float(optimize.brentq(lambda size: t_test_power(size, seeds, alpha) - power, 1e-9, LARGEST_EFFECT_SIZE))
 
 
 def detectable_difference(spread: float, seeds: int, alpha: float) -> float:

@@ -21,9 +21,10 @@ Each KPI is measured once per training seed for both arms.  For every KPI we
    excludes "no change" on the better side exactly when the improvement test does, so the
    interval shown and the verdict never disagree (Holm only makes "regressed" stricter).
 
-Seeds are paired when both arms have them (paired t-test on ``d``); with fewer than
-two common seeds we fall back to Welch's unpaired t-test.  Steps-to-target KPIs are
-right-censored (``inf`` = never reached the target) and use rank tests instead.
+Seeds are paired when both arms have the same seeds (paired t-test on ``d``); arms on
+disjoint seeds get Welch's unpaired t-test (the gate refuses arms that share only some).
+Steps-to-target KPIs are right-censored (``inf`` = never reached the target) and use rank
+tests instead.
 
 Bit-identical arms (every paired difference exactly zero: a shared stage, or ties in a
 quantised KPI) carry no evidence either way: they get the verdict "identical", no p values,
@@ -166,6 +167,8 @@ def iqm_interval(values: np.ndarray, level: float, resamples: int = IQM_RESAMPLE
     with _quiet():
         iqms = stats.trim_mean(samples, 0.25, axis=1)
     tail = (1.0 - level) / 2.0
+    if np.isinf(iqms).any():  # censored runs (never reached): interpolating between inf and inf is undefined
+        return float(np.quantile(iqms, tail, method="lower")), float(np.quantile(iqms, 1.0 - tail, method="higher"))
     low, high = np.quantile(iqms, [tail, 1.0 - tail])
     return float(low), float(high)
 
@@ -220,18 +223,33 @@ class _PValues:
     regressed: float  # H1: d > margin
 
 
-def _deterministic_p(effect: float, margin: float) -> _PValues:
-    """Zero spread (e.g. a bit-for-bit deterministic pipeline): the sign decides, ties reject nothing."""
-    return _PValues(
-        improved=0.0 if effect < 0 else 1.0,
-        noninferior=0.0 if effect < margin else 1.0,
-        worse=0.0 if effect > 0 else 1.0,
-        regressed=0.0 if effect > margin else 1.0,
-    )
+def _deterministic_p(effect: float, margin: float, scale: float) -> _PValues:
+    """Zero spread (e.g. a bit-for-bit deterministic pipeline): the sign decides, and ties reject nothing. An
+    effect within float rounding of the values (`scale`: their magnitude) of 0 or the margin is a tie: a
+    constant ratio of 1.1 against a 10% margin computes to 0.0953101798043249 or a hair above it."""
+    tolerance = ROUNDING * scale
+
+    def below(bound: float) -> float:
+        return 0.0 if effect < bound - tolerance else 1.0
+
+    def above(bound: float) -> float:
+        return 0.0 if effect > bound + tolerance else 1.0
+
+    return _PValues(improved=below(0.0), noninferior=below(margin), worse=above(0.0), regressed=above(margin))
 
 
-def _has_no_spread(*samples: np.ndarray) -> bool:
-    return all(np.ptp(s) <= 1e-12 * max(1.0, float(np.max(np.abs(s)))) for s in samples)
+ROUNDING = 1e-12  # relative: values that differ by less than this times their magnitude differ by float rounding
+
+
+def _magnitude(*samples: np.ndarray) -> float:
+    return max(float(np.max(np.abs(s))) if len(s) else 0.0 for s in samples)
+
+
+def _has_no_spread(*samples: np.ndarray, scale: float | None = None) -> bool:
+    """Every sample constant up to float rounding of values of magnitude `scale` (default: the samples' own):
+    differences of values near 1 that differ by 1e-17 have no spread, tiny values that differ by half have."""
+    scale = _magnitude(*samples) if scale is None else scale
+    return all(np.ptp(s) <= ROUNDING * scale for s in samples)
 
 
 def _one_sided_p_values(statistic: np.ndarray, df: np.ndarray) -> _PValues:
@@ -250,11 +268,13 @@ def ci_level(alpha: float) -> float:
     return 1.0 - 2.0 * alpha
 
 
-def _paired_t_test(d: np.ndarray, margin: float, alpha: float) -> tuple[_PValues, tuple[float, float]]:
-    """One-sample t-tests of mean d against 0 and the margin, plus the dual t interval of mean d."""
-    if _has_no_spread(d):
+def _paired_t_test(d: np.ndarray, margin: float, alpha: float,
+                   scale: float) -> tuple[_PValues, tuple[float, float]]:
+    """One-sample t-tests of mean d against 0 and the margin, plus the dual t interval of mean d; `scale` is the
+    magnitude of the values d are differences of (what float rounding is relative to)."""
+    if _has_no_spread(d, scale=scale):
         mean = float(np.mean(d))
-        return _deterministic_p(mean, margin), (mean, mean)
+        return _deterministic_p(mean, margin, scale), (mean, mean)
     result = stats.ttest_1samp(np.column_stack([d, d]), [[0.0, margin]])
     low, high = result.confidence_interval(ci_level(alpha))
     return _one_sided_p_values(result.statistic, result.df), (float(low[0]), float(high[0]))
@@ -266,7 +286,7 @@ def _welch_t_test(candidate: np.ndarray, baseline: np.ndarray, margin: float,
     t interval."""
     if _has_no_spread(candidate, baseline):
         difference = float(np.mean(candidate) - np.mean(baseline))
-        return _deterministic_p(difference, margin), (difference, difference)
+        return _deterministic_p(difference, margin, _magnitude(candidate, baseline)), (difference, difference)
     shifted = np.column_stack([candidate, candidate - margin])
     result = stats.ttest_ind(shifted, baseline[:, None], equal_var=False)
     low, high = result.confidence_interval(ci_level(alpha))
@@ -368,8 +388,10 @@ def _analyse(
     prob = probability_of_improvement(rule, c_raw, b_raw)
     if analysis.paired and np.array_equal(c_raw, b_raw):
         # Bit-identical arms: no test, no p values (so no place in Holm's family), no interval.
+        censored_runs = int(np.isinf(b_raw).sum())
         return replace(analysis, method="none (bit-identical arms)", effect=0.0, ci=(0.0, 0.0), sd_d=0.0,
-                       prob_improvement=prob, identical=True)
+                       prob_improvement=prob, identical=True, censored_baseline=censored_runs,
+                       censored_candidate=censored_runs)
     # Badness orientation: positive = candidate worse.
     b = rule.badness_sign * _to_analysis_axis(rule, b_raw)
     c = rule.badness_sign * _to_analysis_axis(rule, c_raw)
@@ -416,7 +438,7 @@ def _analyse_paired(analysis: _KpiAnalysis, c: np.ndarray, b: np.ndarray, prob: 
     """A paired t-test of the per-seed effects d = c - b (badness axis)."""
     rule = analysis.rule
     d = c - b
-    p_values, interval = _paired_t_test(d, rule.analysis_margin, alpha)
+    p_values, interval = _paired_t_test(d, rule.analysis_margin, alpha, _magnitude(c, b))
     return replace(
         analysis,
         method="paired t-test",
@@ -431,7 +453,7 @@ def _analyse_paired(analysis: _KpiAnalysis, c: np.ndarray, b: np.ndarray, prob: 
 
 def _analyse_unpaired(analysis: _KpiAnalysis, c: np.ndarray, b: np.ndarray, prob: float,
                       alpha: float) -> _KpiAnalysis:
-    """Fewer than two common seeds: Welch's t-test of the arms as independent samples (badness axis)."""
+    """Arms on disjoint seeds: Welch's t-test of the arms as independent samples (badness axis)."""
     rule = analysis.rule
     p_values, interval = _welch_t_test(c, b, rule.analysis_margin, alpha)
     return replace(
@@ -474,8 +496,10 @@ def _verdict(analysis: _KpiAnalysis, p_regressed_adjusted: float, alpha: float,
              hold_alpha: float) -> tuple[KpiVerdict, Why]:
     """The KPI's verdict and the rule that gave it, in the order the rules apply."""
     p = analysis.p
-    # A censored KPI can only pass if the candidate misses the target no more often than the baseline.
-    censoring_ok = analysis.censored_candidate <= analysis.censored_baseline
+    # A censored KPI can only pass if the candidate misses the target no more often than the baseline: as a
+    # share of its runs, since unpaired arms may differ in size.
+    censoring_ok = (analysis.censored_candidate * analysis.baseline.n
+                    <= analysis.censored_baseline * analysis.candidate.n)
     missing = count_missing(analysis.given_baseline) + count_missing(analysis.given_candidate)
     if not analysis.enough_data:
         return KpiVerdict.INCONCLUSIVE, Why.TOO_FEW_VALUES

@@ -31,25 +31,30 @@ def bench(*args: str) -> subprocess.Popen:
                              *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+def children(pid: int) -> list[int]:
+    """The direct child processes of `pid`, from /proc (those of each of its threads)."""
+    return [int(child) for task in Path(f"/proc/{pid}/task").glob("*")
+            for child in (task / "children").read_text().split()]
+
+
 def workers_of(pid: int) -> list[int]:
     """The run workers (spawned processes) below the `bench` process `pid`, from /proc: `bench` runs its
     command in a child (harness.cli.guard), whose children the workers are."""
     found, todo = [], [pid]
     while todo:
-        for task in Path(f"/proc/{todo.pop()}/task").glob("*"):
+        try:
+            below = children(todo.pop())
+        except OSError:
+            continue
+        for child in below:
             try:
-                children = (task / "children").read_text().split()
+                cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
             except OSError:
                 continue
-            for child in map(int, children):
-                try:
-                    cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
-                except OSError:
-                    continue
-                if b"spawn_main" in cmdline:
-                    found.append(child)
-                else:
-                    todo.append(child)
+            if b"spawn_main" in cmdline:
+                found.append(child)
+            else:
+                todo.append(child)
     return found
 
 
@@ -157,18 +162,25 @@ def test_faults_never_lose_what_was_recorded(tmp_path, monkeypatch, capsys):
     assert set(pd.read_parquet(results / "store" / "runs")["seed"]) == {0, 1, 2}
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGKILL], ids=["sigterm", "sighup", "sigkill"])
-def test_workers_never_outlive_their_driver(tmp_path, sig):
+@pytest.mark.parametrize("sig,target", [(signal.SIGTERM, "bench"), (signal.SIGHUP, "bench"), (signal.SIGKILL, "bench"),
+                                        (signal.SIGKILL, "command")],
+                         ids=["sigterm", "sighup", "sigkill", "sigkill_command"])
+def test_workers_never_outlive_their_driver(tmp_path, sig, target):
     """SIGTERM (or a hang-up): the driver stops its workers and exits 143 (129) with one line. SIGKILL: it can
-    do nothing, so each worker notices its parent is gone and exits by itself."""
+    do nothing, so each worker notices its parent is gone and exits by itself; when the command's process is
+    killed (`bench`'s child, as the OOM killer may), `bench` says so in one line, exit 4."""
     suite = write_suite(tmp_path, steps=2000)
     results = tmp_path / "results"
     driver = bench(*run_args(suite, results, "0"))
     wait_for(lambda: training_checkpoint(results), 180, "the run to train")
     workers = wait_for(lambda: workers_of(driver.pid), 30, "the worker process")
-    os.kill(driver.pid, sig)
+    os.kill(driver.pid if target == "bench" else children(driver.pid)[0], sig)
     code = driver.wait(timeout=60)
     wait_for(lambda: not any(alive(pid) for pid in workers), 30, "the workers to exit")
-    if sig != signal.SIGKILL:
+    if target == "command":
         err = driver.stderr.read().strip()
-        assert code == (EXIT_TERMINATED if sig == signal.SIGTERM else 129) and len(err.splitlines()) == 1 and "rerun the same command" in err, err
+        assert code == EXIT_CRASHED and len(err.splitlines()) == 1 and "killed by signal 9" in err, err
+    elif sig != signal.SIGKILL:
+        err = driver.stderr.read().strip()
+        assert code == (EXIT_TERMINATED if sig == signal.SIGTERM else 129), err
+        assert len(err.splitlines()) == 1 and "rerun the same command" in err, err

@@ -25,6 +25,8 @@ from harness.stats import (
     compare_kpi,
     floor_log_scale,
     holm_adjust,
+    interquartile_mean,
+    iqm_interval,
 )
 from harness.kpis import final_loss
 from harness.types import Finding, Reason, RuleError
@@ -513,6 +515,62 @@ def test_censored_candidate_cannot_pass_with_more_censored_runs():
     assert "missed the target in 1 runs vs 0" in kpi_reason(k)
     all_faster = compare_kpi(steps, base, {s: v * 0.5 for s, v in base.items()}, censored=True)
     assert all_faster.verdict == "improved" and all_faster.effect.estimate == pytest.approx(0.5)
+
+
+def test_censored_runs_count_as_a_share_of_each_arm():
+    """Unpaired arms of 20 and 5 runs: the baseline misses the target once (5%), the candidate once (20%) while
+    its other runs are four times faster. One miss each is not "no more often": never improved or non-inferior."""
+    steps = KpiRule("steps_to_target", "lower", "log", 0.25)
+    base = by_seed([*range(200, 390, 10), math.inf])
+    k = compare_kpi(steps, base, by_seed([math.inf, 50, 60, 70, 80], first_seed=100), censored=True)
+    assert k.test.p_improved < 0.05 and k.verdict == "inconclusive"
+    identical = compare_kpi(steps, by_seed([math.inf, 200, 250]), by_seed([math.inf, 200, 250]), censored=True)
+    assert identical.verdict == "identical" and identical.baseline.censored == identical.candidate.censored == 1
+
+
+def test_an_arm_iqm_interval_ranks_runs_that_never_reached_the_target_worst():
+    """Runs at inf (never reached) stay in the arm: its IQM is inf, and its interval has no NaN."""
+    values = np.array([150.0, 160.0, math.inf, math.inf, math.inf])
+    assert interquartile_mean(values) == math.inf
+    low, high = iqm_interval(values, 0.9)
+    assert 150.0 <= low < 160.0 and high == math.inf  # resamples with few infs trim them away; most do not
+
+
+def test_a_constant_effect_at_exactly_the_margin_is_a_tie_not_a_regression():
+    """Zero spread: every seed 0.05 worse against a 0.05 margin (0.050000000000000044 after rounding), or every
+    seed 10% worse against 10%: neither within nor beyond the margin, so nothing is rejected."""
+    accuracy = KpiRule("acc", "higher", "linear", 0.05, blocking=True)
+    base = {0: 0.80, 1: 0.82, 2: 0.84}
+    at_margin = compare_kpi(accuracy, base, {s: v - 0.05 for s, v in base.items()})
+    assert at_margin.verdict == "inconclusive" and at_margin.test.p_regressed == at_margin.test.p_noninferior == 1.0
+    loss = KpiRule("loss", "lower", "log", 0.10, blocking=True)
+    base = {0: 1.0, 1: 2.0, 2: 3.0}
+    assert compare_kpi(loss, base, {s: v * 1.1 for s, v in base.items()}).verdict == "inconclusive"
+    assert compare_kpi(loss, base, {s: v * 1.2 for s, v in base.items()}).verdict == "regressed"
+
+
+def test_tiny_values_that_really_vary_get_a_t_test():
+    """Values near 1e-13 that differ by half their size are noise to test, not float rounding: the paired
+    t-test's p is scipy's one-sided one (0.19), and the unpaired arms get Welch's."""
+    rule = KpiRule("lin", "lower", "linear", 0.0)
+    base, cand = [1e-13, 2e-13, 3e-13, 1.5e-13], [4e-13, 1e-13, 5e-13, 1.3e-13]
+    paired = compare_kpi(rule, by_seed(base), by_seed(cand))
+    expected = stats.ttest_1samp(np.subtract(cand, base), 0.0, alternative="greater").pvalue
+    assert paired.verdict == "inconclusive" and paired.test.p_regressed == pytest.approx(expected, rel=1e-9)
+    unpaired = compare_kpi(rule, by_seed(base), by_seed(cand, first_seed=10))
+    welch = stats.ttest_ind(cand, base, equal_var=False, alternative="greater").pvalue
+    assert unpaired.test.p_regressed == pytest.approx(welch, rel=1e-9)
+
+
+def test_two_seeds_at_an_early_looks_alpha_give_a_verdict_not_a_crash():
+    """An early sequential look spends 1.2e-5 of alpha: at two seeds no effect below 1,000 sds is detectable with
+    80% power, so the resolution is unbounded (inf) and the verdict INCONCLUSIVE."""
+    look_alpha = alpha_spending(5, 0.05)[0]
+    assert detectable_effect_size(2, look_alpha) == math.inf
+    accuracy = KpiRule("acc", "higher", "linear", 0.05, blocking=True)
+    result = compare([accuracy], {"acc": {0: 0.80, 1: 0.82}}, {"acc": {0: 0.81, 1: 0.80}}, alpha=look_alpha,
+                     hold_alpha=0.05)
+    assert result.verdict == "INCONCLUSIVE"
 
 
 # --------------------------------------------------------------------------- sequential looks
