@@ -528,8 +528,10 @@ def write_report(board: Leaderboard, out: Path, formats: list[str], summary: Pat
     """The report files, and the markdown appended to the GitHub job summary when there is one
     (both destinations checked before the command trained: harness.outputs). The summary says where the pictures
     are rather than linking files that nothing publishes for it."""
+    from harness.plugins import check_judge
     from reports.publish import render_markdown, write_reports
 
+    check_judge()  # a plugin that replaced part of the judge since it was imported (a component's code) gets no verdict
     board.ci_run_url = ci_run_url()
     paths = write_reports(board, out, formats)
     if summary:
@@ -656,6 +658,7 @@ def command_export(args) -> int:
 def command_validate(args) -> int:
     from harness import validate
     from harness.driver import Execution
+    from harness.plugins import check_judge
     from harness.seeds import seeds_option
     from harness.store import Store
 
@@ -667,6 +670,8 @@ def command_validate(args) -> int:
     runs = run_with_progress(suite, validate.run_specs(suite, checks), Execution(args.results, args.jobs), args.quiet)
     result = validate.validate(suite, Store(args.results), checks)
     from reports.validate import render_json, write_validation  # after the results dir exists: it imports matplotlib
+
+    check_judge()
 
     if args.json:
         write_stdout(render_json(result))

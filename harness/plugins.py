@@ -5,15 +5,26 @@ import, SystemExit and KeyboardInterrupt included, is a usage error naming the p
 Worker processes import them again before a run (`import_plugins`): there a plugin that raises or
 exits ends only that worker's run, which is recorded as failed. A plugin that ends the CLI process
 itself (os._exit) cannot fake an exit code either: see harness.outcome.
+
+A plugin registers components; it may not change the code that judges them. `check_judge` refuses a command
+whose harness/ or reports/ modules hold a function or class a plugin put there (monkeypatching the statistics
+to say PASS), after the plugins are imported and again before a verdict is written. It is a check, not a
+sandbox: code that sets out to evade it can, and in CI the pull request's code runs the gate anyway, so its
+diff is what a maintainer reviews.
 """
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 import traceback
 
 from harness import outcome
 from worldmodel.errors import WorldbenchError
+
+
+JUDGE_PACKAGES = ("harness", "reports")  # the code that computes and writes the verdict
+_loaded: list[str] = []  # the plugins this process imported (load_plugins)
 
 
 def load_plugins(modules: list[str]) -> None:
@@ -28,7 +39,23 @@ def load_plugins(modules: list[str]) -> None:
             raise WorldbenchError(f"plugins.modules: cannot import '{name}' ({err}); check the module path") from None
         except BaseException as err:  # noqa: BLE001 - user code: SyntaxError, sys.exit, anything at import
             raise WorldbenchError(plugin_failure(name, err)) from None
+        _loaded.append(name)
+        check_judge()
     outcome.note_plugin("")
+
+
+def check_judge() -> None:
+    """Refuse (exit 2) when a loaded harness/ or reports/ module holds a function or class defined in a plugin."""
+    plugins = tuple(dict.fromkeys(_loaded))
+    for module_name, module in list(sys.modules.items()):
+        if module is None or module_name.split(".")[0] not in JUDGE_PACKAGES:
+            continue
+        for attribute, value in list(vars(module).items()):
+            owner = getattr(value, "__module__", None)
+            if isinstance(owner, str) and any(owner == p or owner.startswith(f"{p}.") for p in plugins):
+                raise WorldbenchError(
+                    f"plugins.modules: plugin '{owner}' replaced {module_name}.{attribute}; a plugin registers "
+                    f"components and may not change how worldbench judges them: remove that from the plugin")
 
 
 def import_plugins(modules: list[str]) -> None:

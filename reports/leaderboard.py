@@ -19,7 +19,7 @@ from reports.render import (FILENAMES, HEADLINE_PICTURES, MARKER, MAX_VISIBLE_BY
                             join_details, jsonable, md_alert, md_compat, md_figures, md_guards, md_notes, md_pictures,
                             md_provenance, md_reproduce, md_rollouts, md_runs, md_table, md_variants, md_verdict,
                             page_fields, report_data, warning_lines, with_emoji)
-from reports.text import comparison_reasons, md_escape, truncate
+from reports.text import comparison_reasons, md_escape, md_html_escape, truncate
 
 SCHEMA = "worldbench-leaderboard/1"
 DETAILS_SUMMARY = ("<b>Details</b>: each arm's IQM, the forest plot and figures, each candidate's KPIs and reasons, "
@@ -86,7 +86,7 @@ def _md_candidate(report: ReportInput) -> str:
         row[-1] = with_emoji(row[-1])
     reasons = "\n".join(f"- {md_escape(truncate(reason, 400))}" for reason in comparison_reasons(report.comparison))
     verdict = report.comparison.verdict
-    return details(f"{md_verdict(verdict)} · {md_escape(report.candidate, block_start=False)}",
+    return details(f"{md_verdict(verdict)} · {md_html_escape(report.candidate)}",
                    "\n\n".join(part for part in (reasons, md_table(table)) if part))
 
 

@@ -53,7 +53,7 @@ PAGE_TEMPLATE = r"""<!DOCTYPE html>
 <meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src '{{ script_hash }}'">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{{ title }} — {{ banner.verdict }}</title>
+<title>{{ banner.verdict }} · {{ title }}</title>
 <style>
   body { font-family: "DejaVu Sans", "Liberation Sans", Helvetica, Arial, sans-serif; margin: 0; background: #f6f8fa; color: #1f2328; }
   main { max-width: 1100px; margin: 0 auto; padding: 16px 24px 48px; }

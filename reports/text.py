@@ -358,6 +358,13 @@ def md_escape(text: object, *, multiline: bool = False, block_start: bool = True
     return s.replace("@", "@\u200b")
 
 
+def md_html_escape(text: object) -> str:
+    """Untrusted text inside raw HTML in markdown (a <summary>), where GitHub processes no markdown, so a backslash
+    escape would show: one line, HTML entity-escaped, @mentions broken as in `md_escape`."""
+    s = " ".join(("" if text is None else str(text)).splitlines())
+    return html.escape(s, quote=False).replace("@", "@\u200b")
+
+
 def _escape_block_marker(marker: str) -> str:
     if marker[0].isdigit():  # "1." -> "1\." (an ordered-list marker no more)
         return marker[:-1] + "\\" + marker[-1]

@@ -20,6 +20,7 @@ from harness.export import TRACKERS
 from harness.kpis import COMPARE_TIME_KPIS, KPIS
 from harness.store import Store
 from tiny import tiny_suite
+from worldmodel.errors import WorldbenchError
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = tiny_suite("tiny", tokenizer_steps=4, actions_steps=4, dynamics_steps=4)
@@ -94,6 +95,46 @@ def test_no_environment_variable_makes_a_process_report_for_the_guard(tmp_path):
         done = bench("gate", "--profile", "tiny", "--results", str(tmp_path / "r"), "--quiet", cwd=tmp_path,
                      env={"WORLDBENCH_OUTCOME_FD": fd})
         assert done.returncode == EXIT_USAGE and done.stderr.startswith("error: plugins.modules"), done.stderr
+
+
+LYING_PLUGIN = """
+import harness.stats
+from harness.types import Finding, Reason, Verdict
+
+harness.stats._merge_verdict = lambda kpis, failed_baseline, failed_candidate: (
+    Verdict.PASS, [Reason(Finding.ALL_BLOCKING_OK, None)], None)
+"""
+
+
+def test_a_plugin_that_replaces_part_of_the_judge_gets_no_verdict(tmp_path):
+    """A plugin that monkeypatches the statistics to say PASS, at import: exit 2 naming it and what it replaced,
+    before anything is written (the planted fault it would have waved through FAILs without it)."""
+    (tmp_path / "lying_plugin.py").write_text(LYING_PLUGIN)
+    (tmp_path / "bench.toml").write_text(TINY + '[plugins]\nmodules = ["lying_plugin"]\n')
+    done = bench("gate", "--profile", "tiny", "--candidate", "fault_dynamics_blind", "--results",
+                 str(tmp_path / "r"), "--quiet", cwd=tmp_path)
+    assert done.returncode == EXIT_USAGE and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("error: plugins.modules: plugin 'lying_plugin' replaced "
+                                  "harness.stats._merge_verdict"), done.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_judge_replaced_after_import_stops_the_report_before_it_is_written(monkeypatch, tmp_path):
+    """Replaced later (by a component's code, say): `write_report` checks again first, so nothing is written."""
+    import harness.cli
+    import harness.plugins
+    import harness.stats
+
+    def fake_verdict(*args):
+        raise AssertionError("never called")
+
+    fake_verdict.__module__ = "a_plugin"
+    monkeypatch.setattr(harness.plugins, "_loaded", ["a_plugin"])
+    harness.plugins.check_judge()  # nothing replaced yet
+    monkeypatch.setattr(harness.stats, "_merge_verdict", fake_verdict)
+    with pytest.raises(WorldbenchError, match="plugin 'a_plugin' replaced harness.stats._merge_verdict"):
+        harness.cli.write_report(None, tmp_path / "out", ["md"], None)
+    assert not (tmp_path / "out").exists()
 
 
 def test_kernels_that_cannot_be_built_are_one_line_before_anything_is_written(tmp_path):

@@ -102,8 +102,10 @@ def test_twenty_candidates_fit_the_pr_comment_one_line_each_worst_first():
     assert rows[0].startswith("| candidate\\_10") and rows[1].startswith("| candidate\\_09") and "INCONCLUSIVE" in rows[1]
     assert 5 <= len(rows) < 20 and f"{20 - len(rows)} more candidates (better verdicts) are in the details" in visible
     assert "<script>" not in markdown and "&lt;script&gt;" in markdown  # a candidate's name is user text
-    for name in names[:-1]:  # every candidate's KPIs are folded below
-        assert f"· {name.replace('_', chr(92) + '_')}</summary>" in markdown
+    for name in names[:-1]:  # every candidate's KPIs are folded below, its name as HTML (no markdown there)
+        assert f"· {name}</summary>" in markdown
+    evil = "&lt;script&gt;alert(1)&lt;/script&gt; **bold** | pipe [link](http://x) `code` @\u200bsomeone"
+    assert f"· {evil}</summary>" in markdown  # GitHub shows it as the text it is
     figures = {figure.filename: figure for figure in plan_figures(leaderboard_of(reports[9:12], ""))}  # 3: quick
     assert figures["forest.png"].png()[:4] == b"\x89PNG"  # a row per candidate and blocking KPI
     assert figures["rollouts.png"].png()[:4] == b"\x89PNG"  # ground truth and every arm

@@ -295,6 +295,7 @@ def test_a_pass_names_the_guards_its_seeds_could_not_settle_in_every_format():
     assert f"<br>Resolution: {md_escape(guard_resolution)} (80% power; margin ≤ +10.0%)" in md  # in the details
     html = render_html(report, pngs={})
     assert "PASS · guards not resolved at these seeds: rollout.tf_mse (fails from +71.3%)" in html
+    assert "<title>PASS · " in html  # the verdict first: a name cannot push it out of a narrow tab
     data = _strict_json(render_json(report))
     guard = next(k for k in data["kpis"] if k["name"] == "rollout.tf_mse")
     assert data["unresolved_guards"] == ["rollout.tf_mse"] and guard["tier"] == "guard" and guard["guard"]
