@@ -390,12 +390,19 @@ def drop_optional(visible: str, sections: dict[str, Section], summary: str = DET
         section.drop_order = -1  # marks "shortened" for the footer
 
 
-def cut_to_fit(markdown: str) -> str:
-    """The last resort when even the essentials are too long: the comment cut at MAX_MD_CHARS, saying so."""
-    if len(markdown) <= MAX_MD_CHARS:
+TRUNCATED = "\n\n**Report truncated to fit a PR comment; see report.html / report.json.**\n"
+
+
+def cut_to_fit(markdown: str, limit: int = MAX_MD_CHARS) -> str:
+    """The last resort when even the essentials are too long: the comment cut at a line end within `limit`,
+    closing the code fence and the <details> it cut into (so the note after it renders), saying so."""
+    if len(markdown) <= limit:
         return markdown
-    tail = "\n\n…\n\n</details>\n\n**Report truncated to fit a PR comment; see report.html / report.json.**\n"
-    return markdown[: MAX_MD_CHARS - len(tail)] + tail
+    kept = markdown[: limit - len(TRUNCATED) - 200]  # 200: room for what closes it
+    kept = kept[: kept.rfind("\n")]  # whole lines only: no half tag or entity
+    fence = "\n```" if sum(line.lstrip().startswith("```") for line in kept.splitlines()) % 2 else ""
+    depth = max(0, kept.count("<details>") - kept.count("</details>"))
+    return kept + fence + "\n\n…" + "\n\n</details>" * depth + TRUNCATED
 
 
 def join_details(visible: str, sections: dict[str, Section], summary: str = DETAILS_SUMMARY) -> str:

@@ -337,6 +337,13 @@ def arm_description(description: str | None, provenance: ArmProvenance | None) -
 _MD_INLINE = re.compile(r"([\\`*_\[\]|~$])")
 # Block markup that only counts at the start of a line: headings, lists, setext/thematic rules.
 _MD_LINE_START = re.compile(r"^([ \t]*)([#+\-=]|\d+[.)])", re.MULTILINE)
+# What GitHub turns into a notification or a cross-reference: @someone, #12, GH-12 (owner/repo#12 ends in #12).
+_PINGS = re.compile(r"(@|#(?=\d)|\bGH-(?=\d))", re.IGNORECASE)
+
+
+def _no_pings(text: str) -> str:
+    """A zero-width space after each @, # and GH- that would mention someone or reference an issue."""
+    return _PINGS.sub(lambda m: m.group(1) + "\u200b", text)
 
 
 def md_escape(text: object, *, multiline: bool = False, block_start: bool = True) -> str:
@@ -345,7 +352,8 @@ def md_escape(text: object, *, multiline: bool = False, block_start: bool = True
     HTML is neutralised by entity-escaping `&<>` (so `<script>` shows as text), markdown by
     backslash-escaping its punctuation.  `block_start`: the text may begin a line or a list
     item, where "# ", "- ", "1. " would start a heading or list (not so in a table cell).
-    @mentions get a zero-width space so a variant description cannot ping people.
+    @mentions and issue references (#12, GH-12) get a zero-width space so a variant description cannot ping
+    people or leave a cross-reference on another issue.
     """
     s = "" if text is None else str(text)
     s = s.replace("\r\n", "\n").replace("\r", "\n")
@@ -354,15 +362,13 @@ def md_escape(text: object, *, multiline: bool = False, block_start: bool = True
     s = _MD_INLINE.sub(r"\\\1", s)
     if block_start or multiline:
         s = _MD_LINE_START.sub(lambda m: m.group(1) + _escape_block_marker(m.group(2)), s)
-    s = html.escape(s, quote=False)
-    return s.replace("@", "@\u200b")
+    return _no_pings(html.escape(s, quote=False))
 
 
 def md_html_escape(text: object) -> str:
     """Untrusted text inside raw HTML in markdown (a <summary>), where GitHub processes no markdown, so a backslash
-    escape would show: one line, HTML entity-escaped, @mentions broken as in `md_escape`."""
-    s = " ".join(("" if text is None else str(text)).splitlines())
-    return html.escape(s, quote=False).replace("@", "@\u200b")
+    escape would show: one line, HTML entity-escaped, mentions and issue references broken as in `md_escape`."""
+    return _no_pings(html.escape(" ".join(("" if text is None else str(text)).splitlines()), quote=False))
 
 
 def _escape_block_marker(marker: str) -> str:

@@ -19,7 +19,8 @@ import pytest
 
 from harness.cli import main
 from harness.kpis import KPIS
-from reports.render import MAX_HEADLINE_ROWS, MAX_VISIBLE_BYTES, MAX_VISIBLE_LINES, MARKER, visible_part
+from reports.render import (MAX_HEADLINE_ROWS, MAX_VISIBLE_BYTES, MAX_VISIBLE_LINES, MARKER, cut_to_fit,
+                            visible_part)
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISH = REPO / ".github" / "scripts" / "publish_assets.py"
@@ -74,6 +75,19 @@ def test_the_comment_shows_counts_the_blocking_and_guard_kpis_and_the_pictures_o
     # Everything else is folded: the full table, per-seed values, provenance, the command.
     for heading in ("### All KPIs", "### Why each KPI got its verdict", "### Provenance", "### Reproduce"):
         assert heading in markdown and heading not in visible
+
+
+def test_a_comment_cut_to_fit_ends_whole_closing_what_it_cut_into():
+    """Cut inside a code fence inside a <details>: the cut falls at a line end (no half entity such as `&lt;`),
+    the fence and the <details> are closed, the note is last, and the whole stays within the limit."""
+    markdown = ("verdict\n\n<details><summary>Details</summary>\n\n```bash\n"
+                + "".join(f"bench gate --candidate &lt;v{i}&gt;\n" for i in range(200)) + "```\n\n</details>\n")
+    cut = cut_to_fit(markdown, limit=1000)
+    assert len(cut) <= 1000 and cut.endswith("**Report truncated to fit a PR comment; see report.html / report.json.**\n")
+    body = cut.split("\n\n…")[0]
+    assert body.endswith("&gt;\n```")  # a whole line, then the fence closed
+    assert cut.count("```") == 2 and cut.count("<details>") == cut.count("</details>") == 1
+    assert cut_to_fit(markdown, limit=len(markdown)) == markdown
 
 
 def test_each_row_is_one_statistic_the_arms_ratio_is_the_change_the_test_uses(gate_report):

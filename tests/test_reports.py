@@ -20,7 +20,8 @@ from harness.types import ArmProvenance, FloorNote, LookNote, TargetNote, Target
 from reports import MARKER, CompatResult, ReportInput, render_html, render_json, render_markdown, write_reports
 from reports.render import MAX_VISIBLE_BYTES, MAX_VISIBLE_LINES, visible_part
 from reports.figures import curve_bands, horizon_columns, plan_figures, rollout_grid
-from reports.text import arm_description, fmt_estimate, md_escape, note_text, unresolved_guards_line
+from reports.text import (arm_description, fmt_estimate, md_escape, md_html_escape, note_text,
+                          unresolved_guards_line)
 from worldmodel.config import STAGES
 
 BASELINE, CANDIDATE = "meanpool_concat", "windowed_attention"
@@ -375,6 +376,13 @@ def test_untrusted_text_is_escaped_in_html_and_markdown():
         rows = block.strip("\n").split("\n")
         widths = {len(re.findall(r"(?<!\\)\|", row)) for row in rows}
         assert len(widths) == 1, rows
+
+
+def test_untrusted_text_cannot_mention_anyone_or_reference_an_issue():
+    """In markdown and in raw HTML alike: @someone, #12, GH-12 and owner/repo#12 get a zero-width space."""
+    text = "ping @bob, fixes #12 and GH-3, see owner/repo#1; C# and #tag stay"
+    expected = "ping @\u200bbob, fixes #\u200b12 and GH-\u200b3, see owner/repo#\u200b1; C# and #tag stay"
+    assert md_escape(text, block_start=False) == expected and md_html_escape(text) == expected
 
 
 def test_missing_pieces_render_everywhere():
