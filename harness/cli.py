@@ -702,6 +702,9 @@ COMMANDS = {"run": command_run, "list": command_list, "show": command_show, "rep
             "gate": command_gate, "validate": command_validate, "export": command_export}
 
 
+UNWINDING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # the driver stops its workers, then exits 128 + the signal
+
+
 class Terminated(BaseException):
     """SIGTERM or SIGHUP arrived: unwind like Ctrl-C, so the executors stop their workers on the way out."""
 
@@ -721,7 +724,7 @@ def sigterm_unwinds():
     def terminate(signum, frame):
         raise Terminated(signum)
 
-    previous = {signum: signal.signal(signum, terminate) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    previous = {signum: signal.signal(signum, terminate) for signum in UNWINDING_SIGNALS}
     try:
         yield
     finally:
@@ -778,7 +781,7 @@ def run_command(argv: list[str] | None) -> int:
     except Terminated as ended:
         name = signal.Signals(ended.signum).name
         print_line("", f"terminated ({name}); workers stopped; rerun the same command to resume")
-        return EXIT_TERMINATED if ended.signum == signal.SIGTERM else 128 + ended.signum
+        return 128 + ended.signum  # EXIT_TERMINATED for SIGTERM
     except BaseException as err:  # noqa: BLE001 - a bug, or SystemExit from code the command ran: never 0/1
         print_line("[red]internal error:[/]", crash_line(err, getattr(args, "results", None)))
         return EXIT_CRASHED
@@ -805,7 +808,7 @@ def guard(argv: list[str]) -> int:
                              pass_fds=(write_end,), env={**os.environ, "PYTHONWARNINGS": warnings})
     os.close(write_end)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for forwarded in (signal.SIGTERM, signal.SIGHUP):  # a hang-up ends the child, and the guard says so
+    for forwarded in UNWINDING_SIGNALS:  # the child unwinds; the guard exits with what it reports
         signal.signal(forwarded, lambda signum, frame: child.send_signal(signum))
     status = child.wait()
     notes = outcome.read_notes(read_end)

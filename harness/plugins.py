@@ -47,6 +47,8 @@ def load_plugins(modules: list[str]) -> None:
 def check_judge() -> None:
     """Refuse (exit 2) when a loaded harness/ or reports/ module holds a function or class defined in a plugin."""
     plugins = tuple(dict.fromkeys(_loaded))
+    if not plugins:
+        return
     for module_name, module in list(sys.modules.items()):
         if module is None or module_name.split(".")[0] not in JUDGE_PACKAGES:
             continue

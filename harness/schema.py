@@ -92,6 +92,12 @@ class Variant:
 
 
 @dataclass
+class PluginsSection:
+    """bench.toml's [plugins]: modules imported so that the components they register can be chosen."""
+    modules: list[str] = field(default_factory=list)
+
+
+@dataclass
 class ComparisonSection:
     """bench.toml's [comparison]: what `bench report`, `gate` and `validate` compare unless told otherwise."""
     baseline: str = "meanpool_concat"

@@ -223,6 +223,9 @@ class _PValues:
     regressed: float  # H1: d > margin
 
 
+ROUNDING = 1e-12  # relative: values that differ by less than this times their magnitude differ by float rounding
+
+
 def _deterministic_p(effect: float, margin: float, scale: float) -> _PValues:
     """Zero spread (e.g. a bit-for-bit deterministic pipeline): the sign decides, and ties reject nothing. An
     effect within float rounding of the values (`scale`: their magnitude) of 0 or the margin is a tie: a
@@ -236,9 +239,6 @@ def _deterministic_p(effect: float, margin: float, scale: float) -> _PValues:
         return 0.0 if effect > bound + tolerance else 1.0
 
     return _PValues(improved=below(0.0), noninferior=below(margin), worse=above(0.0), regressed=above(margin))
-
-
-ROUNDING = 1e-12  # relative: values that differ by less than this times their magnitude differ by float rounding
 
 
 def _magnitude(*samples: np.ndarray) -> float:
@@ -284,9 +284,10 @@ def _welch_t_test(candidate: np.ndarray, baseline: np.ndarray, margin: float,
                   alpha: float) -> tuple[_PValues, tuple[float, float]]:
     """Welch tests of mean(c) - mean(b) against 0 and the margin (the candidate shifted by it), plus the dual
     t interval."""
-    if _has_no_spread(candidate, baseline):
+    scale = _magnitude(candidate, baseline)
+    if _has_no_spread(candidate, baseline, scale=scale):
         difference = float(np.mean(candidate) - np.mean(baseline))
-        return _deterministic_p(difference, margin, _magnitude(candidate, baseline)), (difference, difference)
+        return _deterministic_p(difference, margin, scale), (difference, difference)
     shifted = np.column_stack([candidate, candidate - margin])
     result = stats.ttest_ind(shifted, baseline[:, None], equal_var=False)
     low, high = result.confidence_interval(ci_level(alpha))

@@ -15,7 +15,8 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 from harness.kpis import COMPARE_TIME_KPIS, KPIS
 from harness.plugins import load_plugins
 from harness.schema import (BUILTIN_FAULTS, BUILTIN_NULLS, DEFAULT_DATASETS, DEFAULT_PROFILES, DEFAULT_VARIANTS, SLOTS,
-                            ComparisonSection, Dataset, Profile, Suite, Variant, check_name, on_baseline, set_dotted)
+                            ComparisonSection, Dataset, PluginsSection, Profile, Suite, Variant, check_name, on_baseline,
+                            set_dotted)
 from harness.seeds import parse_seeds
 from harness.types import OVERRIDABLE, KpiRule, RuleError
 from variants import components as registered_components  # importing variants registers the built-in ones
@@ -85,12 +86,8 @@ def build_suite(raw: dict, path: Path | None = None) -> Suite:
     for key in raw:
         if key not in SECTIONS:
             raise WorldbenchError(f"{key}: unknown section; allowed: {', '.join(sorted(SECTIONS))}")
-    plugins = _check_type(raw.get("plugins", {}), dict, "plugins")
-    for key in plugins:
-        if key != "modules":
-            raise WorldbenchError(f"plugins.{key}: unknown key; allowed: modules")
-    plugin_modules = [_check_type(module, str, "plugins.modules")
-                      for module in _check_type(plugins.get("modules", []), list, "plugins.modules")]
+    plugins = _fill(PluginsSection, _check_type(raw.get("plugins", {}), dict, "plugins"), "plugins")
+    plugin_modules = [_check_type(module, str, "plugins.modules") for module in plugins.modules]
     load_plugins(plugin_modules)  # first: a plugin's components are choosable in the sections below
     profiles = _with_bases({**DEFAULT_PROFILES, **_section(raw, "profiles", _parse_profile)})
     datasets = {**DEFAULT_DATASETS, **_section(raw, "datasets", _parse_dataset)}
