@@ -19,7 +19,7 @@ from worldmodel.lam import LatentActionModel, code_entropies
 from worldmodel.rollout import evaluate_rollouts, infer_clip_actions, rollout_clips, shuffled_actions, to_uint8
 from worldmodel.tokenizer import VideoTokenizer
 from worldmodel.layers import rotate
-from worldmodel.train import StageDiverged, learning_rate, load_checkpoint, train_stage
+from worldmodel.train import FlatAdamW, StageDiverged, learning_rate, load_checkpoint, train_stage
 
 from tiny import tiny_config
 
@@ -189,6 +189,52 @@ def test_killed_stage_resumes_identically_and_checkpoint_reloads_bit_identically
     reloaded = stages.load_stage(stage, config, tmp_path / "whole.pt")
     for key, value in model.state_dict().items():
         assert torch.equal(value, reloaded.state_dict()[key]), key
+
+
+def test_flat_adamw_steps_exactly_as_torch_adamw(windows):
+    """Bit for bit torch.optim.AdamW(foreach=True): with a changing lr, a parameter that never gets a gradient (AdamW
+    leaves it and its state alone), one that misses a step (from the next step on the step counts differ, and the
+    steps are AdamW's own), and state dicts of one kind loaded by the other, into a stepped and a fresh optimiser."""
+    _, train, _ = windows
+    config = tiny_config()
+    torch.manual_seed(0)
+    ours = VideoTokenizer(config)
+    ours.unused = torch.nn.Parameter(torch.ones(3))  # never in the loss: no gradient, as the LAM's mask token
+    theirs = copy.deepcopy(ours)
+    make = {id(ours): lambda: FlatAdamW(ours.parameters(), lr=1e-2, weight_decay=0.1),
+            id(theirs): lambda: torch.optim.AdamW(theirs.parameters(), lr=1e-2, weight_decay=0.1, foreach=True)}
+    optimizers = {id(model): make[id(model)]() for model in (ours, theirs)}
+    sample = sample_frames(train)
+    for step in range(14):
+        frames = sample(torch.Generator().manual_seed(step))
+        for model in (ours, theirs):
+            optimizer = optimizers[id(model)]
+            for group in optimizer.param_groups:
+                group["lr"] = 1e-2 * (1 - step / 20)
+            optimizer.zero_grad(set_to_none=True)
+            model.loss(*frames)[0].backward()
+            if step == 9:
+                model.from_latent.weight.grad = None  # misses this step
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
+            optimizer.step()
+        assert (optimizers[id(ours)]._flat is not None) == (step < 10)  # flat until the step counts differ
+        if step == 3:
+            saved = {id(model): copy.deepcopy(optimizers[id(model)].state_dict()) for model in (ours, theirs)}
+        if step == 5:  # each loads the other's state dict of two steps earlier
+            for model, other in ((ours, theirs), (theirs, ours)):
+                optimizers[id(model)].load_state_dict(saved[id(other)])
+        if step == 7:  # each resumes a fresh optimiser from the other's state dict
+            saved = {id(model): copy.deepcopy(optimizers[id(model)].state_dict()) for model in (ours, theirs)}
+            for model, other in ((ours, theirs), (theirs, ours)):
+                optimizers[id(model)] = make[id(model)]()
+                optimizers[id(model)].load_state_dict(saved[id(other)])
+        for (name, mine), theirs_value in zip(ours.state_dict().items(), theirs.state_dict().values()):
+            assert torch.equal(mine, theirs_value), (step, name)
+    state_ours, state_theirs = optimizers[id(ours)].state, optimizers[id(theirs)].state
+    assert ours.unused not in state_ours and theirs.unused not in state_theirs
+    for mine, other in zip(ours.parameters(), theirs.parameters()):
+        if mine in state_ours:
+            assert all(torch.equal(state_ours[mine][key], state_theirs[other][key]) for key in state_theirs[other])
 
 
 def test_nan_loss_is_reported_as_divergence_with_its_step(tmp_path, windows):

@@ -88,11 +88,11 @@ from worldmodel.dynamics import Dynamics
 from worldmodel.errors import WorldbenchError
 from worldmodel.registry import lookup
 from worldmodel.stages import build_model
-from worldmodel.train import (CPU, BatchSampler, Placement, ProgressHook, StageDiverged, TrainResult, WeightAverage,
-                              learning_rate, load_checkpoint, peak_rss_mb, perturb_initial_weights, restore,
-                              save_checkpoint, snapshot)
+from worldmodel.train import (CPU, BatchSampler, FlatAdamW, Placement, ProgressHook, StageDiverged, TrainResult,
+                              WeightAverage, learning_rate, load_checkpoint, peak_rss_mb, perturb_initial_weights,
+                              restore, save_checkpoint, snapshot)
 
-ELEMENTWISE_OPTIMIZERS = (torch.optim.AdamW, torch.optim.Adam, torch.optim.SGD)  # a stacked step = K steps
+ELEMENTWISE_OPTIMIZERS = (FlatAdamW, torch.optim.AdamW, torch.optim.Adam, torch.optim.SGD)  # a stacked step = K steps
 CLIP_EPS = 1e-6  # nn.utils.clip_grad_norm_'s: scale = clip / (norm + 1e-6)
 
 
