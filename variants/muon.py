@@ -17,6 +17,7 @@ from torch import nn
 from worldmodel.config import StageConfig
 from worldmodel.layers import Attention, SwiGLU
 from worldmodel.registry import register
+from worldmodel.train import FlatAdamW
 
 MOMENTUM = 0.95
 NS_STEPS = 5
@@ -38,9 +39,8 @@ class MuonWithAdamW:
         if matrices:
             self.parts["muon"] = torch.optim.Muon(matrices, lr=lr, weight_decay=weight_decay, momentum=MOMENTUM,
                                                   nesterov=True, ns_coefficients=NS_COEFFICIENTS, ns_steps=NS_STEPS)
-        if rest:
-            # the anchor's AdamW (worldmodel.train.make_optimizer), on these parameters only
-            self.parts["adamw"] = torch.optim.AdamW(rest, lr=lr, weight_decay=weight_decay, foreach=True)
+        if rest:  # the anchor's AdamW (worldmodel.train.make_optimizer's), on these parameters only
+            self.parts["adamw"] = FlatAdamW(rest, lr=lr, weight_decay=weight_decay)
 
     @property
     def param_groups(self) -> list[dict]:

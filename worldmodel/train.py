@@ -2,8 +2,9 @@
 
 The optimizer is a component of the `optimizer` slot (worldmodel/registry.py): a factory (model,
 StageConfig) -> torch.optim.Optimizer (or anything with its param_groups, zero_grad, step and state
-dicts). The anchor's AdamW is registered here; Muon in variants/muon.py. Loss terms that components
-bring (worldmodel/auxiliary.py) are added to what the step optimises and logged under their own names.
+dicts). The anchor's AdamW is registered here (as FlatAdamW: the same numbers in fewer ops); Muon in
+variants/muon.py. Loss terms that components bring (worldmodel/auxiliary.py) are added to what the
+step optimises and logged under their own names.
 
 A stage killed at any point resumes from its last checkpoint and produces exactly the losses
 an uninterrupted run would have: model, optimiser, step, curve and both RNG streams (the
