@@ -178,8 +178,8 @@ class FlatAdamW(torch.optim.AdamW):
     The state dict is AdamW's, tensor per parameter, so checkpoints, resuming and seed-batching read it as
     before. As AdamW does, a step leaves a parameter without a gradient (and its state) as it is. Every other
     step is AdamW's own: on a GPU (whose foreach kernels are already batched, and round their own way), with
-    several groups or dtypes, options other than AdamW's defaults, or step counts that differ between the
-    parameters stepped.
+    several groups or dtypes, a non-contiguous parameter, options other than AdamW's defaults, or step counts
+    that differ between the parameters stepped.
     """
 
     def __init__(self, params, lr: float = 1e-3, weight_decay: float = 1e-2, **options):
@@ -245,9 +245,10 @@ class _FlatState:
     @staticmethod
     def gather(params: list[nn.Parameter], state: dict) -> "_FlatState | None":
         """Copy the parameters and their AdamW state into flat buffers and make them views of those; None when
-        the parameters are not all CPU tensors of one dtype, or some have state and others not, or their step
-        counts differ."""
-        if len({(p.device, p.dtype) for p in params}) != 1 or params[0].device.type != "cpu":
+        the parameters are not all contiguous CPU tensors of one dtype, or some have state and others not, or their
+        step counts differ."""
+        if (len({(p.device, p.dtype) for p in params}) != 1 or params[0].device.type != "cpu"
+                or not all(p.is_contiguous() for p in params)):  # a view keeps a contiguous tensor's strides only
             return None
         own = [state.get(p, {}) for p in params]
         if any(own) and not all(own):
