@@ -194,7 +194,8 @@ def test_killed_stage_resumes_identically_and_checkpoint_reloads_bit_identically
 def test_flat_adamw_steps_exactly_as_torch_adamw(windows):
     """Bit for bit torch.optim.AdamW(foreach=True): with a changing lr, a parameter that never gets a gradient (AdamW
     leaves it and its state alone), one that misses a step (from the next step on the step counts differ, and the
-    steps are AdamW's own), and state dicts of one kind loaded by the other, into a stepped and a fresh optimiser."""
+    steps are AdamW's own), state dicts of one kind loaded by the other, into a stepped and a fresh optimiser, and
+    state tensors replaced from outside."""
     _, train, _ = windows
     config = tiny_config()
     torch.manual_seed(0)
@@ -218,6 +219,11 @@ def test_flat_adamw_steps_exactly_as_torch_adamw(windows):
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
             optimizer.step()
         assert (optimizers[id(ours)]._flat is not None) == (step < 10)  # flat until the step counts differ
+        if step == 2:  # a state tensor replaced from outside (as seed-batching hands each seed its slice back)
+            for model in (ours, theirs):
+                state = optimizers[id(model)].state
+                for parameter in list(state):
+                    state[parameter] = {**state[parameter], "exp_avg": state[parameter]["exp_avg"] * 0.5}
         if step == 3:
             saved = {id(model): copy.deepcopy(optimizers[id(model)].state_dict()) for model in (ours, theirs)}
         if step == 5:  # each loads the other's state dict of two steps earlier

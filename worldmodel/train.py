@@ -226,7 +226,7 @@ class FlatAdamW(torch.optim.AdamW):
         stepped = [p for p in group["params"] if p.grad is not None]  # AdamW skips the others
         if not stepped or any(p.grad.is_sparse for p in stepped):
             return False
-        if self._flat is None or not self._flat.holds(stepped):
+        if self._flat is None or not self._flat.holds(stepped, self.state):
             self._flat = _FlatState.gather(stepped, self.state)
         return self._flat is not None
 
@@ -241,6 +241,7 @@ class _FlatState:
     step: int  # the step count they all share
     stepped: list[nn.Parameter]  # the parameters they hold, in order
     views: list[torch.Tensor]  # each one's data
+    states: list[dict]  # each one's AdamW state: its step count and moments, views too
 
     @staticmethod
     def gather(params: list[nn.Parameter], state: dict) -> "_FlatState | None":
@@ -266,7 +267,7 @@ class _FlatState:
                           exp_avg_sqs=_concatenated(exp_avg_sqs),
                           steps=torch.full((len(params),), step, dtype=step_dtype, device=own[0]["step"].device
                                            if all(own) else torch.device("cpu")),
-                          step=int(step), stepped=params, views=[])
+                          step=int(step), stepped=params, views=[], states=[])
         offset = 0
         for index, p in enumerate(params):
             part = slice(offset, offset + p.numel())
@@ -274,13 +275,16 @@ class _FlatState:
             flat.views.append(p.data)
             state[p] = {"step": flat.steps[index], "exp_avg": flat.exp_avgs[part].view_as(p),
                         "exp_avg_sq": flat.exp_avg_sqs[part].view_as(p)}
+            flat.states.append(dict(state[p]))
             offset += p.numel()
         return flat
 
-    def holds(self, params: list[nn.Parameter]) -> bool:
-        """Whether these are the parameters the buffers hold, still views of them (nothing re-pointed their data)."""
+    def holds(self, params: list[nn.Parameter], state: dict) -> bool:
+        """Whether these are the parameters the buffers hold, and they and their state are still the buffers' views
+        (nothing re-pointed a parameter's data or replaced a state tensor)."""
         return len(params) == len(self.views) and all(
-            p.data_ptr() == view.data_ptr() for p, view in zip(params, self.views))
+            p.data_ptr() == view.data_ptr() and all(state[p].get(key) is value for key, value in own.items())
+            for p, view, own in zip(params, self.views, self.states))
 
 
 def _concatenated(tensors: list[torch.Tensor]) -> torch.Tensor:
