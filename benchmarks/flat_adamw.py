@@ -16,21 +16,12 @@ import time
 
 import torch
 
+from harness.compat import one_batch
 from harness.suite import load_suite
 from worldmodel import stages
 from worldmodel.train import FlatAdamW, update
 
 STEPS_PER_ROUND = 8
-
-
-def batches(stage: str, config, count: int) -> list[tuple[torch.Tensor, ...]]:
-    batch = getattr(config, stage).batch_size
-    if stage == "dynamics":
-        return [(torch.randint(config.codebook_size, (batch, config.window, config.patches)),
-                 torch.randint(2, (batch, config.window - 1, config.action_dim)).float() * 2 - 1)
-                for _ in range(count)]
-    return [(torch.rand(batch, config.window, 3, config.frame_size, config.frame_size) * 2 - 1,)
-            for _ in range(count)]
 
 
 def compare(stage: str, config, rounds: int) -> dict:
@@ -40,7 +31,7 @@ def compare(stage: str, config, rounds: int) -> dict:
     optimizers = {"torch": torch.optim.AdamW(theirs.parameters(), lr=1e-3, weight_decay=0.01, foreach=True),
                   "flat": FlatAdamW(ours.parameters(), lr=1e-3, weight_decay=0.01)}
     models = {"torch": theirs, "flat": ours}
-    inputs = batches(stage, config, 4)
+    inputs = [one_batch(stage, config, getattr(config, stage).batch_size) for _ in range(4)]
     best = {name: float("inf") for name in models}
     identical = True
     for round_index in range(rounds):

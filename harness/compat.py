@@ -46,9 +46,9 @@ def check_stage(stage: str, path: Path) -> str | None:
     return "; ".join(problems) or forward_problem(stage, config, model)
 
 
-def one_batch(stage: str, config: WorldModelConfig) -> tuple[torch.Tensor, ...]:
+def one_batch(stage: str, config: WorldModelConfig, batch: int = 2) -> tuple[torch.Tensor, ...]:
     """Random inputs of the stage's loss: frames in [-1, 1], or dynamics codes and +-1 latent actions."""
-    batch, steps, size = 2, config.window, config.frame_size
+    steps, size = config.window, config.frame_size
     if stage != "dynamics":
         return (torch.rand(batch, steps, 3, size, size) * 2 - 1,)
     codes = torch.randint(config.codebook_size, (batch, steps, config.patches))

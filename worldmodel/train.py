@@ -254,20 +254,22 @@ class _FlatState:
         own = [state.get(p, {}) for p in params]
         if any(own) and not all(own):
             return None
+        counts = {float(s["step"]) for s in own} if all(own) else {0.0}  # no state yet: AdamW's step 0
+        if len(counts) != 1:
+            return None
+        (step,) = counts
+        values = _concatenated(params)
         if all(own):
-            counts = {float(s["step"]) for s in own}
-            if len(counts) != 1:
-                return None
-            step, step_dtype = counts.pop(), own[0]["step"].dtype
-            exp_avgs, exp_avg_sqs = [s["exp_avg"] for s in own], [s["exp_avg_sq"] for s in own]
-        else:  # AdamW's initial state: a 0-d step count in the default scalar dtype, zero moments
-            step, step_dtype = 0.0, torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
-            exp_avgs = exp_avg_sqs = [torch.zeros_like(p) for p in params]
-        flat = _FlatState(params=_concatenated(params), exp_avgs=_concatenated(exp_avgs),
-                          exp_avg_sqs=_concatenated(exp_avg_sqs),
-                          steps=torch.full((len(params),), step, dtype=step_dtype, device=own[0]["step"].device
-                                           if all(own) else torch.device("cpu")),
-                          step=int(step), stepped=params, views=[], states=[])
+            step_dtype = own[0]["step"].dtype
+            exp_avgs = _concatenated([s["exp_avg"] for s in own])
+            exp_avg_sqs = _concatenated([s["exp_avg_sq"] for s in own])
+        else:  # AdamW's initial state: a step count in the default scalar dtype, zero moments
+            step_dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+            exp_avgs, exp_avg_sqs = torch.zeros_like(values), torch.zeros_like(values)
+        # a step count stays on the CPU, as AdamW keeps it without capturable or fused
+        flat = _FlatState(params=values, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs,
+                          steps=torch.full((len(params),), step, dtype=step_dtype), step=int(step), stepped=params,
+                          views=[], states=[])
         offset = 0
         for index, p in enumerate(params):
             part = slice(offset, offset + p.numel())
