@@ -79,6 +79,9 @@ def native_equals_torch_path(fn, inputs: list[torch.Tensor], params: list[torch.
 
 ATTENTION_CASES = {
     # name: (qkv shape, heads, causal, seq_dim)
+    "spatial-16": ((2, 3, 16, 96), 8, False, 2),  # the ci profile's 4x4 patches: heads in lanes, d = 4
+    "spatial-16-d8": ((2, 3, 16, 96), 4, False, 2),  # d = 8 in registers, half a vector of heads
+    "temporal-12-heads": ((2, 4, 5, 144), 12, True, 1),  # d = 4, heads spilling into a second vector
     "spatial-64": ((2, 3, 64, 96), 8, False, 2),  # [B, T, P, 3E], 8x8 patches per frame
     "spatial-256": ((1, 2, 256, 96), 8, False, 2),  # 16x16 patches per frame
     "temporal-T4": ((2, 4, 64, 96), 8, True, 1),  # causal over the T = 4 frames of each patch
@@ -100,6 +103,38 @@ def test_native_attention_matches_naive_softmax(case):
     torch_out, (torch_dqkv,) = grads(lambda t: attend_torch(t, heads, causal, seq_dim), qkv)
     close(out, torch_out)
     close(dqkv, torch_dqkv)
+
+
+def padded_head_dim(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """[..., heads * d] -> [..., heads * (d + 1)]: each head gets one more dim, zero."""
+    split = t.unflatten(-1, (heads, -1))
+    return torch.cat([split, split.new_zeros(*split.shape[:-1], 1)], dim=-1).flatten(-2)
+
+
+@pytest.mark.parametrize("d", [4, 8])
+@pytest.mark.parametrize("seq_dim, causal", [(2, 0), (1, 1)], ids=["spatial", "temporal"])
+def test_head_dims_with_their_own_code_give_the_bits_of_the_generic_code(d, seq_dim, causal):
+    # d = 4 and 8 (the shipped models' head dims) run transposing packs and register accumulators; d + 1
+    # runs the generic loops. A zero extra dim adds only exact zeros, so both must give the same bits.
+    heads, lib, ptr = 8, kernels.library(), (lambda t: t.data_ptr())
+    qkv = torch.randn(2, 4, 16, 3 * heads * d, generator=torch.Generator().manual_seed(5))
+    dy = torch.randn(2, 4, 16, heads * d, generator=torch.Generator().manual_seed(6))
+    outer, S, inner = (8, 16, 1) if seq_dim == 2 else (2, 4, 16)
+
+    def run(qkv, dy, d):
+        y, dqkv = torch.empty_like(dy), torch.empty_like(qkv)
+        stats = torch.empty(lib.wb_attention_stats_size(outer, S, inner, heads, d))
+        assert lib.wb_attention_forward(ptr(qkv), ptr(y), ptr(stats), outer, S, inner, heads, d, causal, 0.5, 1) == 0
+        lib.wb_attention_backward(ptr(qkv), ptr(y), ptr(dy), ptr(stats), ptr(dqkv), outer, S, inner, heads, d, causal,
+                                  0.5, 1)
+        return y, dqkv
+
+    y, dqkv = run(qkv, dy, d)
+    padded_qkv = torch.cat([padded_head_dim(part, heads) for part in qkv.chunk(3, dim=-1)], dim=-1)
+    padded_y, padded_dqkv = run(padded_qkv, padded_head_dim(dy, heads), d + 1)
+    assert torch.equal(y, padded_y.unflatten(-1, (heads, d + 1))[..., :d].flatten(-2))
+    generic = padded_dqkv.unflatten(-1, (3 * heads, d + 1))[..., :d].flatten(-2)
+    assert torch.equal(dqkv, generic)
 
 
 def attend_torch(qkv, heads, causal, seq_dim):

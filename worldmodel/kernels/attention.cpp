@@ -19,9 +19,11 @@
 //   with the keys in the lanes: pass A per query (p, ds = p (dp - D), dq), pass B per block of 8
 //   queries (dk += ds q, dv += p dO with the accumulators kept in registers).
 // * heads-in-lanes (short sequences, S <= kSmallMax: the causal temporal attention over T
-//   frames): one work item is one (outer, inner); q/k/v are packed as [S][d][heads] so 8 heads are
+//   frames, and the spatial one over a 16x16 frame's 16 patches): one work item is one (outer, inner); q/k/v are packed as [S][d][heads] so 8 heads are
 //   processed per vector with no horizontal reductions. The forward stores the probabilities
-//   (S * S * heads floats per item, small) and the backward reuses them.
+//   (S * S * heads floats per item, small) and the backward reuses them. For head dims 4 and 8 the
+//   accumulators stay in registers, and with d = 4 and whole vectors of heads the packing is a
+//   transpose in registers: the same operations in the same order as the generic loops.
 //
 // Work items write disjoint outputs and each runs sequentially, so results are bit-identical for
 // any thread count or schedule.
@@ -305,10 +307,36 @@ void rows_backward(const float* qkv, const float* y, const float* dy, const floa
 
 // ============================================================================= heads-in-lanes path
 
+// With d = 4 and whole vectors of heads (hp = heads), a row's 8 heads x 4 dims are four vectors, and packing is
+// a 4 x 8 transpose in registers instead of 32 scalar moves; the products are the same, so the bits are.
+inline bool transposable(const Geometry& g) { return g.d == 4 && g.heads % kLanes == 0; }
+
 // Packs rows [S] x (heads d) at src (row stride `stride`) into dst [S][d][hp] (hp = heads padded to
 // 8; padding lanes zero), multiplying by `mul`.
 inline void pack_heads(const float* src, int64_t stride, const Geometry& g, int64_t hp, float mul, float* dst) {
     const int64_t d = g.d, H = g.heads;
+    if (transposable(g)) {
+        const __m256 m = _mm256_set1_ps(mul);
+        for (int64_t t = 0; t < g.S; ++t) {
+            for (int64_t h0 = 0; h0 < H; h0 += kLanes) {
+                const float* r = src + t * stride + h0 * 4;  // heads h0..h0+7, 4 dims each
+                const __m256 r0 = _mm256_loadu_ps(r), r1 = _mm256_loadu_ps(r + 8);
+                const __m256 r2 = _mm256_loadu_ps(r + 16), r3 = _mm256_loadu_ps(r + 24);
+                const __m256 u0 = _mm256_permute2f128_ps(r0, r2, 0x20);  // heads 0 | 4
+                const __m256 u1 = _mm256_permute2f128_ps(r0, r2, 0x31);  // heads 1 | 5
+                const __m256 u2 = _mm256_permute2f128_ps(r1, r3, 0x20);  // heads 2 | 6
+                const __m256 u3 = _mm256_permute2f128_ps(r1, r3, 0x31);  // heads 3 | 7
+                const __m256 t0 = _mm256_unpacklo_ps(u0, u1), t1 = _mm256_unpackhi_ps(u0, u1);
+                const __m256 t2 = _mm256_unpacklo_ps(u2, u3), t3 = _mm256_unpackhi_ps(u2, u3);
+                float* out = dst + t * 4 * hp + h0;
+                _mm256_storeu_ps(out, _mm256_mul_ps(_mm256_shuffle_ps(t0, t2, 0x44), m));           // dim 0
+                _mm256_storeu_ps(out + hp, _mm256_mul_ps(_mm256_shuffle_ps(t0, t2, 0xEE), m));      // dim 1
+                _mm256_storeu_ps(out + 2 * hp, _mm256_mul_ps(_mm256_shuffle_ps(t1, t3, 0x44), m));  // dim 2
+                _mm256_storeu_ps(out + 3 * hp, _mm256_mul_ps(_mm256_shuffle_ps(t1, t3, 0xEE), m));  // dim 3
+            }
+        }
+        return;
+    }
     for (int64_t t = 0; t < g.S; ++t) {
         const float* row = src + t * stride;
         float* out = dst + t * d * hp;
@@ -322,6 +350,27 @@ inline void pack_heads(const float* src, int64_t stride, const Geometry& g, int6
 // The inverse of pack_heads (padding lanes dropped).
 inline void unpack_heads(const float* src, const Geometry& g, int64_t hp, float mul, float* dst, int64_t stride) {
     const int64_t d = g.d, H = g.heads;
+    if (transposable(g)) {
+        const __m256 m = _mm256_set1_ps(mul);
+        for (int64_t t = 0; t < g.S; ++t) {
+            for (int64_t h0 = 0; h0 < H; h0 += kLanes) {
+                const float* in = src + t * 4 * hp + h0;
+                const __m256 a0 = _mm256_mul_ps(_mm256_loadu_ps(in), m), a1 = _mm256_mul_ps(_mm256_loadu_ps(in + hp), m);
+                const __m256 a2 = _mm256_mul_ps(_mm256_loadu_ps(in + 2 * hp), m);
+                const __m256 a3 = _mm256_mul_ps(_mm256_loadu_ps(in + 3 * hp), m);
+                const __m256 t0 = _mm256_unpacklo_ps(a0, a1), t1 = _mm256_unpackhi_ps(a0, a1);
+                const __m256 t2 = _mm256_unpacklo_ps(a2, a3), t3 = _mm256_unpackhi_ps(a2, a3);
+                const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);  // heads 0|4, 1|5
+                const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);  // heads 2|6, 3|7
+                float* row = dst + t * stride + h0 * 4;
+                _mm256_storeu_ps(row, _mm256_permute2f128_ps(u0, u1, 0x20));       // heads 0, 1
+                _mm256_storeu_ps(row + 8, _mm256_permute2f128_ps(u2, u3, 0x20));   // heads 2, 3
+                _mm256_storeu_ps(row + 16, _mm256_permute2f128_ps(u0, u1, 0x31));  // heads 4, 5
+                _mm256_storeu_ps(row + 24, _mm256_permute2f128_ps(u2, u3, 0x31));  // heads 6, 7
+            }
+        }
+        return;
+    }
     for (int64_t t = 0; t < g.S; ++t) {
         float* row = dst + t * stride;
         const float* in = src + t * d * hp;
@@ -334,8 +383,11 @@ inline void unpack_heads(const float* src, const Geometry& g, int64_t hp, float 
 inline int64_t padded_heads(const Geometry& g) { return (g.heads + kLanes - 1) / kLanes * kLanes; }
 
 // probs [outer, inner, S (query), S (key), hp]: the attention probabilities (zero where masked).
+// With a compile-time head dim D the accumulators live in registers; D = 0 (any d) keeps them in the
+// packed buffers. Either way every output is the same chain of FMAs in the same order, so the same bits.
+template <int D>
 void small_forward(const float* qkv, float* y, float* probs, const Geometry& g, int causal, float scale, int threads) {
-    const int64_t hp = padded_heads(g), d = g.d, S = g.S, chunks = hp / kLanes;
+    const int64_t hp = padded_heads(g), d = D > 0 ? D : g.d, S = g.S, chunks = hp / kLanes;
     const int64_t items = g.outer * g.inner;
     const int64_t block = S * d * hp;
 #pragma omp parallel num_threads(threads)
@@ -373,14 +425,27 @@ void small_forward(const float* qkv, float* y, float* probs, const Geometry& g, 
                         sum = _mm256_add_ps(sum, sc[u]);
                     }
                     const __m256 inv = _mm256_div_ps(_mm256_set1_ps(1.0f), sum);
-                    for (int64_t c = 0; c < d; ++c) _mm256_store_ps(ob + (t * d + c) * hp + lane, _mm256_setzero_ps());
-                    for (int64_t u = 0; u < n; ++u) {
-                        const __m256 p = _mm256_mul_ps(sc[u], inv);
-                        _mm256_storeu_ps(pr + (t * S + u) * hp + lane, p);
-                        for (int64_t c = 0; c < d; ++c) {
-                            float* oc = ob + (t * d + c) * hp + lane;
-                            _mm256_store_ps(oc, _mm256_fmadd_ps(p, _mm256_load_ps(vb + (u * d + c) * hp + lane),
-                                                                _mm256_load_ps(oc)));
+                    if constexpr (D > 0) {
+                        __m256 out[D];
+                        for (int c = 0; c < D; ++c) out[c] = _mm256_setzero_ps();
+                        for (int64_t u = 0; u < n; ++u) {
+                            const __m256 p = _mm256_mul_ps(sc[u], inv);
+                            _mm256_storeu_ps(pr + (t * S + u) * hp + lane, p);
+                            for (int c = 0; c < D; ++c) {
+                                out[c] = _mm256_fmadd_ps(p, _mm256_load_ps(vb + (u * D + c) * hp + lane), out[c]);
+                            }
+                        }
+                        for (int c = 0; c < D; ++c) _mm256_store_ps(ob + (t * D + c) * hp + lane, out[c]);
+                    } else {
+                        for (int64_t c = 0; c < d; ++c) _mm256_store_ps(ob + (t * d + c) * hp + lane, _mm256_setzero_ps());
+                        for (int64_t u = 0; u < n; ++u) {
+                            const __m256 p = _mm256_mul_ps(sc[u], inv);
+                            _mm256_storeu_ps(pr + (t * S + u) * hp + lane, p);
+                            for (int64_t c = 0; c < d; ++c) {
+                                float* oc = ob + (t * d + c) * hp + lane;
+                                _mm256_store_ps(oc, _mm256_fmadd_ps(p, _mm256_load_ps(vb + (u * d + c) * hp + lane),
+                                                                    _mm256_load_ps(oc)));
+                            }
                         }
                     }
                     for (int64_t u = n; u < S; ++u) _mm256_storeu_ps(pr + (t * S + u) * hp + lane, _mm256_setzero_ps());
@@ -395,9 +460,14 @@ void small_forward(const float* qkv, float* y, float* probs, const Geometry& g, 
     }
 }
 
+// With a compile-time D the backward runs in three passes per vector of heads, each output's
+// accumulator in registers: ds for every (query, key) pair; dk and dv per key over the queries in
+// ascending order; dq per query over the keys in ascending order. These are the orders in which
+// the one-pass loop (D = 0) adds into its buffers, so the results are the same bits.
+template <int D>
 void small_backward(const float* qkv, const float* y, const float* dy, const float* probs, float* dqkv,
                     const Geometry& g, int causal, float scale, int threads) {
-    const int64_t hp = padded_heads(g), d = g.d, S = g.S, chunks = hp / kLanes;
+    const int64_t hp = padded_heads(g), d = D > 0 ? D : g.d, S = g.S, chunks = hp / kLanes;
     const int64_t items = g.outer * g.inner;
     const int64_t block = S * d * hp;
 #pragma omp parallel num_threads(threads)
@@ -411,6 +481,7 @@ void small_backward(const float* qkv, const float* y, const float* dy, const flo
         float* dkb = aligned_floats(block);
         float* dvb = aligned_floats(block);
         float* delta = aligned_floats(S * hp);
+        float* dsb = aligned_floats(S * S * kLanes);  // [query][key][8]: ds of one vector of heads
 #pragma omp for schedule(dynamic, 32)
         for (int64_t item = 0; item < items; ++item) {
             const int64_t o = item / g.inner, i = item % g.inner;
@@ -421,9 +492,6 @@ void small_backward(const float* qkv, const float* y, const float* dy, const flo
             pack_heads(base + 2 * g.E, g.qkv_row, g, hp, 1.0f, vb);
             pack_heads(y + yoff, g.y_row, g, hp, 1.0f, ob);
             pack_heads(dy + yoff, g.y_row, g, hp, 1.0f, dob);
-            std::memset(dqb, 0, sizeof(float) * block);
-            std::memset(dkb, 0, sizeof(float) * block);
-            std::memset(dvb, 0, sizeof(float) * block);
             const float* pr = probs + item * S * S * hp;
             for (int64_t t = 0; t < S; ++t) {
                 for (int64_t ch = 0; ch < chunks; ++ch) {
@@ -436,24 +504,75 @@ void small_backward(const float* qkv, const float* y, const float* dy, const flo
                     _mm256_store_ps(delta + t * hp + lane, acc);
                 }
             }
-            for (int64_t t = 0; t < S; ++t) {
-                const int64_t n = causal ? t + 1 : S;
+            if constexpr (D > 0) {
                 for (int64_t ch = 0; ch < chunks; ++ch) {
                     const int64_t lane = ch * kLanes;
-                    const __m256 dt = _mm256_load_ps(delta + t * hp + lane);
-                    for (int64_t u = 0; u < n; ++u) {
-                        const __m256 p = _mm256_loadu_ps(pr + (t * S + u) * hp + lane);
-                        __m256 dp = _mm256_setzero_ps();
-                        for (int64_t c = 0; c < d; ++c) {
-                            dp = _mm256_fmadd_ps(_mm256_load_ps(dob + (t * d + c) * hp + lane),
-                                                 _mm256_load_ps(vb + (u * d + c) * hp + lane), dp);
+                    for (int64_t t = 0; t < S; ++t) {  // ds = p (dp - delta), dp = dO_t . v_u
+                        const int64_t n = causal ? t + 1 : S;
+                        const __m256 dt = _mm256_load_ps(delta + t * hp + lane);
+                        __m256 dot[D];
+                        for (int c = 0; c < D; ++c) dot[c] = _mm256_load_ps(dob + (t * D + c) * hp + lane);
+                        for (int64_t u = 0; u < n; ++u) {
+                            __m256 dp = _mm256_setzero_ps();
+                            for (int c = 0; c < D; ++c) {
+                                dp = _mm256_fmadd_ps(dot[c], _mm256_load_ps(vb + (u * D + c) * hp + lane), dp);
+                            }
+                            const __m256 p = _mm256_loadu_ps(pr + (t * S + u) * hp + lane);
+                            _mm256_store_ps(dsb + (t * S + u) * kLanes, _mm256_mul_ps(p, _mm256_sub_ps(dp, dt)));
                         }
-                        const __m256 ds = _mm256_mul_ps(p, _mm256_sub_ps(dp, dt));
-                        for (int64_t c = 0; c < d; ++c) {
-                            const int64_t tc = (t * d + c) * hp + lane, uc = (u * d + c) * hp + lane;
-                            _mm256_store_ps(dvb + uc, _mm256_fmadd_ps(p, _mm256_load_ps(dob + tc), _mm256_load_ps(dvb + uc)));
-                            _mm256_store_ps(dkb + uc, _mm256_fmadd_ps(ds, _mm256_load_ps(qb + tc), _mm256_load_ps(dkb + uc)));
-                            _mm256_store_ps(dqb + tc, _mm256_fmadd_ps(ds, _mm256_load_ps(kb + uc), _mm256_load_ps(dqb + tc)));
+                    }
+                    for (int64_t u = 0; u < S; ++u) {  // dv_u = sum_t p dO_t, dk_u = sum_t ds q_t
+                        __m256 dk[D], dv[D];
+                        for (int c = 0; c < D; ++c) dk[c] = dv[c] = _mm256_setzero_ps();
+                        for (int64_t t = causal ? u : 0; t < S; ++t) {
+                            const __m256 p = _mm256_loadu_ps(pr + (t * S + u) * hp + lane);
+                            const __m256 ds = _mm256_load_ps(dsb + (t * S + u) * kLanes);
+                            for (int c = 0; c < D; ++c) {
+                                dv[c] = _mm256_fmadd_ps(p, _mm256_load_ps(dob + (t * D + c) * hp + lane), dv[c]);
+                                dk[c] = _mm256_fmadd_ps(ds, _mm256_load_ps(qb + (t * D + c) * hp + lane), dk[c]);
+                            }
+                        }
+                        for (int c = 0; c < D; ++c) {
+                            _mm256_store_ps(dvb + (u * D + c) * hp + lane, dv[c]);
+                            _mm256_store_ps(dkb + (u * D + c) * hp + lane, dk[c]);
+                        }
+                    }
+                    for (int64_t t = 0; t < S; ++t) {  // dq_t = sum_u ds k_u
+                        const int64_t n = causal ? t + 1 : S;
+                        __m256 dq[D];
+                        for (int c = 0; c < D; ++c) dq[c] = _mm256_setzero_ps();
+                        for (int64_t u = 0; u < n; ++u) {
+                            const __m256 ds = _mm256_load_ps(dsb + (t * S + u) * kLanes);
+                            for (int c = 0; c < D; ++c) {
+                                dq[c] = _mm256_fmadd_ps(ds, _mm256_load_ps(kb + (u * D + c) * hp + lane), dq[c]);
+                            }
+                        }
+                        for (int c = 0; c < D; ++c) _mm256_store_ps(dqb + (t * D + c) * hp + lane, dq[c]);
+                    }
+                }
+            } else {
+                std::memset(dqb, 0, sizeof(float) * block);
+                std::memset(dkb, 0, sizeof(float) * block);
+                std::memset(dvb, 0, sizeof(float) * block);
+                for (int64_t t = 0; t < S; ++t) {
+                    const int64_t n = causal ? t + 1 : S;
+                    for (int64_t ch = 0; ch < chunks; ++ch) {
+                        const int64_t lane = ch * kLanes;
+                        const __m256 dt = _mm256_load_ps(delta + t * hp + lane);
+                        for (int64_t u = 0; u < n; ++u) {
+                            const __m256 p = _mm256_loadu_ps(pr + (t * S + u) * hp + lane);
+                            __m256 dp = _mm256_setzero_ps();
+                            for (int64_t c = 0; c < d; ++c) {
+                                dp = _mm256_fmadd_ps(_mm256_load_ps(dob + (t * d + c) * hp + lane),
+                                                     _mm256_load_ps(vb + (u * d + c) * hp + lane), dp);
+                            }
+                            const __m256 ds = _mm256_mul_ps(p, _mm256_sub_ps(dp, dt));
+                            for (int64_t c = 0; c < d; ++c) {
+                                const int64_t tc = (t * d + c) * hp + lane, uc = (u * d + c) * hp + lane;
+                                _mm256_store_ps(dvb + uc, _mm256_fmadd_ps(p, _mm256_load_ps(dob + tc), _mm256_load_ps(dvb + uc)));
+                                _mm256_store_ps(dkb + uc, _mm256_fmadd_ps(ds, _mm256_load_ps(qb + tc), _mm256_load_ps(dkb + uc)));
+                                _mm256_store_ps(dqb + tc, _mm256_fmadd_ps(ds, _mm256_load_ps(kb + uc), _mm256_load_ps(dqb + tc)));
+                            }
                         }
                     }
                 }
@@ -472,6 +591,7 @@ void small_backward(const float* qkv, const float* y, const float* dy, const flo
         std::free(dkb);
         std::free(dvb);
         std::free(delta);
+        std::free(dsb);
     }
 }
 
@@ -496,7 +616,13 @@ int wb_attention_forward(const float* qkv, float* y, float* stats, int64_t outer
     if (d < 1 || d > kMaxD) return 1;
     const Geometry g = make_geometry(outer, S, inner, heads, d);
     if (use_small(g)) {
-        small_forward(qkv, y, stats, g, causal, scale, threads);
+        if (d == 4) {
+            small_forward<4>(qkv, y, stats, g, causal, scale, threads);
+        } else if (d == 8) {
+            small_forward<8>(qkv, y, stats, g, causal, scale, threads);
+        } else {
+            small_forward<0>(qkv, y, stats, g, causal, scale, threads);
+        }
     } else if (d == 4) {
         rows_forward<4>(qkv, y, stats, g, causal, scale, threads);
     } else if (d == 8) {
@@ -513,7 +639,13 @@ int wb_attention_backward(const float* qkv, const float* y, const float* dy, con
     if (d < 1 || d > kMaxD) return 1;
     const Geometry g = make_geometry(outer, S, inner, heads, d);
     if (use_small(g)) {
-        small_backward(qkv, y, dy, stats, dqkv, g, causal, scale, threads);
+        if (d == 4) {
+            small_backward<4>(qkv, y, dy, stats, dqkv, g, causal, scale, threads);
+        } else if (d == 8) {
+            small_backward<8>(qkv, y, dy, stats, dqkv, g, causal, scale, threads);
+        } else {
+            small_backward<0>(qkv, y, dy, stats, dqkv, g, causal, scale, threads);
+        }
     } else if (d == 4) {
         rows_backward<4>(qkv, y, dy, stats, dqkv, g, causal, scale, threads);
     } else if (d == 8) {
