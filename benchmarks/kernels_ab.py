@@ -1,6 +1,6 @@
-"""The native kernels of this checkout against those of a git ref: ci training steps, and whether they agree bit for bit.
+"""This checkout's native kernels against a git ref's: ci training steps, and whether they agree bit for bit.
 
-    python benchmarks/kernels_ab.py --ref HEAD~1               # the three stages of the ci profile's baseline, one thread
+    python benchmarks/kernels_ab.py --ref HEAD~1               # the ci baseline's three stages, one thread
     python benchmarks/kernels_ab.py --ref HEAD~1 --rounds 16   # more rounds on a noisy machine
 
 The ref's kernel sources (worldmodel/kernels/*.cpp, *.h at that commit) are compiled with this checkout's flags

@@ -19,8 +19,9 @@
 //   with the keys in the lanes: pass A per query (p, ds = p (dp - D), dq), pass B per block of 8
 //   queries (dk += ds q, dv += p dO with the accumulators kept in registers).
 // * heads-in-lanes (short sequences, S <= kSmallMax: the causal temporal attention over T
-//   frames, and the spatial one over a 16x16 frame's 16 patches): one work item is one (outer, inner); q/k/v are packed as [S][d][heads] so 8 heads are
-//   processed per vector with no horizontal reductions. The forward stores the probabilities
+//   frames, and the spatial one over a 16x16 frame's 16 patches): one work item is one
+//   (outer, inner); q/k/v are packed as [S][d][heads] so 8 heads are processed per vector
+//   with no horizontal reductions. The forward stores the probabilities
 //   (S * S * heads floats per item, small) and the backward reuses them. For head dims 4 and 8 the
 //   accumulators stay in registers, and with d = 4 and whole vectors of heads the packing is a
 //   transpose in registers: the same operations in the same order as the generic loops.
@@ -355,13 +356,16 @@ inline void unpack_heads(const float* src, const Geometry& g, int64_t hp, float 
         for (int64_t t = 0; t < g.S; ++t) {
             for (int64_t h0 = 0; h0 < H; h0 += kLanes) {
                 const float* in = src + t * 4 * hp + h0;
-                const __m256 a0 = _mm256_mul_ps(_mm256_loadu_ps(in), m), a1 = _mm256_mul_ps(_mm256_loadu_ps(in + hp), m);
+                const __m256 a0 = _mm256_mul_ps(_mm256_loadu_ps(in), m);
+                const __m256 a1 = _mm256_mul_ps(_mm256_loadu_ps(in + hp), m);
                 const __m256 a2 = _mm256_mul_ps(_mm256_loadu_ps(in + 2 * hp), m);
                 const __m256 a3 = _mm256_mul_ps(_mm256_loadu_ps(in + 3 * hp), m);
                 const __m256 t0 = _mm256_unpacklo_ps(a0, a1), t1 = _mm256_unpackhi_ps(a0, a1);
                 const __m256 t2 = _mm256_unpacklo_ps(a2, a3), t3 = _mm256_unpackhi_ps(a2, a3);
-                const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);  // heads 0|4, 1|5
-                const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);  // heads 2|6, 3|7
+                const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44);  // heads 0 | 4
+                const __m256 u1 = _mm256_shuffle_ps(t0, t2, 0xEE);  // heads 1 | 5
+                const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44);  // heads 2 | 6
+                const __m256 u3 = _mm256_shuffle_ps(t1, t3, 0xEE);  // heads 3 | 7
                 float* row = dst + t * stride + h0 * 4;
                 _mm256_storeu_ps(row, _mm256_permute2f128_ps(u0, u1, 0x20));       // heads 0, 1
                 _mm256_storeu_ps(row + 8, _mm256_permute2f128_ps(u2, u3, 0x20));   // heads 2, 3
@@ -437,7 +441,9 @@ void small_forward(const float* qkv, float* y, float* probs, const Geometry& g, 
                         }
                         for (int c = 0; c < D; ++c) _mm256_store_ps(ob + (t * D + c) * hp + lane, out[c]);
                     } else {
-                        for (int64_t c = 0; c < d; ++c) _mm256_store_ps(ob + (t * d + c) * hp + lane, _mm256_setzero_ps());
+                        for (int64_t c = 0; c < d; ++c) {
+                            _mm256_store_ps(ob + (t * d + c) * hp + lane, _mm256_setzero_ps());
+                        }
                         for (int64_t u = 0; u < n; ++u) {
                             const __m256 p = _mm256_mul_ps(sc[u], inv);
                             _mm256_storeu_ps(pr + (t * S + u) * hp + lane, p);
@@ -569,9 +575,12 @@ void small_backward(const float* qkv, const float* y, const float* dy, const flo
                             const __m256 ds = _mm256_mul_ps(p, _mm256_sub_ps(dp, dt));
                             for (int64_t c = 0; c < d; ++c) {
                                 const int64_t tc = (t * d + c) * hp + lane, uc = (u * d + c) * hp + lane;
-                                _mm256_store_ps(dvb + uc, _mm256_fmadd_ps(p, _mm256_load_ps(dob + tc), _mm256_load_ps(dvb + uc)));
-                                _mm256_store_ps(dkb + uc, _mm256_fmadd_ps(ds, _mm256_load_ps(qb + tc), _mm256_load_ps(dkb + uc)));
-                                _mm256_store_ps(dqb + tc, _mm256_fmadd_ps(ds, _mm256_load_ps(kb + uc), _mm256_load_ps(dqb + tc)));
+                                const __m256 dv = _mm256_fmadd_ps(p, _mm256_load_ps(dob + tc), _mm256_load_ps(dvb + uc));
+                                const __m256 dk = _mm256_fmadd_ps(ds, _mm256_load_ps(qb + tc), _mm256_load_ps(dkb + uc));
+                                const __m256 dq = _mm256_fmadd_ps(ds, _mm256_load_ps(kb + uc), _mm256_load_ps(dqb + tc));
+                                _mm256_store_ps(dvb + uc, dv);
+                                _mm256_store_ps(dkb + uc, dk);
+                                _mm256_store_ps(dqb + tc, dq);
                             }
                         }
                     }
