@@ -13,10 +13,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from harness.compat import one_batch
+from worldmodel import stages
 from worldmodel.config import WorldModelConfig
-from worldmodel.dynamics import Dynamics
-from worldmodel.lam import LatentActionModel
-from worldmodel.tokenizer import VideoTokenizer
 from worldmodel.train import make_optimizer, update
 
 BATCH = 16
@@ -26,15 +25,8 @@ ROUNDS = {64: 3, 32: 8}  # 64x64 steps take about a second each
 def make_step(stage: str, frame_size: int):
     torch.manual_seed(0)
     config = WorldModelConfig(frame_size=frame_size).validate()
-    frames = torch.rand(BATCH, config.window, 3, frame_size, frame_size) * 2 - 1
-    if stage == "tokenizer":
-        model, batch = VideoTokenizer(config), (frames,)
-    elif stage == "lam":
-        model, batch = LatentActionModel(config), (frames,)
-    else:
-        indices = torch.randint(config.codebook_size, (BATCH, config.window, config.patches))
-        actions = torch.randint(2, (BATCH, config.window - 1, config.action_dim)).float() * 2 - 1
-        model, batch = Dynamics(config), (indices, actions)
+    batch = one_batch(stage, config, BATCH)
+    model = stages.build_model(stage, config)
     model.train()
     optimizer = make_optimizer(model, lr=1e-3, weight_decay=1e-4)
 
@@ -47,7 +39,7 @@ def make_step(stage: str, frame_size: int):
 
 
 @pytest.mark.parametrize("frame_size", [64, 32])
-@pytest.mark.parametrize("stage", ["tokenizer", "lam", "dynamics"])
+@pytest.mark.parametrize("stage", ["tokenizer", "actions", "dynamics"])
 def test_training_step(benchmark, capsys, stage, frame_size):
     step = make_step(stage, frame_size)
     benchmark.group = f"train step {frame_size}x{frame_size}"

@@ -19,10 +19,9 @@ import time
 
 import torch
 
+from harness.compat import one_batch
+from worldmodel import stages
 from worldmodel.config import WorldModelConfig
-from worldmodel.dynamics import Dynamics
-from worldmodel.lam import LatentActionModel
-from worldmodel.tokenizer import VideoTokenizer
 from worldmodel.train import Placement, make_optimizer, update
 
 STAGES = ("tokenizer", "actions", "dynamics")
@@ -35,14 +34,8 @@ def synchronize(device: torch.device) -> None:
 
 def build(stage: str, config: WorldModelConfig, batch: int, device: torch.device):
     torch.manual_seed(0)
-    frames = torch.rand(batch, config.window, 3, config.frame_size, config.frame_size, device=device) * 2 - 1
-    if stage == "tokenizer":
-        return VideoTokenizer(config), (frames,)
-    if stage == "actions":
-        return LatentActionModel(config), (frames,)
-    codes = torch.randint(config.codebook_size, (batch, config.window, config.patches), device=device)
-    actions = torch.randint(2, (batch, config.window - 1, config.action_dim), device=device).float() * 2 - 1
-    return Dynamics(config), (codes, actions)
+    inputs = tuple(t.to(device) for t in one_batch(stage, config, batch))
+    return stages.build_model(stage, config), inputs
 
 
 def time_stage(stage: str, config: WorldModelConfig, batch: int, placement: Placement, steps: int,
