@@ -3,13 +3,14 @@
     python benchmarks/kernels_ab.py --ref HEAD~1               # the ci baseline's three stages, one thread
     python benchmarks/kernels_ab.py --ref HEAD~1 --rounds 16   # more rounds on a noisy machine
 
-The ref's kernel sources (worldmodel/kernels/*.cpp, *.h at that commit) are compiled with this checkout's flags
-into a temporary dir and loaded beside this checkout's build; the model code is this checkout's either way.
-First every kernel (attention over a grid of lengths, head dims, head counts, masks and thread counts; the
-residual norms; SwiGLU) runs forward and backward on the same random inputs under both builds, and the
-outputs and gradients are compared bit for bit. Then both builds train their own copy of the same model on the same batches, alternating in rounds of 8 steps in
-one process (benchmarks/interleaved.py). Prints, per stage, the fastest round's ms per step of each, the
-median of the rounds' paired savings, and whether the weights are still identical after every round.
+The ref's kernel sources (worldmodel/kernels/*.cpp, *.h at that commit) are compiled with this checkout's compiler
+and flags into a temporary dir and loaded beside this checkout's build; the model code is this checkout's either
+way. First every kernel (attention over a grid of lengths, head dims, head counts, masks and thread counts; the
+residual norms; SwiGLU) runs forward and backward on the same random inputs under both builds, and the outputs and
+gradients are compared bit for bit. Then both builds train their own copy of the same model on the same batches,
+alternating in rounds of 8 steps in one process (benchmarks/interleaved.py). Prints, per stage, the fastest
+round's ms per step of each, the median of the rounds' paired savings, and whether the weights are still identical
+after every round.
 """
 from __future__ import annotations
 
@@ -29,15 +30,14 @@ KERNELS_REPO = Path(kernels.__file__).resolve().parents[2]  # the checkout whose
 
 
 def build_ref(ref: str, folder: Path) -> ctypes.CDLL:
-    """The kernels of `ref`, compiled with this checkout's flags."""
+    """The kernels of `ref`, compiled as this checkout's are (its compiler and flags)."""
     for source in kernels._SOURCES + kernels._HEADERS:
         relative = source.resolve().relative_to(KERNELS_REPO).as_posix()
         text = subprocess.run(["git", "show", f"{ref}:{relative}"], cwd=KERNELS_REPO, capture_output=True,
                               text=True, check=True).stdout
         (folder / source.name).write_text(text)
     target = folder / "ref.so"
-    subprocess.run(["g++", *kernels._FLAGS, *(str(folder / s.name) for s in kernels._SOURCES), "-o", str(target)],
-                   check=True)
+    kernels.compile_library([folder / source.name for source in kernels._SOURCES], target)
     library = ctypes.CDLL(str(target))
     kernels._declare(library)
     return library

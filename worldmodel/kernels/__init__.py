@@ -89,13 +89,27 @@ def _check_cpu() -> None:
             return
 
 
+def compiler() -> str:
+    """The C++ compiler the kernels are built with: $CXX, else g++."""
+    return os.environ.get("CXX", "g++")
+
+
+def compile_library(sources: list[Path], target: Path) -> None:
+    """Compiles kernel sources into the shared library `target` with the kernels' flags; a one-line error if not."""
+    result = subprocess.run([compiler(), *_FLAGS, *map(str, sources), "-o", str(target)], capture_output=True,
+                            text=True)
+    if result.returncode != 0:
+        lines = result.stderr.splitlines()
+        first = next((line for line in lines if "error" in line), " ".join(lines)[:300])
+        raise _fail(f"'{compiler()}' failed to compile them: {first}")
+
+
 def _build() -> Path:
     _check_cpu()
-    compiler = os.environ.get("CXX", "g++")
     try:
-        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
+        version = subprocess.run([compiler(), "--version"], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError) as err:
-        raise _fail(f"no working C++ compiler '{compiler}': {err}") from None
+        raise _fail(f"no working C++ compiler '{compiler()}': {err}") from None
     digest = hashlib.sha256(" ".join(_FLAGS).encode() + version.encode())
     for source in _SOURCES + _HEADERS:
         digest.update(source.read_bytes())
@@ -103,18 +117,10 @@ def _build() -> Path:
     target = directory / f"worldbench-kernels-{digest.hexdigest()[:16]}.so"
     if target.exists():
         return target
-
-    def compile_to(tmp: Path) -> None:
-        result = subprocess.run([compiler, *_FLAGS, *map(str, _SOURCES), "-o", str(tmp)], capture_output=True,
-                                text=True)
-        if result.returncode != 0:
-            lines = result.stderr.splitlines()
-            first = next((line for line in lines if "error" in line), " ".join(lines)[:300])
-            raise _fail(f"'{compiler}' failed to compile them: {first}")
-
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        write_atomic(target, compile_to)  # concurrent first uses each compile their own temp file
+        # concurrent first uses each compile their own temp file
+        write_atomic(target, lambda tmp: compile_library(_SOURCES, tmp))
     except OSError as err:
         raise _fail(f"cannot write the kernel cache {directory}: {err}") from None
     _prune(directory, keep=4)
