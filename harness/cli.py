@@ -43,7 +43,8 @@ if TYPE_CHECKING:
     from harness.types import Leaderboard
     from harness.validate import Validation
 
-console = Console(stderr=True)
+# soft_wrap: a line is never broken at the terminal's width, so a log or CI step shows each reason on one line.
+console = Console(stderr=True, soft_wrap=True)
 out = Console()
 
 
@@ -832,7 +833,7 @@ def one_line(text: str) -> str:
 
 def print_line(label: str, text: str) -> None:
     """The one line a command ends with on stderr: `label` is rich markup, `text` plain (user text)."""
-    console.print(f"{label} {escape(one_line(text))}".strip(), highlight=False, soft_wrap=True)
+    console.print(f"{label} {escape(one_line(text))}".strip(), highlight=False)
 
 
 def crash_line(err: BaseException, results: Path | None) -> str:

@@ -17,7 +17,7 @@ import variants
 import worldmodel
 from harness.schema import Suite
 from worldmodel.config import STAGES, WorldModelConfig
-from worldmodel.stages import stage_config_json
+from worldmodel.stages import decoding_json, stage_config_json
 
 UPSTREAM = {"tokenizer": (), "actions": (), "dynamics": ("tokenizer", "actions")}
 WORLDMODEL_DIR = Path(worldmodel.__file__).parent
@@ -139,8 +139,10 @@ def plan_runs(suite: Suite, profile: str, dataset: str, variant_names: list[str]
                 upstream = [stage_ids[u] for u in UPSTREAM[stage]]
                 stage_ids[stage] = _digest(stage, stage_config_json(config, stage), *upstream, data_id, str(seed),
                                            sources[stage], *numerics)
-            # The run's own KPIs come from the rollouts and from harness/kpis.py: editing either re-records the run.
-            rollout = json.dumps(asdict(config.rollout), sort_keys=True) + source_hash(["rollout.py"]) + KPI_SOURCE
+            # The run's own KPIs come from the rollouts, decoded as the config says, and from harness/kpis.py:
+            # editing any of them re-records the run.
+            rollout = (json.dumps(asdict(config.rollout), sort_keys=True) + decoding_json(config)
+                       + source_hash(["rollout.py"]) + KPI_SOURCE)
             run_id = _digest(profile, dataset, variant_name, str(seed), *stage_ids.values(), rollout)
             specs.append(RunSpec(run_id, profile, dataset, variant_name, seed, config.to_dict(), data, data_id,
                                  stage_ids, variant.description, precision))

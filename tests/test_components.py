@@ -92,6 +92,25 @@ def test_position_rotary_is_the_old_rotary_switch_and_keeps_its_stage_ids():
     assert base.stage_ids["dynamics"] != rope.stage_ids["dynamics"]  # its tokenizer upstream changed
 
 
+def test_a_maskgit_schedule_variant_decodes_with_the_baselines_trained_dynamics():
+    suite = load_suite(SUITE)
+    base, cosine, halton = plan_runs(suite, "ci", "sprite_world", ["meanpool_concat", "maskgit_cosine",
+                                                                    "maskgit_halton"], [0])
+    assert base.stage_ids == cosine.stage_ids == halton.stage_ids  # every stage trained once
+    assert len({base.run_id, cosine.run_id, halton.run_id}) == 3
+    # The run id follows the schedule itself, not only the variant's name: a new schedule re-records the run.
+    renamed = load_suite(SUITE, ["variants.maskgit_cosine.components.maskgit_schedule='halton'"])
+    (again,) = plan_runs(renamed, "ci", "sprite_world", ["maskgit_cosine"], [0])
+    assert again.stage_ids == cosine.stage_ids and again.run_id != cosine.run_id
+    # A stage's weights do not depend on how it decodes, so its checkpoint loads under any schedule.
+    config = with_component("maskgit_schedule", "halton")
+    assert stages.stage_config_json(config, "dynamics") == stages.stage_config_json(tiny_config(), "dynamics")
+    # maskgit_steps stays in the dynamics id: it is part of the golden checkpoints' recorded config.
+    golden = torch.load(GOLDEN_DIR / "dynamics.pt", weights_only=True)["config"]
+    assert '"dynamics.maskgit_steps": 2' in golden
+    assert golden == stages.stage_config_json(suite.model_config("smoke", "meanpool_concat"), "dynamics")
+
+
 # ----------------------------------------------------------------------------- every component
 
 def film(cond_dim: int = A) -> int:

@@ -60,6 +60,19 @@ def test_smoke_run_fills_all_four_tables_and_show_prints_a_run(smoke_results, ca
     assert "rollout.ar_mse" in shown and runs["variant"][0] in shown
 
 
+def test_the_verdict_summary_keeps_each_reason_on_one_line_when_piped(smoke_results, tmp_path):
+    """On one seed every blocking KPI is missing data, and each reason is longer than a terminal's 80 columns."""
+    done = subprocess.run(bench_command("report", "--config", SUITE, "--profile", "smoke", "--seeds", "0",
+                                        "--results", str(smoke_results), "--out", str(tmp_path)),
+                          capture_output=True, text=True, env={**os.environ, "COLUMNS": "80"})
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines[0].startswith("INCONCLUSIVE: ")
+    reasons = [line for line in lines if line.startswith("  - ")]
+    assert len(reasons) >= 2 and all(line.rstrip().endswith("(need 2 each)") for line in reasons)
+    assert all(line.startswith(("  - ", "  md: ", "  html: ", "  json: ")) for line in lines[1:]), lines
+
+
 def test_variants_that_only_change_the_lam_share_the_tokenizer(smoke_results):
     stages = [p.name.split("-")[0] for p in (smoke_results / "cache" / "stages").iterdir() if p.is_dir()]
     # 2 variants x 2 seeds: one tokenizer per seed, a LAM and a dynamics model per run

@@ -13,6 +13,9 @@ from worldmodel.layers import BlockChoices, position_code_split
 
 STAGES = ("tokenizer", "actions", "dynamics")
 OPT_IN = "opt_in"  # field metadata: a switch that is off by default and omitted from stage ids while off
+# field metadata: how a trained model decodes, not what it learns: never in a stage id (the run id has it), so
+# variants that decode differently share the trained stage and differ only in their rollouts
+DECODE_ONLY = "decode_only"
 
 
 @dataclass
@@ -121,8 +124,10 @@ class DynamicsConfig(StageConfig):
     # zeroes them). Opt-in, so the default stays out of the stage ids and checkpoints.
     action_input: str = field(default="latent_actions", metadata={OPT_IN: True})
     # maskgit_schedule: which masked tokens a MaskGIT round unmasks, and how many: "exponential" (the anchor's,
-    # k = 5, the most confident first), "cosine", "halton". Used by rollouts only; training is the same.
-    maskgit_schedule: str = field(default="exponential", metadata={OPT_IN: True})
+    # k = 5, the most confident first), "cosine", "halton". Used by rollouts only, so a schedule variant
+    # decodes with the baseline's trained dynamics. (maskgit_steps and temperature decode too, but they are part
+    # of the golden checkpoints' recorded config, so they stay in the stage id.)
+    maskgit_schedule: str = field(default="exponential", metadata={DECODE_ONLY: True})
     # action_injection: how the latent actions enter the dynamics transformer: "norm_conditioning" (the anchor's:
     # they condition every norm) or "prepend_token" (one action token per frame beside the patches, Jasmine's).
     action_injection: str = field(default="norm_conditioning", metadata={OPT_IN: True})

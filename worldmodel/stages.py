@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from worldmodel.auxiliary import measurements, reset_measurements
-from worldmodel.config import OPT_IN, STAGES, WorldModelConfig
+from worldmodel.config import DECODE_ONLY, OPT_IN, STAGES, WorldModelConfig
 from worldmodel.data import VideoWindows
 from worldmodel.dynamics import Dynamics
 from worldmodel.errors import WorldbenchError
@@ -45,12 +45,20 @@ def count_params(model: nn.Module) -> int:
 
 
 def stage_config_json(config: WorldModelConfig, stage: str) -> str:
-    """What a stage's weights depend on: the shared shapes plus that stage's own section."""
+    """What a stage's weights depend on: the shared shapes plus that stage's own section, less its decoding."""
     values = {k: v for k, v in asdict(config).items() if k not in (*STAGES, "rollout")}
     section = config.stage(stage)
     # Opt-in switches appear only when on, so a new switch changes no id or checkpoint of a config without it.
     values.update({f"{stage}.{f.name}": getattr(section, f.name) for f in fields(section)
-                   if not (f.metadata.get(OPT_IN) and getattr(section, f.name) == f.default)})
+                   if not (f.metadata.get(DECODE_ONLY)
+                           or (f.metadata.get(OPT_IN) and getattr(section, f.name) == f.default))})
+    return json.dumps(values, sort_keys=True)
+
+
+def decoding_json(config: WorldModelConfig) -> str:
+    """The decode-only settings stage_config_json leaves out, every stage's: part of what a run's rollouts depend on."""
+    values = {f"{stage}.{f.name}": getattr(config.stage(stage), f.name)
+              for stage in STAGES for f in fields(config.stage(stage)) if f.metadata.get(DECODE_ONLY)}
     return json.dumps(values, sort_keys=True)
 
 
