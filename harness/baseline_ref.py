@@ -15,14 +15,15 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
 
 from harness.git import ROOT, git  # ROOT: the checkout whose code runs the candidate arm
 from harness.store import stage_folder
-from harness.types import ArmProvenance
+from harness.schema import Suite
+from harness.types import OVERRIDABLE, ArmProvenance, RuleChange, RulesNote
 from worldmodel.config import STAGES
 from worldmodel.errors import WorldbenchError
 
@@ -43,9 +44,30 @@ print(json.dumps({spec.seed: spec.run_id for spec in specs}))
 """
 
 
+# Runs in REF's worktree with REF's code: the gate's rules there (its harness/kpis.py defaults under its suite file).
+RULES_SCRIPT = """
+import json, sys
+from harness.suite import load_suite
+from worldmodel.errors import WorldbenchError
+try:
+    suite = load_suite(sys.argv[1])
+except WorldbenchError as err:
+    sys.exit(str(err))
+fields = sys.argv[2].split(",")
+kpis = {name: {f: getattr(rule, f) for f in fields if hasattr(rule, f)} for name, rule in suite.kpis.items()}
+print(json.dumps({"alpha": suite.comparison.alpha, "kpis": kpis}))
+"""
+
+
 def last_line(text: str) -> str:
+    """The last line of a message, cut for an error line."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1][:300] if lines else "no message"
+
+
+def printed_json(text: str):
+    """What a script in REF's worktree printed as JSON on its last line (whole: a long plan is not cut)."""
+    return json.loads(text.strip().splitlines()[-1])
 
 
 def uncommitted_code() -> list[str]:
@@ -90,9 +112,18 @@ class BaselineRef:
                 raise WorldbenchError(f"--baseline-ref {self.ref} ({self.commit[:12]}): its code cannot run variant "
                                       f"'{variant}' on profile '{profile}', dataset '{dataset}': "
                                       f"{last_line(result.stderr)}; pick a REF that has it, or another --baseline")
-            plan = json.loads(last_line(result.stdout))
+            plan = printed_json(result.stdout)
             self._plans[key] = {int(seed): run_id for seed, run_id in plan.items()}
         return self._plans[key]
+
+    def rules(self) -> dict:
+        """REF's gate rules: {"alpha": float, "kpis": {name: {field: value}}} for the OVERRIDABLE fields it has."""
+        result = subprocess.run([sys.executable, "-c", RULES_SCRIPT, str(self.config), ",".join(OVERRIDABLE)],
+                                cwd=self.project, env=self.environment(), capture_output=True, text=True)
+        if result.returncode != 0:
+            raise WorldbenchError(f"--baseline-ref {self.ref} ({self.commit[:12]}): its code cannot read its gate "
+                                  f"rules: {last_line(result.stderr)}; fix its suite file or pass --config")
+        return printed_json(result.stdout)
 
     def train(self, results: Path, profile: str, dataset: str, variant: str, seeds: list[int], jobs: int,
               quiet: bool) -> None:
@@ -116,6 +147,26 @@ class BaselineRef:
         paths = {stage: stage_folder(cache, stage, stage_ids[stage]) / "checkpoint.pt"
                  for stage in STAGES if stage in stage_ids}
         return paths, f"{self.commit[:12]} (baseline arm, seed {int(row['seed'])})"
+
+
+def judged_by_ref_rules(suite: Suite, ref: BaselineRef, ref_rules: dict) -> tuple[Suite, RulesNote]:
+    """`suite` with REF's rules for every KPI REF knows, and REF's alpha: a change cannot loosen the rules it is
+    judged by (a margin in bench.toml or a default in harness/kpis.py). KPIs new in the candidate keep their own
+    rule. The note lists what the candidate's rules would change, which apply once it is merged."""
+    changes: list[RuleChange] = []
+    kpis = dict(suite.kpis)
+    for name, fields in ref_rules["kpis"].items():
+        if name not in kpis:
+            continue
+        known = {key: value for key, value in fields.items() if key in OVERRIDABLE}
+        changes += [RuleChange(f"{name}.{key}", value, getattr(kpis[name], key)) for key, value in known.items()
+                    if getattr(kpis[name], key) != value]
+        kpis[name] = replace(kpis[name], **known)
+    alpha = float(ref_rules["alpha"])
+    if alpha != suite.comparison.alpha:
+        changes.insert(0, RuleChange("alpha", alpha, suite.comparison.alpha))
+    judged = replace(suite, kpis=kpis, comparison=replace(suite.comparison, alpha=alpha))
+    return judged, RulesNote(ref.ref, ref.commit, tuple(changes))
 
 
 def worktree(commit: str, results: Path) -> Path:

@@ -600,7 +600,7 @@ def command_report(args) -> int:
 
 def command_gate(args) -> int:
     from harness import gate
-    from harness.baseline_ref import prepare as prepare_baseline_ref
+    from harness.baseline_ref import judged_by_ref_rules, prepare as prepare_baseline_ref
     from harness.driver import Execution, finished_runs, preflight
     from harness.store import Store
 
@@ -625,8 +625,10 @@ def command_gate(args) -> int:
                                                   args.config if config_given else None, args.allow_dirty)
     out, summary = outputs.report_dir(args.results, args.out), outputs.job_summary(args.results)
     Store(args.results)
+    rules_note = None
     if first.baseline_ref:
         first.baseline_ref.check_out(args.results)
+        suite, rules_note = judged_by_ref_rules(suite, first.baseline_ref, first.baseline_ref.rules())
     execution = Execution(args.results, args.jobs)
     board, arms = gate.run_looks(
         suite, selections, args.results, sizes, suite.comparison.alpha, args.sequential,
@@ -634,6 +636,8 @@ def command_gate(args) -> int:
         reproduce=lambda chosen: reproduce_command(args, chosen), jobs=args.jobs, quiet=args.quiet)
     gate.require_complete(Store(args.results), selections, arms)
     gate.describe_arms(board, selections, arms, finished_before)
+    for report in board.reports if rules_note else []:
+        report.notes.append(rules_note)
     print_verdict(board, write_report(board, out, formats, summary))
     if args.json:
         print_report_json(board)

@@ -386,7 +386,26 @@ class LookNote:
     alpha: float  # spent at this look
 
 
-Note = TargetNote | FloorNote | LookNote
+@dataclass(frozen=True)
+class RuleChange:
+    """A gate rule the candidate's code or bench.toml sets otherwise than --baseline-ref REF's (harness.baseline_ref)."""
+
+    key: str  # "alpha", or "<kpi>.<field>" for an OVERRIDABLE field of a KPI rule
+    ref_value: object
+    value: object  # the candidate's: not used for this verdict
+
+
+@dataclass(frozen=True)
+class RulesNote:
+    """With --baseline-ref, the verdict is judged by REF's rules (its KPI rules and alpha); what the candidate's
+    own rules would change, which apply only once it is merged."""
+
+    ref: str  # as given
+    commit: str
+    changes: tuple[RuleChange, ...]
+
+
+Note = TargetNote | FloorNote | LookNote | RulesNote
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from markupsafe import Markup
 import pandas as pd
 
 from harness.seeds import format_seeds
-from harness.types import KpiComparison, Leaderboard, ReportInput
+from harness.types import KpiComparison, Leaderboard, ReportInput, RulesNote
 from reports import view
 from reports.figures import Figure, plan_figures
 from reports.template import KPI_TABLE_SCRIPT, TEMPLATES
@@ -618,6 +618,8 @@ def report_data(report: ReportInput) -> dict:
             "provenance": report.provenance,
             "reproduce_command": report.reproduce_command,
             "notes": view.notes(report),
+            # bench gate --baseline-ref: the rules that judged this (REF's) and what this change's own would alter
+            "judged_by_rules_of": next((note for note in report.notes if isinstance(note, RulesNote)), None),
         }
     )
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 
 from harness.power import MAX_RECOMMENDED_SEEDS, MIN_SEEDS, TARGET_POWER
 from harness.types import (ArmProvenance, Comparison, Finding, FloorNote, KpiComparison, KpiRule, LookNote, Note,
-                           TargetNote, TargetSource, Why)
+                           RulesNote, TargetNote, TargetSource, Why)
 
 MISSING = "—"
 MINUS = "−"  # typographic minus: "−2.0%" reads better than "-2.0%" next to "+8.4%"
@@ -304,7 +304,21 @@ def note_text(note: Note) -> str:
     if isinstance(note, LookNote):
         return (f"sequential look {note.look} of {note.looks}: {note.seeds} seeds, "
                 f"alpha {note.alpha:.4f} spent at this look")
+    if isinstance(note, RulesNote):
+        judged = f"judged by the gate rules of --baseline-ref {note.ref} ({note.commit[:12]})"
+        if not note.changes:
+            return f"{judged}, which this change leaves as they are"
+        changes = ", ".join(f"{change.key} {rule_value(change.ref_value)} → {rule_value(change.value)}"
+                            for change in note.changes)
+        return f"{judged}, not by this change's own rules, which would set {changes} (they apply once it is merged)"
     raise TypeError(f"not a report note: {note!r}")
+
+
+def rule_value(value: object) -> str:
+    """A rule's value as bench.toml writes it: 0.1, true, "log"."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def arm_code_text(provenance: ArmProvenance) -> str:

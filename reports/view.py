@@ -16,7 +16,7 @@ import pandas as pd
 from harness.kpis import COMPARE_TIME_KPIS
 from harness.seeds import format_seeds
 from harness.types import (TIERS, VERDICT_SEVERITY, ArmSummary, Comparison, KpiComparison, KpiVerdict, Leaderboard,
-                           ReportInput, Verdict)
+                           ReportInput, RulesNote, Verdict)
 from worldmodel.config import STAGES
 from reports.text import (
     MISSING,
@@ -517,9 +517,12 @@ def _not_comparable(records: list[dict], key: str) -> bool:
 
 
 def provenance_warnings(report: ReportInput | Leaderboard) -> list[str]:
+    """Where the arms' runs are not comparable (library versions, CPUs, ...), and gate rules this change would
+    alter (judged by --baseline-ref REF's instead)."""
     records = [dict(r) for r in report.provenance]
-    return [f"{label}: {_summarise_field(records, key)}" for key, label in PROVENANCE_FIELDS
-            if records and _not_comparable(records, key)]
+    return ([f"{label}: {_summarise_field(records, key)}" for key, label in PROVENANCE_FIELDS
+             if records and _not_comparable(records, key)]
+            + [note_text(note) for note in report.notes if isinstance(note, RulesNote) and note.changes])
 
 
 def collapsed_lam_warnings(report: ReportInput) -> list[str]:

@@ -113,6 +113,25 @@ def test_gate_against_the_base_commit(project, tmp_path):
     assert (results / "worktrees" / base[:12] / "bench.toml").exists()
     # REF's tree borrows the repository's objects; nothing is registered in, or locked inside, its .git.
     assert not (project / ".git" / "worktrees").exists() and not (project / ".git" / "index.lock").exists()
+    assert report["judged_by_rules_of"] == {"ref": "HEAD~1", "commit": base, "changes": []}
+
+    # The same regression with the rules loosened in the same pull request: judged by the base's rules, it still
+    # FAILs, and the comment says above the fold what the change would have set.
+    git(project, "checkout", "-q", "-b", "loosened", "main")
+    plant_regression(project / "bench.toml")
+    text = (project / "bench.toml").read_text().replace("alpha = 0.05", "alpha = 1e-9", 1)
+    (project / "bench.toml").write_text(text + '\n[kpis."tokenizer.val_loss"]\nmargin = 1000.0\n')
+    commit_all(project, "smoke: one tokenizer step, and rules that cannot fail it")
+    result, report = gate(project, results, "loosened")
+    assert result.returncode == 1, result.stderr
+    assert report["verdict"] == "FAIL" and report["alpha"] == 0.05
+    assert report["judged_by_rules_of"]["changes"] == [
+        {"key": "alpha", "ref_value": 0.05, "value": 1e-9},
+        {"key": "tokenizer.val_loss.margin", "ref_value": 0.1, "value": 1000.0}]
+    assert runs_line(report, "candidate") == "Runs: 3 of 3 reused from the store, 0 trained now."
+    visible = (results / "loosened" / "report.md").read_text().split("<details>")[0].replace("\\", "")  # unescaped
+    assert ("not by this change's own rules, which would set alpha 0.05 → 1e-09, tokenizer.val_loss.margin "
+            "0.1 → 1000 (they apply once it is merged)") in visible
 
     # A README-only change: not FAIL, and every baseline run is reused (its code is the base's).
     git(project, "checkout", "-q", "-b", "docs", "main")
@@ -167,3 +186,28 @@ def test_compat_runs_one_batch_of_the_base_commits_checkpoints(tmp_path):
     line = result.lines[-1]
     assert line.startswith("dynamics: checkpoint trained by abc123 (baseline arm, seed 0) does NOT load")
     assert "non-finite loss" in line
+
+
+def test_the_gate_is_judged_by_the_base_commits_rules_and_says_what_the_change_would_set():
+    from harness.baseline_ref import BaselineRef, judged_by_ref_rules
+    from harness.suite import build_suite
+    from harness.types import RuleChange, RulesNote
+    from reports.text import note_text
+
+    suite = build_suite({"comparison": {"alpha": 0.1},
+                         "kpis": {"rollout.tf_mse": {"margin": 0.5, "guard": True}, "actions.nmi": {"blocking": True}}})
+    ref_rules = {"alpha": 0.05, "kpis": {
+        "rollout.tf_mse": {"direction": "lower", "scale": "log", "margin": 0.1, "blocking": False, "guard": True},
+        "actions.nmi": {"margin": suite.kpis["actions.nmi"].margin},  # a REF without a tier: the candidate's stays
+        "retired.kpi": {"margin": 0.2}}}  # a KPI the candidate no longer records: nothing to judge
+    ref = BaselineRef("main", "a" * 40, Path("."), Path("bench.toml"), "b" * 40, [])
+    judged, note = judged_by_ref_rules(suite, ref, ref_rules)
+    assert judged.comparison.alpha == 0.05 and judged.kpis["rollout.tf_mse"].margin == 0.1
+    assert judged.kpis["actions.nmi"].blocking  # REF had no blocking field to give
+    assert judged.kpis["dynamics.val_loss"] == suite.kpis["dynamics.val_loss"]
+    assert note == RulesNote("main", "a" * 40, (RuleChange("alpha", 0.05, 0.1),
+                                                RuleChange("rollout.tf_mse.margin", 0.1, 0.5)))
+    assert note_text(note) == ("judged by the gate rules of --baseline-ref main (aaaaaaaaaaaa), not by this change's "
+                               "own rules, which would set alpha 0.05 → 0.1, rollout.tf_mse.margin 0.1 → 0.5 (they "
+                               "apply once it is merged)")
+    assert judged_by_ref_rules(judged, ref, ref_rules)[1].changes == ()
