@@ -114,6 +114,12 @@ def test_gate_against_the_base_commit(project, tmp_path):
     # REF's tree borrows the repository's objects; nothing is registered in, or locked inside, its .git.
     assert not (project / ".git" / "worktrees").exists() and not (project / ".git" / "index.lock").exists()
     assert report["judged_by_rules_of"] == {"ref": "HEAD~1", "commit": base, "changes": []}
+    # REF's plan of a long arm arrives whole (its JSON line is longer than an error line may be).
+    from harness.baseline_ref import BaselineRef
+    tree = results / "worktrees" / base[:12]
+    plan = BaselineRef("HEAD~1", base, tree, tree / "bench.toml", "", []).run_ids("smoke", "sprite_world", BASELINE,
+                                                                              list(range(40)))
+    assert sorted(plan) == list(range(40)) and {len(run_id) for run_id in plan.values()} == {16}
 
     # The same regression with the rules loosened in the same pull request: judged by the base's rules, it still
     # FAILs, and the comment says above the fold what the change would have set.
