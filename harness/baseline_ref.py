@@ -6,7 +6,8 @@ is written into the user's repository. The baseline arm is planned and trained t
 (`python -m harness.cli run` with that tree first on sys.path), with REF's own bench.toml unless
 --config is given, and recorded into the same store as the candidate arm. Run ids hash the
 source they run, so a commit benchmarked before (the push to the main branch, or an earlier
-gate) has its runs reused, and REF's run ids are exactly the ones its `bench run` records.
+gate) has its runs reused, and REF's run ids are exactly the ones its `bench run` records. The verdict is
+judged by REF's gate rules (its KPI rules and alpha, `judged_by_ref_rules`), so a change cannot loosen them for itself.
 """
 from __future__ import annotations
 
