@@ -112,9 +112,18 @@ def interleave(groups: list[list[RunSpec]]) -> list[RunSpec]:
     """Round robin over the groups (one per variant or arm): a0, b0, a1, b1, ...
 
     Each seed's baseline and candidate runs are then adjacent in the schedule and, with --jobs 2,
-    run side by side under the same machine load, so their timing KPIs pair up.
+    run side by side under the same machine load, so their timing KPIs pair up. A run that trains no stage of
+    its own (every stage id is an earlier run's: a variant that only decodes otherwise) goes last instead:
+    beside the run whose stages it shares it would only wait for them, and its timing KPIs are that run's.
     """
-    return [spec for spec in chain.from_iterable(zip_longest(*groups)) if spec is not None]
+    planned: set[str] = set()
+    training, following = [], []
+    for spec in chain.from_iterable(zip_longest(*groups)):
+        if spec is not None:
+            ids = set(spec.stage_ids.values())
+            (following if ids <= planned else training).append(spec)
+            planned |= ids
+    return training + following
 
 
 def plan_runs(suite: Suite, profile: str, dataset: str, variant_names: list[str], seeds: list[int]) -> list[RunSpec]:

@@ -42,6 +42,15 @@ def test_plans_put_each_seeds_baseline_and_candidate_runs_side_by_side(suite):
     assert len(planned) == 4 and len({spec.run_id for spec in planned}) == 4
 
 
+def test_runs_that_train_nothing_of_their_own_go_last(suite):
+    """A MaskGIT schedule decodes with the baseline's stages: beside the baseline's run it would only wait."""
+    specs = plan_runs(suite, "smoke", "sprite_world", ["meanpool_concat", "maskgit_cosine", "windowed_attention"],
+                      [0, 1])
+    assert [(s.variant, s.seed) for s in specs] == [
+        ("meanpool_concat", 0), ("windowed_attention", 0), ("meanpool_concat", 1), ("windowed_attention", 1),
+        ("maskgit_cosine", 0), ("maskgit_cosine", 1)]
+
+
 def runs_frame(batches: dict[tuple[str, int], str]) -> pd.DataFrame:
     return pd.DataFrame([{"arm": arm, "seed": seed, "status": "ok", "batch": batch}
                          for (arm, seed), batch in batches.items()])
