@@ -700,7 +700,8 @@ def print_validation(result: Validation) -> None:
         table.add_row(escape(row.name), row.expected,
                       f"[{colours.get(row.observed, 'yellow')}]{row.observed}[/]", escape(row.caught_by) or "—",
                       p_text, "[green]ok[/]" if row.ok else "[red]NOT OK[/]")
-    out.print(table)
+    # Piped (a log, a CI step), the table takes its own width: folding it at 80 columns would cut the names.
+    (out if out.is_terminal else Console(width=1_000)).print(table)
 
 
 COMMANDS = {"run": command_run, "list": command_list, "show": command_show, "report": command_report,

@@ -336,7 +336,9 @@ def test_validate_runs_each_fault_against_the_baseline_and_a_users_fault_joins(t
         "meanpool_concat": [0, 1, 2, 3, 4, 5], **{name: [0, 1, 2] for name in [*BUILTIN_FAULTS, "null_rounding"]}}
     assert "Can each blocking KPI settle at these seeds?" in markdown and "needs" in markdown
     assert "| rollout.tf\\_mse (guard) |" in markdown and "fails from" in markdown  # and what each guard can FAIL
-    assert "planted faults and null changes vs meanpool_concat" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "planted faults and null changes vs meanpool_concat" in printed
+    assert all(any(f"│ {name} " in line for line in printed.splitlines()) for name in rows)  # piped: never folded
 
     # A user's planted fault joins; its runs crash, so validate exits 4. A plugin's source joins every
     # stage id (it may register a component for any stage), so the other runs are recorded anew.
