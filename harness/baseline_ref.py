@@ -102,13 +102,17 @@ class BaselineRef:
         """Check REF out into its worktree under `results` (reused when it is there and clean)."""
         checkout(self.commit, results)
 
+    def run_script(self, script: str, *args: str) -> subprocess.CompletedProcess:
+        """`python -c script args` with REF's code: in its worktree, its tree first on sys.path."""
+        return subprocess.run([sys.executable, "-c", script, *args], cwd=self.project, env=self.environment(),
+                              capture_output=True, text=True)
+
     def run_ids(self, profile: str, dataset: str, variant: str, seeds: list[int]) -> dict[int, str]:
         """Seed -> run id of the baseline arm as REF's code plans it; exit 2 when REF cannot run it."""
         key = (profile, dataset, variant, tuple(seeds))
         if key not in self._plans:
-            result = subprocess.run([sys.executable, "-c", PLAN_SCRIPT, str(self.config), profile, dataset, variant,
-                                     ",".join(map(str, seeds))], cwd=self.project, env=self.environment(),
-                                    capture_output=True, text=True)
+            result = self.run_script(PLAN_SCRIPT, str(self.config), profile, dataset, variant,
+                                     ",".join(map(str, seeds)))
             if result.returncode != 0:
                 raise WorldbenchError(f"--baseline-ref {self.ref} ({self.commit[:12]}): its code cannot run variant "
                                       f"'{variant}' on profile '{profile}', dataset '{dataset}': "
@@ -119,8 +123,7 @@ class BaselineRef:
 
     def rules(self) -> dict:
         """REF's gate rules: {"alpha": float, "kpis": {name: {field: value}}} for the OVERRIDABLE fields it has."""
-        result = subprocess.run([sys.executable, "-c", RULES_SCRIPT, str(self.config), ",".join(OVERRIDABLE)],
-                                cwd=self.project, env=self.environment(), capture_output=True, text=True)
+        result = self.run_script(RULES_SCRIPT, str(self.config), ",".join(OVERRIDABLE))
         if result.returncode != 0:
             raise WorldbenchError(f"--baseline-ref {self.ref} ({self.commit[:12]}): its code cannot read its gate "
                                   f"rules: {last_line(result.stderr)}; fix its suite file or pass --config")
@@ -151,18 +154,18 @@ class BaselineRef:
 
 
 def judged_by_ref_rules(suite: Suite, ref: BaselineRef, ref_rules: dict) -> tuple[Suite, RulesNote]:
-    """`suite` with REF's rules for every KPI REF knows, and REF's alpha: a change cannot loosen the rules it is
-    judged by (a margin in bench.toml or a default in harness/kpis.py). KPIs new in the candidate keep their own
-    rule. The note lists what the candidate's rules would change, which apply once it is merged."""
+    """`suite` with REF's rules (BaselineRef.rules: the OVERRIDABLE fields) for every KPI REF knows, and REF's alpha:
+    a change cannot loosen the rules it is judged by (a margin in bench.toml or a default in harness/kpis.py). KPIs
+    new in the candidate keep their own rule. The note lists what the candidate's rules would change, which apply
+    once it is merged."""
     changes: list[RuleChange] = []
     kpis = dict(suite.kpis)
     for name, fields in ref_rules["kpis"].items():
         if name not in kpis:
             continue
-        known = {key: value for key, value in fields.items() if key in OVERRIDABLE}
-        changes += [RuleChange(f"{name}.{key}", value, getattr(kpis[name], key)) for key, value in known.items()
+        changes += [RuleChange(f"{name}.{key}", value, getattr(kpis[name], key)) for key, value in fields.items()
                     if getattr(kpis[name], key) != value]
-        kpis[name] = replace(kpis[name], **known)
+        kpis[name] = replace(kpis[name], **fields)
     alpha = float(ref_rules["alpha"])
     if alpha != suite.comparison.alpha:
         changes.insert(0, RuleChange("alpha", alpha, suite.comparison.alpha))
