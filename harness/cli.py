@@ -452,13 +452,16 @@ def add_report_commands(commands) -> None:
 
 
 def candidate_names(args, suite: Suite, baseline: str, against_ref: bool) -> list[str]:
-    """The candidates asked for: --candidates a,b,c, or --candidate x (the one-candidate case), else the default."""
+    """The candidates asked for: --candidates a,b,c, or --candidate x (the one-candidate case), else bench.toml's
+    `[comparison] candidates`, every one of them (checked by the suite loader)."""
     if args.candidates is not None and args.candidate is not None:
         raise WorldbenchError(f"--candidate {args.candidate} and --candidates {args.candidates} both given; "
                               f"name one candidate with --candidate, or several with --candidates")
+    if args.candidate is not None:
+        return [args.candidate]
     if args.candidates is None:
         # Against another commit the default candidate is the same variant: only the code differs between the arms.
-        return [given(args.candidate, baseline if against_ref else suite.comparison.candidates[0])]
+        return [baseline] if against_ref else list(suite.comparison.candidates)
     names = [name.strip() for name in args.candidates.split(",")]
     if not all(names):
         raise WorldbenchError(f"--candidates: {args.candidates!r} has an empty name; e.g. --candidates a,b,c")

@@ -338,6 +338,9 @@ def _cross_checked(suite: Suite) -> Suite:
     comparison = suite.comparison
     if not comparison.candidates:
         raise WorldbenchError("comparison.candidates: empty; name at least one variant to compare with the baseline")
+    twice = sorted({name for name in comparison.candidates if comparison.candidates.count(name) > 1})
+    if twice:
+        raise WorldbenchError(f"comparison.candidates: {', '.join(twice)} named more than once; name each once")
     if comparison.baseline in comparison.candidates:
         raise WorldbenchError(f"comparison.candidates: {comparison.baseline!r} is the baseline, and a variant "
                               f"against itself on the same seeds compares nothing; name another variant")

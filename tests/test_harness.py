@@ -351,6 +351,7 @@ HDF5_DATASET = '[datasets.mine]\nkind = "hdf5"\npath = "{{tmp}}/{file}"\n'
     (["gate", "--baseline", "meanpool_concat", "--candidate", "meanpool_concat"], "",
      "the candidate 'meanpool_concat' is the baseline, on the same seeds"),
     ([], '[comparison]\ncandidates = ["meanpool_concat"]', "comparison.candidates: 'meanpool_concat' is the baseline"),
+    ([], '[comparison]\ncandidates = ["query_pool", "query_pool"]', "comparison.candidates: query_pool named more than once"),
     # row 4: a steps_to_target rule the statistics cannot use
     ([], '[kpis."dynamics.steps_to_target"]\nblocking = true\ntarget_epsilon = nan',
      "kpis.dynamics.steps_to_target.target_epsilon: must be a finite number >= 0, got nan"),

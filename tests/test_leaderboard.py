@@ -179,6 +179,20 @@ def test_a_sequential_leaderboard_grows_every_arm_by_the_same_seeds(tmp_path, mo
     assert all(any("look 2 of 2: 4 seeds" in note for note in c["notes"]) for c in data["comparisons"])
 
 
+def test_the_suites_candidates_all_join_the_leaderboard_when_none_is_named(tmp_path, monkeypatch):
+    """`[comparison] candidates = [a, b]` and no --candidate(s): both are gated, in one leaderboard."""
+    monkeypatch.setattr("harness.cli.run_with_progress", lambda suite, specs, execution, quiet: [
+        record_fabricated(Store(execution.results), spec, undecidable_kpis(spec.seed)) for spec in specs])
+    suite = tmp_path / "bench.toml"
+    suite.write_text(SUITE.read_text().replace('candidates = ["windowed_attention"]',
+                                               'candidates = ["windowed_attention", "query_pool"]', 1))
+    code = main(["gate", "--config", str(suite), "--profile", "smoke", "--seeds", "0-1",
+                 "--results", str(tmp_path / "r"), "--format", "json", "--quiet"])
+    data = json.loads((tmp_path / "r" / "report" / "report.json").read_text())
+    assert code == EXIT_PASS  # the fabricated runs are the same for every variant: identical KPIs
+    assert [c["candidate"] for c in data["comparisons"]] == ["windowed_attention", "query_pool"]
+
+
 def test_three_candidates_one_planted_only_it_fails_and_decides_the_exit_code(smoke_results, tmp_path, capsys):
     """The smoke profile's recorded runs plus a third seed; a planted fault among a real change and a harmless one:
     only the fault FAILs (through a regressed KPI, Holm across all three), the gate exits 1 and names it, the
