@@ -91,14 +91,21 @@ def _to_png(figure: MplFigure) -> bytes:
 
 
 def _to_svg(figure: MplFigure, name: str) -> bytes:
-    """The figure as SVG for inline use: text kept as text (not glyph paths), no date, ids salted by the figure's
-    name so that several SVGs in one page never share one."""
+    """The figure as SVG for inline use: text kept as text (not glyph paths) in the page's font, no metadata, ids
+    salted by the figure's name so that several SVGs in one page never share one."""
     buffer = io.BytesIO()
-    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": name}):
-        figure.savefig(buffer, format="svg", dpi=DPI, metadata={"Date": None})
+    # One font name per text element rather than matplotlib's list of ten fallbacks: the page names its own.
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": name, "font.sans-serif": ["DejaVu Sans"]}):
+        figure.savefig(buffer, format="svg", dpi=DPI,
+                       metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
     figure.clear()
     text = buffer.getvalue()
-    return text[text.index(b"<svg"):]  # drop the XML prolog and doctype: the page embeds the element
+    text = text[text.index(b"<svg"):]  # drop the XML prolog and doctype: the page embeds the element
+    text = re.sub(rb"\n +", b"\n", text)  # the indentation: never inside a text element, which is one line
+    # matplotlib names every group (figure_1, axes_1, text_1, ...) alike in every figure: a page of several would
+    # repeat those ids. Only the ids something refers to (clip paths, markers: salted above) are kept.
+    referenced = set(re.findall(rb'(?:url\(#|href="#)([^)"]+)', text))
+    return re.sub(rb' id="([^"]*)"', lambda m: m.group(0) if m.group(1) in referenced else b"", text)
 
 
 def _colors(report: ReportInput | Leaderboard, variants: list[str]) -> dict[str, str]:

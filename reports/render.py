@@ -239,7 +239,7 @@ def _md_explanations(report: ReportInput) -> str:
         f"- {VERDICT_EMOJI.get(e.verdict, '')} **{md_escape(e.name)}** ({md_escape(e.verdict)}): "
         f"{md_escape(truncate(e.reason, MD_REASON_CHARS))}"
         + (f"<br>Resolution: {md_escape(e.resolution)}" if e.resolution else "")
-        + f"<br><sub>{md_escape(e.detail)}</sub>"
+        + (f"<br><sub>{md_escape(e.detail)}</sub>" if e.detail else "")
         for e in view.kpi_explanations(report)
     ]
     return "### Why each KPI got its verdict\n\n" + "\n".join(items) if items else ""
@@ -440,10 +440,11 @@ def inline_figure(figure: Figure, png: bytes) -> InlineFigure:
 
 
 def sort_key(value: float) -> str:
-    """A KPI table cell's data-sort attribute: a number JavaScript's parseFloat reads, "" for none."""
+    """A KPI table cell's data-sort attribute: a number JavaScript's parseFloat reads (7 significant digits, finer
+    than any value the table shows), "" for none (the cell is then sorted by its text)."""
     if math.isnan(value):
         return ""
-    return ("Infinity" if value > 0 else "-Infinity") if math.isinf(value) else repr(float(value))
+    return ("Infinity" if value > 0 else "-Infinity") if math.isinf(value) else f"{value:.7g}"
 
 
 def script_hash(script: str) -> str:

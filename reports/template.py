@@ -21,7 +21,7 @@ KPI_TABLE_SCRIPT = """
       row.hidden = only.checked && !row.classList.contains("blocking") && !row.classList.contains("guard");
     });
   }
-  function key(cell) { return cell.dataset.sort === "" ? NaN : parseFloat(cell.dataset.sort); }
+  function key(cell) { return cell.dataset.sort ? parseFloat(cell.dataset.sort) : NaN; }
   only.addEventListener("change", filter);
   only.checked = location.hash === "#blocking-only";
   filter();
@@ -75,7 +75,8 @@ PAGE_TEMPLATE = r"""<!DOCTYPE html>
   th, td { border: 1px solid #d0d7de; padding: 4px 7px; text-align: left; vertical-align: top; }
   th { background: #eaeef2; }
   td:first-child { white-space: nowrap; }
-  td.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
+  td.num, .numbers-from-2 td:nth-child(n+3):not(:last-child), .numbers-from-3 td:nth-child(n+4):not(:last-child) {
+    text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
   tr.bad td, tr.all_failed td { background: #ffebe9; }
   tr.has_failures td, tr.warn td { background: #fff8c5; }
   tr.informational td { color: #57606a; }
@@ -142,11 +143,11 @@ MACROS_TEMPLATE = r"""{%- macro table(t, numeric_from=1, numeric_to=999) -%}
 {%- endmacro %}
 {%- macro kpi_table(kpis, symbols, sort_key, numeric_from=2) -%}
 <label class="filter"><input type="checkbox" id="blocking-only"> blocking and guard KPIs only</label>
-<div class="scroll"><table id="kpi-table">
+<div class="scroll"><table id="kpi-table" class="numbers-from-{{ numeric_from }}">
 <thead><tr>{% for column in kpis.columns %}<th>{{ column }}</th>{% endfor %}</tr></thead>
 <tbody>
 {% for row in kpis.rows %}{% set keys = kpis.sort_keys[loop.index0] %}<tr class="{{ kpis.row_classes[loop.index0] }}">
-{%- for cell in row[:-1] %}<td data-sort="{{ sort_key(keys[loop.index0]) }}"{% if loop.index0 >= numeric_from %} class="num"{% endif %}>{{ cell }}</td>{% endfor -%}
+{%- for cell in row[:-1] %}{% set key = sort_key(keys[loop.index0]) %}<td{% if key %} data-sort="{{ key }}"{% endif %}>{{ cell }}</td>{% endfor -%}
 <td data-sort="{{ sort_key(keys[-1]) }}"><span class="badge {{ row[-1] | replace('-', '_') }}">{{ symbols.get(row[-1], '') }} {{ row[-1] }}</span></td></tr>
 {% endfor %}</tbody>
 </table></div>
@@ -244,7 +245,7 @@ HTML_TEMPLATE = IMPORTS + r"""{% block content %}
 {% if kpis.rows %}
 {{ kpi_table(kpis, symbols, sort_key) }}
 {{ heading("explanations", "Why each KPI got its verdict") }}
-<ul class="explanations">{% for e in explanations %}<li><strong>{{ e.name }}</strong> ({{ e.verdict }}): {{ e.reason }}{% if e.resolution %}<br>Resolution: {{ e.resolution }}{% endif %}<br><span class="muted">{{ e.detail }}</span></li>{% endfor %}</ul>
+<ul class="explanations">{% for e in explanations %}<li><strong>{{ e.name }}</strong> ({{ e.verdict }}): {{ e.reason }}{% if e.resolution %}<br>Resolution: {{ e.resolution }}{% endif %}{% if e.detail %}<br><span class="muted">{{ e.detail }}</span>{% endif %}</li>{% endfor %}</ul>
 {% else %}<p class="muted">No KPIs were compared.</p>{% endif %}
 
 {{ heading("seeds", "Per-seed values") }}
@@ -281,7 +282,7 @@ LEADERBOARD_TEMPLATE = IMPORTS + r"""{% block content %}
 {% for candidate in candidates %}
 <details{% if candidate.decided %} open{% endif %}><summary>{{ symbols[candidate.verdict] }} {{ candidate.verdict }} · {{ candidate.name }}</summary>
 <ul>{% for reason in candidate.reasons %}<li>{{ reason }}</li>{% endfor %}</ul>
-<ul class="explanations">{% for e in candidate.explanations %}<li><strong>{{ e.name }}</strong> ({{ e.verdict }}): {{ e.reason }}{% if e.resolution %}<br>Resolution: {{ e.resolution }}{% endif %}<br><span class="muted">{{ e.detail }}</span></li>{% endfor %}</ul>
+<ul class="explanations">{% for e in candidate.explanations %}<li><strong>{{ e.name }}</strong> ({{ e.verdict }}): {{ e.reason }}{% if e.resolution %}<br>Resolution: {{ e.resolution }}{% endif %}{% if e.detail %}<br><span class="muted">{{ e.detail }}</span>{% endif %}</li>{% endfor %}</ul>
 </details>
 {% endfor %}
 {% else %}<p class="muted">No KPIs were compared.</p>{% endif %}

@@ -265,8 +265,19 @@ def kpi_table(report: ReportInput) -> Table:
 
 
 def kpi_explanations(report: ReportInput) -> list[KpiExplanation]:
-    out = []
+    """Why each KPI got its verdict, in the report's KPI order; the identical KPIs (a shared stage: no test, no
+    effect) share one entry per reason, where the first of them stood."""
+    out: list[KpiExplanation] = []
+    identical: dict[str, KpiExplanation] = {}
     for kpi in report.comparison.kpis:
+        if kpi.verdict == "identical":
+            reason = kpi_reason(kpi)
+            if reason in identical:
+                identical[reason].name += ", " + kpi.name
+            else:
+                identical[reason] = KpiExplanation(kpi.name, kpi.verdict, reason, "")
+                out.append(identical[reason])
+            continue
         test, effect = kpi.test, kpi.effect
         design = (f"{test.n_paired} paired seeds" if test.paired
                   else f"unpaired, n = {kpi.baseline.n} vs {kpi.candidate.n}")

@@ -183,6 +183,8 @@ def test_the_html_report_has_a_forest_plot_contents_and_a_sortable_table_within_
     html = (gate_report / "report.html").read_text()
     assert len(html.encode()) <= HTML_BUDGET, len(html.encode())
     assert 'id="contents"' in html and 'id="forest"' in html and 'id="kpi-table"' in html
+    ids = re.findall(r'\sid="([^"]+)"', html)  # the inline SVGs' too: one page, one namespace
+    assert html.count("<svg") >= 2 and len(ids) == len(set(ids)), sorted({i for i in ids if ids.count(i) > 1})
     forest = html.split('id="figure-forest"')[1].split("</figure>")[0]
     assert "<svg" in forest or "data:image/png" in forest
     if "<svg" in forest:  # text stays text in the SVG: every blocking and guard KPI is named

@@ -18,6 +18,7 @@ import pytest
 from harness.stats import KpiRule, compare
 from harness.types import ArmProvenance, FloorNote, LookNote, TargetNote, TargetSource, Why
 from reports import MARKER, CompatResult, ReportInput, render_html, render_json, render_markdown, write_reports
+from reports import view
 from reports.render import MAX_VISIBLE_BYTES, MAX_VISIBLE_LINES, visible_part
 from reports.figures import curve_bands, horizon_columns, plan_figures, rollout_grid
 from reports.text import (arm_description, fmt_estimate, md_escape, md_html_escape, note_text,
@@ -215,6 +216,19 @@ def test_statistics_are_labelled_exactly_in_markdown_html_and_json(report):
     assert _strict_json(render_json(labelled))["kpis"][1]["ci_level"] == pytest.approx(0.90)
     narrower = dataclasses.replace(labelled, comparison=dataclasses.replace(comparison, alpha=0.025))
     assert "95% t CI" in render_markdown(narrower)
+
+
+def test_identical_kpis_share_one_explanation_where_the_first_stood(report):
+    kpis = report.comparison.kpis
+    assert len(kpis) >= 4
+    same = [dataclasses.replace(kpi, verdict="identical", why=Why.IDENTICAL) for kpi in (kpis[1], kpis[3])]
+    shown = dataclasses.replace(report, comparison=dataclasses.replace(
+        report.comparison, kpis=[kpis[0], same[0], kpis[2], same[1], *kpis[4:]]))
+    explanations = view.kpi_explanations(shown)
+    assert [e.name for e in explanations] == [kpis[0].name, f"{kpis[1].name}, {kpis[3].name}", kpis[2].name,
+                                              *(k.name for k in kpis[4:])]
+    assert explanations[1].verdict == "identical" and explanations[1].detail == ""
+    assert f"**{md_escape(kpis[1].name)}, {md_escape(kpis[3].name)}** (identical)" in render_markdown(shown)
 
 
 def test_markdown_fits_a_pr_comment_with_30_kpis_and_20_seeds():
