@@ -57,3 +57,17 @@ class Noisy(nn.Module):
 
     def forward(self, actions: torch.Tensor) -> torch.Tensor:
         return actions + NOISE_SD * torch.randn_like(actions)  # [B, T-1, A]
+
+
+@register("action_input", "dropout_left_on")
+class DropoutLeftOn(nn.Module):
+    """Dropout on the latent actions (p 0.2) that stays on in evaluation and rollouts: the train flag never
+    reaches it."""
+
+    p = 0.2
+
+    def __init__(self, config):
+        super().__init__()
+
+    def forward(self, actions: torch.Tensor) -> torch.Tensor:
+        return F.dropout(actions, self.p, training=True)  # [B, T-1, A]

@@ -141,6 +141,9 @@ MACROS_TEMPLATE = r"""{%- macro table(t, numeric_from=1, numeric_to=999) -%}
 {%- macro figure(fig) -%}
 <figure id="{{ fig.anchor }}">{% if fig.svg %}{{ fig.svg }}{% else %}<img src="data:image/png;base64,{{ fig.png }}" alt="{{ fig.title }}">{% endif %}<figcaption><strong>{{ fig.title }}.</strong> {{ fig.caption }}</figcaption></figure>
 {%- endmacro %}
+{%- macro explanation_list(explanations) -%}
+<ul class="explanations">{% for e in explanations %}<li><strong>{{ e.name }}</strong> ({{ e.verdict }}): {{ e.reason }}{% if e.resolution %}<br>Resolution: {{ e.resolution }}{% endif %}{% if e.detail %}<br><span class="muted">{{ e.detail }}</span>{% endif %}</li>{% endfor %}</ul>
+{%- endmacro %}
 {%- macro kpi_table(kpis, symbols, sort_key, numeric_from=2) -%}
 <label class="filter"><input type="checkbox" id="blocking-only"> blocking and guard KPIs only</label>
 <div class="scroll"><table id="kpi-table" class="numbers-from-{{ numeric_from }}">
@@ -229,7 +232,7 @@ MACROS_TEMPLATE = r"""{%- macro table(t, numeric_from=1, numeric_to=999) -%}
 """
 
 IMPORTS = """{% extends "page" %}
-{% from "macros" import table, heading, figure, kpi_table, top, variants_curves_rollouts, bottom %}
+{% from "macros" import table, heading, figure, kpi_table, explanation_list, top, variants_curves_rollouts, bottom %}
 """
 
 # One candidate against the baseline.
@@ -245,7 +248,7 @@ HTML_TEMPLATE = IMPORTS + r"""{% block content %}
 {% if kpis.rows %}
 {{ kpi_table(kpis, symbols, sort_key) }}
 {{ heading("explanations", "Why each KPI got its verdict") }}
-<ul class="explanations">{% for e in explanations %}<li><strong>{{ e.name }}</strong> ({{ e.verdict }}): {{ e.reason }}{% if e.resolution %}<br>Resolution: {{ e.resolution }}{% endif %}{% if e.detail %}<br><span class="muted">{{ e.detail }}</span>{% endif %}</li>{% endfor %}</ul>
+{{ explanation_list(explanations) }}
 {% else %}<p class="muted">No KPIs were compared.</p>{% endif %}
 
 {{ heading("seeds", "Per-seed values") }}
@@ -282,7 +285,7 @@ LEADERBOARD_TEMPLATE = IMPORTS + r"""{% block content %}
 {% for candidate in candidates %}
 <details{% if candidate.decided %} open{% endif %}><summary>{{ symbols[candidate.verdict] }} {{ candidate.verdict }} · {{ candidate.name }}</summary>
 <ul>{% for reason in candidate.reasons %}<li>{{ reason }}</li>{% endfor %}</ul>
-<ul class="explanations">{% for e in candidate.explanations %}<li><strong>{{ e.name }}</strong> ({{ e.verdict }}): {{ e.reason }}{% if e.resolution %}<br>Resolution: {{ e.resolution }}{% endif %}{% if e.detail %}<br><span class="muted">{{ e.detail }}</span>{% endif %}</li>{% endfor %}</ul>
+{{ explanation_list(candidate.explanations) }}
 </details>
 {% endfor %}
 {% else %}<p class="muted">No KPIs were compared.</p>{% endif %}
