@@ -572,8 +572,8 @@ def print_verdict(board: Leaderboard, paths: dict[str, Path]) -> None:
             console.print(f"  - {escape(reason)}", highlight=False)
         guards = banner(report).guards_line()
     else:
-        console.print(f"[bold {colours.get(verdict, 'yellow')}]{verdict}[/]: {escape(board.title)}, decided by "
-                      f"{escape(', '.join(board.decided_by))}")
+        deciders = "every candidate PASSes" if verdict == "PASS" else f"decided by {', '.join(board.decided_by)}"
+        console.print(f"[bold {colours.get(verdict, 'yellow')}]{verdict}[/]: {escape(board.title)}, {escape(deciders)}")
         for report in by_severity(board):  # the report's order: worst first
             comparison = report.comparison
             console.print(f"  - [{colours.get(comparison.verdict, 'yellow')}]{comparison.verdict}[/] "

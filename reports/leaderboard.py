@@ -60,7 +60,8 @@ def _visible(board: Leaderboard, figures: list[Figure], pictures: bool, has_gif:
              f"{md_escape(truncate(board.title, 2 * VISIBLE_NAME_CHARS))}")
     deciders = ", ".join(truncate(name, VISIBLE_NAME_CHARS) for name in board.decided_by)
     compat = "" if board.compat is None else (" · compatibility ✅" if board.compat.ok else " · compatibility ❌")
-    decided = f"**Decided by:** {md_escape(deciders, block_start=False)}{compat}<br>\n{_md_context(board)}"
+    decided = ("**Every candidate PASSes**" if board.verdict == "PASS" else
+               f"**Decided by:** {md_escape(deciders, block_start=False)}") + f"{compat}<br>\n{_md_context(board)}"
     banner = view.leaderboard_banner(board)
     warnings = warning_lines(view.problem_summary(board), view.provenance_warnings(board),
                              view.leaderboard_collapsed_lam_warnings(board))

@@ -179,8 +179,9 @@ def test_a_sequential_leaderboard_grows_every_arm_by_the_same_seeds(tmp_path, mo
     assert all(any("look 2 of 2: 4 seeds" in note for note in c["notes"]) for c in data["comparisons"])
 
 
-def test_the_suites_candidates_all_join_the_leaderboard_when_none_is_named(tmp_path, monkeypatch):
-    """`[comparison] candidates = [a, b]` and no --candidate(s): both are gated, in one leaderboard."""
+def test_the_suites_candidates_all_join_the_leaderboard_when_none_is_named(tmp_path, monkeypatch, capsys):
+    """`[comparison] candidates = [a, b]` and no --candidate(s): both are gated, in one leaderboard, whose PASS
+    names no candidate as its cause."""
     monkeypatch.setattr("harness.cli.run_with_progress", lambda suite, specs, execution, quiet: [
         record_fabricated(Store(execution.results), spec, undecidable_kpis(spec.seed)) for spec in specs])
     suite = tmp_path / "bench.toml"
@@ -191,6 +192,10 @@ def test_the_suites_candidates_all_join_the_leaderboard_when_none_is_named(tmp_p
     data = json.loads((tmp_path / "r" / "report" / "report.json").read_text())
     assert code == EXIT_PASS  # the fabricated runs are the same for every variant: identical KPIs
     assert [c["candidate"] for c in data["comparisons"]] == ["windowed_attention", "query_pool"]
+    assert "PASS: 2 candidates vs meanpool_concat, every candidate PASSes" in capsys.readouterr().err
+    board = leaderboard_of([make_report(), make_report(candidate="query_pool")], "bench gate --candidates ...")
+    markdown = render_markdown(board)
+    assert board.verdict == "PASS" and "**Every candidate PASSes**" in markdown and "Decided by" not in markdown
 
 
 def test_three_candidates_one_planted_only_it_fails_and_decides_the_exit_code(smoke_results, tmp_path, capsys):
