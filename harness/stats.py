@@ -38,7 +38,9 @@ regression); an *informational* one decides nothing.
 A PASS never contradicts its own intervals: a guard whose interval lies wholly beyond its margin (its own
 one-sided test rejects "within the margin" at alpha) but which is not regressed after the Holm correction is
 INCONCLUSIVE (Why.BEYOND_MARGIN) and holds up the PASS: evidence of a regression too weak to FAIL the merge,
-too strong to let it through. More seeds settle it either way.
+too strong to let it through. So does one that is significantly worse than the baseline at all (its one-sided
+t-test of "no worse" rejects at alpha, before Holm) with its estimate beyond its margin (Why.WORSE): the best
+guess is a regression the margin calls meaningful, and the seeds say it is not chance. More seeds settle either.
 
 Multiplicity: the "regressed" claims are Holm-adjusted across the blocking and guard KPIs together,
 because a single false "regressed" of either fails the PR.  When several candidates are compared
@@ -518,6 +520,10 @@ def _verdict(analysis: _KpiAnalysis, p_regressed_adjusted: float, alpha: float,
         return KpiVerdict.IMPROVED, Why.IMPROVED
     if p.noninferior < alpha and censoring_ok:
         return KpiVerdict.NON_INFERIOR, Why.NON_INFERIOR
+    # t-tests only (a finite interval): their "worse at all" p is 1 - p.improved; rank tests have ties.
+    if math.isfinite(analysis.ci[0]) and analysis.effect > analysis.rule.analysis_margin and \
+            1.0 - p.improved < hold_alpha:
+        return KpiVerdict.INCONCLUSIVE, Why.WORSE
     return KpiVerdict.INCONCLUSIVE, Why.UNSETTLED
 
 
@@ -546,7 +552,7 @@ def _judge(analysis: _KpiAnalysis, p_regressed_adjusted: float, alpha: float, ho
     rule, p = analysis.rule, analysis.p
     verdict, why = _verdict(analysis, p_regressed_adjusted, alpha, hold_alpha)
     seeds_needed = (seeds_to_settle(analysis.effect, analysis.sd_d, rule.analysis_margin, alpha)
-                    if why in (Why.UNSETTLED, Why.BEYOND_MARGIN) else None)
+                    if why in (Why.UNSETTLED, Why.BEYOND_MARGIN, Why.WORSE) else None)
     return KpiComparison(
         name=rule.name,
         rule=rule,
@@ -582,6 +588,10 @@ def _resolution(analysis: _KpiAnalysis, alpha: float) -> Resolution | None:
 _MISSING_DATA = (Why.TOO_FEW_VALUES, Why.NO_VALUE)
 
 
+# A guard inconclusive for one of these holds up a PASS: the evidence says it got worse, too weakly to FAIL.
+_EVIDENCE_OF_HARM = (Why.BEYOND_MARGIN, Why.WORSE)
+
+
 def _merge_verdict(kpis: list[KpiComparison], failures_baseline: int,
                    failures_candidate: int) -> tuple[Verdict, list[Reason], int | None]:
     """The merge verdict from the blocking and guard KPIs and the failed runs: (verdict, its reasons in order, and
@@ -591,11 +601,12 @@ def _merge_verdict(kpis: list[KpiComparison], failures_baseline: int,
     improved, non-inferior or identical, every guard KPI has its data and is not beyond its margin, and no
     candidate run failed. A guard that is merely unsettled does not hold up a PASS (Comparison.unresolved_guards
     names it); one without its data does, as a blocking KPI's would (a guard that was not measured guards
-    nothing), and so does one whose interval lies beyond its margin before the Holm correction."""
+    nothing), and so does one whose interval lies beyond its margin before the Holm correction, or that is
+    significantly worse than the baseline with its estimate beyond its margin."""
     blocking_kpis = [k for k in kpis if k.rule.blocking]
     regressed = [k for k in kpis if k.rule.can_fail and k.verdict == KpiVerdict.REGRESSED]
     unsettled = [k for k in kpis if k.rule.can_fail and k.verdict == KpiVerdict.INCONCLUSIVE
-                 and (k.rule.blocking or k.why in _MISSING_DATA or k.why == Why.BEYOND_MARGIN)]
+                 and (k.rule.blocking or k.why in _MISSING_DATA or k.why in _EVIDENCE_OF_HARM)]
     more_failures = failures_candidate > failures_baseline
 
     reasons = [Reason(Finding.KPI, k.name) for k in regressed]

@@ -207,6 +207,9 @@ class Why(StrEnum):
     UNSETTLED = "unsettled"  # inconclusive: too few seeds to tell (see recommended_seeds)
     # inconclusive: its interval lies wholly beyond the margin (raw p_regressed < alpha), but not after Holm
     BEYOND_MARGIN = "beyond its margin before the Holm correction"
+    # inconclusive: worse than the baseline (raw one-sided p < alpha that it got worse at all) with its estimate
+    # beyond the margin, though its interval still reaches inside it
+    WORSE = "worse than the baseline, its estimate beyond its margin"
 
 
 class Finding(StrEnum):

@@ -198,6 +198,10 @@ def kpi_reason(kpi: KpiComparison) -> str:
         return (f"{effect}, beyond its margin ({margin}; p={test.p_regressed:.2g}), but not after Holm "
                 f"(adjusted p={test.p_regressed_adjusted:.2g}): too weak to FAIL, too strong to PASS"
                 + seeds_to_settle_clause(kpi))
+    if kpi.why == Why.WORSE:
+        return (f"{effect}, worse than the baseline (p={1.0 - test.p_improved:.2g}) and beyond its margin ({margin}) "
+                f"at its estimate, though its interval reaches inside: too weak to FAIL, too strong to PASS"
+                + seeds_to_settle_clause(kpi))
     if kpi.why == Why.NO_VALUE:
         missing_baseline, missing_candidate = baseline.missing, candidate.missing
         return (f"{effect}; {missing_baseline + missing_candidate} run(s) have no value for this KPI "

@@ -29,7 +29,7 @@ from harness.stats import (
     iqm_interval,
 )
 from harness.kpis import final_loss
-from harness.types import Finding, Reason, RuleError
+from harness.types import Finding, Reason, RuleError, Why
 from reports.text import (comparison_reasons, kpi_reason,  # the statistics return numbers; reports/ words them
                           resolution_text)
 
@@ -324,6 +324,33 @@ def test_a_guard_beyond_its_margin_before_holm_holds_up_the_pass():
     look = {"alpha": 0.0056}
     assert compare(*arms, **look).verdict == "PASS"
     assert compare(*arms, **look, hold_alpha=0.05).verdict == "INCONCLUSIVE"
+
+
+def test_a_guard_worse_than_the_baseline_with_its_estimate_beyond_its_margin_holds_up_the_pass():
+    """A guard that got worse at all (its one-sided t-test rejects "no worse" at alpha) with its best estimate
+    beyond its margin holds up the PASS, though its interval still reaches inside the margin; either alone does
+    not (NOISY: +11.9% but not significant)."""
+    ratios = np.array([1.02, 1.30, 1.10, 1.35, 1.15])  # +17.8% [+5.4%, +31.6%], margin 10%
+    worse = by_seed(np.array(list(BASE.values())) * ratios)
+    other = dataclasses.replace(GUARD, name="other")
+    result = compare([LOSS, GUARD, other], {"loss": BASE, "guard": BASE, "other": BASE},
+                     {"loss": WITHIN, "guard": worse, "other": NOISY})
+    loss, guard, noisy = result.kpis
+    d = np.log(ratios)
+    t = d.mean() / (d.std(ddof=1) / math.sqrt(5))
+    assert 1 - guard.test.p_improved == pytest.approx(stats.t.sf(t, 4)) and stats.t.sf(t, 4) == pytest.approx(
+        0.0175, abs=5e-4)  # worse at all: p 0.0175 by hand
+    assert guard.test.p_regressed == pytest.approx(0.1305, abs=5e-4)  # beyond the margin: not shown
+    assert 1.0 < guard.effect.ci_low < 1.1 < guard.effect.estimate
+    assert (loss.verdict, guard.verdict, guard.why, noisy.why) == ("non-inferior", "inconclusive", Why.WORSE,
+                                                                   Why.UNSETTLED)
+    assert result.verdict == "INCONCLUSIVE" and result.reasons == [Reason(Finding.KPI, "guard")]
+    assert ("17.8% higher (worse), worse than the baseline (p=0.017) and beyond its margin (≤ +10.0%) at its "
+            "estimate") in comparison_reasons(result)[0]
+    assert guard.recommended_seeds is not None
+    # Significantly worse but with its estimate within the margin: a small harm the margin allows, PASS.
+    small = by_seed(np.array(list(BASE.values())) * (ratios - 1) / 4 + np.array(list(BASE.values())))
+    assert compare([LOSS, GUARD], {"loss": BASE, "guard": BASE}, {"loss": WITHIN, "guard": small}).verdict == "PASS"
 
 
 @pytest.mark.parametrize("missing", [
