@@ -46,8 +46,9 @@ def main() -> None:
     rules = [rule for rule in rules_for(suite) if rule.can_fail]
     store = Store(Path(args.results), create=False)
     runs = store.runs()
-    runs = runs[(runs["profile"] == profile) & (runs["status"] == "ok")].drop_duplicates(["variant", "seed"],
-                                                                                         keep="last")
+    dataset = suite.comparison.dataset
+    runs = runs[(runs["profile"] == profile) & (runs["dataset"] == dataset) & (runs["status"] == "ok")]
+    runs = runs.drop_duplicates(["variant", "seed"], keep="last")
     values = store.for_runs("kpis", runs["run_id"]).merge(runs[["run_id", "variant", "seed"]], on="run_id")
 
     def arm(variant: str, seeds: list[int]) -> dict[str, dict[int, float]]:
@@ -63,7 +64,7 @@ def main() -> None:
         raise SystemExit(f"null_draws: need {2 * n} seeds of {baseline} and {n} of {NULL} on the same seeds in "
                          f"{args.results}; run benchmarks/null_blocks.py first")
     print(f"{len(seeds_of[baseline])} seeds of {baseline}, {len(both)} also of {NULL}; {args.draws} draws of "
-          f"{n} seeds a side, profile {profile}")
+          f"{n} seeds a side, profile {profile}, dataset {dataset}")
     draw = random.Random(args.seed)
     rows = {"A/A": lambda: (lambda s: (s[:n], baseline, s[n:]))(draw.sample(seeds_of[baseline], 2 * n)),
             "null_rounding": lambda: (lambda s: (s, NULL, s))(draw.sample(both, n))}
