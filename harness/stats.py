@@ -14,7 +14,7 @@ Each KPI is measured once per training seed for both arms.  For every KPI we
    regressed     mean d > m           confidently worse than the margin
    ============  ===================  =======================================
 
-   (plus ``p_worse``, H1: mean d > 0, "worse at all", reported for information);
+   (plus ``p_worse``, H1: mean d > 0, "worse at all": with an estimate beyond the margin it holds up a PASS);
 3. attach an estimate with the confidence interval that is dual to those tests: the
    two-sided (1 - 2 alpha) t interval of the mean effect (90% at alpha = 0.05).  Its worse
    end lies inside the margin exactly when the non-inferiority test rejects at alpha, and it
@@ -39,7 +39,7 @@ A PASS never contradicts its own intervals: a guard whose interval lies wholly b
 one-sided test rejects "within the margin" at alpha) but which is not regressed after the Holm correction is
 INCONCLUSIVE (Why.BEYOND_MARGIN) and holds up the PASS: evidence of a regression too weak to FAIL the merge,
 too strong to let it through. So does one that is significantly worse than the baseline at all (its one-sided
-t-test of "no worse" rejects at alpha, before Holm) with its estimate beyond its margin (Why.WORSE): the best
+test of "no worse", ``p_worse``, rejects at alpha, before Holm) with its estimate beyond its margin (Why.WORSE): the best
 guess is a regression the margin calls meaningful, and the seeds say it is not chance. More seeds settle either.
 
 Multiplicity: the "regressed" claims are Holm-adjusted across the blocking and guard KPIs together,
@@ -520,9 +520,7 @@ def _verdict(analysis: _KpiAnalysis, p_regressed_adjusted: float, alpha: float,
         return KpiVerdict.IMPROVED, Why.IMPROVED
     if p.noninferior < alpha and censoring_ok:
         return KpiVerdict.NON_INFERIOR, Why.NON_INFERIOR
-    # t-tests only (a finite interval): their "worse at all" p is 1 - p.improved; rank tests have ties.
-    if math.isfinite(analysis.ci[0]) and analysis.effect > analysis.rule.analysis_margin and \
-            1.0 - p.improved < hold_alpha:
+    if p.worse < hold_alpha and analysis.effect > analysis.rule.analysis_margin:
         return KpiVerdict.INCONCLUSIVE, Why.WORSE
     return KpiVerdict.INCONCLUSIVE, Why.UNSETTLED
 

@@ -199,7 +199,7 @@ def kpi_reason(kpi: KpiComparison) -> str:
                 f"(adjusted p={test.p_regressed_adjusted:.2g}): too weak to FAIL, too strong to PASS"
                 + seeds_to_settle_clause(kpi))
     if kpi.why == Why.WORSE:
-        return (f"{effect}, worse than the baseline (p={1.0 - test.p_improved:.2g}) and beyond its margin ({margin}) "
+        return (f"{effect}, worse than the baseline (p={test.p_worse:.2g}) and beyond its margin ({margin}) "
                 f"at its estimate, though its interval reaches inside: too weak to FAIL, too strong to PASS"
                 + seeds_to_settle_clause(kpi))
     if kpi.why == Why.NO_VALUE:
