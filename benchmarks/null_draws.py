@@ -9,7 +9,8 @@ the seeds `null_rounding` was recorded on against the baseline on the same seeds
 judges them with harness.stats.compare_all and the suite's blocking and guard rules, as the gate does. Draws
 overlap, so they are not independent samples; the rate is the rules' on these runs. It reads the store's tables
 as they are, whatever code recorded them (the statistics are what is measured), one run per variant and seed.
-Prints each row's verdict counts and how often each hold-up rule held up a KPI.
+Prints the verdicts of null_blocks.py's disjoint blocks where the store has them, then each row's verdict
+counts over the draws and how often each hold-up rule held up a KPI.
 """
 from __future__ import annotations
 
@@ -65,16 +66,23 @@ def main() -> None:
                          f"{args.results}; run benchmarks/null_blocks.py first")
     print(f"{len(seeds_of[baseline])} seeds of {baseline}, {len(both)} also of {NULL}; {args.draws} draws of "
           f"{n} seeds a side, profile {profile}, dataset {dataset}")
+    def verdict(baseline_seeds: list[int], variant: str, candidate_seeds: list[int]):
+        arms = stats.ComparisonArms(rules, arm(baseline, baseline_seeds), arm(variant, candidate_seeds))
+        return stats.compare_all([arms], censored_kpis=set(COMPARE_TIME_KPIS), alpha=suite.comparison.alpha)[0]
+
+    # benchmarks/null_blocks.py's disjoint blocks first, where this store has them: seeds [2kn, (2k + 2)n)
+    for k in range(len(seeds_of[baseline]) // (2 * n)):
+        block = list(range(2 * k * n, (2 * k + 2) * n))
+        if set(block) <= set(seeds_of[baseline]) and set(block[:n]) <= set(both):
+            print(f"block {k} (seeds {block[0]}-{block[-1]}): A/A {verdict(block[:n], baseline, block[n:]).verdict}, "
+                  f"{NULL} {verdict(block[:n], NULL, block[:n]).verdict}")
     draw = random.Random(args.seed)
     rows = {"A/A": lambda: (lambda s: (s[:n], baseline, s[n:]))(draw.sample(seeds_of[baseline], 2 * n)),
             "null_rounding": lambda: (lambda s: (s, NULL, s))(draw.sample(both, n))}
     for name, pick in rows.items():
         verdicts, held = collections.Counter(), collections.Counter()
         for _ in range(args.draws):
-            baseline_seeds, variant, candidate_seeds = pick()
-            arms = stats.ComparisonArms(rules, arm(baseline, baseline_seeds), arm(variant, candidate_seeds))
-            comparison = stats.compare_all([arms], censored_kpis=set(COMPARE_TIME_KPIS),
-                                           alpha=suite.comparison.alpha)[0]
+            comparison = verdict(*pick())
             verdicts[str(comparison.verdict)] += 1
             held.update(str(kpi.why) for kpi in comparison.kpis if kpi.why in (Why.BEYOND_MARGIN, Why.WORSE))
         print(f"{name}: PASS {verdicts['PASS'] / args.draws:.1%} ({dict(sorted(verdicts.items()))}); KPIs holding "
