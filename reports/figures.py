@@ -31,6 +31,7 @@ from reports.view import MODE_LABELS, ci_label, has_columns, ordered, role_of
 DPI = 90
 FIGSIZE = (6.0, 3.5)
 MAX_CLIPS = 3  # rollout grids: a few clips are enough to eyeball, more only bloat the HTML
+MAX_GRID_ROWS = 9  # and about as many rows as three clips of two arms: a leaderboard shows fewer clips, never none
 MAX_STEPS = 8  # horizon columns per grid
 TARGET_FRAME_PX = 64  # nearest-neighbour upscale small frames (16x16, 32x32) to about this size
 GAP_PX = 2
@@ -325,7 +326,7 @@ def _plan_grid(report: ReportInput | Leaderboard, variant_row: _VariantRow = _pr
         if variant not in frames:
             notes.append(f"no frames for {variant} (no successful run saved any)")
     horizon = min([truth.shape[1] - context] + [p.shape[1] for _, p in rows])
-    clips = min([truth.shape[0], MAX_CLIPS] + [p.shape[0] for _, p in rows])
+    clips = min([truth.shape[0], MAX_CLIPS, max(1, MAX_GRID_ROWS // (1 + len(rows)))] + [p.shape[0] for _, p in rows])
     if horizon <= 0 or clips <= 0:
         return None
     shown = horizon_columns(horizon)
@@ -337,7 +338,8 @@ def _plan_grid(report: ReportInput | Leaderboard, variant_row: _VariantRow = _pr
     seeds = sorted({str(f.get("seed", "?")) for f in frames.values()})
     caption = (
         f"Rows: ground truth, then each variant's {rows_are.format(context=context)}; columns: horizon steps. "
-        f"Seed {', '.join(seeds)}, first {clips} clips, {factor}x nearest-neighbour upscaled."
+        f"Seed {', '.join(seeds)}, {'the first clip' if clips == 1 else f'the first {clips} clips'}, "
+        f"{factor}x nearest-neighbour upscaled."
     )
     if notes:
         caption += " Note: " + "; ".join(notes) + "."

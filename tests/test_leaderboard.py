@@ -179,6 +179,15 @@ def test_a_sequential_leaderboard_grows_every_arm_by_the_same_seeds(tmp_path, mo
     assert all(any("look 2 of 2: 4 seeds" in note for note in c["notes"]) for c in data["comparisons"])
 
 
+def test_a_leaderboard_shows_fewer_rollout_clips_as_its_arms_grow():
+    """The rollout grid keeps to about MAX_GRID_ROWS rows: all the clips for one candidate, one for five."""
+    reports = [make_report(candidate=f"candidate_{i}") for i in range(5)]
+    caption = next(f.caption for f in plan_figures(leaderboard_of(reports, "bench gate --candidates ..."))
+                   if f.filename == "rollouts.png")
+    assert "the first clip," in caption
+    assert "the first 2 clips," in next(f.caption for f in plan_figures(reports[0]) if f.filename == "rollouts.png")
+
+
 def test_the_suites_candidates_all_join_the_leaderboard_when_none_is_named(tmp_path, monkeypatch, capsys):
     """`[comparison] candidates = [a, b]` and no --candidate(s): both are gated, in one leaderboard, whose PASS
     names no candidate as its cause."""
