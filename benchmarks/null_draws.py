@@ -66,6 +66,7 @@ def main() -> None:
                          f"{args.results}; run benchmarks/null_blocks.py first")
     print(f"{len(seeds_of[baseline])} seeds of {baseline}, {len(both)} also of {NULL}; {args.draws} draws of "
           f"{n} seeds a side, profile {profile}, dataset {dataset}")
+
     def verdict(baseline_seeds: list[int], variant: str, candidate_seeds: list[int]):
         arms = stats.ComparisonArms(rules, arm(baseline, baseline_seeds), arm(variant, candidate_seeds))
         return stats.compare_all([arms], censored_kpis=set(COMPARE_TIME_KPIS), alpha=suite.comparison.alpha)[0]
@@ -77,12 +78,19 @@ def main() -> None:
             print(f"block {k} (seeds {block[0]}-{block[-1]}): A/A {verdict(block[:n], baseline, block[n:]).verdict}, "
                   f"{NULL} {verdict(block[:n], NULL, block[:n]).verdict}")
     draw = random.Random(args.seed)
-    rows = {"A/A": lambda: (lambda s: (s[:n], baseline, s[n:]))(draw.sample(seeds_of[baseline], 2 * n)),
-            "null_rounding": lambda: (lambda s: (s, NULL, s))(draw.sample(both, n))}
-    for name, pick in rows.items():
+
+    def a_a():  # n baseline seeds against n others of the baseline's
+        seeds = draw.sample(seeds_of[baseline], 2 * n)
+        return verdict(seeds[:n], baseline, seeds[n:])
+
+    def paired_null():  # the baseline against null_rounding on the same n seeds
+        seeds = draw.sample(both, n)
+        return verdict(seeds, NULL, seeds)
+
+    for name, judge in {"A/A": a_a, NULL: paired_null}.items():
         verdicts, held = collections.Counter(), collections.Counter()
         for _ in range(args.draws):
-            comparison = verdict(*pick())
+            comparison = judge()
             verdicts[str(comparison.verdict)] += 1
             held.update(str(kpi.why) for kpi in comparison.kpis if kpi.why in (Why.BEYOND_MARGIN, Why.WORSE))
         print(f"{name}: PASS {verdicts['PASS'] / args.draws:.1%} ({dict(sorted(verdicts.items()))}); KPIs holding "

@@ -270,7 +270,7 @@ def kpi_explanations(report: ReportInput) -> list[KpiExplanation]:
     out: list[KpiExplanation] = []
     identical: dict[str, KpiExplanation] = {}
     for kpi in report.comparison.kpis:
-        if kpi.verdict == "identical":
+        if kpi.verdict == KpiVerdict.IDENTICAL:
             reason = kpi_reason(kpi)
             if reason in identical:
                 identical[reason].name += ", " + kpi.name
