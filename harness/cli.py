@@ -784,16 +784,28 @@ def run_command(argv: list[str] | None) -> int:
     except WorldbenchError as err:
         print_line("[red]error:[/]", str(err))
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print_line("", "interrupted; rerun the same command to resume")
-        return EXIT_INTERRUPTED
-    except Terminated as ended:
-        name = signal.Signals(ended.signum).name
-        print_line("", f"terminated ({name}); workers stopped; rerun the same command to resume")
-        return 128 + ended.signum  # EXIT_TERMINATED for SIGTERM
-    except BaseException as err:  # noqa: BLE001 - a bug, or SystemExit from code the command ran: never 0/1
+    except BaseException as err:  # noqa: BLE001 - a signal, a bug, or SystemExit from code the command ran: never 0/1
+        ended = signal_behind(err)
+        if isinstance(ended, Terminated):
+            name = signal.Signals(ended.signum).name
+            print_line("", f"terminated ({name}); workers stopped; rerun the same command to resume")
+            return 128 + ended.signum  # EXIT_TERMINATED for SIGTERM
+        if isinstance(ended, KeyboardInterrupt):
+            print_line("", "interrupted; rerun the same command to resume")
+            return EXIT_INTERRUPTED
         print_line("[red]internal error:[/]", crash_line(err, getattr(args, "results", None)))
         return EXIT_CRASHED
+
+
+def signal_behind(err: BaseException) -> BaseException | None:
+    """The Ctrl-C or SIGTERM/SIGHUP that ended the command, if one did: `err` itself, or one it was raised while
+    handling. A signal's exception can land inside a lock's release (threading's Condition in a wait), which then
+    raises "release unlocked lock" as the stack unwinds; the command still ended because of the signal."""
+    while err is not None:
+        if isinstance(err, (KeyboardInterrupt, Terminated)):
+            return err
+        err = err.__context__
+    return None
 
 
 def guard(argv: list[str]) -> int:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.cli import EXIT_CRASHED, EXIT_USAGE, main
+from harness.cli import EXIT_CRASHED, EXIT_INTERRUPTED, EXIT_USAGE, main
 from harness.export import TRACKERS
 from harness.kpis import COMPARE_TIME_KPIS, KPIS
 from harness.store import Store
@@ -173,6 +173,35 @@ def test_a_command_ended_by_sys_exit_inside_is_exit_4_with_one_line(monkeypatch,
         assert main(["list", "variants"]) == EXIT_CRASHED
         err = capsys.readouterr().err
         assert err.startswith("internal error: SystemExit") and err.count("\n") == 1, err
+
+
+def test_a_signal_whose_unwinding_breaks_a_lock_is_still_the_signals_exit(monkeypatch, capsys):
+    """SIGHUP's exception landing inside a lock's release makes threading raise "release unlocked lock" as it
+    unwinds: the command still ended because of the signal (129, one line), not a bug (4); a bug is still 4."""
+    import signal
+    import harness.cli
+
+    def hung_up(args):
+        try:
+            raise harness.cli.Terminated(signal.SIGHUP)
+        except harness.cli.Terminated:
+            raise RuntimeError("release unlocked lock") from None  # from None hides it, __context__ keeps it
+
+    monkeypatch.setitem(harness.cli.COMMANDS, "list", hung_up)
+    assert main(["list", "variants"]) == 128 + signal.SIGHUP
+    err = capsys.readouterr().err
+    assert err.startswith("terminated (SIGHUP); workers stopped") and err.count("\n") == 1, err
+
+    def interrupted(args):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("release unlocked lock")
+
+    monkeypatch.setitem(harness.cli.COMMANDS, "list", interrupted)
+    assert main(["list", "variants"]) == EXIT_INTERRUPTED
+    monkeypatch.setitem(harness.cli.COMMANDS, "list", lambda args: 1 / 0)
+    assert main(["list", "variants"]) == EXIT_CRASHED
 
 
 def test_the_guard_exits_with_what_the_command_decided_not_with_how_its_process_ended(tmp_path):
