@@ -160,8 +160,9 @@ IQM_RESAMPLES = 2000  # bootstrap resamples of an arm's IQM: its interval's ends
 def iqm_interval(values: np.ndarray, level: float, resamples: int = IQM_RESAMPLES) -> tuple[float, float]:
     """The percentile bootstrap interval of an arm's IQM at `level` (two-sided), as rliable gives for an aggregate
     over runs (one task: no strata). The resamples come from a fixed seed, so a report is reproducible; with fewer
-    than MIN_VALUES_PER_ARM values there is no interval (NaN, NaN)."""
-    values = np.asarray(values, dtype=float)
+    than MIN_VALUES_PER_ARM values there is no interval (NaN, NaN). Sorted first: the same values in any order (two
+    arms sharing a stage list their seeds differently) give the same interval."""
+    values = np.sort(np.asarray(values, dtype=float))
     if len(values) < MIN_VALUES_PER_ARM:
         return NAN, NAN
     rng = np.random.default_rng(0)

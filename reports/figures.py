@@ -9,6 +9,7 @@ self-contained HTML stays light.
 
 from __future__ import annotations
 
+import collections
 import io
 import math
 import re
@@ -23,7 +24,7 @@ from matplotlib.figure import Figure as MplFigure
 from PIL import Image, ImageDraw
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
-from harness.types import KpiComparison, Leaderboard, ReportInput
+from harness.types import KpiComparison, KpiVerdict, Leaderboard, ReportInput
 from worldmodel.config import STAGES
 from reports.text import fmt_estimate, fmt_margin
 from reports.view import MODE_LABELS, ci_label, has_columns, ordered, role_of
@@ -40,6 +41,7 @@ VARIANT_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brow
 VERDICT_COLORS = {"improved": "#1a7f37", "non-inferior": "#2da44e", "identical": "#57606a", "regressed": "#cf222e",
                   "inconclusive": "#9a6700"}  # the HTML report's badge colours
 GIF_STEP_MS = 600  # how long each horizon step of the rollout animation shows
+SVG_NUMBER = re.compile(rb"-?\d+\.\d{3,}")  # a coordinate finer than 0.01 pt, in an SVG attribute
 FOREST_CLIP = 3.0  # the forest plot's x axis ends here, in margins; an interval beyond it gets an arrow
 
 
@@ -106,7 +108,36 @@ def _to_svg(figure: MplFigure, name: str) -> bytes:
     # matplotlib names every group (figure_1, axes_1, text_1, ...) alike in every figure: a page of several would
     # repeat those ids. Only the ids something refers to (clip paths, markers: salted above) are kept.
     referenced = set(re.findall(rb'(?:url\(#|href="#)([^)"]+)', text))
-    return re.sub(rb' id="([^"]*)"', lambda m: m.group(0) if m.group(1) in referenced else b"", text)
+    text = re.sub(rb' id="([^"]*)"', lambda m: m.group(0) if m.group(1) in referenced else b"", text)
+    return _compact_svg(text, name)
+
+
+def _compact_svg(text: bytes, name: str) -> bytes:
+    """matplotlib's SVG at about 60% of its size, drawn the same: coordinates to 0.01 pt, no identity rotations,
+    no attribute-less groups, and each style used twice or more as one CSS class (named after the figure, as the
+    classes of every SVG in a page share one namespace). Text elements' content is left as it is."""
+    text = re.sub(rb' transform="rotate\(-?0 [^)]*\)"', b"", text)
+
+    def attribute(match: re.Match) -> bytes:  # an attribute's value: one line, numbers rounded
+        value = re.sub(rb"\s+", b" ", match.group(1)).strip()
+        return b'="' + SVG_NUMBER.sub(lambda m: b"%g" % round(float(m.group(0)), 2), value) + b'"'
+
+    text = re.sub(rb'="([^"]*)"', attribute, text)
+    kept, groups = [], []  # groups: for each open <g>, whether it is kept (it has attributes)
+    for token in re.split(rb"(<g>|<g [^>]*>|</g>)", text):
+        if token == b"<g>" or token.startswith(b"<g "):
+            groups.append(token != b"<g>")
+        if token == b"</g>" and not groups.pop() or token == b"<g>":
+            continue
+        kept.append(token)
+    text = re.sub(rb"\n+", b"\n", b"".join(kept))
+    styles = collections.Counter(re.findall(rb' style="([^"]*)"', text))
+    prefix = b"svg-" + _safe_filename(name).encode() + b"-"
+    classes = {style: prefix + b"%d" % i for i, (style, uses) in enumerate(styles.most_common()) if uses > 1}
+    text = re.sub(rb' style="([^"]*)"',
+                  lambda m: b' class="%s"' % classes[m.group(1)] if m.group(1) in classes else m.group(0), text)
+    rules = b"".join(b".%s{%s}" % (cls, style) for style, cls in classes.items())
+    return text.replace(b"</style>", rules + b"</style>", 1) if b"</style>" in text else text
 
 
 def _colors(report: ReportInput | Leaderboard, variants: list[str]) -> dict[str, str]:
@@ -279,12 +310,13 @@ class _GridPlan:
 
 
 def _prediction_row(variant: str, frames: dict) -> tuple[str, np.ndarray] | str:
-    """A variant's rollout row for the grid, (label, uint8 [clips, horizon, H, W, 3]), or why there is none."""
+    """A variant's rollout row for the grid, (what it shows, uint8 [clips, horizon, H, W, 3]), or why there is
+    none."""
     predictions = frames.get("predictions") or {}
     mode = "ar" if "ar" in predictions else next(iter(predictions), None)
     if mode is None:
         return f"no predicted frames for {variant}"
-    return f"{_safe_label(variant, 24)} ({mode.upper()})", as_rgb_uint8(predictions[mode])
+    return mode.upper(), as_rgb_uint8(predictions[mode])
 
 
 def _reconstruction_row(variant: str, frames: dict) -> tuple[str, np.ndarray] | str:
@@ -292,15 +324,16 @@ def _reconstruction_row(variant: str, frames: dict) -> tuple[str, np.ndarray] | 
     if frames.get("reconstructions") is None:
         return f"no tokenizer reconstructions for {variant}"
     context = int(frames.get("context", 0))
-    return f"{_safe_label(variant, 24)} (tokenizer)", as_rgb_uint8(frames["reconstructions"])[:, context:]
+    return "tokenizer", as_rgb_uint8(frames["reconstructions"])[:, context:]
 
 
-_VariantRow = Callable[[str, dict], tuple[str, np.ndarray] | str]  # (variant, its frames) -> (label, row) or a note
+_VariantRow = Callable[[str, dict], tuple[str, np.ndarray] | str]  # (variant, its frames) -> (kind, row) or a note
 
 
 def _plan_grid(report: ReportInput | Leaderboard, variant_row: _VariantRow = _prediction_row,
                rows_are: str = "prediction after {context} context frames") -> _GridPlan | None:
-    """Ground truth of the predicted frames above one row per variant from `variant_row`."""
+    """Ground truth of the predicted frames above one row per variant from `variant_row`; variants whose rows are
+    identical (a shared stage) share one."""
     frames = {v: f for v, f in (report.frames or {}).items() if isinstance(f, dict) and "ground_truth" in f}
     if not frames:
         return None
@@ -311,17 +344,28 @@ def _plan_grid(report: ReportInput | Leaderboard, variant_row: _VariantRow = _pr
     if truth.ndim != 5 or truth.shape[1] <= context:
         return None
     notes: list[str] = []
-    rows: list[tuple[str, np.ndarray]] = []  # label, [clips, horizon, H, W, 3]
+    shared: list[tuple[list[str], str, np.ndarray]] = []  # the variants a row stands for, its kind, its frames
     for variant in ordered(list(report.frames), tuple(report.variants)):
         row = variant_row(variant, frames.get(variant) or {})
         if isinstance(row, str):
             notes.append(row)
             continue
-        label, shown_frames = row
+        kind, shown_frames = row
         if shown_frames.ndim != 5 or shown_frames.shape[2:] != truth.shape[2:]:
             notes.append(f"{variant}: frames of shape {shown_frames.shape} do not match the ground truth")
             continue
-        rows.append((label, shown_frames))
+        twin = next((each for each in shared if each[1] == kind and np.array_equal(each[2], shown_frames)), None)
+        if twin is None:
+            shared.append(([variant], kind, shown_frames))
+        else:
+            twin[0].append(variant)
+    rows: list[tuple[str, np.ndarray]] = []  # label, [clips, horizon, H, W, 3]
+    for variants, kind, shown_frames in shared:
+        if len(variants) == 1:
+            rows.append((f"{_safe_label(variants[0], 24)} ({kind})", shown_frames))
+        else:
+            rows.append((f"{_safe_label(variants[0], 18)} +{len(variants) - 1} ({kind})", shown_frames))
+            notes.append(f"one row for {', '.join(variants)}: their frames are identical")
     for variant in report.variants:
         if variant not in frames:
             notes.append(f"no frames for {variant} (no successful run saved any)")
@@ -386,15 +430,23 @@ def in_margins(kpi: KpiComparison, value: float) -> float:
 def forest_rows(report: ReportInput | Leaderboard) -> list[tuple[str, KpiComparison]]:
     """The forest plot's rows, (label, KPI comparison): each blocking and guard KPI (those whose regression FAILs the
     merge); for a leaderboard each such KPI of each candidate, grouped by KPI so that the candidates' intervals
-    stack."""
+    stack, and the candidates for which a KPI is identical (a shared stage: no interval) in one row."""
     if isinstance(report, ReportInput):
         return [(kpi.name, kpi) for kpi in report.comparison.kpis if kpi.rule.can_fail]
-    by_kpi: dict[str, list[tuple[str, KpiComparison]]] = {}
+    by_kpi: dict[str, list[tuple[str, KpiComparison]]] = {}  # KPI -> (candidate, its comparison)
     for each in report.reports:
         for kpi in each.comparison.kpis:
             if kpi.rule.can_fail:
-                by_kpi.setdefault(kpi.name, []).append((f"{kpi.name} · {each.candidate}", kpi))
-    return [row for rows in by_kpi.values() for row in rows]
+                by_kpi.setdefault(kpi.name, []).append((each.candidate, kpi))
+    rows = []
+    for name, pairs in by_kpi.items():
+        same = [kpi for _, kpi in pairs if kpi.verdict == KpiVerdict.IDENTICAL]
+        if len(same) > 1:
+            rows.append((f"{name} · {'every candidate' if len(same) == len(pairs) else f'{len(same)} candidates'}",
+                         same[0]))
+        rows += [(f"{name} · {candidate}", kpi) for candidate, kpi in pairs
+                 if len(same) < 2 or kpi.verdict != KpiVerdict.IDENTICAL]
+    return rows
 
 
 def _draw_forest(rows: list[tuple[str, KpiComparison]], alpha: float) -> MplFigure:
@@ -429,7 +481,7 @@ def _draw_forest(rows: list[tuple[str, KpiComparison]], alpha: float) -> MplFigu
     low, high = ax.get_xlim()
     ax.set_xlim(max(min(low, -1.2), -FOREST_CLIP - 0.2), min(max(high, 1.5), FOREST_CLIP + 0.2))
     ax.set_xlabel("change in units of the KPI's margin (0: none, 1: the margin; right is worse)", fontsize=8)
-    ax.set_title(f"Blocking KPIs: change with its {ci_label(alpha)} against the margin (dashed)", fontsize=9)
+    ax.set_title(f"Blocking and guard KPIs: change with its {ci_label(alpha)} against the margin (dashed)", fontsize=9)
     ax.grid(True, axis="x", alpha=0.3)
     figure.subplots_adjust(left=labels_in / width, right=(labels_in + axes_in) / width,
                            top=1 - 0.45 / figure.get_figheight(), bottom=0.55 / figure.get_figheight())

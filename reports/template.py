@@ -75,7 +75,7 @@ PAGE_TEMPLATE = r"""<!DOCTYPE html>
   th, td { border: 1px solid #d0d7de; padding: 4px 7px; text-align: left; vertical-align: top; }
   th { background: #eaeef2; }
   td:first-child { white-space: nowrap; }
-  td.num, .numbers-from-2 td:nth-child(n+3):not(:last-child), .numbers-from-3 td:nth-child(n+4):not(:last-child) {
+  td.num, .numbers-from-2 td:nth-child(n+3):not(:last-child), .kpi-matrix td:nth-child(n+3) {
     text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
   tr.bad td, tr.all_failed td { background: #ffebe9; }
   tr.has_failures td, tr.warn td { background: #fff8c5; }
@@ -109,6 +109,8 @@ PAGE_TEMPLATE = r"""<!DOCTYPE html>
   #kpi-table th[aria-sort=ascending]::after { content: " ▲"; }
   #kpi-table th[aria-sort=descending]::after { content: " ▼"; }
   label.filter { font-size: 13px; }
+  .kpi-matrix td:first-child, .kpi-matrix th:first-child { position: sticky; left: 0; background: #fff; }
+  .kpi-matrix th:first-child { background: #eaeef2; }
   figure svg { max-width: 100%; height: auto; }
 </style>
 </head>
@@ -144,9 +146,9 @@ MACROS_TEMPLATE = r"""{%- macro table(t, numeric_from=1, numeric_to=999) -%}
 {%- macro explanation_list(explanations) -%}
 <ul class="explanations">{% for e in explanations %}<li><strong>{{ e.name }}</strong> ({{ e.verdict }}): {{ e.reason }}{% if e.resolution %}<br>Resolution: {{ e.resolution }}{% endif %}{% if e.detail %}<br><span class="muted">{{ e.detail }}</span>{% endif %}</li>{% endfor %}</ul>
 {%- endmacro %}
-{%- macro kpi_table(kpis, symbols, sort_key, numeric_from=2) -%}
+{%- macro kpi_table(kpis, symbols, sort_key) -%}
 <label class="filter"><input type="checkbox" id="blocking-only"> blocking and guard KPIs only</label>
-<div class="scroll"><table id="kpi-table" class="numbers-from-{{ numeric_from }}">
+<div class="scroll"><table id="kpi-table" class="numbers-from-2">
 <thead><tr>{% for column in kpis.columns %}<th>{{ column }}</th>{% endfor %}</tr></thead>
 <tbody>
 {% for row in kpis.rows %}{% set keys = kpis.sort_keys[loop.index0] %}<tr class="{{ kpis.row_classes[loop.index0] }}">
@@ -155,6 +157,20 @@ MACROS_TEMPLATE = r"""{%- macro table(t, numeric_from=1, numeric_to=999) -%}
 {% endfor %}</tbody>
 </table></div>
 <p class="note">{{ kpis.note }}</p>
+{%- endmacro %}
+
+{#- the leaderboard's KPI table (reports/view.py KpiMatrix): the same id, filter and script as kpi_table #}
+{%- macro kpi_matrix(matrix, symbols, sort_key) -%}
+<label class="filter"><input type="checkbox" id="blocking-only"> blocking and guard KPIs only</label>
+<div class="scroll"><table id="kpi-table" class="kpi-matrix">
+<thead><tr><th>KPI</th><th>tier</th><th>margin</th><th>baseline</th>{% for name in matrix.candidates %}<th>{{ name }}</th>{% endfor %}</tr></thead>
+<tbody>
+{% for row in matrix.rows %}{% set keys = row.sort_keys %}<tr class="{{ row.tier }}">
+{%- for cell in [row.label, row.tier, row.margin, row.baseline] %}{% set key = sort_key(keys[loop.index0]) %}<td{% if key %} data-sort="{{ key }}"{% endif %}>{{ cell }}</td>{% endfor -%}
+{%- for text, verdict in row.cells %}{% set key = sort_key(keys[4 + loop.index0]) %}<td{% if key %} data-sort="{{ key }}"{% endif %}>{% if verdict %}<span class="badge {{ verdict | replace('-', '_') }}" title="{{ verdict }}">{{ symbols[verdict] }}</span> {% endif %}{{ text }}</td>{% endfor %}</tr>
+{% endfor %}</tbody>
+</table></div>
+<p class="note">{{ matrix.note }}</p>
 {%- endmacro %}
 
 {#- the title, contents, verdict banner and warnings that open every report #}
@@ -232,7 +248,7 @@ MACROS_TEMPLATE = r"""{%- macro table(t, numeric_from=1, numeric_to=999) -%}
 """
 
 IMPORTS = """{% extends "page" %}
-{% from "macros" import table, heading, figure, kpi_table, explanation_list, top, variants_curves_rollouts, bottom %}
+{% from "macros" import table, heading, figure, kpi_table, kpi_matrix, explanation_list, top, variants_curves_rollouts, bottom %}
 """
 
 # One candidate against the baseline.
@@ -280,7 +296,7 @@ LEADERBOARD_TEMPLATE = IMPORTS + r"""{% block content %}
 
 {{ heading("kpis", "KPIs of every candidate") }}
 {% if kpis.rows %}
-{{ kpi_table(kpis, symbols, sort_key, 3) }}
+{{ kpi_matrix(kpis, symbols, sort_key) }}
 {{ heading("explanations", "Why each KPI got its verdict") }}
 {% for candidate in candidates %}
 <details{% if candidate.decided %} open{% endif %}><summary>{{ symbols[candidate.verdict] }} {{ candidate.verdict }} · {{ candidate.name }}</summary>

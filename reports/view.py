@@ -20,6 +20,7 @@ from harness.types import (TIERS, VERDICT_SEVERITY, ArmSummary, Comparison, KpiC
 from worldmodel.config import STAGES
 from reports.text import (
     MISSING,
+    VERDICT_SYMBOL,
     arm_description,
     comparison_reasons,
     fmt_estimate,
@@ -622,17 +623,57 @@ def arms_table(board: Leaderboard) -> Table:
     return Table(["arm", "role", *kpis], rows, [], note)
 
 
-def leaderboard_kpi_table(board: Leaderboard) -> Table:
-    """Every KPI of every candidate in one table (kpi_table's rows, the candidate first), for sorting and filtering."""
-    combined = Table(["candidate"], [], [], "", [])
-    for report in board.reports:
-        table = kpi_table(report)
-        combined.columns = ["candidate", *table.columns]
-        combined.rows += [[report.candidate, *row] for row in table.rows]
-        combined.row_classes += table.row_classes
-        combined.sort_keys += [[math.nan, *keys] for keys in table.sort_keys]
-        combined.note = table.note
-    return combined
+@dataclass
+class KpiMatrixRow:
+    label: str  # the KPI and its direction (kpi_label)
+    tier: str
+    margin: str
+    baseline: str  # arm_center of the baseline's seeds
+    cells: list[tuple[str, str]]  # per candidate: its change [interval] ("identical" for none), its verdict
+    sort_keys: list[float]  # HTML: a number per column to sort by (NaN: its text); a candidate's, its verdict's URGENCY
+
+
+@dataclass
+class KpiMatrix:
+    """The leaderboard's KPI table: a row per KPI, a column per candidate."""
+    candidates: list[str]
+    rows: list[KpiMatrixRow]
+    note: str
+
+    def __bool__(self) -> bool:
+        return bool(self.rows)
+
+
+def leaderboard_kpi_table(board: Leaderboard) -> KpiMatrix:
+    """Every KPI a row, every candidate a column holding its change against the baseline and its verdict: the
+    candidates side by side, and the baseline, the margin and the identical KPIs written once, not once per
+    candidate. The p values stay in each candidate's explanations and report.json."""
+    reports = list(board.reports)
+    by_name = [{kpi.name: kpi for kpi in report.comparison.kpis} for report in reports]
+    first = {}  # every KPI of any candidate (a component's own KPIs only some have), in the order they come
+    for kpis in by_name:
+        for name, kpi in kpis.items():
+            first.setdefault(name, kpi)
+    rows = []
+    for kpi in first.values():
+        label, baseline, _, _, margin = kpi_row(kpi)
+        cells = []
+        keys = [math.nan, float(TIERS.index(kpi.rule.tier)), kpi.effect.margin, arm_center(kpi, kpi.baseline)]
+        for kpis in by_name:
+            other = kpis.get(kpi.name)
+            if other is None:
+                cells.append((MISSING, ""))
+                keys.append(math.nan)
+            else:
+                identical = other.verdict == KpiVerdict.IDENTICAL
+                cells.append(("identical" if identical else fmt_estimate(other), str(other.verdict)))
+                keys.append(float(URGENCY[other.verdict]))
+        rows.append(KpiMatrixRow(label, kpi.rule.tier, margin, baseline, cells, keys))
+    note = (table_note(reports[0]) + " Each candidate's column: its change with its interval and its verdict ("
+            + ", ".join(f"{VERDICT_SYMBOL[verdict]} {verdict}" for verdict in KpiVerdict)
+            + "); clicking a candidate's name puts its worst verdicts first. Each candidate's p values are in its "
+            "explanations below and in report.json.") if reports else ""
+    return KpiMatrix([report.candidate for report in reports], rows, note)
 
 
 def leaderboard_collapsed_lam_warnings(board: Leaderboard) -> list[str]:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -22,7 +24,8 @@ from harness.types import Verdict, worst_verdict
 from reports.figures import forest_rows, plan_figures
 from reports.publish import render_html, render_json, render_markdown
 from reports.render import MARKER, MAX_VISIBLE_BYTES, MAX_VISIBLE_LINES, visible_part
-from test_reports import EVIL, make_report
+from reports.text import MISSING, fmt_estimate
+from test_reports import EVIL, RULES, make_report
 from test_schedule import undecidable_kpis
 from tiny import record_fabricated
 
@@ -81,6 +84,9 @@ def test_an_arms_iqm_interval_is_a_percentile_bootstrap_of_its_seeds():
     low, high = iqm_interval([1.0, 2.0, 3.0, 4.0, 100.0], 0.9)
     assert 1.0 <= low < 3.0 < high <= 100.0 and (low, high) == iqm_interval([1.0, 2.0, 3.0, 4.0, 100.0], 0.9)
     assert iqm_interval([5.0, 5.0, 5.0], 0.9) == (5.0, 5.0)
+    # the same seeds' values listed in another order (arms sharing a stage): the same interval
+    by_seed = {0: 0.00615, 1: 0.00037, 2: 0.00778, 3: 0.00087, 4: 0.00369}
+    assert iqm_interval([by_seed[s] for s in (4, 0, 2, 1, 3)], 0.9) == iqm_interval(list(by_seed.values()), 0.9)
     assert all(math.isnan(end) for end in iqm_interval([1.0], 0.9))
 
 
@@ -119,6 +125,28 @@ def test_twenty_candidates_fit_the_pr_comment_one_line_each_worst_first():
     assert data["schema"] == "worldbench-leaderboard/1" and data["decided_by"] == [names[10]]
     assert [c["candidate"] for c in data["comparisons"]] == names
     assert {arm["variant"] for arm in data["arms"]} == {reports[0].baseline, *names}
+
+
+def test_the_html_kpi_table_has_a_row_per_kpi_and_a_column_per_candidate():
+    """The candidates side by side: each KPI once, with the baseline and the margin once, and in each candidate's
+    column that candidate's change and verdict (a KPI of a component only one candidate has: a dash for the
+    others); the table keeps the id, filter and classes the script uses."""
+    own = KpiRule("dynamics.moe_load_cv", "lower", "log", 0.1, blocking=False)
+    reports = [make_report(candidate=name, effect=effect, noise=0.05, rules=rules)
+               for name, effect, rules in (("better", 0.2, RULES), ("same", 0.0, RULES), ("worse", -0.5, RULES + [own]))]
+    html = render_html(leaderboard_of(reports, ""), pngs={})
+    table = html.split('id="kpi-table"')[1].split("</table>")[0]
+    header = re.findall(r"<th>([^<]*)</th>", table)
+    assert header == ["KPI", "tier", "margin", "baseline", "better", "same", "worse"]
+    rows = re.findall(r'<tr class="([^"]*)">(.*?)</tr>', table, re.S)
+    assert [classes for classes, _ in rows] == [kpi.rule.tier for kpi in reports[2].comparison.kpis]
+    for (_, row), kpi_of_worse in zip(rows, reports[2].comparison.kpis):
+        cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
+        assert len(cells) == 4 + len(reports) and cells[0].startswith(kpi_of_worse.name)
+        for cell, report in zip(cells[4:], reports):
+            kpi = next((kpi for kpi in report.comparison.kpis if kpi.name == kpi_of_worse.name), None)
+            assert cell == MISSING if kpi is None else f'title="{kpi.verdict}"' in cell and fmt_estimate(kpi) in cell
+    assert rows[-1][1].startswith("<td>dynamics.moe_load_cv") and 'id="blocking-only"' in html
 
 
 # --------------------------------------------------------------------------- the command
@@ -180,12 +208,23 @@ def test_a_sequential_leaderboard_grows_every_arm_by_the_same_seeds(tmp_path, mo
 
 
 def test_a_leaderboard_shows_fewer_rollout_clips_as_its_arms_grow():
-    """The rollout grid keeps to about MAX_GRID_ROWS rows: all the clips for one candidate, one for five."""
+    """The rollout grid keeps to about MAX_GRID_ROWS rows: all the clips for one candidate, one for five; candidates
+    whose predictions are identical (all of make_report's are) share one row, and the clips come back."""
+    def rollout_caption(report) -> str:
+        return next(f.caption for f in plan_figures(report) if f.filename == "rollouts.png")
+
     reports = [make_report(candidate=f"candidate_{i}") for i in range(5)]
-    caption = next(f.caption for f in plan_figures(leaderboard_of(reports, "bench gate --candidates ..."))
-                   if f.filename == "rollouts.png")
-    assert "the first clip," in caption
-    assert "the first 2 clips," in next(f.caption for f in plan_figures(reports[0]) if f.filename == "rollouts.png")
+    caption = rollout_caption(leaderboard_of(reports, ""))
+    assert "the first 2 clips," in caption and "one row for candidate_0, candidate_1, candidate_2, candidate_3, " \
+        "candidate_4: their frames are identical" in caption
+    for i, report in enumerate(reports):
+        frames = report.frames[report.candidate]
+        report.frames[report.candidate] = {**frames, "predictions": {
+            mode: np.clip(predicted.astype(int) + 7 * i, 0, 255).astype(np.uint8)
+            for mode, predicted in frames["predictions"].items()}}
+    caption = rollout_caption(leaderboard_of(reports, ""))
+    assert "the first clip," in caption and "one row for" not in caption
+    assert "the first 2 clips," in rollout_caption(reports[0])
 
 
 def test_the_suites_candidates_all_join_the_leaderboard_when_none_is_named(tmp_path, monkeypatch, capsys):

@@ -5,22 +5,26 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import re
 import subprocess
 from pathlib import Path
+from xml.etree import ElementTree
 
+import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
 
+from harness.gate import leaderboard_of
 from harness.stats import KpiRule, compare
 from harness.types import ArmProvenance, FloorNote, LookNote, TargetNote, TargetSource, Why
 from reports import MARKER, CompatResult, ReportInput, render_html, render_json, render_markdown, write_reports
 from reports import view
 from reports.render import MAX_VISIBLE_BYTES, MAX_VISIBLE_LINES, visible_part
-from reports.figures import curve_bands, horizon_columns, plan_figures, rollout_grid
+from reports.figures import curve_bands, forest_rows, horizon_columns, plan_figures, rollout_grid
 from reports.text import (arm_description, fmt_estimate, md_escape, md_html_escape, note_text,
                           unresolved_guards_line)
 from worldmodel.config import STAGES
@@ -374,6 +378,37 @@ def test_html_is_one_self_contained_file_with_its_one_script_allowed_by_hash(rep
     assert 'id="contents"' in html and 'href="#forest"' in html and 'id="forest"' in html
 
 
+def test_an_inline_svg_is_compacted_without_changing_its_text_or_structure(report):
+    """The forest plot's SVG as the page embeds it against matplotlib's own: well-formed, the same text elements
+    with the same content, no group without attributes, coordinates to 0.01 pt, and styles as classes named
+    after the figure (a page's SVGs share one CSS namespace)."""
+    forest = next(f for f in plan_figures(report) if f.filename == "forest.png")
+    raw = io.BytesIO()
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        forest.draw().savefig(raw, format="svg")
+    compact = forest.svg()
+    assert len(compact) < 0.7 * len(raw.getvalue())
+
+    def texts(svg: bytes) -> list[str]:
+        return [" ".join(node.itertext()) for node in ElementTree.fromstring(svg).iter("{http://www.w3.org/2000/svg}text")]
+
+    assert texts(compact) == texts(raw.getvalue()) and any("tokenizer.val_loss" in text for text in texts(compact))
+    assert b"<g>" not in compact and b"rotate(-0 " not in compact and not re.search(rb'="[^"]*\d\.\d{3}', compact)
+    classes = set(re.findall(rb' class="([^"]+)"', compact))
+    assert classes and all(name.startswith(b"svg-forest_png-") and b"." + name + b"{" in compact for name in classes)
+
+
+def test_a_leaderboards_forest_plot_shows_a_kpi_identical_for_several_candidates_once():
+    same = [make_report(candidate=name, effect=0.0, noise=0.0) for name in ("a", "b")]
+    changed = make_report(candidate="c", effect=0.3, noise=0.05)
+    assert {kpi.verdict for kpi in same[0].comparison.kpis} == {"identical"}
+    rows = forest_rows(leaderboard_of(same + [changed], ""))
+    blocking = [kpi.name for kpi in changed.comparison.kpis if kpi.rule.can_fail]
+    assert [label for label, _ in rows] == [f"{name} · {who}" for name in blocking for who in ("2 candidates", "c")]
+    assert [label for label, _ in forest_rows(leaderboard_of(same, ""))] == [f"{name} · every candidate"
+                                                                          for name in blocking]
+
+
 def test_untrusted_text_is_escaped_in_html_and_markdown():
     evil = make_report(candidate="evil|name*_", candidate_description=EVIL, failed_candidate_seeds=(2,), error=EVIL)
     html = render_html(evil)
@@ -442,6 +477,8 @@ def test_tokenizer_reconstructions_get_their_own_grid_next_to_the_rollouts(repor
     assert names.index("reconstructions.png") == names.index("rollouts.png") + 1
     grid = figures[names.index("reconstructions.png")]
     assert "tokenizer reconstruction" in grid.caption and grid.png().startswith(b"\x89PNG")
+    # the same reconstructions (a shared tokenizer) show once
+    assert f"one row for {BASELINE}, {CANDIDATE}: their frames are identical" in grid.caption
 
 
 def test_candidate_without_frames_still_gets_a_grid_of_the_others(report):
