@@ -95,7 +95,7 @@ def _to_png(figure: MplFigure) -> bytes:
 
 def _to_svg(figure: MplFigure, name: str) -> bytes:
     """The figure as SVG for inline use: text kept as text (not glyph paths) in the page's font, no metadata, ids
-    salted by the figure's name so that several SVGs in one page never share one."""
+    salted by the figure's name so that several SVGs in one page never share one, compacted (_compact_svg)."""
     buffer = io.BytesIO()
     # One font name per text element rather than matplotlib's list of ten fallbacks: the page names its own.
     with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": name, "font.sans-serif": ["DejaVu Sans"]}):
@@ -103,41 +103,61 @@ def _to_svg(figure: MplFigure, name: str) -> bytes:
                        metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
     figure.clear()
     text = buffer.getvalue()
-    text = text[text.index(b"<svg"):]  # drop the XML prolog and doctype: the page embeds the element
-    text = re.sub(rb"\n +", b"\n", text)  # the indentation: never inside a text element, which is one line
-    # matplotlib names every group (figure_1, axes_1, text_1, ...) alike in every figure: a page of several would
-    # repeat those ids. Only the ids something refers to (clip paths, markers: salted above) are kept.
-    referenced = set(re.findall(rb'(?:url\(#|href="#)([^)"]+)', text))
-    text = re.sub(rb' id="([^"]*)"', lambda m: m.group(0) if m.group(1) in referenced else b"", text)
-    return _compact_svg(text, name)
+    return _compact_svg(text[text.index(b"<svg"):], name)  # no XML prolog or doctype: the page embeds the element
 
 
-def _compact_svg(text: bytes, name: str) -> bytes:
-    """matplotlib's SVG at about 60% of its size, drawn the same: coordinates to 0.01 pt, no identity rotations,
-    no attribute-less groups, and each style used twice or more as one CSS class (named after the figure, as the
-    classes of every SVG in a page share one namespace). Text elements' content is left as it is."""
-    text = re.sub(rb' transform="rotate\(-?0 [^)]*\)"', b"", text)
+def _compact_svg(svg: bytes, name: str) -> bytes:
+    """matplotlib's SVG at about half its size, drawn the same. Only its tags change, never the text between
+    them (a label may hold anything a variant's name holds): no indentation; of the ids, only those something
+    refers to (matplotlib names every group alike in every figure, so a page of several would repeat them); no
+    identity rotations; attribute values on one line with coordinates to 0.01 pt; no attribute-less groups; and
+    each style used twice or more as one CSS class, named after the figure (a page's SVGs share one namespace)."""
+    parts = re.split(rb"(<[^>]*>)", svg)  # tags at odd indices (matplotlib escapes < and > elsewhere), text between
+    tags = parts[1::2]
+    referenced = {ref for tag in tags for ref in re.findall(rb'(?:url\(#|href="#)([^)"]+)', tag)}
 
-    def attribute(match: re.Match) -> bytes:  # an attribute's value: one line, numbers rounded
+    def attribute(match: re.Match) -> bytes:  # one line, numbers rounded
         value = re.sub(rb"\s+", b" ", match.group(1)).strip()
         return b'="' + SVG_NUMBER.sub(lambda m: b"%g" % round(float(m.group(0)), 2), value) + b'"'
 
-    text = re.sub(rb'="([^"]*)"', attribute, text)
-    kept, groups = [], []  # groups: for each open <g>, whether it is kept (it has attributes)
-    for token in re.split(rb"(<g>|<g [^>]*>|</g>)", text):
-        if token == b"<g>" or token.startswith(b"<g "):
-            groups.append(token != b"<g>")
-        if token == b"</g>" and not groups.pop() or token == b"<g>":
+    def compact_tag(tag: bytes) -> bytes:
+        tag = re.sub(rb' id="([^"]*)"', lambda m: m.group(0) if m.group(1) in referenced else b"", tag)
+        tag = re.sub(rb' transform="rotate\(-?0 [^)]*\)"', b"", tag)
+        return re.sub(rb'="([^"]*)"', attribute, tag)
+
+    kept: list[tuple[bool, bytes]] = []  # (is a tag, its bytes)
+    groups: list[bool] = []  # for each open <g>, whether it is kept (it has attributes)
+    for index, part in enumerate(parts):
+        if index % 2 == 0:  # text: whitespace between tags becomes one newline, a label stays as it is
+            if part.strip() or b"\n" not in part:
+                kept.append((False, part))
+            elif not kept or kept[-1] != (False, b"\n"):
+                kept.append((False, b"\n"))
             continue
-        kept.append(token)
-    text = re.sub(rb"\n+", b"\n", b"".join(kept))
-    styles = collections.Counter(re.findall(rb' style="([^"]*)"', text))
+        part = compact_tag(part)
+        if part.startswith(b"<g>") or part.startswith(b"<g "):
+            groups.append(part != b"<g>")
+        if part == b"<g>" or part == b"</g>" and not groups.pop():
+            continue
+        kept.append((True, part))
+    styles = collections.Counter(style for is_tag, part in kept if is_tag
+                                 for style in re.findall(rb' style="([^"]*)"', part))
     prefix = b"svg-" + _safe_filename(name).encode() + b"-"
-    classes = {style: prefix + b"%d" % i for i, (style, uses) in enumerate(styles.most_common()) if uses > 1}
-    text = re.sub(rb' style="([^"]*)"',
-                  lambda m: b' class="%s"' % classes[m.group(1)] if m.group(1) in classes else m.group(0), text)
+    classes = {style: prefix + b"%d" % i for i, (style, uses) in enumerate(styles.most_common())
+               if uses > 1 and b"</style>" in svg}  # the rules go in matplotlib's own style element
+
+    def as_class(match: re.Match) -> bytes:
+        return b' class="%s"' % classes[match.group(1)] if match.group(1) in classes else match.group(0)
+
     rules = b"".join(b".%s{%s}" % (cls, style) for style, cls in classes.items())
-    return text.replace(b"</style>", rules + b"</style>", 1) if b"</style>" in text else text
+    out = []
+    for is_tag, part in kept:
+        if is_tag:
+            part = re.sub(rb' style="([^"]*)"', as_class, part)
+            if part == b"</style>":
+                part, rules = rules + part, b""
+        out.append(part)
+    return b"".join(out)
 
 
 def _colors(report: ReportInput | Leaderboard, variants: list[str]) -> dict[str, str]:
