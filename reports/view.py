@@ -595,7 +595,8 @@ def leaderboard_table(board: Leaderboard, reason_chars: int | None = None) -> Ta
         classes.append({"FAIL": "bad", "INCONCLUSIVE": "warn"}.get(report.comparison.verdict, ""))
     columns = ["candidate", "verdict", *(str(v) for v in LEADERBOARD_COUNTS), "first reason"]
     note = (f"Each candidate against {board.baseline}, the worst verdict first; the leaderboard's verdict is the "
-            f"worst one. The counts are KPIs by verdict; {multiplicity_text(board)}.")
+            f"worst one. The counts are KPIs by verdict, of every tier (an informational KPI, such as speed or "
+            f"size, decides nothing); {multiplicity_text(board)}.")
     return Table(columns, rows, classes, note)
 
 
