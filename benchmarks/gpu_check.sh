@@ -136,6 +136,14 @@ if [ "$QUICK" != 1 ]; then
     bench 120 run --device "$DEVICE" --profile ci --variants meanpool_concat --seeds 0 --results "$WORK/ci" --quiet
     echo "ci run wall: $(( ($(date +%s%N) - start) / 1000000 )) ms"
 fi
+
+# The lever a GPU has (harness/seed_batches.py): the runs of one variant trained as one stacked model.
+if [ "$QUICK" = 1 ]; then BATCH=(--profile smoke --seeds 0-1 --seed-batch 2); else BATCH=(--profile ci --seeds 0-4 --seed-batch 5); fi
+section "bench run --seed-batch on $DEVICE (meanpool_concat, ${BATCH[*]}): wall time, against the run above"
+start=$(date +%s%N)
+bench 300 run --device "$DEVICE" "${BATCH[@]}" --variants meanpool_concat --results "$WORK/batched" --quiet
+echo "seed-batched wall: $(( ($(date +%s%N) - start) / 1000000 )) ms"
+"$PY" -c "import sys, pandas as pd; r = pd.read_parquet(sys.argv[1]); print(r[['seed', 'status', 'device']].to_string(index=False))" "$WORK/batched/store/runs"
 tar czf "$OUT/results.tgz" -C "$WORK" . 2>/dev/null  # before the open-ended compile section
 
 if [ "$DEVICE" = cuda ] && [ "$QUICK" != 1 ]; then

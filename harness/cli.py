@@ -76,6 +76,7 @@ def path_argument(text: str) -> Path:
 
 
 MAX_JOBS = 256  # worker processes; more than any one machine's cores
+MAX_SEED_BATCH = 64  # runs of one variant trained as one stacked model (harness/seed_batches.py)
 
 
 # Two runs at once: each run trains single-threaded, so two use two cores, and a seed's baseline and candidate
@@ -142,6 +143,10 @@ def build_parser() -> Parser:
     add_results(run)
     run.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                      help="where stages, evaluation and rollouts run (default auto = cuda if available, else cpu)")
+    run.add_argument("--seed-batch", type=count_up_to(MAX_SEED_BATCH), default=1, metavar="K",
+                     help="train each stage of up to K runs of one variant as one seed-batched model (for a GPU, "
+                          "which one small model leaves idle; slower on a CPU; other float rounding, named in the "
+                          "runs' device column). Default 1: seed by seed")
     run.add_argument("--force", action="store_true", help="retrain and re-record runs already recorded")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -267,7 +272,8 @@ def command_run(args) -> int:
     device = resolve_device(args.device)
     specs = specs_from_args(args, suite)
     check_precision(specs, device)
-    execution = Execution(args.results, args.jobs, args.executor, args.ray_address, args.force, device)
+    execution = Execution(args.results, args.jobs, args.executor, args.ray_address, args.force, device,
+                          args.seed_batch)
     runs = run_with_progress(suite, specs, execution, args.quiet)
     print_listing(Listing("runs", ["run", "variant", "seed", "status", "error"],
                           [[r.run_id, r.variant, int(r.seed), r.status, r.error[:100]]

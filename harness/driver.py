@@ -14,6 +14,7 @@ from harness.executors import run_local, run_ray, start_ray
 from harness.git import git_state
 from harness.matrix import RunSpec, code_hash
 from harness.schema import Suite
+from harness.seed_batches import check_batchable
 from harness.store import Store, stage_folder
 from harness.worker import Progress, RunRecord
 from worldmodel.data import VideoData, VideoWindows, load_hdf5
@@ -35,6 +36,7 @@ class Execution:
     ray_address: str | None = None
     force: bool = False
     device: str = "cpu"  # resolved: "cpu" or "cuda"
+    seed_batch: int = 1  # runs of one variant whose stages train as one model (harness/seed_batches.py)
 
 
 def record_run(store: Store, record: RunRecord) -> None:
@@ -108,6 +110,8 @@ def execute(suite: Suite, specs: list[RunSpec], execution: Execution, progress: 
     finished = finished_runs(execution.results)
     todo = specs if execution.force else [spec for spec in specs if spec.run_id not in finished]
     preflight(todo, execution.device)
+    if todo and execution.seed_batch > 1:
+        check_batchable(todo, execution.device)
     if todo and execution.executor == "ray":
         start_ray(execution.jobs, execution.ray_address)
     store = Store(execution.results)
@@ -128,9 +132,10 @@ def execute(suite: Suite, specs: list[RunSpec], execution: Execution, progress: 
     if todo:
         root = str(execution.results)
         if execution.executor == "ray":
-            run_ray(todo, root, execution.jobs, suite.plugins, on_record, execution.device)
+            run_ray(todo, root, execution.jobs, suite.plugins, on_record, execution.device, execution.seed_batch)
         else:
-            run_local(todo, root, execution.jobs, suite.plugins, on_record, progress, execution.device)
+            run_local(todo, root, execution.jobs, suite.plugins, on_record, progress, execution.device,
+                      execution.seed_batch)
     runs = store.runs()
     return runs[runs["run_id"].isin([spec.run_id for spec in specs])].reset_index(drop=True)
 

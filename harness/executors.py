@@ -4,6 +4,8 @@ local: `jobs` worker processes (spawned, so torch state never crosses a fork), e
        runs one after another with cores // jobs torch threads. Workers are reused: a run
        depends only on its spec and seeds every RNG it uses.
 ray:   each run is a Ray task asking for that many CPUs; `address` joins an existing cluster.
+With --seed-batch K, what a worker or task takes is a group of up to K runs of one variant
+(harness/seed_batches.py), and it hands back one record per run.
 The driver alone writes the store, so both executors record identical rows for the same spec.
 
 Local workers never outlive their driver: when the driver stops early (an exception, SIGTERM through
@@ -22,6 +24,7 @@ from typing import Callable
 from harness.matrix import RunSpec
 from harness.outcome import exit_with_parent
 from harness.plugins import import_plugins
+from harness.seed_batches import execute_group, group_specs
 from harness.worker import Progress, RunRecord, execute_run, now
 from harness.types import RunRow
 from worldmodel.errors import WorldbenchError
@@ -55,15 +58,27 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
         child.join(timeout=5)
 
 
-def _local_worker(spec: RunSpec, results_root: str, threads: int, plugins: list[str], events,
-                  device: str = "cpu") -> RunRecord:
+def units(specs: list[RunSpec], seed_batch: int) -> list[list[RunSpec]]:
+    """What one worker call runs: one run, or with seed_batch > 1 a group of one variant's runs."""
+    return group_specs(specs, seed_batch) if seed_batch > 1 else [[spec] for spec in specs]
+
+
+def execute_unit(specs: list[RunSpec], results_root: str, threads: int, executor: str,
+                 progress: Progress | None = None, device: str = "cpu") -> list[RunRecord]:
+    if len(specs) == 1:
+        return [execute_run(specs[0], results_root, threads, executor, progress, device)]
+    return execute_group(specs, results_root, threads, executor, progress, device)
+
+
+def _local_worker(specs: list[RunSpec], results_root: str, threads: int, plugins: list[str], events,
+                  device: str = "cpu") -> list[RunRecord]:
     import_plugins(plugins)
     progress = (lambda *event: events.put(event)) if events is not None else None
-    return execute_run(spec, results_root, threads, "local", progress, device)
+    return execute_unit(specs, results_root, threads, "local", progress, device)
 
 
 def run_local(specs: list[RunSpec], results_root: str, jobs: int, plugins: list[str], on_record: OnRecord,
-              progress: Progress | None = None, device: str = "cpu") -> None:
+              progress: Progress | None = None, device: str = "cpu", seed_batch: int = 1) -> None:
     context = multiprocessing.get_context("spawn")
     threads = threads_per_job(jobs)
     # A manager process carries progress events; without progress bars none is started.
@@ -72,19 +87,20 @@ def run_local(specs: list[RunSpec], results_root: str, jobs: int, plugins: list[
         with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=exit_with_parent,
                                  initargs=(os.getpid(),)) as pool:
             try:
-                futures = {pool.submit(_local_worker, spec, results_root, threads, plugins, events, device): spec
-                           for spec in specs}
+                futures = {pool.submit(_local_worker, unit, results_root, threads, plugins, events, device): unit
+                           for unit in units(specs, seed_batch)}
                 while futures:
                     done, _ = wait(futures, timeout=0.2, return_when=FIRST_COMPLETED)
                     _drain(events, progress)
                     for future in done:
-                        spec = futures.pop(future)
+                        unit = futures.pop(future)
                         try:
-                            record = future.result()
+                            records = future.result()
                         except BaseException as err:  # the worker died, or its run exited past execute_run
-                            record = crashed_record(spec, "local",
-                                                    f"worker process died: {type(err).__name__}: {err}")
-                        on_record(record)
+                            records = [crashed_record(spec, "local", f"worker process died: {type(err).__name__}: "
+                                                                     f"{err}") for spec in unit]
+                        for record in records:
+                            on_record(record)
                 _drain(events, progress)
             except BaseException:  # SIGTERM, Ctrl-C, a store that cannot be written: no orphaned workers
                 _stop_workers(pool)
@@ -101,9 +117,10 @@ def _drain(events, progress: Progress | None) -> None:
 
 # ----------------------------------------------------------------------------- ray
 
-def _ray_worker(spec: RunSpec, results_root: str, threads: int, plugins: list[str], device: str = "cpu") -> RunRecord:
+def _ray_worker(specs: list[RunSpec], results_root: str, threads: int, plugins: list[str],
+                device: str = "cpu") -> list[RunRecord]:
     import_plugins(plugins)
-    return execute_run(spec, results_root, threads, "ray", device=device)
+    return execute_unit(specs, results_root, threads, "ray", device=device)
 
 
 def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
@@ -142,20 +159,22 @@ def start_ray(jobs: int, address: str | None = None) -> None:
 
 
 def run_ray(specs: list[RunSpec], results_root: str, jobs: int, plugins: list[str], on_record: OnRecord,
-            device: str = "cpu") -> None:
-    """Each spec a Ray task (start_ray has connected this process to a cluster)."""
+            device: str = "cpu", seed_batch: int = 1) -> None:
+    """Each run, or group of runs (seed_batch), a Ray task (start_ray has connected this process to a cluster)."""
     import ray
 
     threads = threads_per_job(jobs)
-    # On CUDA each task asks Ray for a share of one GPU: `jobs` runs share each GPU.
+    # On CUDA each task asks Ray for a share of one GPU: `jobs` tasks share each GPU.
     gpus = {"num_gpus": 1 / jobs} if device.startswith("cuda") else {}
     task = ray.remote(num_cpus=threads, max_retries=0, **gpus)(_ray_worker)
-    pending = {task.remote(spec, results_root, threads, plugins, device): spec for spec in specs}
+    pending = {task.remote(unit, results_root, threads, plugins, device): unit for unit in units(specs, seed_batch)}
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
-        spec = pending.pop(done[0])
+        unit = pending.pop(done[0])
         try:
-            record = ray.get(done[0])
+            records = ray.get(done[0])
         except Exception as err:  # the task's worker died
-            record = crashed_record(spec, "ray", f"ray task died: {type(err).__name__}: {str(err)[:200]}")
-        on_record(record)
+            records = [crashed_record(spec, "ray", f"ray task died: {type(err).__name__}: {str(err)[:200]}")
+                       for spec in unit]
+        for record in records:
+            on_record(record)

@@ -13,17 +13,25 @@ the same rounding noise is ~1e-7 and the key-bias effect reaches ~lr, which woul
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
 
-from tests.tiny import tiny_config
+from harness.cli import main
+from harness.matrix import plan_runs
+from harness.seed_batches import group_specs, pretrain
+from harness.store import stage_folder
+from harness.suite import load_suite
+from tests.tiny import tiny_config, tiny_suite
 from worldmodel import stages
 from worldmodel.auxiliary import Auxiliary
 from worldmodel.batched import clip_grad_norm_per_seed_, initial_model, model_builder, train_seeds
 from worldmodel.data import VideoWindows, generate
-from worldmodel.train import load_checkpoint, perturb_initial_weights, train_stage
+from worldmodel.train import Placement, load_checkpoint, perturb_initial_weights, train_stage
 
 LOSS_TOL = 1e-12  # float64, see the module docstring (measured: <= 3e-15)
 WEIGHT_TOL = 1e-9  # float64 (measured: <= 4e-11)
@@ -281,3 +289,73 @@ def test_checkpoints_resume_and_feed_the_per_seed_stage(windows, tmp_path):
         assert [r["loss"] for r in output.train.curve] == [r["loss"] for r in whole[k].result.curve]
         assert all(torch.equal(v, model.state_dict()[name]) for name, v in whole[k].model.state_dict().items())
         assert math.isfinite(output.metrics["val_loss"])
+
+
+# --------------------------------------------------------------------------- in the harness: bench run --seed-batch
+
+TINY = tiny_suite("tiny", tokenizer_steps=8, actions_steps=8, dynamics_steps=8) + """
+[variants.moe]
+description = "a Mixture-of-Experts dynamics: its routing has no vmap rule"
+components = { lam_encoder = "meanpool_concat", ffn = "moe" }
+"""
+
+
+def recorded(results: Path) -> pd.DataFrame:
+    """(variant, seed, kpi) -> value, with each run's device column."""
+    runs, kpis = (pd.read_parquet(results / "store" / table) for table in ("runs", "kpis"))
+    return kpis.merge(runs[["run_id", "variant", "seed", "status", "device"]], on="run_id")
+
+
+def test_bench_run_trains_a_variants_seeds_together_and_records_them_as_its_own_runs(tmp_path):
+    """Two variants sharing the tokenizer, two seeds each: the first group trains the tokenizers and its LAMs and
+    dynamics batched, the second finds the tokenizers finished and batches its own LAMs and dynamics. Every run is
+    recorded as the per-seed path records it, with the same numbers up to float rounding, and says it was batched."""
+    suite = tmp_path / "bench.toml"
+    suite.write_text(TINY)
+    common = ["run", "--config", str(suite), "--profile", "tiny", "--variants", "meanpool_concat,query_pool",
+              "--seeds", "0-1", "--jobs", "1", "--quiet"]
+    assert main(common + ["--seed-batch", "2", "--results", str(tmp_path / "batched")]) == 0
+    assert main(common + ["--results", str(tmp_path / "per_seed")]) == 0
+    together, alone = recorded(tmp_path / "batched"), recorded(tmp_path / "per_seed")
+    assert set(together["status"]) == {"ok"} and together["device"].str.endswith(", seed-batched x2").all()
+    assert not alone["device"].str.contains("seed-batched").any()
+    keys = ["variant", "seed", "kpi"]
+    both = together.merge(alone, on=keys, suffixes=("_batched", "_per_seed"))
+    assert len(both) == len(alone) == len(together)
+    for kpi in ("tokenizer.val_loss", "actions.val_loss", "dynamics.val_loss", "rollout.tf_mse"):
+        pair = both[both["kpi"] == kpi]
+        assert np.allclose(pair["value_batched"], pair["value_per_seed"], rtol=1e-3), pair
+
+
+def test_a_variant_the_engine_cannot_batch_is_refused_before_anything_is_written(tmp_path, capsys):
+    suite = tmp_path / "bench.toml"
+    suite.write_text(TINY)
+    code = main(["run", "--config", str(suite), "--profile", "tiny", "--variants", "moe", "--seeds", "0-1",
+                 "--seed-batch", "2", "--results", str(tmp_path / "r"), "--quiet"])
+    error = capsys.readouterr().err
+    assert code == 2 and not (tmp_path / "r").exists()
+    assert error.count("\n") == 1 and error.startswith("error: variant moe: dynamics: ") and "(drop --seed-batch)" in error
+
+
+def test_a_group_waits_for_and_builds_on_another_groups_finished_stages(tmp_path):
+    """Two groups sharing the tokenizer, as two workers run them: while the first has trained its stages but
+    evaluated none (no output.json yet), the second takes the finished tokenizers as done, trains none of
+    them, and batches its own LAMs and dynamics on them."""
+    suite = tmp_path / "bench.toml"
+    suite.write_text(TINY)
+    specs = plan_runs(load_suite(suite), "tiny", "sprite_world", ["meanpool_concat", "query_pool"], [0, 1])
+    first, second = group_specs(specs, 2)
+    assert [spec.variant for spec in first] == ["meanpool_concat"] * 2 and [s.seed for s in second] == [0, 1]
+    cache = tmp_path / "results" / "cache"
+    diverged, trained = {}, set()
+    pretrain(first, cache, Placement(), None, diverged, trained)
+    tokenizers = [stage_folder(cache, "tokenizer", spec.stage_ids["tokenizer"]) / "checkpoint.pt" for spec in first]
+    before = [path.stat().st_mtime_ns for path in tokenizers]
+    assert not any((path.parent / "output.json").exists() for path in tokenizers)
+    pretrain(second, cache, Placement(), None, diverged, trained)
+    assert [path.stat().st_mtime_ns for path in tokenizers] == before and not diverged
+    assert trained == {spec.run_id for spec in specs}
+    for spec in second:
+        for stage in ("actions", "dynamics"):
+            assert load_checkpoint(stage_folder(cache, stage, spec.stage_ids[stage]) / "checkpoint.pt", stage,
+                                   stages.stage_config_json(spec.config, stage))["finished"]

@@ -408,6 +408,9 @@ HDF5_DATASET = '[datasets.mine]\nkind = "hdf5"\npath = "{{tmp}}/{file}"\n'
     ([], '[kpis."rollout.ar_mse"]\ntarget = 1.0', "kpis.rollout.ar_mse.target: unknown key"),
     # a second hostile pass
     (["--jobs", "3000000000"], "", "argument --jobs: must be from 1 to 256, got 3000000000"),
+    (["--seed-batch", "0"], "", "argument --seed-batch: must be from 1 to 64, got 0"),
+    (["--variants", "v", "--seed-batch", "2"], '[variants.v]\ncomponents = { lam_encoder = "meanpool_concat", '
+     'ffn = "moe" }', "variant v: dynamics: this model cannot be trained seed-batched"),
     (["gate", "--sequential", "--max-seeds", "100000000000"], "", "argument --max-seeds: must be from 1 to 10,000"),
     (["--variants", "v"], '[variants.v]\nscale = { "tokenizer.steps" = inf }',
      "variants.v.scale.tokenizer.steps: the factor must be > 0 and <= 1000, got inf"),

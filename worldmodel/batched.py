@@ -47,17 +47,12 @@ batch (the `moe` ffn: its routing uses nonzero(), whose output shape depends on 
 draws random numbers inside itself, a non-elementwise optimiser, resuming seeds whose checkpoints are at
 different steps. Evaluation stays per seed (stages.run_*, on the unstacked models).
 
-How a worker would use it (not wired into the harness yet): the runs of one (profile, dataset, variant)
-over K seeds share each stage's config; their stage ids differ only by seed. For the tokenizer and the
-LAM, whose upstream is the dataset alone, one sampler over the shared train windows serves all K:
-
-    outcomes = train_seeds("tokenizer", model_builder("tokenizer", config), config.tokenizer, seeds,
-                           stages.sampler(train, config.tokenizer.batch_size), checkpoints=paths,
-                           config_json=stages.stage_config_json(config, "tokenizer"), placement=placement)
-
-then, per seed, `stages.run_tokenizer(config, train, val, paths[k], seeds[k], ...)` finds the finished
-checkpoint, skips training and evaluates as always. For the dynamics, seed k's upstream is seed k's own
-tokenizer and LAM: pass K samplers, each over its seed's encoded windows (stages.encode_windows).
+How the harness uses it (harness/seed_batches.py, `bench run --seed-batch K`): the runs of one (profile,
+dataset, variant) over K seeds share each stage's config; their stage ids differ only by seed. For the
+tokenizer and the LAM, whose upstream is the dataset alone, one sampler over the shared train windows serves
+all K; for the dynamics, seed k's upstream is seed k's own tokenizer and LAM, so each seed gets a sampler over
+its own encoded windows (stages.dynamics_sampler). Each seed's checkpoint goes where its run's stage would put
+it; then, per seed, `stages.run_*` finds the finished checkpoint, skips training and evaluates as always.
 
 References: the PyTorch tutorial "Model ensembling" (torch.func.stack_module_state, functional_call,
 vmap; https://pytorch.org/tutorials/intermediate/ensembling.html) and the torch.func docs on vmap's

@@ -233,6 +233,15 @@ def encode_windows(tokenizer: VideoTokenizer, lam: LatentActionModel, windows: V
     return torch.cat(codes), torch.cat(actions)
 
 
+def dynamics_sampler(codes: torch.Tensor, actions: torch.Tensor, batch_size: int):
+    """Batches of random encoded windows (encode_windows, once per stage: training never re-tokenizes):
+    (codes [B, T, P] long, actions [B, T-1, A] float)."""
+    def sample(generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        which = torch.randint(len(codes), (batch_size,), generator=generator)
+        return codes[which].long(), actions[which].float()
+    return sample
+
+
 # The val masks come from a generator of their own, the same for every seed and variant: val losses then
 # differ between runs by what the models predict, not by which tokens each run happened to mask.
 EVAL_MASK_SEED = 0
@@ -245,14 +254,9 @@ def run_dynamics(config: WorldModelConfig, train: VideoWindows, val: VideoWindow
     train, val = on_device(placement, train, val)
     tokenizer.to(placement.torch_device)
     lam.to(placement.torch_device)
-    codes, actions = encode_windows(tokenizer, lam, train)  # once per stage: training never re-tokenizes
+    sample = dynamics_sampler(*encode_windows(tokenizer, lam, train), config.dynamics.batch_size)
     torch.manual_seed(seed)
     model = Dynamics(config)
-    batch_size = config.dynamics.batch_size
-
-    def sample(generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        which = torch.randint(len(codes), (batch_size,), generator=generator)
-        return codes[which].long(), actions[which].float()
 
     def evaluate(model: Dynamics) -> dict[str, float]:
         losses, accuracies = [], []
