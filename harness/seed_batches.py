@@ -3,8 +3,8 @@ seed-batched model (worldmodel/batched.py), then evaluates each run as the per-s
 
 A run of one variant differs from the same variant's other runs only by its seed, so their stages have one
 config and the engine can stack them. For each stage, in order, the runs of a group whose stage the cache does
-not hold yet (neither finished nor started) train together, each into the stage folder and checkpoint format
-its own run would use; the per-seed path (harness.worker.execute_run) then finds each finished checkpoint,
+not hold finished train together (those a stopped batched run left at one step resume together), each into the
+stage folder and checkpoint format its own run would use; the per-seed path (harness.worker.execute_run) then finds each finished checkpoint,
 skips training and evaluates. So the stage cache, resuming and the records are the per-seed path's; what
 differs is the float rounding of training, which the runs table's device column names ("seed-batched xK") on
 the runs a stage of which trained batched in their group (a stage another run trained, batched or not, is
@@ -118,52 +118,65 @@ def failed(spec: RunSpec, executor: str, device: str, error: str) -> RunRecord:
 
 def pretrain(specs: list[RunSpec], cache: Path, placement: Placement, progress: Progress | None,
              diverged: dict[str, StageDiverged], trained: set[str]) -> None:
-    """Each stage, in order, of the group's runs whose stage folder is empty and whose earlier stages are
-    finished, as one batched model, the stage folders locked (in one order) while it trains. A run whose stage
-    folder holds a checkpoint but no output (a run stopped before it finished) is left to the per-seed path,
-    which resumes it."""
+    """Each stage, in order, of the group's runs whose stage is not finished and whose earlier stages are, as one
+    batched model per step they stand at (0, or where a stopped batched run left them: they resume), the stage
+    folders locked (in one order) while it trains. A run alone at its step is left to the per-seed path, which
+    trains or resumes it."""
     config = specs[0].config
     data = load_dataset(specs[0], cache)
     train, = stages.on_device(placement, VideoWindows(data, config.window, "train", specs[0].data["val_fraction"]))
     ready = list(specs)  # the runs whose stages so far are finished
     for stage in stage_order(specs[0], cache):  # the LAM first while another group trains the shared tokenizers
         folders = {spec.run_id: stage_folder(cache, stage, spec.stage_ids[stage]) for spec in ready}
+        done, at_step = [], {}  # at_step: the step an unfinished stage stands at -> its runs
         with ExitStack() as locks:
             for folder in sorted(set(folders.values())):
                 locks.enter_context(file_lock(folder.with_suffix(".lock")))
-            done = [spec for spec in ready if finished(folders[spec.run_id], stage, config)]
-            fresh = [spec for spec in ready if not (folders[spec.run_id] / "checkpoint.pt").exists()]
-            if len(fresh) < 2:  # one seed alone trains as well seed by seed
-                ready = done
-                continue
-            if stage == "dynamics":
-                samplers = [upstream_sampler(spec, cache, train, placement) for spec in fresh]
-            else:
-                samplers = stages.sampler(train, config.stage(stage).batch_size)
-            for spec in fresh:
-                folders[spec.run_id].mkdir(parents=True, exist_ok=True)
-            hooks = [(lambda step, total, loss, run_id=spec.run_id: progress(run_id, stage, step, total, loss))
-                     if progress else None for spec in fresh]
-            outcomes = batched.train_seeds(stage, batched.model_builder(stage, config), config.stage(stage),
-                                           [spec.seed for spec in fresh], samplers,
-                                           checkpoints=[folders[spec.run_id] / "checkpoint.pt" for spec in fresh],
-                                           config_json=stages.stage_config_json(config, stage), progress=hooks,
-                                           placement=placement)
-        for spec, outcome in zip(fresh, outcomes):
-            trained.add(spec.run_id)
-            if outcome.diverged is not None:
-                diverged[spec.run_id] = outcome.diverged
-        ready = done + [spec for spec in fresh if spec.run_id not in diverged]
+            for spec in ready:
+                step = unfinished_step(folders[spec.run_id], stage, config)
+                if step is None:
+                    done.append(spec)
+                else:
+                    at_step.setdefault(step, []).append(spec)
+            for together in (runs for runs in at_step.values() if len(runs) > 1):  # one alone: seed by seed
+                train_together(stage, together, folders, cache, train, placement, progress, diverged)
+                trained.update(spec.run_id for spec in together)
+                done += [spec for spec in together if spec.run_id not in diverged]
+        ready = done
 
 
-def finished(folder: Path, stage: str, config) -> bool:
-    """Whether a stage folder holds a finished stage: evaluated (output.json), or trained to its last step (by
-    another group of runs, whose runs evaluate it)."""
+def train_together(stage: str, specs: list[RunSpec], folders: dict[str, Path], cache: Path, train: VideoWindows,
+                   placement: Placement, progress: Progress | None, diverged: dict[str, StageDiverged]) -> None:
+    """One stage of runs that stand at one step, as one batched model, into each run's own stage folder."""
+    config = specs[0].config
+    if stage == "dynamics":
+        samplers = [upstream_sampler(spec, cache, train, placement) for spec in specs]
+    else:
+        samplers = stages.sampler(train, config.stage(stage).batch_size)
+    for spec in specs:
+        folders[spec.run_id].mkdir(parents=True, exist_ok=True)
+    hooks = [(lambda step, total, loss, run_id=spec.run_id: progress(run_id, stage, step, total, loss))
+             if progress else None for spec in specs]
+    outcomes = batched.train_seeds(stage, batched.model_builder(stage, config), config.stage(stage),
+                                   [spec.seed for spec in specs], samplers,
+                                   checkpoints=[folders[spec.run_id] / "checkpoint.pt" for spec in specs],
+                                   config_json=stages.stage_config_json(config, stage), progress=hooks,
+                                   placement=placement)
+    for spec, outcome in zip(specs, outcomes):
+        if outcome.diverged is not None:
+            diverged[spec.run_id] = outcome.diverged
+
+
+def unfinished_step(folder: Path, stage: str, config) -> int | None:
+    """The step a stage folder's training stands at (0: not started), or None when the stage is finished:
+    evaluated (output.json), or trained to its last step (by another group, whose runs evaluate it)."""
     if (folder / "output.json").exists():
-        return True
+        return None
     checkpoint = folder / "checkpoint.pt"
-    return checkpoint.exists() and bool(
-        load_checkpoint(checkpoint, stage, stages.stage_config_json(config, stage))["finished"])
+    if not checkpoint.exists():
+        return 0
+    payload = load_checkpoint(checkpoint, stage, stages.stage_config_json(config, stage))
+    return None if payload["finished"] else int(payload["step"])
 
 
 def upstream_sampler(spec: RunSpec, cache: Path, train: VideoWindows, placement: Placement):

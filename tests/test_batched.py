@@ -12,6 +12,7 @@ the same rounding noise is ~1e-7 and the key-bias effect reaches ~lr, which woul
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -359,3 +360,36 @@ def test_a_group_waits_for_and_builds_on_another_groups_finished_stages(tmp_path
         for stage in ("actions", "dynamics"):
             assert load_checkpoint(stage_folder(cache, stage, spec.stage_ids[stage]) / "checkpoint.pt", stage,
                                    stages.stage_config_json(spec.config, stage))["finished"]
+
+
+def test_a_stopped_group_resumes_together_to_the_uninterrupted_result(tmp_path):
+    """A group stopped in the middle of its LAMs (after their checkpoint at step 8) resumes them, batched, from
+    that step on the next call: every stage's weights and curve end as an uninterrupted group's."""
+    suite = tmp_path / "bench.toml"
+    suite.write_text(tiny_suite("tiny", tokenizer_steps=16, actions_steps=16, dynamics_steps=16))
+    specs = plan_runs(load_suite(suite), "tiny", "sprite_world", ["meanpool_concat"], [0, 1])
+    whole, cut = tmp_path / "whole" / "cache", tmp_path / "cut" / "cache"
+    pretrain(specs, whole, Placement(), None, {}, set())
+
+    class Stopped(Exception):
+        pass
+
+    def stop(run_id: str, stage: str, step: int, total: int, loss: float) -> None:
+        if stage == "actions" and step == 12:
+            raise Stopped
+
+    with pytest.raises(Stopped):
+        pretrain(specs, cut, Placement(), stop, {}, set())
+    stopped = stage_folder(cut, "actions", specs[0].stage_ids["actions"]) / "checkpoint.pt"
+    config_json = stages.stage_config_json(specs[0].config, "actions")
+    assert load_checkpoint(stopped, "actions", config_json)["step"] == 8
+    trained = set()
+    pretrain(specs, cut, Placement(), None, {}, trained)
+    assert trained == {spec.run_id for spec in specs}  # the LAMs resumed together, the dynamics trained together
+    for spec in specs:
+        for stage in ("tokenizer", "actions", "dynamics"):
+            a, b = (load_checkpoint(stage_folder(cache, stage, spec.stage_ids[stage]) / "checkpoint.pt", stage,
+                                    stages.stage_config_json(spec.config, stage)) for cache in (whole, cut))
+            losses = [[row["loss"] for row in json.loads(payload["curve"])] for payload in (a, b)]
+            assert a["finished"] and b["finished"] and losses[0] == losses[1], (spec.seed, stage)
+            assert all(torch.equal(value, b["model"][name]) for name, value in a["model"].items()), (spec.seed, stage)
