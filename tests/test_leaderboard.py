@@ -7,6 +7,7 @@ import json
 import math
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from reports.figures import forest_rows, plan_figures
 from reports.publish import render_html, render_json, render_markdown
 from reports.render import MARKER, MAX_VISIBLE_BYTES, MAX_VISIBLE_LINES, visible_part
 from reports.text import MISSING, fmt_estimate
-from test_reports import EVIL, RULES, make_report
+from test_reports import CHROMIUM, EVIL, RULES, make_report
 from test_schedule import undecidable_kpis
 from tiny import record_fabricated
 
@@ -147,6 +148,22 @@ def test_the_html_kpi_table_has_a_row_per_kpi_and_a_column_per_candidate():
             kpi = next((kpi for kpi in report.comparison.kpis if kpi.name == kpi_of_worse.name), None)
             assert cell == MISSING if kpi is None else f'title="{kpi.verdict}"' in cell and fmt_estimate(kpi) in cell
     assert rows[-1][1].startswith("<td>dynamics.moe_load_cv") and 'id="blocking-only"' in html
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (Debian package: chromium; .ci/run installs it)")
+def test_the_leaderboards_kpi_table_filters_in_headless_chromium(tmp_path):
+    """The one script runs on the leaderboard's KPI table too: "#blocking-only" hides every row but the blocking
+    and guard KPIs'."""
+    reports = [make_report(candidate=name, effect=effect, noise=0.05) for name, effect in (("a", 0.2), ("b", -0.5))]
+    page = tmp_path / "report.html"
+    page.write_text(render_html(leaderboard_of(reports, ""), pngs={}))
+    result = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+                             f"--user-data-dir={tmp_path / 'profile'}", page.as_uri() + "#blocking-only"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and 'data-interactive="ready"' in result.stdout, result.stderr[-2000:]
+    rows = re.findall(r'<tr class="([^"]*)"([^>]*)>', result.stdout.split('id="kpi-table"')[1].split("</table>")[0])
+    assert len(rows) == len(reports[0].comparison.kpis) and any("hidden" in attributes for _, attributes in rows)
+    assert all(("hidden" in attributes) == (classes not in ("blocking", "guard")) for classes, attributes in rows)
 
 
 # --------------------------------------------------------------------------- the command

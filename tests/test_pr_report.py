@@ -21,10 +21,10 @@ from harness.cli import main
 from harness.kpis import KPIS
 from reports.render import (MAX_HEADLINE_ROWS, MAX_VISIBLE_BYTES, MAX_VISIBLE_LINES, MARKER, cut_to_fit,
                             visible_part)
+from test_reports import CHROMIUM
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISH = REPO / ".github" / "scripts" / "publish_assets.py"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 HTML_BUDGET = 250_000
 
 
