@@ -65,6 +65,7 @@ def units(specs: list[RunSpec], seed_batch: int) -> list[list[RunSpec]]:
 
 def execute_unit(specs: list[RunSpec], results_root: str, threads: int, executor: str,
                  progress: Progress | None = None, device: str = "cpu") -> list[RunRecord]:
+    """One unit in a worker: its records, in order (a group's come together, once its last run is evaluated)."""
     if len(specs) == 1:
         return [execute_run(specs[0], results_root, threads, executor, progress, device)]
     return execute_group(specs, results_root, threads, executor, progress, device)
