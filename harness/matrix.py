@@ -23,8 +23,10 @@ UPSTREAM = {"tokenizer": (), "actions": (), "dynamics": ("tokenizer", "actions")
 WORLDMODEL_DIR = Path(worldmodel.__file__).parent
 VARIANTS_DIR = Path(variants.__file__).parent
 # Source each stage runs; a change to any of these files retrains that stage.
-SHARED_SOURCES = ["config.py", "layers.py", "norms.py", "fused.py", "fsq.py", "train.py", "stages.py", "metrics.py",
-                  "errors.py", "files.py", "auxiliary.py", "data/*.py", "kernels/*.py", "kernels/*.cpp", "kernels/*.h"]
+# batched.py trains stages too (bench run --seed-batch), into the same stage folders as the per-seed loop
+SHARED_SOURCES = ["config.py", "layers.py", "norms.py", "fused.py", "fsq.py", "train.py", "batched.py", "stages.py",
+                  "metrics.py", "errors.py", "files.py", "auxiliary.py", "data/*.py", "kernels/*.py", "kernels/*.cpp",
+                  "kernels/*.h"]
 STAGE_SOURCES = {
     # Every stage looks components up (its ffn, position code, optimizer), which may live in variants/.
     "tokenizer": ["tokenizer.py", "registry.py", "VARIANTS"],
