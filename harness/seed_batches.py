@@ -25,8 +25,8 @@ import torch
 
 from harness.matrix import RunSpec
 from harness.store import stage_folder
-from harness.worker import (Progress, RunRecord, execute_run, file_lock, load_dataset, now, run_row,
-                            stage_order)
+from harness.worker import (Progress, RunRecord, diverged_fields, execute_run, file_lock, load_dataset, now,
+                            run_row, stage_order)
 from worldmodel import batched, stages
 from worldmodel.config import STAGES
 from worldmodel.data import VideoWindows
@@ -98,10 +98,8 @@ def execute_group(specs: list[RunSpec], results_root: str, threads: int, executo
     records = []
     for spec in specs:
         if spec.run_id in diverged:
-            err = diverged[spec.run_id]
             record = RunRecord(run=run_row(spec, executor, device))
-            record.run.update(status="diverged", error=str(err), failed_stage=err.stage, diverged_step=err.step,
-                              finished_at=now())
+            record.run.update(diverged_fields(diverged[spec.run_id]), finished_at=now())
         else:
             record = execute_run(spec, results_root, threads, executor, progress, device)
         if spec.run_id in trained:

@@ -547,11 +547,15 @@ def _effect(analysis: _KpiAnalysis, alpha: float) -> Effect:
     )
 
 
+# A guard inconclusive for one of these holds up a PASS: the evidence says it got worse, too weakly to FAIL.
+_EVIDENCE_OF_HARM = (Why.BEYOND_MARGIN, Why.WORSE)
+
+
 def _judge(analysis: _KpiAnalysis, p_regressed_adjusted: float, alpha: float, hold_alpha: float) -> KpiComparison:
     rule, p = analysis.rule, analysis.p
     verdict, why = _verdict(analysis, p_regressed_adjusted, alpha, hold_alpha)
     seeds_needed = (seeds_to_settle(analysis.effect, analysis.sd_d, rule.analysis_margin, alpha)
-                    if why in (Why.UNSETTLED, Why.BEYOND_MARGIN, Why.WORSE) else None)
+                    if why in (Why.UNSETTLED, *_EVIDENCE_OF_HARM) else None)
     return KpiComparison(
         name=rule.name,
         rule=rule,
@@ -585,10 +589,6 @@ def _resolution(analysis: _KpiAnalysis, alpha: float) -> Resolution | None:
 
 # The verdicts of a KPI whose values are missing (failed evaluations, NaN): they say nothing about the change.
 _MISSING_DATA = (Why.TOO_FEW_VALUES, Why.NO_VALUE)
-
-
-# A guard inconclusive for one of these holds up a PASS: the evidence says it got worse, too weakly to FAIL.
-_EVIDENCE_OF_HARM = (Why.BEYOND_MARGIN, Why.WORSE)
 
 
 def _merge_verdict(kpis: list[KpiComparison], failures_baseline: int,

@@ -181,7 +181,7 @@ def execute_run(spec: RunSpec, results_root: str, threads: int, executor: str,
         clips = rollout_clips(data, config, val_fraction).to(placement.torch_device)
         result = evaluate_rollouts(models["tokenizer"], models["actions"], models["dynamics"], clips, config)
     except StageDiverged as err:
-        record.run.update(status="diverged", error=str(err), failed_stage=err.stage, diverged_step=err.step)
+        record.run.update(diverged_fields(err))
     except WorldbenchError as err:
         record.run.update(status="failed", error=str(err), failed_stage=current)
     except BaseException as err:  # a bug, or a component that raises or exits: only this run fails
@@ -192,6 +192,11 @@ def execute_run(spec: RunSpec, results_root: str, threads: int, executor: str,
         add_results(record, spec, outputs, result)
     record.run["finished_at"] = now()
     return record
+
+
+def diverged_fields(err: StageDiverged) -> dict:
+    """A run row's fields for a run a stage of which diverged: the stage and step that stopped it."""
+    return {"status": "diverged", "error": str(err), "failed_stage": err.stage, "diverged_step": err.step}
 
 
 def run_row(spec: RunSpec, executor: str, device: str) -> RunRow:
