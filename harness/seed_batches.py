@@ -8,7 +8,8 @@ stage folder and checkpoint format its own run would use; the per-seed path (har
 skips training and evaluates. So the stage cache, resuming and the records are the per-seed path's; what
 differs is the float rounding of training, which the runs table's device column names ("seed-batched xK") on
 the runs a stage of which trained batched in their group (a stage another run trained, batched or not, is
-reused as always). A seed whose stage diverges is recorded as diverged there and then; the others train on.
+reused as always). A seed whose stage diverges is recorded as diverged there and then, in the run and in the
+stage folder (as the per-seed path records it); the others train on.
 
 On a GPU this keeps the device busy where one small model leaves it idle; on these CPUs it is slower than the
 per-seed path with its native kernels (docs/measurements.md), so the default is 1: off.
@@ -26,7 +27,7 @@ import torch
 from harness.matrix import RunSpec
 from harness.store import stage_folder
 from harness.worker import (Progress, RunRecord, diverged_fields, execute_run, file_lock, load_dataset, now,
-                            run_row, stage_order)
+                            record_divergence, recorded_divergence, run_row, stage_order)
 from worldmodel import batched, stages
 from worldmodel.config import STAGES
 from worldmodel.data import VideoWindows
@@ -131,6 +132,10 @@ def pretrain(specs: list[RunSpec], cache: Path, placement: Placement, progress: 
             for folder in sorted(set(folders.values())):
                 locks.enter_context(file_lock(folder.with_suffix(".lock")))
             for spec in ready:
+                earlier = recorded_divergence(folders[spec.run_id])
+                if earlier is not None:  # this stage diverged for another run: so does this one, untrained
+                    diverged[spec.run_id] = earlier
+                    continue
                 step = unfinished_step(folders[spec.run_id], stage, config)
                 if step is None:
                     done.append(spec)
@@ -162,6 +167,7 @@ def train_together(stage: str, specs: list[RunSpec], folders: dict[str, Path], c
                                    placement=placement)
     for spec, outcome in zip(specs, outcomes):
         if outcome.diverged is not None:
+            record_divergence(folders[spec.run_id], outcome.diverged)
             diverged[spec.run_id] = outcome.diverged
 
 

@@ -128,15 +128,42 @@ def stage_order(spec: RunSpec, cache: Path) -> tuple[str, ...]:
     return STAGES
 
 
+DIVERGED_FILE = "diverged.json"  # in a stage folder whose training diverged
+
+
+def record_divergence(folder: Path, err: StageDiverged) -> None:
+    """Mark a stage diverged, so every run that shares it is diverged at the same step, whichever path (seed by
+    seed or seed-batched) reaches it next, instead of training it again from its last checkpoint."""
+    record = {"stage": err.stage, "step": err.step, "loss": err.loss}
+    write_atomic(folder / DIVERGED_FILE, lambda tmp: tmp.write_text(json.dumps(record)))
+
+
+def recorded_divergence(folder: Path) -> StageDiverged | None:
+    """The divergence record_divergence left in a stage folder, if any."""
+    path = folder / DIVERGED_FILE
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    return StageDiverged(record["stage"], int(record["step"]), float(record["loss"]))
+
+
 def cached_stage(stage: str, stage_id: str, cache: Path, config: WorldModelConfig, train_fn) -> tuple:
-    """Return (model, output dict) for a stage, training it (resumably) unless already finished."""
+    """Return (model, output dict) for a stage, training it (resumably) unless already finished; raise
+    StageDiverged for a stage that diverged, here or before."""
     folder = stage_folder(cache, stage, stage_id)
     output_file = folder / "output.json"
     with file_lock(folder.with_suffix(".lock")):
         if output_file.exists():
             return stages.load_stage(stage, config, folder / "checkpoint.pt"), json.loads(output_file.read_text())
+        earlier = recorded_divergence(folder)
+        if earlier is not None:
+            raise earlier
         folder.mkdir(parents=True, exist_ok=True)
-        model, out = train_fn(folder / "checkpoint.pt")
+        try:
+            model, out = train_fn(folder / "checkpoint.pt")
+        except StageDiverged as err:
+            record_divergence(folder, err)
+            raise
         output = {"curve": out.train.curve, "metrics": out.metrics, "params": out.params,
                   "wall_s": out.train.wall_s, "peak_rss_mb": out.train.peak_rss_mb}
         write_atomic(output_file, lambda tmp: tmp.write_text(json.dumps(output)))

@@ -301,6 +301,18 @@ components = { lam_encoder = "meanpool_concat", ffn = "moe" }
 """
 
 
+DIVERGING = """
+[variants.diverging]
+description = "a LAM learning rate no model survives"
+components = { lam_encoder = "meanpool_concat" }
+overrides = { "actions.lr" = 1e30 }
+[variants.diverging_token]
+description = "the same LAM, another dynamics"
+components = { lam_encoder = "meanpool_concat", action_injection = "prepend_token" }
+overrides = { "actions.lr" = 1e30 }
+"""
+
+
 def recorded(results: Path) -> pd.DataFrame:
     """(variant, seed, kpi) -> value, with each run's device column."""
     runs, kpis = (pd.read_parquet(results / "store" / table) for table in ("runs", "kpis"))
@@ -393,3 +405,27 @@ def test_a_stopped_group_resumes_together_to_the_uninterrupted_result(tmp_path):
             losses = [[row["loss"] for row in json.loads(payload["curve"])] for payload in (a, b)]
             assert a["finished"] and b["finished"] and losses[0] == losses[1], (spec.seed, stage)
             assert all(torch.equal(value, b["model"][name]) for name, value in a["model"].items()), (spec.seed, stage)
+
+
+@pytest.mark.parametrize("first, then", [(["--seed-batch", "2"], []), ([], ["--seed-batch", "2"])],
+                         ids=["batched-then-per-seed", "per-seed-then-batched"])
+def test_a_diverged_stage_is_diverged_for_every_run_that_shares_it(tmp_path, first, then):
+    """Two seeds' LAMs diverge; the runs of another variant sharing those LAMs, run next by the other path, are
+    diverged at the same step without training them again (the stage folders hold only the record)."""
+    suite = tmp_path / "bench.toml"
+    suite.write_text(TINY + DIVERGING)
+    common = ["run", "--config", str(suite), "--profile", "tiny", "--seeds", "0-1", "--results",
+              str(tmp_path / "r"), "--quiet"]
+    assert main([*common, "--variants", "diverging", *first]) == 4
+    specs = plan_runs(load_suite(suite), "tiny", "sprite_world", ["diverging", "diverging_token"], [0, 1])
+    folders = {stage_folder(tmp_path / "r" / "cache", "actions", spec.stage_ids["actions"]) for spec in specs}
+    assert len(folders) == 2 and all(sorted(p.name for p in folder.iterdir()) == ["diverged.json"]
+                                     for folder in folders)
+    before = {folder: (folder / "diverged.json").stat().st_mtime_ns for folder in folders}
+    assert main([*common, "--variants", "diverging_token", *then]) == 4
+    assert {folder: (folder / "diverged.json").stat().st_mtime_ns for folder in folders} == before
+    assert all(sorted(p.name for p in folder.iterdir()) == ["diverged.json"] for folder in folders)
+    runs = pd.read_parquet(tmp_path / "r" / "store" / "runs")
+    assert set(runs["status"]) == {"diverged"} and set(runs["failed_stage"]) == {"actions"}
+    steps = runs.set_index(["variant", "seed"])["diverged_step"]
+    assert [steps["diverging", seed] for seed in (0, 1)] == [steps["diverging_token", seed] for seed in (0, 1)]
