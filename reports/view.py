@@ -334,6 +334,7 @@ def rollout_table(report: ReportInput | Leaderboard) -> Table:
             frame[metric] = pd.to_numeric(frame[metric], errors="coerce").replace([np.inf, -np.inf], np.nan)
     columns = ["variant", "role", "mode", "PSNR step 1", "PSNR last step", "mean PSNR", "mean SSIM"]
     rows, classes = [], []
+    copy_last = {}  # variant -> its copy-last-frame row's numbers: the clips', the same for arms on the same clips
     variants = ordered(list(frame["variant"].astype(str)), tuple(report.variants))
     for variant in variants:
         of_variant = frame[frame["variant"].astype(str) == variant]
@@ -341,19 +342,22 @@ def rollout_table(report: ReportInput | Leaderboard) -> Table:
             part = of_variant[of_variant["mode"].astype(str) == mode]
             per_step = part.groupby("horizon_step")["psnr"].mean().sort_index()
             ssim = part["ssim"].mean() if "ssim" in part.columns else math.nan
-            rows.append(
-                [
-                    variant,
-                    role_of(report, variant),
-                    MODE_LABELS.get(mode, mode),
-                    fmt_number(per_step.iloc[0] if len(per_step) else math.nan, 3) + " dB",
-                    fmt_number(per_step.iloc[-1] if len(per_step) else math.nan, 3) + " dB",
-                    fmt_number(part["psnr"].mean(), 3) + " dB",
-                    fmt_number(ssim, 3),
-                ]
-            )
+            numbers = [fmt_number(per_step.iloc[0] if len(per_step) else math.nan, 3) + " dB",
+                       fmt_number(per_step.iloc[-1] if len(per_step) else math.nan, 3) + " dB",
+                       fmt_number(part["psnr"].mean(), 3) + " dB", fmt_number(ssim, 3)]
+            if mode == "copy_last":
+                copy_last[variant] = numbers
+            rows.append([variant, role_of(report, variant), MODE_LABELS.get(mode, mode), *numbers])
             classes.append("reference" if mode in ("random", "copy_last") else "")
+    shared = len(copy_last) > 1 and len({tuple(numbers) for numbers in copy_last.values()}) == 1
+    if shared:  # one row for the reference every arm shares, last
+        kept = [k for k, row in enumerate(rows) if row[2] != MODE_LABELS["copy_last"]]
+        rows = [rows[k] for k in kept] + [["every arm", "reference", MODE_LABELS["copy_last"],
+                                           *next(iter(copy_last.values()))]]
+        classes = [classes[k] for k in kept] + ["reference"]
     note = "Means over clips and seeds (higher is better). Copy-last and random actions are references, not models."
+    if shared:
+        note += " Copying the last frame scores the same for every arm (the same clips), so it has one row."
     return Table(columns, rows, classes, note)
 
 

@@ -527,6 +527,22 @@ def test_rollout_grid_is_nearest_neighbour_upscaled_and_white_separated():
     assert horizon_columns(20, max_steps=5) == [0, 5, 10, 14, 19]
 
 
+def test_the_copy_last_frame_reference_has_one_row_when_every_arm_scores_the_same(report):
+    """Copying the last frame is a property of the clips: arms on the same clips share one row, placed last;
+    arms whose copy-last scores differ (other clips) keep one row each."""
+    table = view.rollout_table(report)
+    copy_rows = [row for row in table.rows if row[2] == "copy last frame"]
+    # the fixture: PSNR 20 − h at horizon steps h = 1..4, SSIM 0.8 − 0.02h
+    assert copy_rows == [["every arm", "reference", "copy last frame", "19 dB", "16 dB", "17.5 dB", "0.75"]]
+    assert table.rows[-1] == copy_rows[0] and table.row_classes[-1] == "reference" and "one row" in table.note
+    assert len(table.rows) == len(table.row_classes) == 2 * 3 + 1
+    rollouts = report.rollouts.copy()
+    rollouts.loc[(rollouts["variant"] == CANDIDATE) & (rollouts["mode"] == "copy_last"), "psnr"] += 1.0
+    table = view.rollout_table(dataclasses.replace(report, rollouts=rollouts))
+    assert [row[0] for row in table.rows if row[2] == "copy last frame"] == [BASELINE, CANDIDATE]
+    assert "one row" not in table.note
+
+
 def test_curve_bands_are_mean_min_max_over_seeds_and_drop_nan():
     curves = pd.DataFrame(
         [{"variant": "a", "seed": s, "stage": "tokenizer", "step": step, "metric": "loss", "value": v}
