@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -52,6 +53,10 @@ class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (and exit 2)."""
 
     def error(self, message: str):
+        if message.startswith("unrecognized arguments") and re.search(r"--(device|seed-batch)\b", message):
+            # only `bench run` trains off the CPU or seed-batched: say how to get a verdict from such runs
+            raise WorldbenchError(f"{self.prog}: {message}: only `bench run` takes --device and --seed-batch; train "
+                                  f"with `bench run --device cuda --seed-batch K`, then `bench report` gives the verdict")
         raise WorldbenchError(f"{self.prog}: {message} (see `{self.prog} --help`)")
 
 

@@ -409,6 +409,8 @@ HDF5_DATASET = '[datasets.mine]\nkind = "hdf5"\npath = "{{tmp}}/{file}"\n'
     # a second hostile pass
     (["--jobs", "3000000000"], "", "argument --jobs: must be from 1 to 256, got 3000000000"),
     (["--seed-batch", "0"], "", "argument --seed-batch: must be from 1 to 64, got 0"),
+    (["gate", "--device", "cuda"], "", "only `bench run` takes --device and --seed-batch; train with `bench run"),
+    (["report", "--seed-batch=2"], "", "unrecognized arguments: --seed-batch=2: only `bench run` takes --device"),
     (["--variants", "v", "--seed-batch", "2"], '[variants.v]\ncomponents = { lam_encoder = "meanpool_concat", '
      'ffn = "moe" }', "variant v: dynamics: this model cannot be trained seed-batched"),
     (["gate", "--sequential", "--max-seeds", "100000000000"], "", "argument --max-seeds: must be from 1 to 10,000"),
