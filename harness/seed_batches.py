@@ -26,8 +26,8 @@ import torch
 
 from harness.matrix import RunSpec
 from harness.store import stage_folder
-from harness.worker import (Progress, RunRecord, diverged_fields, execute_run, file_lock, load_dataset, now,
-                            record_divergence, recorded_divergence, run_row, stage_order)
+from harness.worker import (Progress, RunRecord, diverged_fields, execute_run, file_lock, finished_stage, load_dataset,
+                            now, record_divergence, recorded_divergence, run_row, stage_order)
 from worldmodel import batched, stages
 from worldmodel.config import STAGES
 from worldmodel.data import VideoWindows
@@ -174,7 +174,7 @@ def train_together(stage: str, specs: list[RunSpec], folders: dict[str, Path], c
 def unfinished_step(folder: Path, stage: str, config) -> int | None:
     """The step a stage folder's training stands at (0: not started), or None when the stage is finished:
     evaluated (output.json), or trained to its last step (by another group, whose runs evaluate it)."""
-    if (folder / "output.json").exists():
+    if finished_stage(folder):
         return None
     checkpoint = folder / "checkpoint.pt"
     if not checkpoint.exists():

@@ -147,13 +147,29 @@ def recorded_divergence(folder: Path) -> StageDiverged | None:
     return StageDiverged(record["stage"], int(record["step"]), float(record["loss"]))
 
 
+OUTPUT_FILE = "output.json"  # in a stage folder: the finished stage's curve and metrics, beside checkpoint.pt
+
+
+def finished_stage(folder: Path) -> bool:
+    """Whether a stage folder holds a finished stage: its output and the checkpoint it came from. An output
+    whose checkpoint is gone (deleted, or lost in a copy of the cache) is removed, so the stage is trained
+    again from its first step rather than failing every run that shares it. Call it under the folder's lock."""
+    output = folder / OUTPUT_FILE
+    if not output.exists():
+        return False
+    if (folder / "checkpoint.pt").exists():
+        return True
+    output.unlink()
+    return False
+
+
 def cached_stage(stage: str, stage_id: str, cache: Path, config: WorldModelConfig, train_fn) -> tuple:
     """Return (model, output dict) for a stage, training it (resumably) unless already finished; raise
     StageDiverged for a stage that diverged, here or before."""
     folder = stage_folder(cache, stage, stage_id)
-    output_file = folder / "output.json"
+    output_file = folder / OUTPUT_FILE
     with file_lock(folder.with_suffix(".lock")):
-        if output_file.exists():
+        if finished_stage(folder):
             return stages.load_stage(stage, config, folder / "checkpoint.pt"), json.loads(output_file.read_text())
         earlier = recorded_divergence(folder)
         if earlier is not None:

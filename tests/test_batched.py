@@ -429,3 +429,27 @@ def test_a_diverged_stage_is_diverged_for_every_run_that_shares_it(tmp_path, fir
     assert set(runs["status"]) == {"diverged"} and set(runs["failed_stage"]) == {"actions"}
     steps = runs.set_index(["variant", "seed"])["diverged_step"]
     assert [steps["diverging", seed] for seed in (0, 1)] == [steps["diverging_token", seed] for seed in (0, 1)]
+
+
+@pytest.mark.parametrize("then", [[], ["--seed-batch", "2"]], ids=["per-seed", "batched"])
+def test_a_finished_stage_whose_checkpoint_is_gone_is_trained_again(tmp_path, then):
+    """The shared tokenizers' checkpoints deleted after a run (their output.json left, as a partial copy of the
+    cache leaves them): the next variant's runs train those tokenizers again instead of failing, to the same
+    numbers."""
+    suite = tmp_path / "bench.toml"
+    suite.write_text(TINY)
+    common = ["run", "--config", str(suite), "--profile", "tiny", "--seeds", "0-1", "--results",
+              str(tmp_path / "r"), "--jobs", "1", "--quiet"]
+    assert main([*common, "--variants", "meanpool_concat"]) == 0
+    specs = plan_runs(load_suite(suite), "tiny", "sprite_world", ["meanpool_concat", "query_pool"], [0, 1])
+    tokenizers = {stage_folder(tmp_path / "r" / "cache", "tokenizer", spec.stage_ids["tokenizer"]) for spec in specs}
+    assert len(tokenizers) == 2
+    for folder in tokenizers:
+        (folder / "checkpoint.pt").unlink()
+    assert main([*common, "--variants", "query_pool", *then]) == 0
+    assert all((folder / "checkpoint.pt").exists() and (folder / "output.json").exists() for folder in tokenizers)
+    runs = recorded(tmp_path / "r")
+    assert set(runs["status"]) == {"ok"}
+    loss = runs[runs["kpi"] == "tokenizer.val_loss"].set_index(["variant", "seed"])["value"]
+    assert np.allclose([loss["query_pool", seed] for seed in (0, 1)],
+                       [loss["meanpool_concat", seed] for seed in (0, 1)], rtol=1e-3)
