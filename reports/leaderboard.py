@@ -22,6 +22,10 @@ from reports.render import (FILENAMES, HEADLINE_PICTURES, MARKER, MAX_VISIBLE_BY
 from reports.text import comparison_reasons, md_escape, md_html_escape, truncate
 
 SCHEMA = "worldbench-leaderboard/1"
+# The KPIs whose reasons the page explains per candidate: those that decide a verdict. An informational KPI's
+# change and interval stand in the KPI table (and every reason in report.json): a line per KPI and candidate
+# would grow the page by about 6 KB a candidate.
+DECIDING_TIERS = ("blocking", "guard")
 DETAILS_SUMMARY = ("<b>Details</b>: each arm's IQM, the forest plot and figures, each candidate's KPIs and reasons, "
                    "runs, compatibility, provenance, the command that reproduces this")
 
@@ -129,7 +133,7 @@ def render_html(board: Leaderboard, pngs: dict[str, bytes] | None = None) -> str
     candidates = [{"name": report.candidate, "verdict": report.comparison.verdict,
                    "decided": report.candidate in board.decided_by,
                    "reasons": comparison_reasons(report.comparison),
-                   "explanations": view.kpi_explanations(report), "speed": view.speed_table(report)}
+                   "explanations": view.kpi_explanations(report, DECIDING_TIERS), "speed": view.speed_table(report)}
                   for report in view.by_severity(board)]
     return environment().get_template("leaderboard").render(
         **page_fields(board, inline, notes),

@@ -298,6 +298,7 @@ LEADERBOARD_TEMPLATE = IMPORTS + r"""{% block content %}
 {% if kpis.rows %}
 {{ kpi_matrix(kpis, symbols, sort_key) }}
 {{ heading("explanations", "Why each KPI got its verdict") }}
+<p class="muted">The blocking and guard KPIs, which decide the verdict; the informational KPIs' changes are in the table above, and every KPI's reason is in report.json.</p>
 {% for candidate in candidates %}
 <details{% if candidate.decided %} open{% endif %}><summary>{{ symbols[candidate.verdict] }} {{ candidate.verdict }} · {{ candidate.name }}</summary>
 <ul>{% for reason in candidate.reasons %}<li>{{ reason }}</li>{% endfor %}</ul>

@@ -265,12 +265,12 @@ def kpi_table(report: ReportInput) -> Table:
     return table
 
 
-def kpi_explanations(report: ReportInput) -> list[KpiExplanation]:
-    """Why each KPI got its verdict, in the report's KPI order; the identical KPIs (a shared stage: no test, no
-    effect) share one entry per reason, where the first of them stood."""
+def kpi_explanations(report: ReportInput, tiers: tuple[str, ...] = TIERS) -> list[KpiExplanation]:
+    """Why each KPI of `tiers` got its verdict, in the report's KPI order; the identical KPIs (a shared stage: no
+    test, no effect) share one entry per reason, where the first of them stood."""
     out: list[KpiExplanation] = []
     identical: dict[str, KpiExplanation] = {}
-    for kpi in report.comparison.kpis:
+    for kpi in (kpi for kpi in report.comparison.kpis if kpi.rule.tier in tiers):
         if kpi.verdict == KpiVerdict.IDENTICAL:
             reason = kpi_reason(kpi)
             if reason in identical:

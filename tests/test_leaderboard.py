@@ -150,6 +150,25 @@ def test_the_html_kpi_table_has_a_row_per_kpi_and_a_column_per_candidate():
     assert rows[-1][1].startswith("<td>dynamics.moe_load_cv") and 'id="blocking-only"' in html
 
 
+def test_each_candidates_explanations_hold_the_kpis_that_decide_its_verdict():
+    """Under "Why each KPI got its verdict", each candidate explains its blocking and guard KPIs, in the report's
+    order; an informational KPI (speed.it_per_s in RULES, and a guard-less KPI) has its row in the KPI table only."""
+    guard = KpiRule("rollout.tf_mse", "lower", "log", 0.1, blocking=False, guard=True)
+    rules = RULES + [guard]
+    reports = [make_report(candidate=name, effect=effect, noise=0.05, rules=rules)
+               for name, effect in (("better", 0.2), ("worse", -0.5))]
+    html = render_html(leaderboard_of(reports, ""), pngs={})
+    section = html.split('id="explanations"')[1].split('id="variants"')[0]
+    lists = re.findall(r"<summary>[^<]*· ([^<]*)</summary>(.*?)</details>", section, re.S)
+    by_name = {report.candidate: report for report in reports}
+    assert sorted(name for name, _ in lists) == ["better", "worse"]
+    for name, body in lists:
+        explained = re.findall(r"<li><strong>([^<]*)</strong>", body)
+        assert explained == [kpi.name for kpi in by_name[name].comparison.kpis if kpi.rule.tier != "informational"]
+        assert explained == ["tokenizer.val_loss", "dynamics.val_loss", "rollout.psnr_ar", "rollout.tf_mse"]
+    assert "speed.it_per_s" not in section and "speed.it_per_s" in html.split('id="kpi-table"')[1]
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (Debian package: chromium; .ci/run installs it)")
 def test_the_leaderboards_kpi_table_filters_in_headless_chromium(tmp_path):
     """The one script runs on the leaderboard's KPI table too: "#blocking-only" hides every row but the blocking
