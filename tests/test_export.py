@@ -152,6 +152,7 @@ def test_a_missing_extra_or_an_out_inside_the_store_is_one_line_and_nothing_writ
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip install 'worldbench[wandb]'" in err and not (tmp_path / "w").exists()
     inside = results / "store" / "exported"
+    monkeypatch.setitem(exporter.TRACKERS, "tensorboard", ("json", "tensorboard"))  # installed or not, as here
     assert main(["export", "--to", "tensorboard", "--results", str(results), "--out", str(inside)]) == 2
     assert "inside the store" in capsys.readouterr().err and not inside.exists()
     assert main(["export", "--to", "tensorboard", "--results", str(results)]) == 2  # --out is required
