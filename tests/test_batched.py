@@ -68,6 +68,8 @@ def stage_setup(stage: str, variant: str, train: VideoWindows):
         config.actions.moving_weight, config.actions.entropy_weight = 10.0, 0.01
     if variant == "last":
         config.dynamics.masked_frames = "last"
+    if variant == "weighted":  # the tokenizer's opt-in terms: the latent hinge and the moving pixels weighed up
+        config.tokenizer.latent_penalty, config.tokenizer.moving_weight = 0.1, 10.0
     config.validate()
     batch_size = config.stage(stage).batch_size
     if stage == "dynamics":  # codes and actions as stages.encode_windows hands them over, here drawn at random
@@ -124,7 +126,8 @@ def assert_same_training(expected: list[tuple[nn.Module, list[dict]]], outcomes)
             assert error <= WEIGHT_TOL, f"seed {outcome.seed} {name}: max |diff| {error:.3g}"
 
 
-@pytest.mark.parametrize("stage,variant", [("tokenizer", "ema_noise"), ("actions", "anchor"), ("actions", "ci"),
+@pytest.mark.parametrize("stage,variant", [("tokenizer", "ema_noise"), ("tokenizer", "weighted"), ("actions", "anchor"),
+                                           ("actions", "ci"),
                                            ("dynamics", "anchor"), ("dynamics", "last")])
 def test_each_seed_trains_as_its_per_seed_run(stage, variant, windows, tmp_path):
     """Losses, extras and final weights (the EMA where on) of both seeds match train_stage, and so do their

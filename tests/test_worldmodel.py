@@ -355,6 +355,32 @@ def test_moving_weight_trains_on_the_moving_pixels_and_val_loss_stays_the_plain_
     assert torch.isclose(loss, expected, rtol=1e-5)
 
 
+def test_the_tokenizers_moving_weight_weighs_pixels_moving_into_or_out_of_a_frame(windows):
+    _, _, val = windows
+    frames, _ = val.batch(np.arange(4))  # [B, T, 3, H, W]
+    config = tiny_config()
+    plain = VideoTokenizer(config)
+    config.tokenizer.moving_weight = 10.0
+    weighted = VideoTokenizer(config)
+    weighted.load_state_dict(plain.state_dict())
+    loss, _ = weighted.loss(frames)
+    with torch.no_grad():
+        recon, _ = plain(frames)
+    errors = torch.nn.functional.smooth_l1_loss(recon, frames, reduction="none")  # [B, T, 3, H, W]
+    assert torch.equal(plain.loss(frames)[0], errors.mean())  # off: the plain mean, as the val loss
+    # By hand: a pixel of frame t weighs 11 when it differs from frame t-1 or from frame t+1.
+    moving = torch.zeros(errors.shape[:2] + (1,) + errors.shape[3:], dtype=torch.bool)  # [B, T, 1, H, W]
+    for t in range(frames.shape[1]):
+        for other in (t - 1, t + 1):
+            if 0 <= other < frames.shape[1]:
+                changed = (frames[:, t] - frames[:, other]).abs().amax(dim=1, keepdim=True) > metrics.MOVING_THRESHOLD
+                moving[:, t] |= changed
+    moving = moving.expand_as(errors)
+    assert 0 < moving.float().mean() < 0.5
+    expected = (errors.sum() + 10 * errors[moving].sum()) / (errors.numel() + 10 * moving.sum())
+    assert torch.isclose(loss, expected, rtol=1e-5)
+
+
 def test_code_entropy_term_is_lowest_for_confident_codes_used_evenly():
     confident = 4.0
     all_four = confident * torch.tensor([[1.0, 1.0], [-1.0, 1.0], [1.0, -1.0], [-1.0, -1.0]]).view(4, 1, 2)
@@ -457,6 +483,10 @@ def test_anti_collapse_options_leave_the_anchors_ids_and_parameters_alone():
     config.actions.moving_weight, config.actions.entropy_weight = 10.0, 0.01
     assert stages.stage_config_json(config, "actions") != anchor_json
     assert n_params(LatentActionModel(config)) == n_params(LatentActionModel(tiny_config()))
+    tokenizer_json = stages.stage_config_json(config, "tokenizer")
+    assert "moving_weight" not in tokenizer_json
+    config.tokenizer.moving_weight = 10.0
+    assert stages.stage_config_json(config, "tokenizer") != tokenizer_json
 
 
 def test_rotary_code_makes_spatial_attention_scores_depend_on_the_offset_alone():

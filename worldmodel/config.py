@@ -79,6 +79,10 @@ class TokenizerConfig(StageConfig):
     # level for every patch, a dead dim some seeds never leave (docs/variance.md). The hinge pulls such
     # dims back into tanh's live range and is zero inside it. 0 = off (the anchor).
     latent_penalty: float = field(default=0.0, metadata={OPT_IN: True})
+    # moving_weight: pixels that differ from the frame before or after weigh 1 + moving_weight in the loss the
+    # tokenizer trains on (its val_loss stays the plain mean): the sprites are a few pixels on a static background,
+    # and some seeds leave them blurred for hundreds of steps, a plateau the dynamics inherits (docs/variance.md).
+    moving_weight: float = field(default=0.0, metadata={OPT_IN: True})
 
 
 @dataclass
@@ -219,10 +223,10 @@ class WorldModelConfig:
         if self.actions.decoder_context not in ("first", "all"):
             raise WorldbenchError(
                 f"actions.decoder_context {self.actions.decoder_context!r} is not one of: 'first', 'all'")
-        for key in ("moving_weight", "entropy_weight"):
-            value = getattr(self.actions, key)
+        for stage, key in (("tokenizer", "moving_weight"), ("actions", "moving_weight"), ("actions", "entropy_weight")):
+            value = getattr(self.stage(stage), key)
             if not math.isfinite(value) or value < 0:
-                raise WorldbenchError(f"actions.{key} {value} must be a finite number >= 0 (0 turns it off)")
+                raise WorldbenchError(f"{stage}.{key} {value} must be a finite number >= 0 (0 turns it off)")
         if self.dynamics.masked_frames not in ("all", "last"):
             raise WorldbenchError(
                 f"dynamics.masked_frames {self.dynamics.masked_frames!r} is not one of: 'all', 'last'")

@@ -8,6 +8,7 @@ from torch import nn
 from worldmodel.config import WorldModelConfig
 from worldmodel.fsq import FSQ
 from worldmodel.layers import PatchEmbed, STTransformer, unpatchify
+from worldmodel.metrics import moving_pixels
 
 
 class VideoTokenizer(nn.Module):
@@ -17,6 +18,7 @@ class VideoTokenizer(nn.Module):
         E, L = stage.embed_dim, config.latent_dim
         self.patch_size = config.patch_size
         self.latent_penalty = stage.latent_penalty
+        self.moving_weight = stage.moving_weight
         self.fsq = FSQ(L, config.bins)
         self.embed = PatchEmbed(config.frame_size, config.patch_size, E)
         self.encoder = STTransformer(E, stage.heads, stage.hidden, stage.blocks, config.window,
@@ -44,12 +46,22 @@ class VideoTokenizer(nn.Module):
         latents = self.encode(frames)
         return self.decode(latents), latents
 
+    def reconstruction_loss(self, recon: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """The reconstruction term trained on: the plain smooth-L1 mean, or with the moving pixels weighed up."""
+        if not self.moving_weight:
+            return F.smooth_l1_loss(recon, frames)
+        errors = F.smooth_l1_loss(recon, frames, reduction="none")  # [B, T, 3, H, W]
+        changed = moving_pixels(frames).float()  # [B, T-1, 1, H, W]: frame t+1 differs from frame t
+        moving = torch.maximum(F.pad(changed, (0, 0, 0, 0, 0, 0, 1, 0)), F.pad(changed, (0, 0, 0, 0, 0, 0, 0, 1)))
+        weight = 1 + self.moving_weight * moving  # [B, T, 1, H, W]: a pixel moving into or out of frame t
+        return (errors * weight).mean() / weight.mean()
+
     def loss(self, frames: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if not self.latent_penalty:
             recon, _ = self(frames)
-            return F.smooth_l1_loss(recon, frames), {}
+            return self.reconstruction_loss(recon, frames), {}
         pre = self.pre_latents(frames)  # [B, T, P, L]
         recon = self.decode(self.fsq.quantize(pre))  # [B, T, 3, H, W]
         range_penalty = F.relu(pre.abs() - 1.0).pow(2).mean()
-        loss = F.smooth_l1_loss(recon, frames) + self.latent_penalty * range_penalty
+        loss = self.reconstruction_loss(recon, frames) + self.latent_penalty * range_penalty
         return loss, {"range_penalty": range_penalty.detach()}
