@@ -127,8 +127,7 @@ def assert_same_training(expected: list[tuple[nn.Module, list[dict]]], outcomes)
 
 
 @pytest.mark.parametrize("stage,variant", [("tokenizer", "ema_noise"), ("tokenizer", "weighted"), ("actions", "anchor"),
-                                           ("actions", "ci"),
-                                           ("dynamics", "anchor"), ("dynamics", "last")])
+                                           ("actions", "ci"), ("dynamics", "anchor"), ("dynamics", "last")])
 def test_each_seed_trains_as_its_per_seed_run(stage, variant, windows, tmp_path):
     """Losses, extras and final weights (the EMA where on) of both seeds match train_stage, and so do their
     checkpoints; the dynamics rows check that each seed's MaskGIT masks come from its own RNG stream."""

@@ -14,7 +14,7 @@ from torch import nn
 from worldmodel.config import WorldModelConfig
 from worldmodel.fsq import FSQ
 from worldmodel.layers import PatchEmbed, STTransformer, unpatchify
-from worldmodel.metrics import moving_pixels
+from worldmodel.metrics import moving_pixels, moving_weighted_mean
 from worldmodel.registry import lookup, register
 
 
@@ -183,8 +183,7 @@ class LatentActionModel(nn.Module):
         if self.moving_weight:
             errors = F.smooth_l1_loss(predicted, frames[:, 1:], reduction="none")  # [B, T-1, 3, H, W]
             reconstruction = errors.mean()  # the task loss (val_loss): the plain mean, as below
-            weight = 1 + self.moving_weight * moving_pixels(frames).float()  # [B, T-1, 1, H, W]
-            trained_on = (errors * weight).mean() / weight.mean()
+            trained_on = moving_weighted_mean(errors, moving_pixels(frames), self.moving_weight)
         else:
             reconstruction = trained_on = F.smooth_l1_loss(predicted, frames[:, 1:])
         # Hinge on the batch variance of the pre-quantisation latents keeps the actions from collapsing.

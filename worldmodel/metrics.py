@@ -35,6 +35,13 @@ def moving_pixels(frames: torch.Tensor) -> torch.Tensor:
     return change > MOVING_THRESHOLD
 
 
+def moving_weighted_mean(errors: torch.Tensor, moving: torch.Tensor, moving_weight: float) -> torch.Tensor:
+    """The mean of `errors` [..., C, H, W] with the `moving` pixels [..., 1, H, W] weighing 1 + moving_weight: a
+    few sprite pixels on a static background are otherwise lost in the plain mean."""
+    weight = 1 + moving_weight * moving.float()  # [..., 1, H, W]
+    return (errors * weight).mean() / weight.mean()
+
+
 def moving_squared_errors(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     # [..., T, 3, H, W] -> [M]: squared errors of frames 1..T-1, every channel of the pixels that move in `target`
     moving = moving_pixels(target).expand_as(target[..., 1:, :, :, :])

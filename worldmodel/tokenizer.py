@@ -8,7 +8,7 @@ from torch import nn
 from worldmodel.config import WorldModelConfig
 from worldmodel.fsq import FSQ
 from worldmodel.layers import PatchEmbed, STTransformer, unpatchify
-from worldmodel.metrics import moving_pixels
+from worldmodel.metrics import moving_pixels, moving_weighted_mean
 
 
 class VideoTokenizer(nn.Module):
@@ -51,10 +51,10 @@ class VideoTokenizer(nn.Module):
         if not self.moving_weight:
             return F.smooth_l1_loss(recon, frames)
         errors = F.smooth_l1_loss(recon, frames, reduction="none")  # [B, T, 3, H, W]
-        changed = moving_pixels(frames).float()  # [B, T-1, 1, H, W]: frame t+1 differs from frame t
-        moving = torch.maximum(F.pad(changed, (0, 0, 0, 0, 0, 0, 1, 0)), F.pad(changed, (0, 0, 0, 0, 0, 0, 0, 1)))
-        weight = 1 + self.moving_weight * moving  # [B, T, 1, H, W]: a pixel moving into or out of frame t
-        return (errors * weight).mean() / weight.mean()
+        changed = moving_pixels(frames)  # [B, T-1, 1, H, W]: frame t+1 differs from frame t
+        # [B, T, 1, H, W]: a pixel moving into frame t (from t-1) or out of it (to t+1)
+        moving = F.pad(changed, (0, 0, 0, 0, 0, 0, 1, 0)) | F.pad(changed, (0, 0, 0, 0, 0, 0, 0, 1))
+        return moving_weighted_mean(errors, moving, self.moving_weight)
 
     def loss(self, frames: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if not self.latent_penalty:
